@@ -1,0 +1,60 @@
+// edgesplit/core/error.hpp - the one exception type every caller-caused failure uses.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace edgesplit {
+
+/// What went wrong, as a value a caller can switch on (the message is for humans).
+enum class errc {
+  invalid_argument,   ///< an argument out of its documented domain
+  shape_mismatch,     ///< tensors or layers whose shapes do not fit together
+  out_of_range,       ///< an index or range outside a tensor
+  too_large,          ///< a size over a cap, or an element count that overflows
+  corrupt_frame,      ///< bytes from outside that do not parse
+  checksum_mismatch,  ///< a frame whose CRC does not match its contents
+  version_mismatch,   ///< a peer or file speaking a version we do not read
+  unsupported,        ///< a well-formed request for something not implemented
+  timeout,            ///< a deadline passed
+  unreachable,        ///< the peer cannot be reached
+  overloaded,         ///< the peer refused work because its queue is full
+  io_error,           ///< the operating system refused an operation
+};
+
+/// Stable short name of a code, for logs and wire error messages.
+constexpr std::string_view to_string(errc c) noexcept {
+  switch (c) {
+    case errc::invalid_argument: return "invalid_argument";
+    case errc::shape_mismatch: return "shape_mismatch";
+    case errc::out_of_range: return "out_of_range";
+    case errc::too_large: return "too_large";
+    case errc::corrupt_frame: return "corrupt_frame";
+    case errc::checksum_mismatch: return "checksum_mismatch";
+    case errc::version_mismatch: return "version_mismatch";
+    case errc::unsupported: return "unsupported";
+    case errc::timeout: return "timeout";
+    case errc::unreachable: return "unreachable";
+    case errc::overloaded: return "overloaded";
+    case errc::io_error: return "io_error";
+  }
+  return "unknown";
+}
+
+/// Thrown for every failure the caller can cause (bad arguments, bad input from outside the
+/// process). Programming errors inside edgesplit itself are not reported this way.
+class error : public std::runtime_error {
+ public:
+  error(errc code, const std::string& what)
+      : std::runtime_error(std::string(to_string(code)) + ": " + what), code_(code) {}
+  errc code() const noexcept { return code_; }
+
+ private:
+  errc code_;
+};
+
+/// Throws `error(code, what)`. Kept out of line of the hot path: callers test, then call this.
+[[noreturn]] inline void fail(errc code, const std::string& what) { throw error(code, what); }
+
+}  // namespace edgesplit

@@ -1,0 +1,185 @@
+// edgesplit/nn/activations.hpp - activation functions, as element-wise policies and as layers.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <numbers>
+#include <string>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+#include "edgesplit/core/kernels.hpp"
+#include "edgesplit/nn/layer.hpp"
+
+namespace edgesplit {
+
+/// Element-wise activation policies. Each is one formula over `V` (a scalar or an xsimd batch),
+/// so the SIMD body, the scalar tail and the scalar reference all use the same definition:
+/// - `operator()(x)`            the function;
+/// - `grad(x, y, g)`            dL/dx given the input x, the output y = f(x) and g = dL/dy;
+/// - `flops_per_element`        nominal cost for planning (transcendentals count as ~10).
+namespace act {
+
+struct Identity {
+  static constexpr const char* name = "Identity";
+  static constexpr std::uint64_t flops_per_element = 0;
+  template <class V> V operator()(V x) const { return x; }
+  template <class V> V grad(V, V, V g) const { return g; }
+};
+
+struct ReLU {
+  static constexpr const char* name = "ReLU";
+  static constexpr std::uint64_t flops_per_element = 1;
+  template <class V> V operator()(V x) const { return xsimd::max(x, V(kernels::scalar_of_t<V>(0))); }
+  template <class V> V grad(V x, V, V g) const {
+    return kernels::select_positive(x, g, V(kernels::scalar_of_t<V>(0)));
+  }
+};
+
+/// max(x, alpha x), the slope alpha in [0, 1) (the max form needs alpha < 1).
+struct LeakyReLU {
+  static constexpr const char* name = "LeakyReLU";
+  static constexpr std::uint64_t flops_per_element = 2;
+  double alpha = 0.01;
+  LeakyReLU() = default;
+  explicit LeakyReLU(double a) : alpha(a) {
+    if (!(a >= 0 && a < 1)) fail(errc::invalid_argument, "LeakyReLU alpha must be in [0, 1)");
+  }
+  template <class V> V operator()(V x) const {
+    return xsimd::max(x, x * V(kernels::scalar_of_t<V>(alpha)));
+  }
+  template <class V> V grad(V x, V, V g) const {
+    return kernels::select_positive(x, g, g * V(kernels::scalar_of_t<V>(alpha)));
+  }
+};
+
+struct Sigmoid {
+  static constexpr const char* name = "Sigmoid";
+  static constexpr std::uint64_t flops_per_element = 12;
+  template <class V> V operator()(V x) const {
+    using S = kernels::scalar_of_t<V>;
+    return V(S(1)) / (V(S(1)) + xsimd::exp(-x));
+  }
+  template <class V> V grad(V, V y, V g) const {
+    using S = kernels::scalar_of_t<V>;
+    return g * y * (V(S(1)) - y);
+  }
+};
+
+struct Tanh {
+  static constexpr const char* name = "Tanh";
+  static constexpr std::uint64_t flops_per_element = 12;
+  template <class V> V operator()(V x) const { return xsimd::tanh(x); }
+  template <class V> V grad(V, V y, V g) const {
+    using S = kernels::scalar_of_t<V>;
+    return g * (V(S(1)) - y * y);
+  }
+};
+
+/// GELU, exact form: x * Phi(x) with Phi the standard normal CDF, via erf.
+struct GELU {
+  static constexpr const char* name = "GELU";
+  static constexpr std::uint64_t flops_per_element = 14;
+  template <class V> V operator()(V x) const {
+    using S = kernels::scalar_of_t<V>;
+    return V(S(0.5)) * x * (V(S(1)) + xsimd::erf(x * V(S(std::numbers::sqrt2 / 2))));
+  }
+  template <class V> V grad(V x, V, V g) const {
+    using S = kernels::scalar_of_t<V>;
+    const V cdf = V(S(0.5)) * (V(S(1)) + xsimd::erf(x * V(S(std::numbers::sqrt2 / 2))));
+    const V pdf = xsimd::exp(V(S(-0.5)) * x * x) * V(S(0.5 * std::numbers::sqrt2 * std::numbers::inv_sqrtpi));
+    return g * (cdf + x * pdf);
+  }
+};
+
+/// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+struct GELUTanh {
+  static constexpr const char* name = "GELUTanh";
+  static constexpr std::uint64_t flops_per_element = 18;
+  static constexpr double k0 = std::numbers::sqrt2 * std::numbers::inv_sqrtpi;  // sqrt(2/pi)
+  static constexpr double k1 = 0.044715;
+  template <class V> V operator()(V x) const {
+    using S = kernels::scalar_of_t<V>;
+    const V u = V(S(k0)) * (x + V(S(k1)) * x * x * x);
+    return V(S(0.5)) * x * (V(S(1)) + xsimd::tanh(u));
+  }
+  template <class V> V grad(V x, V, V g) const {
+    using S = kernels::scalar_of_t<V>;
+    const V t = xsimd::tanh(V(S(k0)) * (x + V(S(k1)) * x * x * x));
+    const V du = V(S(k0)) * (V(S(1)) + V(S(3 * k1)) * x * x);
+    return g * (V(S(0.5)) * (V(S(1)) + t) + V(S(0.5)) * x * (V(S(1)) - t * t) * du);
+  }
+};
+
+}  // namespace act
+
+/// A layer applying the element-wise policy `F`. Shape-preserving; no parameters.
+template <Real T, class F>
+class Activation final : public Layer<T> {
+ public:
+  Activation() = default;
+  explicit Activation(F f) : f_(f) {}
+  /// Forwards a policy's parameter: `LeakyReLU<float>(0.1)`.
+  explicit Activation(double parameter)
+    requires std::is_constructible_v<F, double>
+      : f_(parameter) {}
+
+  std::string_view name() const noexcept override { return F::name; }
+  std::string describe() const override {
+    if constexpr (requires { f_.alpha; })
+      return std::string(F::name) + "(" + std::to_string(f_.alpha) + ")";
+    else
+      return F::name;
+  }
+  std::unique_ptr<Layer<T>> clone() const override { return std::make_unique<Activation>(*this); }
+  const F& policy() const noexcept { return f_; }
+
+ protected:
+  Shape output_shape_impl(const Shape& in) const override { return in; }
+  std::uint64_t flops_impl(const Shape& in) const override { return in.count() * F::flops_per_element; }
+  void forward_impl(TensorView<const T> in, TensorView<T> out) override {
+    kernels::map(in.data(), out.data(), in.size(), [this](auto v) { return f_(v); });
+  }
+  void backward_impl(TensorView<const T> in, TensorView<const T> out, TensorView<const T> grad_out,
+                     TensorView<T> grad_in) override {
+    if (grad_in.data() == nullptr) return;
+    kernels::map3(in.data(), out.data(), grad_out.data(), grad_in.data(), in.size(),
+                  [this](auto x, auto y, auto g) { return f_.grad(x, y, g); });
+  }
+
+ private:
+  F f_{};
+};
+
+template <Real T> using Identity = Activation<T, act::Identity>;
+template <Real T> using ReLU = Activation<T, act::ReLU>;
+template <Real T> using LeakyReLU = Activation<T, act::LeakyReLU>;
+template <Real T> using Sigmoid = Activation<T, act::Sigmoid>;
+template <Real T> using Tanh = Activation<T, act::Tanh>;
+template <Real T> using GELU = Activation<T, act::GELU>;
+template <Real T> using GELUTanh = Activation<T, act::GELUTanh>;
+
+/// Row-wise softmax over the features of each sample, numerically stable.
+template <Real T>
+class Softmax final : public Layer<T> {
+ public:
+  std::string_view name() const noexcept override { return "Softmax"; }
+  std::unique_ptr<Layer<T>> clone() const override { return std::make_unique<Softmax>(*this); }
+
+ protected:
+  Shape output_shape_impl(const Shape& in) const override { return in; }
+  std::uint64_t flops_impl(const Shape& in) const override { return in.count() * 14; }
+  void forward_impl(TensorView<const T> in, TensorView<T> out) override {
+    kernels::softmax_rows(in.data(), out.data(), in.shape().batch(), in.shape().features());
+  }
+  void backward_impl(TensorView<const T>, TensorView<const T> out, TensorView<const T> grad_out,
+                     TensorView<T> grad_in) override {
+    if (grad_in.data() == nullptr) return;
+    kernels::softmax_rows_backward(out.data(), grad_out.data(), grad_in.data(), out.shape().batch(),
+                                   out.shape().features());
+  }
+};
+
+}  // namespace edgesplit

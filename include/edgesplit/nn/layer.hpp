@@ -1,0 +1,114 @@
+// edgesplit/nn/layer.hpp - the layer contract every model part follows.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "edgesplit/core/error.hpp"
+#include "edgesplit/core/tensor.hpp"
+
+namespace edgesplit {
+
+/// A named trainable tensor of a layer. `grad` is empty until the layer has run a backward pass
+/// (inference-only models never pay for gradient storage).
+template <Real T>
+struct Parameter {
+  std::string name;
+  TensorView<T> value;
+  TensorView<T> grad;
+};
+
+/// One stage of a model.
+///
+/// Contract (checked once, in the public non-virtual functions, so implementations can trust
+/// their arguments):
+/// - inputs have rank >= 2 (batch first) and a batch of at least 1;
+/// - `forward(in, out)` requires `out.shape() == output_shape(in.shape())`, reads `in` only, and
+///   allocates nothing once the layer has seen the shape (implementations keep that promise);
+/// - `backward(in, out, grad_out, grad_in)` takes the `in`/`out` pair of the latest forward pass,
+///   adds the parameter gradients into `grad` (callers zero them between steps), and writes the
+///   input gradient into `grad_in` unless `grad_in` is empty (the first layer needs none).
+template <Real T>
+class Layer {
+ public:
+  virtual ~Layer() = default;
+
+  /// Short kind name ("Dense", "ReLU", ...), stable: file formats use it.
+  virtual std::string_view name() const noexcept = 0;
+  /// Human-readable description with the layer's configuration, e.g. "Dense(784 -> 512)".
+  virtual std::string describe() const { return std::string(name()); }
+  /// A deep copy (weights included): how `Sequential::split` hands out independent halves.
+  virtual std::unique_ptr<Layer> clone() const = 0;
+
+  /// Output shape for an input of shape `in`; errc::shape_mismatch or errc::invalid_argument when
+  /// this layer cannot take `in`.
+  Shape output_shape(const Shape& in) const {
+    check_input(in);
+    return output_shape_impl(in);
+  }
+
+  void forward(TensorView<const T> in, TensorView<T> out) {
+    check_output(out.shape(), output_shape(in.shape()), "output");
+    forward_impl(in, out);
+  }
+
+  void backward(TensorView<const T> in, TensorView<const T> out, TensorView<const T> grad_out,
+                TensorView<T> grad_in) {
+    const Shape os = output_shape(in.shape());
+    check_output(out.shape(), os, "output");
+    check_output(grad_out.shape(), os, "output gradient");
+    if (grad_in.data() != nullptr) check_output(grad_in.shape(), in.shape(), "input gradient");
+    backward_impl(in, out, grad_out, grad_in);
+  }
+
+  /// Floating-point operations of one forward pass on `in` (multiply and add count as two).
+  std::uint64_t flops(const Shape& in) const {
+    check_input(in);
+    return flops_impl(in);
+  }
+
+  /// The trainable tensors, named as in file formats ("weight", "bias").
+  std::vector<Parameter<T>> parameters() { return parameters_impl(); }
+  /// Number of trainable scalars.
+  virtual std::size_t parameter_count() const { return 0; }
+  /// Sets every parameter gradient to zero, allocating gradient storage the first time.
+  virtual void zero_grad() {}
+
+  /// Training mode changes what some layers do (Dropout); inference is the default.
+  void set_training(bool on) noexcept { training_ = on; }
+  bool training() const noexcept { return training_; }
+
+ protected:
+  Layer() = default;
+  Layer(const Layer&) = default;
+  Layer& operator=(const Layer&) = default;
+
+  /// Rejects inputs this layer cannot take. The default accepts any rank >= 2 with batch >= 1.
+  virtual void check_input(const Shape& in) const {
+    if (in.rank() < 2)
+      fail(errc::shape_mismatch,
+           std::string(name()) + " needs a batch-first input of rank >= 2, got " + in.str());
+    if (in.batch() == 0) fail(errc::invalid_argument, std::string(name()) + " got an empty batch");
+  }
+  virtual Shape output_shape_impl(const Shape& in) const = 0;
+  virtual void forward_impl(TensorView<const T> in, TensorView<T> out) = 0;
+  virtual void backward_impl(TensorView<const T> in, TensorView<const T> out,
+                             TensorView<const T> grad_out, TensorView<T> grad_in) = 0;
+  virtual std::uint64_t flops_impl(const Shape& in) const = 0;
+  virtual std::vector<Parameter<T>> parameters_impl() { return {}; }
+
+ private:
+  void check_output(const Shape& got, const Shape& want, const char* what) const {
+    if (!(got == want))
+      fail(errc::shape_mismatch, std::string(name()) + " " + what + " has shape " + got.str() +
+                                     ", expected " + want.str());
+  }
+
+  bool training_ = false;
+};
+
+}  // namespace edgesplit

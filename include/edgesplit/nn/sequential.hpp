@@ -1,0 +1,183 @@
+// edgesplit/nn/sequential.hpp - a chain of layers that can be cut anywhere into head and tail.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "edgesplit/nn/layer.hpp"
+
+namespace edgesplit {
+
+/// What the planner needs to know about one layer for a given input shape.
+struct LayerInfo {
+  std::string name;            ///< `Layer::describe()`
+  Shape output;                ///< output shape
+  std::size_t output_bytes;    ///< bytes of the output at full precision: what a split here sends
+  std::uint64_t flops;         ///< forward FLOPs
+  std::size_t parameters;      ///< trainable scalars
+};
+
+/// A model: layers applied in order. Owns its layers and a workspace with one buffer per layer
+/// output, reused across calls, so a steady stream of same-sized batches allocates nothing.
+/// Not thread-safe: one Sequential per thread (copies are cheap to make with the copy constructor).
+template <Real T>
+class Sequential {
+ public:
+  Sequential() = default;
+  Sequential(Sequential&&) noexcept = default;
+  Sequential& operator=(Sequential&&) noexcept = default;
+  /// Deep copy: weights are copied, the workspace is not.
+  Sequential(const Sequential& o) {
+    layers_.reserve(o.layers_.size());
+    for (const auto& l : o.layers_) layers_.push_back(l->clone());
+  }
+  Sequential& operator=(const Sequential& o) {
+    if (this != &o) *this = Sequential(o);
+    return *this;
+  }
+
+  /// Appends a layer constructed in place: `model.add<Dense<float>>(784, 512, rng)`.
+  template <class L, class... Args>
+  L& add(Args&&... args) {
+    static_assert(std::is_base_of_v<Layer<T>, L>, "add<L>: L must derive from Layer<T>");
+    auto p = std::make_unique<L>(std::forward<Args>(args)...);
+    L& ref = *p;
+    layers_.push_back(std::move(p));
+    return ref;
+  }
+  Sequential& add(std::unique_ptr<Layer<T>> layer) {
+    if (!layer) fail(errc::invalid_argument, "Sequential::add of a null layer");
+    layers_.push_back(std::move(layer));
+    return *this;
+  }
+
+  std::size_t size() const noexcept { return layers_.size(); }
+  bool empty() const noexcept { return layers_.empty(); }
+  Layer<T>& operator[](std::size_t i) { return *layers_.at(i); }
+  const Layer<T>& operator[](std::size_t i) const { return *layers_.at(i); }
+
+  /// Output shape for input shape `in` (the input shape itself for an empty model).
+  Shape output_shape(Shape in) const {
+    for (const auto& l : layers_) in = l->output_shape(in);
+    return in;
+  }
+
+  /// Runs the model; the result lives in the workspace until the next call (for an empty model
+  /// it is `in` itself). Allocates only when a batch is larger than any seen before.
+  TensorView<const T> forward(TensorView<const T> in) {
+    if (layers_.empty()) return in;
+    if (acts_.size() != layers_.size()) acts_.resize(layers_.size());
+    TensorView<const T> x = in;
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      acts_[i].resize(layers_[i]->output_shape(x.shape()));
+      layers_[i]->forward(x, acts_[i].view());
+      x = acts_[i].cview();
+    }
+    return x;
+  }
+  /// Runs the model into a caller-owned `out` of shape `output_shape(in.shape())`.
+  void forward(TensorView<const T> in, TensorView<T> out) {
+    const Shape want = output_shape(in.shape());
+    if (!(out.shape() == want))
+      fail(errc::shape_mismatch, "Sequential output has shape " + out.shape().str() + ", expected " + want.str());
+    copy(forward(in), out);
+  }
+  /// Convenience for one-off calls: returns a fresh tensor.
+  Tensor<T> predict(TensorView<const T> in) {
+    Tensor<T> out(output_shape(in.shape()));
+    forward(in, out.view());
+    return out;
+  }
+
+  /// Backpropagates `grad_out` (dL/d output of the latest `forward(in)`), adding parameter
+  /// gradients into each layer and writing dL/d input into `grad_in` unless it is empty.
+  void backward(TensorView<const T> in, TensorView<const T> grad_out, TensorView<T> grad_in = {}) {
+    if (layers_.empty()) {
+      if (grad_in.data() != nullptr) copy(grad_out, grad_in);
+      return;
+    }
+    if (acts_.size() != layers_.size() || !(acts_.back().shape() == output_shape(in.shape())))
+      fail(errc::invalid_argument, "Sequential::backward needs the forward pass of the same input first");
+    if (grads_.size() != 2) grads_.resize(2);
+    TensorView<const T> g = grad_out;
+    for (std::size_t i = layers_.size(); i-- > 0;) {
+      const TensorView<const T> x = i == 0 ? in : acts_[i - 1].cview();
+      TensorView<T> gi;
+      if (i > 0) {
+        grads_[i % 2].resize(x.shape());
+        gi = grads_[i % 2].view();
+      } else {
+        gi = grad_in;
+      }
+      layers_[i]->backward(x, acts_[i].cview(), g, gi);
+      g = gi;
+    }
+  }
+
+  /// Cuts the model before layer `k`: head = layers [0, k), tail = layers [k, size()).
+  /// k = 0 gives an empty head (all cloud), k = size() an empty tail (all edge). The halves are
+  /// deep copies, so this model stays whole and each half can live in another process.
+  std::pair<Sequential, Sequential> split(std::size_t k) const {
+    if (k > layers_.size())
+      fail(errc::out_of_range, "split point " + std::to_string(k) + " past a model of " +
+                                   std::to_string(layers_.size()) + " layers");
+    Sequential head, tail;
+    for (std::size_t i = 0; i < layers_.size(); ++i) (i < k ? head : tail).layers_.push_back(layers_[i]->clone());
+    return {std::move(head), std::move(tail)};
+  }
+
+  /// Per-layer output shape, bytes, FLOPs and parameters for input shape `in`.
+  std::vector<LayerInfo> describe(Shape in) const {
+    std::vector<LayerInfo> info;
+    info.reserve(layers_.size());
+    for (const auto& l : layers_) {
+      const std::uint64_t f = l->flops(in);
+      in = l->output_shape(in);
+      info.push_back({l->describe(), in, in.count() * sizeof(T), f, l->parameter_count()});
+    }
+    return info;
+  }
+
+  std::uint64_t flops(Shape in) const {
+    std::uint64_t f = 0;
+    for (const auto& l : layers_) {
+      f += l->flops(in);
+      in = l->output_shape(in);
+    }
+    return f;
+  }
+  std::size_t parameter_count() const {
+    std::size_t n = 0;
+    for (const auto& l : layers_) n += l->parameter_count();
+    return n;
+  }
+
+  /// Every trainable tensor, named "<layer index>.<name>" (as PyTorch names nn.Sequential's).
+  std::vector<Parameter<T>> parameters() {
+    std::vector<Parameter<T>> all;
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+      for (auto& p : layers_[i]->parameters()) {
+        p.name = std::to_string(i) + "." + p.name;
+        all.push_back(std::move(p));
+      }
+    return all;
+  }
+  void zero_grad() {
+    for (auto& l : layers_) l->zero_grad();
+  }
+  void set_training(bool on) noexcept {
+    for (auto& l : layers_) l->set_training(on);
+  }
+
+ private:
+  std::vector<std::unique_ptr<Layer<T>>> layers_;
+  std::vector<Tensor<T>> acts_;   // output of each layer, kept for backward
+  std::vector<Tensor<T>> grads_;  // two ping-pong buffers for input gradients
+};
+
+}  // namespace edgesplit
