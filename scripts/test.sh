@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite: install what is missing, then
+#   1. package consumers: install to a prefix and build a find_package() consumer, and an
+#      add_subdirectory() consumer; run both;
+#   2. clang build (Release, -Werror) and its tests;
+#   3. g++ build (Release, -Werror) of everything (tests, examples, benchmarks) and its tests.
+# Build trees go under build/. Exits non-zero on the first failure.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$root/scripts/deps.sh"
+edgesplit_install_deps
+
+jobs="$(nproc)"
+out="$root/build"
+common=(-DCMAKE_BUILD_TYPE=Release -DEDGESPLIT_WERROR=ON)
+start=$SECONDS
+step() { printf '\n=== %s (t=%ds)\n' "$*" $((SECONDS - start)); }
+
+step "package: install and consume with find_package"
+cmake -S "$root" -B "$out/pkg-lib" -DCMAKE_BUILD_TYPE=Release -DEDGESPLIT_BUILD_TESTS=OFF \
+  -DEDGESPLIT_BUILD_EXAMPLES=OFF -DEDGESPLIT_BUILD_BENCH=OFF -DCMAKE_INSTALL_PREFIX="$out/prefix" >/dev/null
+cmake --install "$out/pkg-lib" >/dev/null
+cmake -S "$root/tests/package/find_package" -B "$out/pkg-find" -DCMAKE_PREFIX_PATH="$out/prefix" >/dev/null
+cmake --build "$out/pkg-find" -j"$jobs" >/dev/null
+"$out/pkg-find/consumer"
+
+step "package: consume with add_subdirectory"
+cmake -S "$root/tests/package/subdirectory" -B "$out/pkg-subdir" >/dev/null
+cmake --build "$out/pkg-subdir" -j"$jobs" >/dev/null
+"$out/pkg-subdir/consumer"
+
+step "clang: build and test"
+cmake -S "$root" -B "$out/clang" "${common[@]}" -DCMAKE_CXX_COMPILER=clang++ -DEDGESPLIT_BUILD_BENCH=OFF >/dev/null
+cmake --build "$out/clang" -j"$jobs"
+ctest --test-dir "$out/clang" --output-on-failure -j"$jobs"
+
+step "g++: build everything and test"
+cmake -S "$root" -B "$out/gcc" "${common[@]}" -DCMAKE_CXX_COMPILER=g++ >/dev/null
+cmake --build "$out/gcc" -j"$jobs"
+ctest --test-dir "$out/gcc" --output-on-failure -j"$jobs"
