@@ -9,6 +9,7 @@ EDGESPLIT_PACKAGES=(
   catch2 libbenchmark-dev
   libzstd-dev nlohmann-json3-dev zlib1g-dev
   dataset-fashion-mnist
+  g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user
 )
 
 edgesplit_install_deps() {

@@ -2,8 +2,10 @@
 # The whole test suite: install what is missing, then
 #   1. package consumers: install to a prefix and build a find_package() consumer, and an
 #      add_subdirectory() consumer; run both;
-#   2. clang build (Release, -Werror) and its tests;
-#   3. g++ build (Release, -Werror) of everything (tests, examples, benchmarks) and its tests.
+#   2. cross builds for aarch64 and 32-bit ARM (NEON kernels), tests run under qemu-user;
+#   3. clang build (Release, -Werror) and its tests;
+#   4. g++ build (Release, -Werror) of everything (tests, examples, benchmarks) and its tests.
+# Each build prints the SIMD instruction set its kernels were compiled for.
 # Build trees go under build/. Exits non-zero on the first failure.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,12 +31,25 @@ cmake -S "$root/tests/package/subdirectory" -B "$out/pkg-subdir" >/dev/null
 cmake --build "$out/pkg-subdir" -j"$jobs" >/dev/null
 "$out/pkg-subdir/consumer"
 
+for target in aarch64-linux-gnu:qemu-aarch64 arm-linux-gnueabihf:qemu-arm; do
+  triple="${target%%:*}"
+  emu="${target##*:}"
+  step "cross $triple: build, test under $emu"
+  cmake -S "$root" -B "$out/$triple" "${common[@]}" -DEDGESPLIT_BUILD_BENCH=OFF \
+    -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/$triple.cmake" >/dev/null
+  cmake --build "$out/$triple" -j"$jobs"
+  "$emu" -L "/usr/$triple" "$out/$triple/examples/quickstart" | grep "SIMD kernels"
+  ctest --test-dir "$out/$triple" --output-on-failure -j"$jobs"
+done
+
 step "clang: build and test"
 cmake -S "$root" -B "$out/clang" "${common[@]}" -DCMAKE_CXX_COMPILER=clang++ -DEDGESPLIT_BUILD_BENCH=OFF >/dev/null
 cmake --build "$out/clang" -j"$jobs"
+"$out/clang/examples/quickstart" | grep "SIMD kernels"
 ctest --test-dir "$out/clang" --output-on-failure -j"$jobs"
 
 step "g++: build everything and test"
 cmake -S "$root" -B "$out/gcc" "${common[@]}" -DCMAKE_CXX_COMPILER=g++ >/dev/null
 cmake --build "$out/gcc" -j"$jobs"
+"$out/gcc/examples/quickstart" | grep "SIMD kernels"
 ctest --test-dir "$out/gcc" --output-on-failure -j"$jobs"

@@ -22,6 +22,13 @@ namespace edgesplit::kernels {
 template <class T>
 using batch = xsimd::batch<T>;
 
+/// Whether the target has SIMD registers for `T` (32-bit ARM NEON has none for double): where
+/// it has none, every driver below runs its scalar reference instead.
+/// (xsimd 8.1 declares a placeholder double register for 32-bit NEON, so its own trait says yes.)
+template <class T>
+inline constexpr bool has_simd = xsimd::has_simd_register<T>::value &&
+                                 !(std::is_same_v<T, double> && std::is_same_v<xsimd::default_arch, xsimd::neon>);
+
 /// Name of the instruction set the SIMD kernels were compiled for ("avx2", "neon64", ...).
 inline const char* simd_arch_name() noexcept { return xsimd::default_arch::name(); }
 
@@ -49,11 +56,17 @@ inline V select_positive(const V& x, const V& a, const V& b) {
 
 /// y[i] = f(x[i]). `f` must accept both `T` and `batch<T>`. In-place (x == y) is allowed.
 template <Real T, class F>
+inline void map_scalar(const T* x, T* y, std::size_t n, F f);
+template <Real T, class F>
 inline void map(const T* x, T* y, std::size_t n, F f) {
-  constexpr std::size_t W = batch<T>::size;
-  std::size_t i = 0;
-  for (; i + W <= n; i += W) f(batch<T>::load_unaligned(x + i)).store_unaligned(y + i);
-  for (; i < n; ++i) y[i] = f(x[i]);
+  if constexpr (!has_simd<T>) {
+    map_scalar(x, y, n, f);
+  } else {
+    constexpr std::size_t W = batch<T>::size;
+    std::size_t i = 0;
+    for (; i + W <= n; i += W) f(batch<T>::load_unaligned(x + i)).store_unaligned(y + i);
+    for (; i < n; ++i) y[i] = f(x[i]);
+  }
 }
 /// Scalar reference for `map`.
 template <Real T, class F>
@@ -64,13 +77,19 @@ inline void map_scalar(const T* x, T* y, std::size_t n, F f) {
 /// out[i] = f(a[i], b[i], c[i]): the shape of every activation's backward pass
 /// (input, output, upstream gradient). `out` may alias any input.
 template <Real T, class F>
+inline void map3_scalar(const T* a, const T* b, const T* c, T* out, std::size_t n, F f);
+template <Real T, class F>
 inline void map3(const T* a, const T* b, const T* c, T* out, std::size_t n, F f) {
-  constexpr std::size_t W = batch<T>::size;
-  std::size_t i = 0;
-  for (; i + W <= n; i += W)
-    f(batch<T>::load_unaligned(a + i), batch<T>::load_unaligned(b + i), batch<T>::load_unaligned(c + i))
-        .store_unaligned(out + i);
-  for (; i < n; ++i) out[i] = f(a[i], b[i], c[i]);
+  if constexpr (!has_simd<T>) {
+    map3_scalar(a, b, c, out, n, f);
+  } else {
+    constexpr std::size_t W = batch<T>::size;
+    std::size_t i = 0;
+    for (; i + W <= n; i += W)
+      f(batch<T>::load_unaligned(a + i), batch<T>::load_unaligned(b + i), batch<T>::load_unaligned(c + i))
+          .store_unaligned(out + i);
+    for (; i < n; ++i) out[i] = f(a[i], b[i], c[i]);
+  }
 }
 /// Scalar reference for `map3`.
 template <Real T, class F>
@@ -80,43 +99,51 @@ inline void map3_scalar(const T* a, const T* b, const T* c, T* out, std::size_t 
 
 /// Sum of x[0..n).
 template <Real T>
-inline T sum(const T* x, std::size_t n) {
-  constexpr std::size_t W = batch<T>::size;
-  batch<T> acc(T(0));
-  std::size_t i = 0;
-  for (; i + W <= n; i += W) acc += batch<T>::load_unaligned(x + i);
-  T s = xsimd::hadd(acc);
-  for (; i < n; ++i) s += x[i];
-  return s;
-}
-template <Real T>
 inline T sum_scalar(const T* x, std::size_t n) {
   T s = 0;
   for (std::size_t i = 0; i < n; ++i) s += x[i];
   return s;
 }
+template <Real T>
+inline T sum(const T* x, std::size_t n) {
+  if constexpr (!has_simd<T>) {
+    return sum_scalar(x, n);
+  } else {
+    constexpr std::size_t W = batch<T>::size;
+    batch<T> acc(T(0));
+    std::size_t i = 0;
+    for (; i + W <= n; i += W) acc += batch<T>::load_unaligned(x + i);
+    T s = xsimd::hadd(acc);
+    for (; i < n; ++i) s += x[i];
+    return s;
+  }
+}
 
 /// Largest of x[0..n); -inf for n == 0.
-template <Real T>
-inline T max(const T* x, std::size_t n) {
-  constexpr std::size_t W = batch<T>::size;
-  T m = -std::numeric_limits<T>::infinity();
-  std::size_t i = 0;
-  if (n >= W) {
-    batch<T> acc = batch<T>::load_unaligned(x);
-    for (i = W; i + W <= n; i += W) acc = xsimd::max(acc, batch<T>::load_unaligned(x + i));
-    alignas(64) T lanes[W];
-    acc.store_aligned(lanes);
-    for (T v : lanes) m = std::max(m, v);
-  }
-  for (; i < n; ++i) m = std::max(m, x[i]);
-  return m;
-}
 template <Real T>
 inline T max_scalar(const T* x, std::size_t n) {
   T m = -std::numeric_limits<T>::infinity();
   for (std::size_t i = 0; i < n; ++i) m = std::max(m, x[i]);
   return m;
+}
+template <Real T>
+inline T max(const T* x, std::size_t n) {
+  if constexpr (!has_simd<T>) {
+    return max_scalar(x, n);
+  } else {
+    constexpr std::size_t W = batch<T>::size;
+    T m = -std::numeric_limits<T>::infinity();
+    std::size_t i = 0;
+    if (n >= W) {
+      batch<T> acc = batch<T>::load_unaligned(x);
+      for (i = W; i + W <= n; i += W) acc = xsimd::max(acc, batch<T>::load_unaligned(x + i));
+      alignas(64) T lanes[W];
+      acc.store_aligned(lanes);
+      for (T v : lanes) m = std::max(m, v);
+    }
+    for (; i < n; ++i) m = std::max(m, x[i]);
+    return m;
+  }
 }
 
 /// Row-wise softmax of a rows x cols row-major matrix, numerically stable (the row maximum is
