@@ -17,3 +17,11 @@ elseif(EDGESPLIT_ISA STREQUAL "x86-64-v3")
 elseif(NOT EDGESPLIT_ISA STREQUAL "none")
   message(FATAL_ERROR "EDGESPLIT_ISA must be native, x86-64-v3 or none, not '${EDGESPLIT_ISA}'")
 endif()
+
+# Sanitizers for edgesplit's own binaries: -DEDGESPLIT_SANITIZE=address,undefined or =thread.
+set(EDGESPLIT_SANITIZE "" CACHE STRING "Comma-separated -fsanitize= list for tests/examples (empty: none)")
+if(EDGESPLIT_SANITIZE)
+  target_compile_options(edgesplit_dev_flags INTERFACE -fsanitize=${EDGESPLIT_SANITIZE}
+                         -fno-sanitize-recover=all -fno-omit-frame-pointer)
+  target_link_options(edgesplit_dev_flags INTERFACE -fsanitize=${EDGESPLIT_SANITIZE})
+endif()

@@ -3,8 +3,9 @@
 #   1. package consumers: install to a prefix and build a find_package() consumer, and an
 #      add_subdirectory() consumer; run both;
 #   2. cross builds for aarch64 and 32-bit ARM (NEON kernels), tests run under qemu-user;
-#   3. clang build (Release, -Werror) and its tests;
-#   4. g++ build (Release, -Werror) of everything (tests, examples, benchmarks) and its tests.
+#   3. clang build with AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite;
+#   4. clang build (Release, -Werror) and its tests;
+#   5. g++ build (Release, -Werror) of everything (tests, examples, benchmarks) and its tests.
 # Each build prints the SIMD instruction set its kernels were compiled for.
 # Build trees go under build/. Exits non-zero on the first failure.
 set -euo pipefail
@@ -41,6 +42,12 @@ for target in aarch64-linux-gnu:qemu-aarch64 arm-linux-gnueabihf:qemu-arm; do
   "$emu" -L "/usr/$triple" "$out/$triple/examples/quickstart" | grep "SIMD kernels"
   ctest --test-dir "$out/$triple" --output-on-failure -j"$jobs"
 done
+
+step "clang + AddressSanitizer + UndefinedBehaviorSanitizer: build and test"
+cmake -S "$root" -B "$out/asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGESPLIT_WERROR=ON \
+  -DCMAKE_CXX_COMPILER=clang++ -DEDGESPLIT_BUILD_BENCH=OFF -DEDGESPLIT_SANITIZE=address,undefined >/dev/null
+cmake --build "$out/asan" -j"$jobs"
+ctest --test-dir "$out/asan" --output-on-failure -j"$jobs"
 
 step "clang: build and test"
 cmake -S "$root" -B "$out/clang" "${common[@]}" -DCMAKE_CXX_COMPILER=clang++ -DEDGESPLIT_BUILD_BENCH=OFF >/dev/null
