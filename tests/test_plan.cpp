@@ -175,3 +175,60 @@ TEST_CASE("LinkEstimator converges geometrically to the true link", "[plan]") {
   CHECK(est.transfer_samples() == 60);
   expect_errc(errc::invalid_argument, [] { LinkEstimator(LinkModel{}, 0.0); });
 }
+
+#if __has_include(<nlohmann/json.hpp>)
+#include "edgesplit/io/profile_json.hpp"
+
+TEST_CASE("Profile JSON: exact round trip and every malformed file refused", "[plan][io]") {
+  auto p = toy_profile(0.001234567890123, 3e-7);
+  p.simd = "avx2";
+  p.note = "unit test";
+  p.source = ProfileSource::scaled;
+  const auto back = parse_profile(profile_to_json(p).dump());
+  CHECK(back.device == p.device);
+  CHECK(back.simd == "avx2");
+  CHECK(back.source == ProfileSource::scaled);
+  CHECK(back.input_features == 4);
+  REQUIRE(back.batches.size() == 2);
+  for (std::size_t b = 0; b < 2; ++b)
+    for (std::size_t l = 0; l < 2; ++l) {
+      CHECK(back.batches[b].layers[l].seconds == p.batches[b].layers[l].seconds);  // bit-exact
+      CHECK(back.batches[b].layers[l].name == p.batches[b].layers[l].name);
+      CHECK(back.batches[b].layers[l].flops == p.batches[b].layers[l].flops);
+    }
+
+  const nlohmann::json good = profile_to_json(p);
+  auto mutated = [&](auto edit) {
+    nlohmann::json j = good;
+    edit(j);
+    return j.dump();
+  };
+  expect_errc(errc::corrupt_frame, [&] { (void)parse_profile("{\"format\": "); });
+  expect_errc(errc::corrupt_frame, [&] { (void)parse_profile("[1, 2]"); });
+  expect_errc(errc::corrupt_frame, [&] { (void)parse_profile(mutated([](auto& j) { j["format"] = "other"; })); });
+  expect_errc(errc::version_mismatch, [&] { (void)parse_profile(mutated([](auto& j) { j["version"] = 2; })); });
+  expect_errc(errc::corrupt_frame, [&] { (void)parse_profile(mutated([](auto& j) { j.erase("device"); })); });
+  expect_errc(errc::corrupt_frame, [&] { (void)parse_profile(mutated([](auto& j) { j["input_features"] = -4; })); });
+  expect_errc(errc::corrupt_frame, [&] { (void)parse_profile(mutated([](auto& j) { j["source"] = "guessed"; })); });
+  expect_errc(errc::corrupt_frame, [&] { (void)parse_profile(mutated([](auto& j) { j["batches"] = 7; })); });
+  expect_errc(errc::corrupt_frame,
+              [&] { (void)parse_profile(mutated([](auto& j) { j["batches"][0]["layers"][0]["seconds"] = -1.0; })); });
+  expect_errc(errc::corrupt_frame,
+              [&] { (void)parse_profile(mutated([](auto& j) { j["batches"][0]["layers"][0]["seconds"] = "fast"; })); });
+  expect_errc(errc::corrupt_frame, [&] { (void)parse_profile(mutated([](auto& j) { j["batches"][1]["batch"] = 1; })); });
+  expect_errc(errc::corrupt_frame, [&] { (void)parse_profile(mutated([](auto& j) { j["batches"][0]["batch"] = 0; })); });
+  expect_errc(errc::corrupt_frame,
+              [&] { (void)parse_profile(mutated([](auto& j) { j["batches"][1]["layers"].erase(0); })); });
+  expect_errc(errc::corrupt_frame, [&] { (void)parse_profile(mutated([](auto& j) { j["batches"] = nlohmann::json::array(); })); });
+  ProfileLimits small;
+  small.max_layers = 1;
+  expect_errc(errc::too_large, [&] { (void)parse_profile(good.dump(), small); });
+  small = {};
+  small.max_string = 3;
+  expect_errc(errc::too_large, [&] { (void)parse_profile(good.dump(), small); });
+  small = {};
+  small.max_file_bytes = 10;
+  expect_errc(errc::too_large, [&] { (void)parse_profile(good.dump(), small); });
+  expect_errc(errc::io_error, [&] { (void)load_profile("/nonexistent/profile.json"); });
+}
+#endif
