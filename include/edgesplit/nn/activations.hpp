@@ -134,6 +134,12 @@ class Activation final : public Layer<T> {
       return F::name;
   }
   std::unique_ptr<Layer<T>> clone() const override { return std::make_unique<Activation>(*this); }
+  LayerSpec spec() const override {
+    if constexpr (requires { f_.alpha; })
+      return {F::name, {}, {{"alpha", f_.alpha}}};
+    else
+      return {F::name, {}, {}};
+  }
   const F& policy() const noexcept { return f_; }
 
  protected:

@@ -26,8 +26,6 @@ namespace edgesplit {
 /// accumulated onto it, so the bias costs no extra pass.
 template <Real T>
 class Dense final : public Layer<T> {
-  using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
   using RowVector = Eigen::Matrix<T, 1, Eigen::Dynamic>;
 
  public:
@@ -48,6 +46,7 @@ class Dense final : public Layer<T> {
     return "Dense(" + std::to_string(in_) + " -> " + std::to_string(out_) + ")";
   }
   std::unique_ptr<Layer<T>> clone() const override { return std::make_unique<Dense>(*this); }
+  LayerSpec spec() const override { return {"Dense", {{"in", in_}, {"out", out_}}, {}}; }
 
   std::size_t in_features() const noexcept { return in_; }
   std::size_t out_features() const noexcept { return out_; }
@@ -86,13 +85,18 @@ class Dense final : public Layer<T> {
   void backward_impl(TensorView<const T> in, TensorView<const T>, TensorView<const T> grad_out,
                      TensorView<T> grad_in) override {
     if (weight_grad_.shape() != weight_.shape()) zero_grad();
-    const auto G = grad_out.as_matrix();
-    Eigen::Map<RowMajor> dW(weight_grad_.data(), static_cast<Eigen::Index>(out_),
-                            static_cast<Eigen::Index>(in_));
-    Eigen::Map<RowVector> db(bias_grad_.data(), static_cast<Eigen::Index>(out_));
-    dW.noalias() += G.transpose() * in.as_matrix();
-    db += G.colwise().sum();
-    if (grad_in.data() != nullptr) grad_in.as_matrix().noalias() = G * weights();
+    using Index = Eigen::Index;
+    const auto batch = static_cast<Index>(in.shape().batch()), out = static_cast<Index>(out_),
+               in_features = static_cast<Index>(in_);
+    // dW += G^T X and dX = G W through kept workspaces: Eigen's expression products would
+    // allocate their packing buffers on every training step.
+    gemm_dw_.atb_accumulate(grad_out.data(), in.data(), weight_grad_.data(), out, in_features, batch);
+    Eigen::Map<RowVector> db(bias_grad_.data(), out);
+    db += grad_out.as_matrix().colwise().sum();
+    if (grad_in.data() != nullptr) {
+      std::fill_n(grad_in.data(), grad_in.size(), T(0));
+      gemm_dx_.ab_accumulate(grad_out.data(), weight_.data(), grad_in.data(), batch, in_features, out);
+    }
   }
 
   std::vector<Parameter<T>> parameters_impl() override {
@@ -100,14 +104,10 @@ class Dense final : public Layer<T> {
   }
 
  private:
-  Eigen::Map<const RowMajor> weights() const {
-    return {weight_.data(), static_cast<Eigen::Index>(out_), static_cast<Eigen::Index>(in_)};
-  }
-
   std::size_t in_, out_;
   Tensor<T> weight_, bias_;
   Tensor<T> weight_grad_, bias_grad_;
-  GemmWorkspace<T> gemm_;
+  GemmWorkspace<T> gemm_, gemm_dw_, gemm_dx_;  // forward, weight gradient, input gradient
 };
 
 }  // namespace edgesplit

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -20,6 +21,15 @@ struct Parameter {
   std::string name;
   TensorView<T> value;
   TensorView<T> grad;
+};
+
+/// A layer's kind and configuration as plain values: what a weights file stores so a model can be
+/// rebuilt from the file alone (see `make_layer` in nn/layer_factory.hpp). `type` is `name()`.
+struct LayerSpec {
+  std::string type;
+  std::map<std::string, std::uint64_t> integers;  ///< sizes, seeds: {"in": 784, "out": 512}
+  std::map<std::string, double> reals;            ///< rates, slopes: {"p": 0.2}
+  friend bool operator==(const LayerSpec&, const LayerSpec&) = default;
 };
 
 /// One stage of a model.
@@ -71,8 +81,14 @@ class Layer {
     return flops_impl(in);
   }
 
+  /// Kind and configuration, enough for `make_layer` to build an equal layer (weights aside).
+  virtual LayerSpec spec() const { return {std::string(name()), {}, {}}; }
+
   /// The trainable tensors, named as in file formats ("weight", "bias").
   std::vector<Parameter<T>> parameters() { return parameters_impl(); }
+  /// State that is saved with the model but not trained (a Standardizer's mean and std), named
+  /// like parameters; `grad` is always empty.
+  std::vector<Parameter<T>> buffers() { return buffers_impl(); }
   /// Number of trainable scalars.
   virtual std::size_t parameter_count() const { return 0; }
   /// Sets every parameter gradient to zero, allocating gradient storage the first time.
@@ -100,6 +116,7 @@ class Layer {
                              TensorView<const T> grad_out, TensorView<T> grad_in) = 0;
   virtual std::uint64_t flops_impl(const Shape& in) const = 0;
   virtual std::vector<Parameter<T>> parameters_impl() { return {}; }
+  virtual std::vector<Parameter<T>> buffers_impl() { return {}; }
 
  private:
   void check_output(const Shape& got, const Shape& want, const char* what) const {

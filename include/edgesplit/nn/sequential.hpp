@@ -158,15 +158,9 @@ class Sequential {
   }
 
   /// Every trainable tensor, named "<layer index>.<name>" (as PyTorch names nn.Sequential's).
-  std::vector<Parameter<T>> parameters() {
-    std::vector<Parameter<T>> all;
-    for (std::size_t i = 0; i < layers_.size(); ++i)
-      for (auto& p : layers_[i]->parameters()) {
-        p.name = std::to_string(i) + "." + p.name;
-        all.push_back(std::move(p));
-      }
-    return all;
-  }
+  std::vector<Parameter<T>> parameters() { return named(&Layer<T>::parameters); }
+  /// Every saved-but-not-trained tensor (`Layer::buffers`), named like parameters.
+  std::vector<Parameter<T>> buffers() { return named(&Layer<T>::buffers); }
   void zero_grad() {
     for (auto& l : layers_) l->zero_grad();
   }
@@ -175,6 +169,16 @@ class Sequential {
   }
 
  private:
+  std::vector<Parameter<T>> named(std::vector<Parameter<T>> (Layer<T>::*which)()) {
+    std::vector<Parameter<T>> all;
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+      for (auto& p : ((*layers_[i]).*which)()) {
+        p.name = std::to_string(i) + "." + p.name;
+        all.push_back(std::move(p));
+      }
+    return all;
+  }
+
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   std::vector<Tensor<T>> acts_;   // output of each layer, kept for backward
   std::vector<Tensor<T>> grads_;  // two ping-pong buffers for input gradients

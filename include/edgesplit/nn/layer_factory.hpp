@@ -1,0 +1,84 @@
+// edgesplit/nn/layer_factory.hpp - builds a layer from its LayerSpec (the inverse of Layer::spec).
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+
+#include "edgesplit/core/shape.hpp"
+#include "edgesplit/nn/activations.hpp"
+#include "edgesplit/nn/dense.hpp"
+#include "edgesplit/nn/dropout.hpp"
+#include "edgesplit/nn/layer.hpp"
+#include "edgesplit/nn/standardizer.hpp"
+
+namespace edgesplit {
+
+namespace detail {
+inline std::uint64_t spec_integer(const LayerSpec& s, const std::string& key) {
+  const auto it = s.integers.find(key);
+  if (it == s.integers.end()) fail(errc::invalid_argument, s.type + " spec lacks the integer '" + key + "'");
+  return it->second;
+}
+inline double spec_real(const LayerSpec& s, const std::string& key) {
+  const auto it = s.reals.find(key);
+  if (it == s.reals.end()) fail(errc::invalid_argument, s.type + " spec lacks the number '" + key + "'");
+  return it->second;
+}
+inline std::size_t spec_size(const LayerSpec& s, const std::string& key) {
+  const std::uint64_t v = spec_integer(s, key);
+  if (v == 0 || v > std::numeric_limits<std::size_t>::max() / 2)
+    fail(errc::invalid_argument, s.type + " '" + key + "' = " + std::to_string(v) + " is out of range");
+  return static_cast<std::size_t>(v);
+}
+}  // namespace detail
+
+/// Elements of storage (weights and saved state) a layer built from `spec` allocates. A loader
+/// checks this against what a file can hold before building anything, so an architecture read
+/// from outside cannot make edgesplit allocate more than the file's size justifies.
+/// errc::too_large on overflow; errc::unsupported for an unknown type.
+inline std::size_t layer_storage(const LayerSpec& spec) {
+  if (spec.type == "Dense") {
+    const std::size_t in = detail::spec_size(spec, "in"), out = detail::spec_size(spec, "out");
+    return Shape::checked_count(std::array<std::size_t, 2>{in + 1, out});
+  }
+  if (spec.type == "Standardizer")
+    return detail::spec_integer(spec, "global") ? 2 : Shape::checked_bytes(detail::spec_size(spec, "features"), 2);
+  if (spec.type == "Dropout" || spec.type == "Identity" || spec.type == "ReLU" || spec.type == "LeakyReLU" ||
+      spec.type == "Sigmoid" || spec.type == "Tanh" || spec.type == "GELU" || spec.type == "GELUTanh" ||
+      spec.type == "Softmax")
+    return 0;
+  fail(errc::unsupported, "unknown layer type '" + spec.type + "'");
+}
+
+/// A new layer of `spec.type` configured by `spec`; trainable weights are zero, saved state at its
+/// defaults (load them afterwards). errc::unsupported for an unknown type, errc::invalid_argument
+/// for a missing or out-of-range setting.
+template <Real T>
+std::unique_ptr<Layer<T>> make_layer(const LayerSpec& spec) {
+  (void)layer_storage(spec);  // validates the sizes before anything is allocated
+  const std::string& t = spec.type;
+  if (t == "Dense") return std::make_unique<Dense<T>>(detail::spec_size(spec, "in"), detail::spec_size(spec, "out"));
+  if (t == "Dropout")
+    return std::make_unique<Dropout<T>>(detail::spec_real(spec, "p"), detail::spec_integer(spec, "seed"));
+  if (t == "Standardizer") {
+    const std::uint64_t global = detail::spec_integer(spec, "global");
+    if (global > 1) fail(errc::invalid_argument, "Standardizer 'global' must be 0 or 1");
+    return std::make_unique<Standardizer<T>>(detail::spec_size(spec, "features"),
+                                             global ? Standardize::global : Standardize::per_feature,
+                                             detail::spec_real(spec, "epsilon"));
+  }
+  if (t == "Identity") return std::make_unique<Identity<T>>();
+  if (t == "ReLU") return std::make_unique<ReLU<T>>();
+  if (t == "LeakyReLU") return std::make_unique<LeakyReLU<T>>(detail::spec_real(spec, "alpha"));
+  if (t == "Sigmoid") return std::make_unique<Sigmoid<T>>();
+  if (t == "Tanh") return std::make_unique<Tanh<T>>();
+  if (t == "GELU") return std::make_unique<GELU<T>>();
+  if (t == "GELUTanh") return std::make_unique<GELUTanh<T>>();
+  return std::make_unique<Softmax<T>>();  // the last type layer_storage accepts
+}
+
+}  // namespace edgesplit
