@@ -21,6 +21,11 @@
 #include "edgesplit/nn/standardizer.hpp"
 #include "edgesplit/nn/trainer.hpp"
 #include "edgesplit/nn/weights.hpp"
+#include "edgesplit/transport/clock.hpp"
+#include "edgesplit/transport/inproc.hpp"
+#include "edgesplit/transport/simulated_link.hpp"
+#include "edgesplit/transport/tcp.hpp"
+#include "edgesplit/transport/transport.hpp"
 // Not included here because they need optional dependencies (CMake options EDGESPLIT_WITH_JSON
 // and EDGESPLIT_WITH_ZLIB); include them directly:
 //   edgesplit/io/safetensors.hpp  weights files (nlohmann-json)
