@@ -3,7 +3,8 @@
 #   1. package consumers: install to a prefix and build a find_package() consumer, and an
 #      add_subdirectory() consumer; run both;
 #   2. cross builds for aarch64 and 32-bit ARM (NEON kernels), tests run under qemu-user;
-#   3. clang build with AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite;
+#   3. clang builds with AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite, and
+#      with ThreadSanitizer over the transport and runtime tests (the code that owns threads);
 #   4. clang build (Release, -Werror) and its tests;
 #   5. g++ build (Release, -Werror) of everything (tests, examples, benchmarks) and its tests.
 # Each build prints the SIMD instruction set its kernels were compiled for.
@@ -48,6 +49,13 @@ cmake -S "$root" -B "$out/asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGESPLIT_WE
   -DCMAKE_CXX_COMPILER=clang++ -DEDGESPLIT_BUILD_BENCH=OFF -DEDGESPLIT_SANITIZE=address,undefined >/dev/null
 cmake --build "$out/asan" -j"$jobs"
 ctest --test-dir "$out/asan" --output-on-failure -j"$jobs"
+
+step "clang + ThreadSanitizer: build, run transport and runtime tests"
+cmake -S "$root" -B "$out/tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGESPLIT_WERROR=ON \
+  -DCMAKE_CXX_COMPILER=clang++ -DEDGESPLIT_BUILD_BENCH=OFF -DEDGESPLIT_BUILD_EXAMPLES=OFF \
+  -DEDGESPLIT_SANITIZE=thread >/dev/null
+cmake --build "$out/tsan" -j"$jobs" --target edgesplit_tests
+"$out/tsan/tests/edgesplit_tests" "[transport],[runtime]"
 
 step "clang: build and test"
 cmake -S "$root" -B "$out/clang" "${common[@]}" -DCMAKE_CXX_COMPILER=clang++ -DEDGESPLIT_BUILD_BENCH=OFF >/dev/null
