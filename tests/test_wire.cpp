@@ -1,0 +1,607 @@
+// Tests for wire/: CRC-32C against published vectors, the frame header, the tensor payload and
+// FeatureCodec round trips, every malformed-input path (with the error code it must give),
+// truncation at every offset, every single-bit flip, zstd bombs, no allocation in steady state,
+// and the replay of the fuzz corpus.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "alloc_counter.hpp"
+#include "edgesplit/edgesplit.hpp"
+#include "fuzz/decode_entry.hpp"
+#include "test_util.hpp"
+
+#if EDGESPLIT_HAS_ZSTD
+#include <zstd.h>
+#endif
+
+using namespace edgesplit;
+using edgesplit_test::expect_errc;
+namespace w = edgesplit::wire;
+
+namespace {
+
+using Bytes = std::vector<std::byte>;
+
+Bytes bytes_of(std::initializer_list<int> v) {
+  Bytes b;
+  for (int x : v) b.push_back(std::byte(x));
+  return b;
+}
+Bytes bytes_of(std::string_view s) {
+  Bytes b;
+  for (char c : s) b.push_back(std::byte(c));
+  return b;
+}
+
+// Makes the payload length and the CRC match the bytes again, so that a test reaches the check
+// it aims at instead of stopping at the checksum.
+void reseal(Bytes& f) {
+  w::store_le32(f.data() + 12, static_cast<std::uint32_t>(f.size() - w::load_le16(f.data() + 8)));
+  w::store_le32(f.data() + w::frame_crc_offset, w::frame_crc(f));
+}
+
+Tensor<float> features(const Shape& s, std::uint64_t seed, double lo = -2, double hi = 3) {
+  Rng rng(seed);
+  Tensor<float> t(s);
+  for (float& v : t.span()) v = static_cast<float>(rng.uniform(lo, hi));
+  return t;
+}
+
+CodecConfig config(int bits, Granularity g = Granularity::per_tensor, std::size_t axis = 1,
+                   w::Lossless lossless = w::Lossless::none) {
+  CodecConfig c;
+  c.bits = bits;
+  c.granularity = g;
+  c.axis = axis;
+  c.lossless = lossless;
+  return c;
+}
+
+Bytes encode(const CodecConfig& c, const Tensor<float>& x) {
+  FeatureCodec codec(c);
+  Bytes out;
+  codec.encode(x, out);
+  return out;
+}
+
+// A TENSOR frame around hand-made data: what a hostile or broken peer could send.
+Bytes tensor_frame(const Shape& s, int bits, w::Lossless lossless, const QuantParams* p, std::span<const std::byte> data) {
+  Bytes f;
+  w::begin_frame(f, w::MessageType::tensor);
+  w::ByteWriter wr(f);
+  w::write_tensor_header(wr, s, bits, lossless, p);
+  wr.u32(static_cast<std::uint32_t>(data.size()));
+  auto dst = wr.reserve(data.size());
+  std::copy(data.begin(), data.end(), dst.begin());
+  w::finish_frame(f);
+  return f;
+}
+
+bool same_bits_view(const Tensor<float>& a, const Tensor<float>& b) {
+  return a.shape() == b.shape() && (a.size() == 0 || std::memcmp(a.data(), b.data(), a.bytes()) == 0);
+}
+
+void expect_decode_error(errc code, const Bytes& frame, const w::DecodeLimits& limits = {}) {
+  CodecConfig c;
+  c.limits = limits;
+  FeatureCodec codec(c);
+  Tensor<float> out;
+  expect_errc(code, [&] { codec.decode(frame, out); });
+}
+
+// The frames the exhaustive truncation and bit-flip tests walk through: every encoding, both
+// granularities, and zstd where built in.
+std::vector<Bytes> sample_frames() {
+  std::vector<Bytes> frames;
+  const auto x = features(Shape{3, 7}, 5);
+  frames.push_back(encode(config(32), x));
+  frames.push_back(encode(config(8), x));
+  frames.push_back(encode(config(4, Granularity::per_channel, 1), x));
+  frames.push_back(encode(config(2, Granularity::per_channel, 0), x));
+  if (w::has_zstd) {
+    frames.push_back(encode(config(8, Granularity::per_tensor, 1, w::Lossless::zstd), x));
+    frames.push_back(encode(config(4, Granularity::per_channel, 1, w::Lossless::zstd), x));
+  }
+  return frames;
+}
+
+}  // namespace
+
+TEST_CASE("CRC-32C matches the published test vectors", "[wire][crc]") {
+  Bytes zeros(32, std::byte{0}), ones(32, std::byte{0xFF}), up(32), down(32);
+  for (int i = 0; i < 32; ++i) {
+    up[i] = std::byte(i);
+    down[i] = std::byte(31 - i);
+  }
+  // RFC 3720 (iSCSI) appendix B.4; the CRC bytes printed there are the value little-endian.
+  const Bytes read10 = bytes_of({0x01, 0xc0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                                 0x00, 0x00, 0x00, 0x00, 0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00,
+                                 0x00, 0x00, 0x00, 0x14, 0x00, 0x00, 0x00, 0x18, 0x28, 0x00, 0x00, 0x00,
+                                 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00});
+  const std::vector<std::pair<Bytes, std::uint32_t>> vectors = {
+      {bytes_of("123456789"), 0xE3069283u}, {zeros, 0x8A9136AAu}, {ones, 0x62A8AB43u},
+      {up, 0x46DD794Eu},                    {down, 0x113FDB5Cu},  {read10, 0xD9963A56u},
+      {Bytes{}, 0x00000000u}};
+  for (const auto& [data, crc] : vectors) {
+    CHECK(w::crc32c_portable(data) == crc);
+    CHECK(w::crc32c(data) == crc);
+#if defined(__SSE4_2__)
+    CHECK(w::crc32c_hardware(data) == crc);
+#endif
+  }
+  // Chaining, and every implementation on every length and alignment.
+  Rng rng(31);
+  Bytes buf(600);
+  for (auto& b : buf) b = std::byte(rng.below(256));
+  const std::span<const std::byte> all(buf);
+  for (std::size_t off = 0; off < 9; ++off)
+    for (std::size_t n = 0; n + off <= 300; n += 7) {
+      const auto s = all.subspan(off, n);
+      const std::uint32_t ref = w::crc32c_portable(s);
+      CHECK(w::crc32c(s) == ref);
+      const std::size_t cut = n / 3;
+      CHECK(w::crc32c_portable(s.subspan(cut), w::crc32c_portable(s.first(cut))) == ref);
+      CHECK(w::crc32c(s.subspan(cut), w::crc32c(s.first(cut))) == ref);
+    }
+}
+
+TEST_CASE("A frame has the documented byte layout", "[wire][frame]") {
+  FeatureCodec codec(config(4));
+  codec.set_params(QuantParams::tensor(1.0f, 0, 4));
+  const std::vector<float> v = {1.0f, -2.0f, 3.0f};
+  Bytes f;
+  codec.encode(TensorView<const float>(v.data(), Shape{3}), f, 7);
+  Bytes want = bytes_of({'E', 'S', 'P', 'L', 1, 0, 8, 0, 24, 0, 0, 0, 23, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0,
+                         // dtype f32, affine per tensor, 4 bits, no lossless stage, rank 1, axis 0
+                         1, 1, 4, 0, 1, 0, 0, 0,
+                         3, 0, 0, 0,                   // dims
+                         0x00, 0x00, 0x80, 0x3F, 0,    // scale 1.0f, zero point 0
+                         2, 0, 0, 0, 0xE1, 0x03});     // data length, codes {1, -2, 3} packed
+  const std::uint32_t crc =
+      w::crc32c_portable(std::span(want).subspan(24), w::crc32c_portable(std::span(want).first(20)));
+  w::store_le32(want.data() + 20, crc);
+  CHECK(f == want);
+  const w::FrameHeader h = w::parse_frame_header(f);
+  CHECK(h.type == w::MessageType::tensor);
+  CHECK(h.request_id == 7);
+  CHECK(h.payload_length == 23);
+  CHECK(h.frame_size() == f.size());
+  Tensor<float> out;
+  CHECK(codec.decode(f, out).request_id == 7);
+  CHECK(out.shape() == Shape{3});
+  CHECK(std::vector<float>(out.span().begin(), out.span().end()) == v);
+}
+
+TEST_CASE("Frames of every message type round-trip through begin/finish/parse", "[wire][frame]") {
+  for (int t = 1; t <= 8; ++t) {
+    const auto type = static_cast<w::MessageType>(t);
+    CHECK(w::is_known(type));
+    CHECK(w::to_string(type) != "unknown");
+    Bytes f;
+    w::begin_frame(f, type, 0xA1B2C3D4u);
+    w::ByteWriter(f).u32(0x01020304u);
+    w::finish_frame(f);
+    const w::Frame fr = w::parse_frame(f);
+    CHECK(fr.header.type == type);
+    CHECK(fr.header.request_id == 0xA1B2C3D4u);
+    CHECK(fr.payload.size() == 4);
+    CHECK(w::load_le32(fr.payload.data()) == 0x01020304u);
+  }
+  CHECK_FALSE(w::is_known(static_cast<w::MessageType>(0)));
+  CHECK_FALSE(w::is_known(static_cast<w::MessageType>(9)));
+}
+
+TEST_CASE("Malformed frame headers are refused with their error codes", "[wire][frame][errors]") {
+  const Bytes good = encode(config(8), features(Shape{2, 5}, 1));
+  Tensor<float> out;
+  FeatureCodec codec;
+  codec.decode(good, out);
+
+  auto tampered = [&](auto edit, bool fix = true) {
+    Bytes f = good;
+    edit(f);
+    if (fix) reseal(f);
+    return f;
+  };
+  expect_decode_error(errc::corrupt_frame, tampered([](Bytes& f) { f[0] = std::byte{'F'}; }, false));
+  expect_decode_error(errc::version_mismatch, tampered([](Bytes& f) { f[4] = std::byte{2}; }));
+  expect_decode_error(errc::version_mismatch, tampered([](Bytes& f) { f[4] = std::byte{0}; }));
+  expect_decode_error(errc::unsupported, tampered([](Bytes& f) { f[6] = std::byte{0}; }));
+  expect_decode_error(errc::unsupported, tampered([](Bytes& f) { f[6] = std::byte{9}; }));
+  expect_decode_error(errc::unsupported, tampered([](Bytes& f) { f[6] = std::byte{255}; }));
+  expect_decode_error(errc::unsupported, tampered([](Bytes& f) { f[7] = std::byte{1}; }));
+  expect_decode_error(errc::corrupt_frame, tampered([](Bytes& f) { f[8] = std::byte{20}; }));
+  expect_decode_error(errc::corrupt_frame, tampered([](Bytes& f) { f[10] = std::byte{1}; }));
+  expect_decode_error(errc::checksum_mismatch, tampered([](Bytes& f) { f[30] ^= std::byte{4}; }, false));
+  expect_decode_error(errc::checksum_mismatch, tampered([](Bytes& f) { f[21] ^= std::byte{1}; }, false));
+  // A header length of 28 is only valid with a minor version that defines those 4 bytes.
+  expect_decode_error(errc::corrupt_frame, tampered([](Bytes& f) {
+                        f[8] = std::byte{28};
+                        f.insert(f.begin() + 24, 4, std::byte{0});
+                      }));
+  // ... and a later minor's extension is skipped by this reader.
+  const Bytes newer = tampered([](Bytes& f) {
+    f[5] = std::byte{3};
+    f[8] = std::byte{28};
+    f.insert(f.begin() + 24, {std::byte{1}, std::byte{2}, std::byte{3}, std::byte{4}});
+  });
+  Tensor<float> out2;
+  CHECK(codec.decode(newer, out2).minor == 3);
+  CHECK(same_bits_view(out, out2));
+  // The frame must be exactly the bytes given.
+  Bytes longer = good;
+  longer.push_back(std::byte{0});
+  expect_decode_error(errc::corrupt_frame, longer);
+  expect_decode_error(errc::corrupt_frame, Bytes(good.begin(), good.end() - 1));
+  // The payload cap is checked from the 24 header bytes alone, before the payload is read.
+  w::DecodeLimits small;
+  small.max_payload_bytes = 10;
+  expect_errc(errc::too_large, [&] { (void)w::parse_frame_header(std::span(good).first(24), small); });
+  expect_errc(errc::corrupt_frame, [&] { (void)w::parse_frame_header(std::span(good).first(23)); });
+  // The codec decodes tensor frames only.
+  Bytes ping;
+  w::begin_frame(ping, w::MessageType::ping);
+  w::finish_frame(ping);
+  expect_decode_error(errc::unsupported, ping);
+}
+
+TEST_CASE("Malformed tensor payloads are refused with their error codes", "[wire][tensor][errors]") {
+  // int4 per channel along axis 1 of {2, 3}: dims at 32, scales at 40, zero points at 52,
+  // data length at 55, 3 data bytes at 59.
+  const Bytes good = encode(config(4, Granularity::per_channel, 1), features(Shape{2, 3}, 2));
+  REQUIRE(good.size() == 62);
+  auto tampered = [&](auto edit) {
+    Bytes f = good;
+    edit(f);
+    reseal(f);
+    return f;
+  };
+  auto set = [&](std::size_t at, int v) { return tampered([=](Bytes& f) { f[at] = std::byte(v); }); };
+  auto set32 = [&](std::size_t at, std::uint32_t v) { return tampered([=](Bytes& f) { w::store_le32(f.data() + at, v); }); };
+  using enum errc;
+  expect_decode_error(unsupported, set(24, 2));    // dtype f64
+  expect_decode_error(unsupported, set(24, 0));    // not a dtype
+  expect_decode_error(unsupported, set(24, 200));
+  expect_decode_error(unsupported, set(25, 3));    // encoding
+  expect_decode_error(unsupported, set(27, 2));    // lossless stage
+  expect_decode_error(corrupt_frame, set(26, 7));  // bits
+  expect_decode_error(corrupt_frame, set(26, 32));
+  expect_decode_error(corrupt_frame, set(25, 0));  // raw needs 32 bits
+  expect_decode_error(corrupt_frame, set(28, 0));  // rank 0
+  expect_decode_error(corrupt_frame, set(28, 9));  // rank 9
+  expect_decode_error(corrupt_frame, set(29, 2));  // axis past the rank
+  expect_decode_error(corrupt_frame, set(30, 1));  // reserved
+  expect_decode_error(corrupt_frame, set32(32, 0));           // zero dimension
+  expect_decode_error(corrupt_frame, set32(36, 0));
+  expect_decode_error(too_large, set32(32, 0xFFFFFFFFu));     // huge dimension
+  expect_decode_error(too_large, set32(36, (16u << 20) + 1));
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity(), 0.0f, -0.5f, 1e-40f, 3e38f})
+    expect_decode_error(corrupt_frame, set32(44, std::bit_cast<std::uint32_t>(bad)));  // scale
+  expect_decode_error(corrupt_frame, set(53, 8));    // zero point past 4-bit codes
+  expect_decode_error(corrupt_frame, set(53, 0xF7));  // -9
+  expect_decode_error(corrupt_frame, set32(55, 4));  // data length != shape x bits ...
+  expect_decode_error(corrupt_frame, tampered([](Bytes& f) {  // ... also when the bytes are there
+    w::store_le32(f.data() + 55, 4);
+    f.push_back(std::byte{0});
+  }));
+  expect_decode_error(corrupt_frame, tampered([](Bytes& f) {
+    w::store_le32(f.data() + 55, 2);
+    f.pop_back();
+  }));
+  expect_decode_error(corrupt_frame, tampered([](Bytes& f) { f.push_back(std::byte{0}); }));  // trailing
+  expect_decode_error(corrupt_frame, tampered([](Bytes& f) { f.resize(50); }));  // truncated parameters
+  // 6 codes of 4 bits fill 3 bytes exactly; 5 codes leave half a byte that must be zero.
+  const std::vector<std::int8_t> codes = {1, 2, 3, 4, 5};
+  Bytes packed(3);
+  pack_codes(codes, 4, packed);
+  const QuantParams p = QuantParams::tensor(0.5f, 0, 4);
+  Tensor<float> out;
+  FeatureCodec().decode(tensor_frame(Shape{5}, 4, w::Lossless::none, &p, packed), out);
+  CHECK(out[4] == 2.5f);
+  packed[2] |= std::byte{0x10};
+  expect_decode_error(corrupt_frame, tensor_frame(Shape{5}, 4, w::Lossless::none, &p, packed));
+  // Raw floats must be finite.
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    Bytes raw(8);
+    w::store_le32(raw.data(), std::bit_cast<std::uint32_t>(1.0f));
+    w::store_le32(raw.data() + 4, std::bit_cast<std::uint32_t>(bad));
+    expect_decode_error(corrupt_frame, tensor_frame(Shape{2}, 32, w::Lossless::none, nullptr, raw));
+  }
+  // An element count that overflows 64 bits is refused while the dimensions are read, even when
+  // the cap is as large as it can be.
+  Bytes huge;
+  w::begin_frame(huge, w::MessageType::tensor);
+  {
+    w::ByteWriter wr(huge);
+    for (int v : {1, 2, 8, 0, 8, 0, 0, 0}) wr.u8(static_cast<std::uint8_t>(v));
+    for (int i = 0; i < 8; ++i) wr.u32(0xFFFFFFFFu);
+  }
+  w::finish_frame(huge);
+  w::DecodeLimits unlimited;
+  unlimited.max_elements = SIZE_MAX;
+  expect_decode_error(too_large, huge, unlimited);
+  // The element cap applies to the product, not only to each dimension.
+  w::DecodeLimits small;
+  small.max_elements = 5;
+  expect_decode_error(too_large, good, small);
+}
+
+TEST_CASE("The zstd stage refuses bombs and malformed zstd data before allocating", "[wire][zstd][errors]") {
+  if (!w::has_zstd) {
+    expect_errc(errc::unsupported, [] { FeatureCodec c(config(8, Granularity::per_tensor, 1, w::Lossless::zstd)); });
+    const QuantParams p = QuantParams::tensor(1, 0);
+    const Bytes any(4);
+    expect_decode_error(errc::unsupported, tensor_frame(Shape{4}, 8, w::Lossless::zstd, &p, any));
+    return;
+  }
+#if EDGESPLIT_HAS_ZSTD
+  expect_errc(errc::invalid_argument, [] {
+    CodecConfig c = config(8, Granularity::per_tensor, 1, w::Lossless::zstd);
+    c.zstd_level = 1000;
+    FeatureCodec codec(c);
+  });
+  auto zstd = [](const Bytes& src, bool record_size = true) {
+    ZSTD_CCtx* c = ZSTD_createCCtx();
+    ZSTD_CCtx_setParameter(c, ZSTD_c_contentSizeFlag, record_size ? 1 : 0);
+    Bytes dst(ZSTD_compressBound(src.size()));
+    const std::size_t n = ZSTD_compress2(c, dst.data(), dst.size(), src.data(), src.size());
+    ZSTD_freeCCtx(c);
+    REQUIRE_FALSE(ZSTD_isError(n));
+    dst.resize(n);
+    return dst;
+  };
+  const QuantParams p = QuantParams::tensor(1, 0);
+  const Bytes sixteen(16, std::byte{3});
+  // The well-formed case decodes.
+  Tensor<float> out;
+  FeatureCodec codec;
+  codec.decode(tensor_frame(Shape{16}, 8, w::Lossless::zstd, &p, zstd(sixteen)), out);
+  CHECK(out.shape() == Shape{16});
+  CHECK(out[15] == 3.0f);
+  // A bomb: 64 MiB of zeros in a few kilobytes, claiming its size honestly. Over the cap:
+  // too_large; within it but not the 16 bytes the shape needs: corrupt. Either way from the zstd
+  // frame header, before any output is sized.
+  const Bytes bomb = zstd(Bytes(std::size_t{64} << 20));
+  INFO("bomb of " << bomb.size() << " bytes");
+  CHECK(bomb.size() < 20000);
+  const Bytes bomb_frame = tensor_frame(Shape{16}, 8, w::Lossless::zstd, &p, bomb);
+  w::DecodeLimits lim;
+  lim.max_decompressed_bytes = std::size_t{1} << 20;
+  expect_decode_error(errc::too_large, bomb_frame, lim);
+  lim.max_decompressed_bytes = std::size_t{128} << 20;
+  expect_decode_error(errc::corrupt_frame, bomb_frame, lim);
+  // A shape whose data alone passes the decompression cap is refused from the tensor header.
+  lim.max_decompressed_bytes = 1000;
+  expect_decode_error(errc::too_large, tensor_frame(Shape{1001}, 8, w::Lossless::zstd, &p, zstd(sixteen)), lim);
+  // No recorded content size, trailing bytes, two frames, not zstd at all, an empty frame.
+  expect_decode_error(errc::corrupt_frame, tensor_frame(Shape{16}, 8, w::Lossless::zstd, &p, zstd(sixteen, false)));
+  Bytes trailing = zstd(sixteen);
+  trailing.push_back(std::byte{0});
+  expect_decode_error(errc::corrupt_frame, tensor_frame(Shape{16}, 8, w::Lossless::zstd, &p, trailing));
+  Bytes two = zstd(Bytes(8, std::byte{1}));
+  const Bytes second = zstd(Bytes(8, std::byte{1}));
+  two.insert(two.end(), second.begin(), second.end());
+  expect_decode_error(errc::corrupt_frame, tensor_frame(Shape{16}, 8, w::Lossless::zstd, &p, two));
+  expect_decode_error(errc::corrupt_frame, tensor_frame(Shape{16}, 8, w::Lossless::zstd, &p, sixteen));
+  expect_decode_error(errc::corrupt_frame, tensor_frame(Shape{16}, 8, w::Lossless::zstd, &p, Bytes{}));
+  // A frame truncated inside its blocks.
+  Bytes cut = zstd(Bytes(3000, std::byte{7}));
+  cut.pop_back();
+  expect_decode_error(errc::corrupt_frame, tensor_frame(Shape{3000}, 8, w::Lossless::zstd, &p, cut));
+#endif
+}
+
+TEST_CASE("Truncation at every byte offset is refused", "[wire][errors]") {
+  FeatureCodec codec;
+  Tensor<float> out;
+  for (const Bytes& f : sample_frames()) {
+    codec.decode(f, out);  // whole: fine
+    std::size_t caught = 0;
+    for (std::size_t n = 0; n < f.size(); ++n) {
+      try {
+        codec.decode(std::span(f).first(n), out);
+      } catch (const edgesplit::error&) {
+        ++caught;
+      }
+    }
+    CHECK(caught == f.size());
+  }
+}
+
+TEST_CASE("Every single-bit flip of a valid frame is caught", "[wire][errors]") {
+  FeatureCodec codec;
+  Tensor<float> out;
+  for (const Bytes& good : sample_frames()) {
+    std::size_t caught = 0, bits = good.size() * 8;
+    Bytes f = good;
+    for (std::size_t bit = 0; bit < bits; ++bit) {
+      f[bit / 8] ^= std::byte(1u << (bit % 8));
+      try {
+        codec.decode(f, out);
+      } catch (const edgesplit::error&) {
+        ++caught;
+      }
+      f[bit / 8] ^= std::byte(1u << (bit % 8));
+    }
+    INFO("frame of " << good.size() << " bytes");
+    CHECK(caught == bits);  // the CRC field's own bits included
+  }
+}
+
+TEST_CASE("FeatureCodec round-trips every configuration exactly as quantize/dequantize", "[wire][codec]") {
+  const Shape shape{5, 24};
+  const auto x = features(shape, 3);
+  for (auto lossless : {w::Lossless::none, w::Lossless::zstd}) {
+    if (lossless == w::Lossless::zstd && !w::has_zstd) continue;
+    for (int bits : {32, 8, 4, 2})
+      for (auto [g, axis] : {std::pair{Granularity::per_tensor, std::size_t{1}},
+                             {Granularity::per_channel, std::size_t{1}},
+                             {Granularity::per_channel, std::size_t{0}}}) {
+        if (bits == 32 && g == Granularity::per_channel) continue;
+        INFO("bits " << bits << ", per channel " << (g == Granularity::per_channel) << ", axis " << axis
+                     << ", zstd " << (lossless == w::Lossless::zstd));
+        FeatureCodec enc(config(bits, g, axis, lossless)), dec;
+        Bytes f;
+        enc.encode(x, f, 99);
+        Tensor<float> out;
+        CHECK(dec.decode(f, out).request_id == 99);
+        REQUIRE(out.shape() == shape);
+        if (bits == 32) {
+          CHECK(same_bits_view(out, x));
+          if (lossless == w::Lossless::none) CHECK(f.size() == 24 + 8 + 8 + 4 + 4 * shape.count());
+          continue;
+        }
+        const QuantParams& p = enc.encode_params();
+        CHECK(dec.decode_params().scale == p.scale);
+        CHECK(dec.decode_params().zero_point == p.zero_point);
+        CHECK(dec.decode_params().axis == p.axis);
+        Tensor<std::int8_t> q(shape);
+        Tensor<float> want(shape);
+        quantize(x, p, q.view());
+        dequantize(q, p, want.view());
+        CHECK(same_bits_view(out, want));
+        if (lossless == w::Lossless::none)
+          CHECK(f.size() == 24 + 8 + 8 + 5 * p.channels() + 4 + packed_bytes(shape.count(), bits));
+      }
+  }
+}
+
+TEST_CASE("FeatureCodec: static calibration, encode errors, configuration errors", "[wire][codec][errors]") {
+  const auto sample = features(Shape{8, 6}, 4);
+  FeatureCodec codec(config(8, Granularity::per_channel, 1));
+  const QuantParams frozen = codec.calibrate(sample);
+  Bytes f;
+  codec.encode(features(Shape{2, 6}, 5, -10, 10), f);  // values past the range saturate
+  CHECK(codec.encode_params().scale == frozen.scale);
+  expect_errc(errc::shape_mismatch, [&] { codec.encode(features(Shape{2, 7}, 5), f); });
+  codec.reset_calibration();
+  codec.encode(features(Shape{2, 7}, 5), f);
+  CHECK(codec.encode_params().channels() == 7);
+
+  std::vector<float> bad = {1.0f, std::numeric_limits<float>::quiet_NaN()};
+  const TensorView<const float> badv(bad.data(), Shape{2});
+  expect_errc(errc::invalid_argument, [&] { FeatureCodec(config(32)).encode(badv, f); });
+  expect_errc(errc::invalid_argument, [&] { FeatureCodec(config(8)).encode(badv, f); });
+  expect_errc(errc::invalid_argument, [&] { FeatureCodec(config(8)).encode(TensorView<const float>(), f); });
+  CodecConfig capped = config(8);
+  capped.limits.max_elements = 10;
+  expect_errc(errc::too_large, [&] { FeatureCodec(capped).encode(sample, f); });
+  expect_errc(errc::invalid_argument, [&] { FeatureCodec(config(16)); });
+  expect_errc(errc::invalid_argument, [&] { FeatureCodec(config(32)).calibrate(sample); });
+  expect_errc(errc::invalid_argument, [&] { FeatureCodec(config(8, Granularity::per_channel, 2)).encode(sample, f); });
+}
+
+TEST_CASE("FeatureCodec allocates nothing per frame in steady state", "[wire][codec][alloc]") {
+  if (edgesplit_test::allocations() < 0) {
+    WARN("allocation counting is unavailable in this build (sanitizer allocator)");
+    return;
+  }
+  const auto x = features(Shape{4, 4096}, 6);
+  std::vector<CodecConfig> configs = {config(8), config(32), config(4, Granularity::per_channel, 1)};
+  configs.back().calibration.method = CalibrationMethod::percentile;
+  configs.push_back(config(2, Granularity::per_channel, 0));
+  configs.back().calibration.method = CalibrationMethod::mse;
+  if (w::has_zstd) {
+    configs.push_back(config(8, Granularity::per_tensor, 1, w::Lossless::zstd));
+    configs.push_back(config(32, Granularity::per_tensor, 1, w::Lossless::zstd));
+    configs.push_back(config(2, Granularity::per_channel, 1, w::Lossless::zstd));
+  }
+  for (const CodecConfig& c : configs) {
+    FeatureCodec enc(c), dec(c);
+    Bytes frame;
+    Tensor<float> out;
+    for (int warm = 0; warm < 2; ++warm) dec.decode(enc.encode(x, frame), out);
+    const long long before = edgesplit_test::allocations();
+    for (int i = 0; i < 5; ++i) dec.decode(enc.encode(x, frame), out);
+    const long long made = edgesplit_test::allocations() - before;
+    INFO("bits " << c.bits << ", lossless " << int(c.lossless));
+    CHECK(made == 0);
+  }
+}
+
+TEST_CASE("The fuzz corpus replays through the fuzzer's entry point", "[wire][fuzz]") {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(EDGESPLIT_CORPUS_DIR))
+    if (e.is_regular_file()) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  REQUIRE(files.size() >= 10);
+  for (const fs::path& p : files) {
+    std::ifstream in(p, std::ios::binary);
+    const std::vector<char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto o = edgesplit_fuzz::decode_all(std::as_bytes(std::span(raw)));
+    const std::string name = p.filename().string();
+    INFO(name);
+    if (name.rfind("valid-", 0) == 0 && (w::has_zstd || name.find("zstd") == std::string::npos)) CHECK(o.as_is);
+    if (name.rfind("bad-", 0) == 0) CHECK_FALSE(o.as_is);
+  }
+}
+
+// Writes the seed corpus; run by hand after a format change: edgesplit_tests "[.generate-corpus]"
+TEST_CASE("Generate the fuzz seed corpus", "[.generate-corpus]") {
+  namespace fs = std::filesystem;
+  const fs::path dir = EDGESPLIT_CORPUS_DIR;
+  fs::create_directories(dir);
+  auto save = [&](const std::string& name, const Bytes& b) {
+    std::ofstream(dir / name, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  };
+  const auto x = features(Shape{3, 7}, 7);
+  save("valid-raw-f32", encode(config(32), x));
+  save("valid-int8-per-tensor", encode(config(8), x));
+  save("valid-int4-per-channel-axis1", encode(config(4, Granularity::per_channel, 1), x));
+  save("valid-int2-per-channel-axis0", encode(config(2, Granularity::per_channel, 0), x));
+  save("valid-int8-rank4-axis2", encode(config(8, Granularity::per_channel, 2), features(Shape{2, 2, 3, 2}, 8)));
+  CodecConfig sym = config(4);
+  sym.symmetric = true;
+  sym.calibration.method = CalibrationMethod::mse;
+  save("valid-int4-symmetric-mse", encode(sym, x));
+  if (w::has_zstd) {
+    save("valid-zstd-int8", encode(config(8, Granularity::per_tensor, 1, w::Lossless::zstd), x));
+    save("valid-zstd-int2-per-channel", encode(config(2, Granularity::per_channel, 1, w::Lossless::zstd), x));
+    save("valid-zstd-raw", encode(config(32, Granularity::per_tensor, 1, w::Lossless::zstd), features(Shape{2, 3}, 9)));
+  }
+  Bytes b = encode(config(8), x);
+  b[40] ^= std::byte{1};
+  save("bad-crc", b);
+  b = encode(config(8), x);
+  b[0] = std::byte{'X'};
+  save("bad-magic", b);
+  b = encode(config(8), x);
+  b.resize(b.size() - 3);
+  save("bad-truncated", b);
+  b = encode(config(8), x);
+  b[4] = std::byte{2};
+  reseal(b);
+  save("bad-version", b);
+  b = encode(config(4, Granularity::per_channel, 1), x);
+  w::store_le32(b.data() + 36, 0);
+  reseal(b);
+  save("bad-zero-dim", b);
+  b = encode(config(4, Granularity::per_channel, 1), x);
+  w::store_le32(b.data() + 44, 0x7FC00000u);  // a NaN scale
+  reseal(b);
+  save("bad-scale-nan", b);
+  const QuantParams p = QuantParams::tensor(0.5f, 0, 4);
+  save("bad-padding", tensor_frame(Shape{5}, 4, w::Lossless::none, &p, bytes_of({0x21, 0x43, 0x15})));
+  save("bad-type-ping", [] {
+    Bytes ping;
+    w::begin_frame(ping, w::MessageType::ping, 1);
+    w::finish_frame(ping);
+    return ping;
+  }());
+#if EDGESPLIT_HAS_ZSTD
+  Bytes zeros(std::size_t{8} << 20);
+  Bytes bomb(ZSTD_compressBound(zeros.size()));
+  bomb.resize(ZSTD_compress(bomb.data(), bomb.size(), zeros.data(), zeros.size(), 19));
+  const QuantParams p8 = QuantParams::tensor(1, 0);
+  save("bad-zstd-bomb", tensor_frame(Shape{16}, 8, w::Lossless::zstd, &p8, bomb));
+#endif
+}
