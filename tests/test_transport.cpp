@@ -3,9 +3,12 @@
 // duration (waits in real time only bound how long a failing test can hang).
 #include <catch2/catch.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -13,6 +16,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <string>
@@ -352,14 +356,21 @@ TEST_CASE("TCP: deadlines on receive and accept, refused connections, bad argume
 
   TcpListener listener = TcpListener::bind("127.0.0.1", 0);
   CHECK_FALSE(listener.accept(deadline_after(20ms)).has_value());
-  const std::uint16_t port = listener.port();
   listener.close();
   expect_errc(errc::unreachable, [&] { (void)listener.accept(deadline_after(20ms)); });
-  listener = TcpListener::bind("127.0.0.1", 0);
-  const std::uint16_t free_port = listener.port();
-  { TcpListener gone = std::move(listener); }  // the socket is released: nobody listens there now
-  expect_errc(errc::unreachable, [&] { (void)TcpTransport::connect("127.0.0.1", free_port, deadline_after(2s)); });
-  (void)port;
+
+  // A port that is bound but not listening refuses connections, and stays ours meanwhile (a
+  // released port could be taken by a process running in parallel).
+  const int bound = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(bound >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  REQUIRE(::bind(bound, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::getsockname(bound, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  expect_errc(errc::unreachable, [&] { (void)TcpTransport::connect("127.0.0.1", ntohs(addr.sin_port), deadline_after(2s)); });
+  ::close(bound);
 
   expect_errc(errc::invalid_argument, [] { (void)TcpTransport::connect("", 1, deadline_after(1s)); });
   if constexpr (sizeof(std::size_t) > 4) {  // a cap the 32-bit length prefix cannot express
@@ -496,6 +507,42 @@ TEST_CASE("TCP: a writer stalling mid-frame makes receive time out, and the mess
   c.send(Bytes(3, std::byte{9}));
   REQUIRE(s.receive(deadline_after(5s), m));
   CHECK(m.bytes == Bytes(3, std::byte{9}));
+}
+
+TEST_CASE("TCP: messages of changing sizes arrive intact whatever the reads", "[transport][tcp]") {
+  // After a large message the receiver reads the next one straight into the message, guessing
+  // it is as large; a smaller one followed by more data must hand the excess to the next
+  // messages. Sending everything first (with a big receive buffer) makes the excess large.
+  auto ends = tcp_pair("127.0.0.1");
+  TcpTransport& c = ends.first;
+  TcpTransport& s = ends.second;
+  const int big = 8 << 20;
+  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+  std::vector<Bytes> messages;
+  std::uint64_t seed = 100;
+  for (const std::size_t n : {std::size_t{1} << 20, std::size_t{10}, std::size_t{1} << 20, std::size_t{0},
+                              std::size_t{70'000}, std::size_t{3}, std::size_t{20'000}, std::size_t{20'000},
+                              std::size_t{5}, std::size_t{100'000}, std::size_t{16'384}, std::size_t{16'383}}) {
+    messages.push_back(random_bytes(n, seed++));
+  }
+  std::exception_ptr sender_error;
+  std::thread sender([&] {
+    try {
+      for (const Bytes& m : messages) c.send(m, deadline_after(30s));
+    } catch (...) {
+      sender_error = std::current_exception();
+    }
+  });
+  Message m;
+  std::vector<Bytes> got;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    if (i == 1) std::this_thread::sleep_for(50ms);  // let the rest pile up behind the small one
+    if (!s.receive(deadline_after(30s), m)) break;
+    got.push_back(m.bytes);
+  }
+  sender.join();
+  if (sender_error) std::rethrow_exception(sender_error);
+  CHECK(got == messages);
 }
 
 TEST_CASE("TCP: a send that cannot finish by its deadline is a timeout and closes the stream", "[transport][tcp]") {
@@ -762,7 +809,9 @@ TEST_CASE("DeliveryTrace: files load; malformed traces are refused with typed er
   }
   expect_errc(errc::invalid_argument, [] { (void)DeliveryTrace::parse("1", 0); });
 
-  const std::string path = "edgesplit_test_trace.txt";
+  // A name of this process's own: tests may run in parallel processes.
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("edgesplit_trace_" + std::to_string(::getpid()) + ".txt")).string();
   {
     std::ofstream out(path);
     out << "1\n1\n2\n";

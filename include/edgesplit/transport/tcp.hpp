@@ -360,21 +360,15 @@ class TcpTransport {
       into.bytes.swap(s.partial);
       s.holding_partial = false;
     }
+    if (s.pos == s.end && s.staging.size() > staging_bytes) {  // grown by a wrong guess (below)
+      s.staging.resize(staging_bytes);
+      s.staging.shrink_to_fit();
+      s.pos = s.end = 0;
+    }
     while (!s.have_length) {
       if (s.end - s.pos >= 4) {
-        const auto* p = reinterpret_cast<const unsigned char*>(s.staging.data() + s.pos);
-        const std::uint32_t n = std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 | std::uint32_t{p[2]} << 16 |
-                                std::uint32_t{p[3]} << 24;
-        s.pos += 4;
-        if (n > s.options.max_message_bytes) {
-          shut(s);  // before allocating anything for it
-          fail(errc::too_large, "TCP: " + s.peer + " announced a message of " + std::to_string(n) +
-                                    " bytes, over the cap of " + std::to_string(s.options.max_message_bytes));
-        }
-        s.have_length = true;
-        s.length = n;
-        s.got = 0;
-        into.bytes.resize(n);
+        take_length(s);
+        into.bytes.resize(s.length);
         break;
       }
       if (s.pos > 0) {  // keep the partial header at the front, with room behind it
@@ -382,9 +376,38 @@ class TcpTransport {
         s.end -= s.pos;
         s.pos = 0;
       }
-      // After a large message expect another: read only the prefix, so that the payload goes
-      // straight into the message instead of through the staging buffer (a copy). After small
-      // ones read all there is: one system call may bring several messages.
+      if (s.last_length >= direct_read_bytes && s.end == 0) {
+        // After a large message expect another as large: one recvmsg reads the prefix into the
+        // staging buffer and the payload straight into the message, with no copy and no second
+        // system call. A guess that was too large is put right below.
+        into.bytes.resize(s.last_length);
+        iovec iov[2] = {{s.staging.data(), 4}, {into.bytes.data(), into.bytes.size()}};
+        const std::size_t n = read_some(s, iov, 2, deadline);
+        if (n == 0) {
+          into.bytes.clear();
+          return false;
+        }
+        s.end = std::min<std::size_t>(n, 4);
+        if (n <= 4) continue;
+        const std::size_t early = n - 4;  // payload bytes already in the message
+        take_length(s);
+        if (early > s.length) {
+          // The message was shorter than the guess: what follows it belongs to the next ones.
+          const std::size_t extra = early - s.length;
+          if (extra > s.staging.size()) s.staging.resize(extra);
+          std::memcpy(s.staging.data(), into.bytes.data() + s.length, extra);
+          s.pos = 0;
+          s.end = extra;
+          s.got = s.length;
+        } else {
+          s.pos = s.end = 0;
+          s.got = early;
+        }
+        into.bytes.resize(s.length);  // keeps the payload bytes already there
+        break;
+      }
+      // After small messages read all there is: one system call may bring several. After a
+      // large one with part of the next prefix in hand, read just the rest of the prefix.
       const std::size_t room = s.last_length >= direct_read_bytes ? 4 - s.end : s.staging.size() - s.end;
       const std::size_t n = read_some(s, s.staging.data() + s.end, room, deadline);
       if (n == 0) return false;
@@ -487,6 +510,23 @@ class TcpTransport {
     if (!s.closed.exchange(true, std::memory_order_acq_rel)) ::shutdown(s.fd.get(), SHUT_RDWR);
   }
 
+  /// Takes the length prefix at the staging buffer's read position and checks it against the
+  /// cap, closing the connection before anything is allocated for an oversized message.
+  static void take_length(State& s) {
+    const auto* p = reinterpret_cast<const unsigned char*>(s.staging.data() + s.pos);
+    const std::uint32_t n = std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 | std::uint32_t{p[2]} << 16 |
+                            std::uint32_t{p[3]} << 24;
+    s.pos += 4;
+    if (n > s.options.max_message_bytes) {
+      shut(s);
+      fail(errc::too_large, "TCP: " + s.peer + " announced a message of " + std::to_string(n) +
+                                " bytes, over the cap of " + std::to_string(s.options.max_message_bytes));
+    }
+    s.have_length = true;
+    s.length = n;
+    s.got = 0;
+  }
+
   /// Sets SO_RCVTIMEO (the socket's own bound on a blocking recv); false if the system refuses.
   static bool set_receive_timeout(State& s, Clock::duration t) noexcept {
     const auto us = std::chrono::duration_cast<std::chrono::microseconds>(t).count();
@@ -515,6 +555,11 @@ class TcpTransport {
 
   /// Reads at least one byte into [buf, buf+len), or returns 0 when the deadline passes first.
   static std::size_t read_some(State& s, std::byte* buf, std::size_t len, Deadline deadline) {
+    iovec iov{buf, len};
+    return read_some(s, &iov, 1, deadline);
+  }
+  /// The same, scattered over `count` buffers.
+  static std::size_t read_some(State& s, iovec* iov, int count, Deadline deadline) {
     using namespace detail::tcp;
     for (;;) {
       int flags = 0;
@@ -527,7 +572,15 @@ class TcpTransport {
         if (!wait_for(s.fd.get(), POLLIN, deadline)) return 0;
         flags = MSG_DONTWAIT;
       }
-      const ssize_t r = ::recv(s.fd.get(), buf, len, flags);
+      ssize_t r;
+      if (count == 1) {
+        r = ::recv(s.fd.get(), iov->iov_base, iov->iov_len, flags);
+      } else {
+        msghdr msg{};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
+        r = ::recvmsg(s.fd.get(), &msg, flags);
+      }
       if (r > 0) return static_cast<std::size_t>(r);
       const int err = r == 0 ? 0 : errno;
       if (err == EAGAIN || err == EWOULDBLOCK) {  // a receive timeout, or a spurious wake-up
