@@ -8,6 +8,8 @@
 namespace edgesplit {
 
 /// What went wrong, as a value a caller can switch on (the message is for humans).
+/// The numeric values travel in ERROR messages (wire/protocol.hpp): append new codes at the end,
+/// never renumber.
 enum class errc {
   invalid_argument,   ///< an argument out of its documented domain
   shape_mismatch,     ///< tensors or layers whose shapes do not fit together

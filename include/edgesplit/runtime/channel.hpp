@@ -1,0 +1,66 @@
+// edgesplit/runtime/channel.hpp - any Transport behind one type, for the runtime's threads.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <type_traits>
+#include <span>
+#include <utility>
+
+#include "edgesplit/transport/transport.hpp"
+
+namespace edgesplit {
+
+/// A type-erased, owning handle on any `Transport`, shared by the threads that use one
+/// connection. The runtime serves TCP, in-process and simulated links alike through it. Transports
+/// are thread-safe for one sender and one receiver at a time, which is how the runtime uses them.
+class Channel {
+ public:
+  Channel() = default;
+  template <Transport T>
+    requires(!std::is_same_v<std::decay_t<T>, Channel>)
+  explicit Channel(T transport) : impl_(std::make_shared<Model<T>>(std::move(transport))) {}
+
+  explicit operator bool() const noexcept { return impl_ != nullptr; }
+
+  void send(std::span<const std::byte> bytes, Deadline deadline) { get().send(bytes, deadline); }
+  bool receive(Deadline deadline, Message& into) { return get().receive(deadline, into); }
+  /// True while a message has arrived only in part (a peer stalled inside a frame); false for
+  /// transports that only deliver whole messages.
+  bool mid_message() const { return impl_ && impl_->mid_message(); }
+  /// Idempotent; wakes threads blocked on this connection.
+  void close() {
+    if (impl_) impl_->close();
+  }
+
+ private:
+  struct Concept {
+    virtual ~Concept() = default;
+    virtual void send(std::span<const std::byte>, Deadline) = 0;
+    virtual bool receive(Deadline, Message&) = 0;
+    virtual void close() = 0;
+    virtual bool mid_message() const = 0;
+  };
+  template <class T>
+  struct Model final : Concept {
+    explicit Model(T t) : transport(std::move(t)) {}
+    void send(std::span<const std::byte> b, Deadline d) override { transport.send(b, d); }
+    bool receive(Deadline d, Message& m) override { return transport.receive(d, m); }
+    void close() override { transport.close(); }
+    bool mid_message() const override {
+      if constexpr (requires(const T& t) { t.mid_message(); })
+        return transport.mid_message();
+      else
+        return false;
+    }
+    T transport;
+  };
+  Concept& get() const {
+    if (!impl_) fail(errc::unreachable, "channel has no connection");
+    return *impl_;
+  }
+
+  std::shared_ptr<Concept> impl_;
+};
+
+}  // namespace edgesplit

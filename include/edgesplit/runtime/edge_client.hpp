@@ -1,0 +1,485 @@
+// edgesplit/runtime/edge_client.hpp - the edge side: run the head, ship features, await answers.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "edgesplit/core/error.hpp"
+#include "edgesplit/core/tensor.hpp"
+#include "edgesplit/nn/sequential.hpp"
+#include "edgesplit/plan/link.hpp"
+#include "edgesplit/runtime/channel.hpp"
+#include "edgesplit/wire/feature_codec.hpp"
+#include "edgesplit/wire/protocol.hpp"
+
+namespace edgesplit {
+
+struct EdgeOptions {
+  wire::ModelIdentity model;  ///< what the cloud must serve: model id, version, split point
+  CodecConfig codec{};        ///< how features are encoded for the link
+  std::chrono::milliseconds connect_timeout{1000};  ///< connect + HELLO exchange
+  std::chrono::milliseconds backoff_initial{50};    ///< first wait before reconnecting
+  std::chrono::milliseconds backoff_max{2000};      ///< the wait doubles up to this
+  std::size_t max_in_flight = 8;  ///< requests on the wire at once; submit() waits beyond
+  wire::DecodeLimits limits{};
+  LinkModel link_prior{};         ///< starting point of the link estimate
+};
+
+/// Who answered a request.
+enum class AnswerPath { cloud, fallback };
+
+inline const char* to_string(AnswerPath p) noexcept { return p == AnswerPath::cloud ? "cloud" : "fallback"; }
+
+/// Where the time of one request went (seconds).
+struct RequestTimings {
+  double head = 0;            ///< edge: head forward
+  double encode = 0;          ///< edge: quantize, pack, compress, frame
+  double round_trip = 0;      ///< send to reply received, everything the edge waited for
+  double server_queue = 0;    ///< of which the request waited in the cloud's queue
+  double server_compute = 0;  ///< of which the cloud ran the tail (the whole batch)
+  double decode = 0;          ///< edge: decoding the reply
+  double fallback = 0;        ///< edge: running the local fallback
+  /// Round trip minus the server's share: transfer both ways plus propagation.
+  double network() const { return round_trip - server_queue - server_compute; }
+};
+
+struct InferResult {
+  Tensor<float> output;
+  AnswerPath path = AnswerPath::cloud;
+  std::optional<errc> fallback_reason;  ///< why the cloud did not answer, when it did not
+  std::string fallback_message;
+  RequestTimings timings;
+  std::size_t bytes_sent = 0;  ///< INFER frame size
+  std::uint32_t request_id = 0;
+};
+
+/// A local model that answers when the cloud cannot: run on the head's output (an exit head at
+/// the split point, BranchyNet style) or on the original input (a whole edge model).
+struct Fallback {
+  enum class Input { features, input };
+  Sequential<float> model;
+  Input on = Input::features;
+};
+
+struct EdgeStats {
+  std::size_t submitted = 0, cloud_answers = 0, fallbacks = 0, reconnects = 0, connect_failures = 0,
+              weight_updates = 0, late_replies = 0;
+};
+
+/// Runs the head of a split model on the edge and the tail in the cloud.
+///
+/// `submit(x, deadline)` runs the head on the calling thread, encodes the features, sends them
+/// and returns a future; up to `max_in_flight` requests travel at once, so the edge computes
+/// request i+1 while request i is on the wire. A receiver thread matches replies to requests by
+/// id. When the deadline passes, the cloud answers ERROR, or the connection is lost, the request
+/// is answered by the `Fallback` (if given; otherwise the future holds the typed error), and the
+/// result says which path answered. Every request is answered exactly once: a reply that arrives
+/// after its fallback is counted and dropped. Lost connections are re-established in the
+/// background with exponential backoff. WEIGHTS pushed by the cloud replace the head's
+/// parameters between two requests, never during one.
+class EdgeClient {
+  using Clock = std::chrono::steady_clock;
+
+ public:
+  /// Opens a new connection to the cloud (throws a typed error when it cannot).
+  using Connector = std::function<Channel()>;
+
+  EdgeClient(Sequential<float> head, Connector connector, EdgeOptions options,
+             std::optional<Fallback> fallback = std::nullopt)
+      : head_(std::move(head)),
+        connector_(std::move(connector)),
+        opt_(std::move(options)),
+        fallback_(std::move(fallback)),
+        encoder_(opt_.codec),
+        estimator_(opt_.link_prior) {
+    if (!connector_) fail(errc::invalid_argument, "EdgeClient needs a connector");
+    if (opt_.max_in_flight == 0) fail(errc::invalid_argument, "EdgeClient max_in_flight must be >= 1");
+    try_connect();
+    receiver_ = std::thread([this] { receive_loop(); });
+  }
+  EdgeClient(const EdgeClient&) = delete;
+  EdgeClient& operator=(const EdgeClient&) = delete;
+  ~EdgeClient() { close(); }
+
+  /// Starts one request. The deadline is on the steady clock (see `deadline_after`).
+  std::future<InferResult> submit(TensorView<const float> x, Deadline deadline) {
+    Pending p;
+    p.deadline = deadline;
+    std::future<InferResult> fut = p.promise.get_future();
+    {
+      std::unique_lock lock(pending_mutex_);
+      pending_cv_.wait_until(lock, deadline, [&] { return pending_.size() < opt_.max_in_flight || closed_; });
+      if (closed_) fail(errc::unreachable, "EdgeClient is closed");
+    }
+    const std::uint32_t id = next_id_++;
+    p.result.request_id = id;
+    {
+      std::lock_guard lock(head_mutex_);
+      apply_staged_weights();
+      const auto t0 = Clock::now();
+      const TensorView<const float> features = head_.forward(x);
+      const auto t1 = Clock::now();
+      p.features = Tensor<float>(features.shape());
+      copy(features, p.features.view());
+      if (fallback_ && fallback_->on == Fallback::Input::input) {
+        p.input = Tensor<float>(x.shape());
+        copy(x, p.input.view());
+      }
+      wire::InferRequest req{opt_.model.model_id, opt_.model.split, budget_us(deadline)};
+      wire::encode_infer(p.frame, id, req, encoder_, features);
+      p.result.timings.head = seconds(t1 - t0);
+      p.result.timings.encode = seconds(Clock::now() - t1);
+      p.result.bytes_sent = p.frame.size();
+    }
+    std::optional<Channel> ch;
+    {
+      std::lock_guard lock(pending_mutex_);
+      ++stats_.submitted;
+      if (channel_) ch = channel_;
+      p.sent_at = Clock::now();
+      pending_.emplace(id, std::move(p));
+    }
+    if (!ch) {
+      resolve_fallback(id, errc::unreachable, "not connected to the cloud");
+      return fut;
+    }
+    try {
+      std::vector<std::byte> frame;
+      {
+        std::lock_guard lock(pending_mutex_);
+        auto it = pending_.find(id);
+        if (it != pending_.end()) frame.swap(it->second.frame);
+      }
+      if (!frame.empty()) ch->send(frame, deadline);
+    } catch (const error& e) {
+      if (e.code() != errc::timeout) drop_connection(*ch);
+      resolve_fallback(id, e.code(), e.what());
+    }
+    wake_receiver();
+    return fut;
+  }
+
+  /// `submit(x, deadline).get()`.
+  InferResult infer(TensorView<const float> x, Deadline deadline) { return submit(x, deadline).get(); }
+
+  /// Sends a PING; the PONG updates the RTT estimate.
+  void ping() {
+    std::optional<Channel> ch;
+    {
+      std::lock_guard lock(pending_mutex_);
+      if (channel_) ch = channel_;
+    }
+    if (!ch) return;
+    std::vector<std::byte> frame;
+    wire::encode_ping(frame, 0, static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
+    try {
+      ch->send(frame, deadline_after(opt_.connect_timeout));
+    } catch (const error&) {
+    }
+  }
+
+  /// The current estimate of the link, from observed transfers and pings.
+  LinkModel link_estimate() const {
+    std::lock_guard lock(pending_mutex_);
+    return estimator_.estimate();
+  }
+  EdgeStats stats() const {
+    std::lock_guard lock(pending_mutex_);
+    return stats_;
+  }
+  bool connected() const {
+    std::lock_guard lock(pending_mutex_);
+    return static_cast<bool>(channel_);
+  }
+  /// Model identity the cloud announced in its HELLO (its minor version may differ from ours).
+  wire::ModelIdentity cloud_identity() const {
+    std::lock_guard lock(pending_mutex_);
+    return cloud_id_;
+  }
+
+  /// Answers every pending request by fallback, closes the connection and stops the receiver.
+  void close() {
+    {
+      std::lock_guard lock(pending_mutex_);
+      if (closed_) return;
+      closed_ = true;
+      if (channel_) channel_->close();
+    }
+    pending_cv_.notify_all();
+    if (receiver_.joinable()) receiver_.join();
+    std::vector<std::uint32_t> ids;
+    {
+      std::lock_guard lock(pending_mutex_);
+      for (auto& [id, p] : pending_) ids.push_back(id);
+    }
+    for (auto id : ids) resolve_fallback(id, errc::unreachable, "client closed");
+  }
+
+ private:
+  struct Pending {
+    std::promise<InferResult> promise;
+    InferResult result;
+    Tensor<float> features, input;
+    std::vector<std::byte> frame;
+    Deadline deadline;
+    Clock::time_point sent_at;
+  };
+
+  static double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+  static std::uint32_t budget_us(Deadline d) {
+    if (d == no_deadline) return 0;
+    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(d - Clock::now()).count();
+    return static_cast<std::uint32_t>(std::clamp<long long>(left, 1, UINT32_MAX));
+  }
+
+  void apply_staged_weights() {  // with head_mutex_ held
+    std::vector<wire::NamedTensor> staged;
+    {
+      std::lock_guard lock(pending_mutex_);
+      staged.swap(staged_weights_);
+    }
+    if (staged.empty()) return;
+    auto params = head_.parameters();
+    for (const auto& t : staged)
+      for (auto& p : params)
+        if (p.name == t.name && p.value.shape() == t.value.shape()) copy(t.value.cview(), p.value);
+  }
+
+  void wake_receiver() { pending_cv_.notify_all(); }
+
+  // Connects and exchanges HELLO; on success the channel becomes current.
+  bool try_connect() {
+    try {
+      Channel ch = connector_();
+      std::vector<std::byte> frame;
+      wire::encode_hello(frame, opt_.model);
+      const Deadline d = deadline_after(opt_.connect_timeout);
+      ch.send(frame, d);
+      Message m;
+      if (!ch.receive(d, m)) fail(errc::timeout, "no HELLO from the cloud");
+      const auto h = wire::peek(m.view(), opt_.limits);
+      if (h.type == wire::MessageType::error) {
+        const auto e = wire::decode_error(m.view(), opt_.limits);
+        fail(e.code, "cloud refused HELLO: " + e.message);
+      }
+      const wire::ModelIdentity id = wire::decode_hello(m.view(), opt_.limits);
+      if (id.major != opt_.model.major) fail(errc::version_mismatch, "cloud serves another major version");
+      std::lock_guard lock(pending_mutex_);
+      if (closed_) {
+        ch.close();
+        return false;
+      }
+      channel_ = std::move(ch);
+      cloud_id_ = id;
+      backoff_ = opt_.backoff_initial;
+      return true;
+    } catch (const error& e) {
+      std::lock_guard lock(pending_mutex_);
+      ++stats_.connect_failures;
+      last_connect_error_ = e.code();
+      next_attempt_ = Clock::now() + backoff_;
+      backoff_ = std::min(backoff_ * 2, opt_.backoff_max);
+      return false;
+    }
+  }
+
+  void drop_connection(Channel& ch) {
+    ch.close();
+    std::vector<std::uint32_t> ids;
+    {
+      std::lock_guard lock(pending_mutex_);
+      channel_.reset();
+      next_attempt_ = Clock::now() + backoff_;
+      for (auto& [id, p] : pending_) ids.push_back(id);
+    }
+    for (auto id : ids) resolve_fallback(id, errc::unreachable, "connection to the cloud lost");
+  }
+
+  // Completes request `id` with the fallback (or the error), unless it was already answered.
+  void resolve_fallback(std::uint32_t id, errc why, const std::string& what) {
+    Pending p;
+    {
+      std::lock_guard lock(pending_mutex_);
+      auto it = pending_.find(id);
+      if (it == pending_.end()) return;
+      p = std::move(it->second);
+      pending_.erase(it);
+      ++stats_.fallbacks;
+    }
+    pending_cv_.notify_all();
+    p.result.path = AnswerPath::fallback;
+    p.result.fallback_reason = why;
+    p.result.fallback_message = what;
+    if (!fallback_) {
+      p.promise.set_exception(std::make_exception_ptr(error(why, what)));
+      return;
+    }
+    try {
+      std::lock_guard lock(fallback_mutex_);
+      const auto t0 = Clock::now();
+      const Tensor<float>& in = fallback_->on == Fallback::Input::input ? p.input : p.features;
+      p.result.output = fallback_->model.predict(in.cview());
+      p.result.timings.fallback = seconds(Clock::now() - t0);
+      p.promise.set_value(std::move(p.result));
+    } catch (...) {
+      p.promise.set_exception(std::current_exception());
+    }
+  }
+
+  void expire_deadlines() {
+    std::vector<std::uint32_t> late;
+    {
+      std::lock_guard lock(pending_mutex_);
+      const auto now = Clock::now();
+      for (auto& [id, p] : pending_)
+        if (p.deadline <= now) late.push_back(id);
+    }
+    for (auto id : late) resolve_fallback(id, errc::timeout, "deadline passed before the cloud answered");
+  }
+
+  Deadline next_wake() {
+    std::lock_guard lock(pending_mutex_);
+    Deadline d = Clock::now() + std::chrono::milliseconds(20);
+    for (auto& [id, p] : pending_) d = std::min(d, p.deadline);
+    return d;
+  }
+
+  void receive_loop() {
+    CodecConfig cfg;
+    cfg.bits = wire::raw_f32_bits;
+    cfg.limits = opt_.limits;
+    FeatureCodec decoder(cfg);
+    Message m;
+    while (true) {
+      std::optional<Channel> ch;
+      {
+        std::unique_lock lock(pending_mutex_);
+        if (closed_) return;
+        if (channel_) ch = channel_;
+      }
+      expire_deadlines();
+      if (!ch) {
+        bool attempt;
+        {
+          std::unique_lock lock(pending_mutex_);
+          attempt = Clock::now() >= next_attempt_;
+          if (!attempt) pending_cv_.wait_until(lock, std::min(next_attempt_, next_wake_locked()));
+        }
+        if (attempt && try_connect()) {
+          std::lock_guard lock(pending_mutex_);
+          ++stats_.reconnects;
+        }
+        continue;
+      }
+      try {
+        if (!ch->receive(next_wake(), m)) continue;
+        handle(m, decoder);
+      } catch (const error&) {
+        // closed, reset, or a malformed reply: this connection is done; requests fall back
+        drop_connection(*ch);
+      }
+    }
+  }
+
+  Deadline next_wake_locked() const {
+    Deadline d = Clock::now() + std::chrono::milliseconds(20);
+    for (auto& [id, p] : pending_) d = std::min(d, p.deadline);
+    return d;
+  }
+
+  void handle(const Message& m, FeatureCodec& decoder) {
+    const auto received = Clock::now();
+    const auto h = wire::peek(m.view(), opt_.limits);
+    switch (h.type) {
+      case wire::MessageType::response: {
+        Tensor<float> y;
+        const auto t0 = Clock::now();
+        const auto resp = wire::decode_response(m.view(), decoder, y);
+        const double decode_s = seconds(Clock::now() - t0);
+        Pending p;
+        {
+          std::lock_guard lock(pending_mutex_);
+          auto it = pending_.find(h.request_id);
+          if (it == pending_.end()) {
+            ++stats_.late_replies;
+            return;
+          }
+          p = std::move(it->second);
+          pending_.erase(it);
+          ++stats_.cloud_answers;
+          const double rtt = seconds(received - p.sent_at);
+          estimator_.observe_transfer(p.result.bytes_sent, rtt, (resp.queue_us + resp.compute_us) * 1e-6);
+        }
+        pending_cv_.notify_all();
+        p.result.path = AnswerPath::cloud;
+        p.result.output = std::move(y);
+        p.result.timings.round_trip = seconds(received - p.sent_at);
+        p.result.timings.server_queue = resp.queue_us * 1e-6;
+        p.result.timings.server_compute = resp.compute_us * 1e-6;
+        p.result.timings.decode = decode_s;
+        p.promise.set_value(std::move(p.result));
+        return;
+      }
+      case wire::MessageType::error: {
+        const auto e = wire::decode_error(m.view(), opt_.limits);
+        resolve_fallback(h.request_id, e.code, "cloud: " + e.message);
+        return;
+      }
+      case wire::MessageType::weights: {
+        std::vector<wire::NamedTensor> tensors;
+        const auto id = wire::decode_weights(m.view(), tensors, opt_.limits);
+        if (id.model_id != opt_.model.model_id || id.major != opt_.model.major) return;
+        std::lock_guard lock(pending_mutex_);
+        staged_weights_ = std::move(tensors);
+        ++stats_.weight_updates;
+        return;
+      }
+      case wire::MessageType::pong: {
+        const std::uint64_t t = wire::decode_ping(m.view(), opt_.limits);
+        const auto sent = Clock::time_point(Clock::duration(static_cast<Clock::rep>(t)));
+        std::lock_guard lock(pending_mutex_);
+        estimator_.observe_rtt(seconds(received - sent));
+        return;
+      }
+      default:
+        fail(errc::corrupt_frame, "unexpected " + std::string(wire::to_string(h.type)) + " frame from the cloud");
+    }
+  }
+
+  std::mutex head_mutex_;  // head_, encoder_: one request's head pass and encoding at a time
+  Sequential<float> head_;
+  Connector connector_;
+  EdgeOptions opt_;
+  std::optional<Fallback> fallback_;
+  std::mutex fallback_mutex_;
+  FeatureCodec encoder_;
+
+  mutable std::mutex pending_mutex_;  // everything below
+  std::condition_variable pending_cv_;
+  std::map<std::uint32_t, Pending> pending_;
+  std::optional<Channel> channel_;
+  wire::ModelIdentity cloud_id_;
+  LinkEstimator estimator_;
+  EdgeStats stats_;
+  std::vector<wire::NamedTensor> staged_weights_;
+  std::chrono::milliseconds backoff_{opt_.backoff_initial};
+  Clock::time_point next_attempt_{};
+  std::optional<errc> last_connect_error_;
+  bool closed_ = false;
+  std::atomic<std::uint32_t> next_id_{1};
+  std::thread receiver_;
+};
+
+}  // namespace edgesplit

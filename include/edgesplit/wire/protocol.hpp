@@ -1,0 +1,287 @@
+// edgesplit/wire/protocol.hpp - the messages edge and cloud exchange, inside wire frames.
+//
+// Every message is one frame (wire/frame.hpp); the frame's request id ties a reply to its
+// request. Payload layouts (little-endian; docs/wire-format.md is the specification):
+//
+//   HELLO     string model_id, u32 model_major, u32 model_minor, u16 split
+//   INFER     string model_id, u16 split, u32 deadline_us (0: none), tensor
+//   RESPONSE  u8 status (0 = ok), u32 queue_us, u32 compute_us, tensor
+//   ERROR     u8 code (edgesplit::errc value), string message
+//   WEIGHTS   string model_id, u32 model_major, u32 model_minor, u16 split, u32 count,
+//             count x (string name, tensor)
+//   PING/PONG u32 timestamp_lo, u32 timestamp_hi (sender's clock, echoed by PONG)
+//
+//   string = u16 length, then that many bytes (capped per field, below)
+//   tensor = a tensor payload as FeatureCodec::append_tensor writes it
+//
+// Decoders validate every field and refuse trailing bytes; a peer never names memory, code or
+// anything the receiver did not register itself: the cloud runs only the tails registered under
+// (model_id, split).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "edgesplit/core/error.hpp"
+#include "edgesplit/core/tensor.hpp"
+#include "edgesplit/wire/byte_io.hpp"
+#include "edgesplit/wire/feature_codec.hpp"
+#include "edgesplit/wire/frame.hpp"
+
+namespace edgesplit::wire {
+
+inline constexpr std::size_t max_model_id_bytes = 128;
+inline constexpr std::size_t max_error_message_bytes = 1024;
+inline constexpr std::size_t max_weight_name_bytes = 256;
+inline constexpr std::size_t max_weight_tensors = 4096;
+
+/// Identity of a model part both sides must agree on. A different major version is refused
+/// explicitly (errc::version_mismatch); a different minor is accepted (compatible weights update).
+struct ModelIdentity {
+  std::string model_id;
+  std::uint32_t major = 1;
+  std::uint32_t minor = 0;
+  std::uint16_t split = 0;  ///< the first layer the cloud runs
+};
+
+struct InferRequest {
+  std::string model_id;
+  std::uint16_t split = 0;
+  std::uint32_t deadline_us = 0;  ///< time budget left when sent; 0 for none
+};
+
+struct InferResponse {
+  std::uint8_t status = 0;  ///< 0: ok
+  std::uint32_t queue_us = 0;    ///< time the request waited in the server's queue
+  std::uint32_t compute_us = 0;  ///< time the server spent on the batch that held it
+};
+
+struct ErrorMessage {
+  errc code = errc::invalid_argument;
+  std::string message;
+};
+
+namespace detail {
+
+inline void write_string(ByteWriter& w, const std::string& s, std::size_t cap, const char* field) {
+  if (s.size() > cap) fail(errc::invalid_argument, std::string(field) + " longer than " + std::to_string(cap) + " bytes");
+  w.u16(static_cast<std::uint16_t>(s.size()));
+  const auto dst = w.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) dst[i] = static_cast<std::byte>(s[i]);
+}
+
+inline void read_string(ByteReader& r, std::string& out, std::size_t cap, const char* field) {
+  const std::size_t n = r.u16(field);
+  if (n > cap) fail(errc::corrupt_frame, std::string(field) + " of " + std::to_string(n) + " bytes over the cap of " + std::to_string(cap));
+  const auto src = r.bytes(n, field);
+  out.assign(reinterpret_cast<const char*>(src.data()), n);
+}
+
+inline Frame expect(std::span<const std::byte> bytes, MessageType type, const DecodeLimits& limits) {
+  Frame f = parse_frame(bytes, limits);
+  if (f.header.type != type)
+    fail(errc::corrupt_frame, "expected a " + std::string(to_string(type)) + " frame, got " +
+                                  std::string(to_string(f.header.type)));
+  return f;
+}
+
+inline void write_identity(ByteWriter& w, const ModelIdentity& id) {
+  write_string(w, id.model_id, max_model_id_bytes, "model id");
+  w.u32(id.major);
+  w.u32(id.minor);
+  w.u16(id.split);
+}
+
+inline ModelIdentity read_identity(ByteReader& r) {
+  ModelIdentity id;
+  read_string(r, id.model_id, max_model_id_bytes, "model id");
+  id.major = r.u32("model major version");
+  id.minor = r.u32("model minor version");
+  id.split = r.u16("split point");
+  return id;
+}
+
+}  // namespace detail
+
+/// Reads only the fixed header of a frame, to dispatch on its type. Full validation (CRC
+/// included) happens in the decode_* function for that type.
+inline FrameHeader peek(std::span<const std::byte> bytes, const DecodeLimits& limits = {}) {
+  return parse_frame_header(bytes, limits);
+}
+
+// --- HELLO -----------------------------------------------------------------------------------
+
+inline std::span<const std::byte> encode_hello(std::vector<std::byte>& out, const ModelIdentity& id,
+                                               std::uint32_t request_id = 0) {
+  begin_frame(out, MessageType::hello, request_id);
+  ByteWriter w(out);
+  detail::write_identity(w, id);
+  return finish_frame(out);
+}
+
+inline ModelIdentity decode_hello(std::span<const std::byte> bytes, const DecodeLimits& limits = {}) {
+  const Frame f = detail::expect(bytes, MessageType::hello, limits);
+  ByteReader r(f.payload);
+  ModelIdentity id = detail::read_identity(r);
+  r.expect_end("hello payload");
+  return id;
+}
+
+// --- INFER -----------------------------------------------------------------------------------
+
+/// Encodes an INFER frame: the request fields, then `x` through `codec` (quantized, packed,
+/// compressed as the codec is configured).
+inline std::span<const std::byte> encode_infer(std::vector<std::byte>& out, std::uint32_t request_id,
+                                               const InferRequest& req, FeatureCodec& codec, TensorView<const float> x) {
+  begin_frame(out, MessageType::infer, request_id);
+  ByteWriter w(out);
+  detail::write_string(w, req.model_id, max_model_id_bytes, "model id");
+  w.u16(req.split);
+  w.u32(req.deadline_us);
+  codec.append_tensor(x, out);
+  return finish_frame(out);
+}
+
+/// Decodes an INFER frame; the features go into `features` (its capacity is reused).
+inline InferRequest decode_infer(std::span<const std::byte> bytes, FeatureCodec& codec, Tensor<float>& features,
+                                 std::uint32_t* request_id = nullptr) {
+  const Frame f = detail::expect(bytes, MessageType::infer, codec.config().limits);
+  ByteReader r(f.payload);
+  InferRequest req;
+  detail::read_string(r, req.model_id, max_model_id_bytes, "model id");
+  req.split = r.u16("split point");
+  req.deadline_us = r.u32("deadline");
+  codec.read_tensor(r, features);
+  r.expect_end("infer payload");
+  if (request_id) *request_id = f.header.request_id;
+  return req;
+}
+
+// --- RESPONSE --------------------------------------------------------------------------------
+
+inline std::span<const std::byte> encode_response(std::vector<std::byte>& out, std::uint32_t request_id,
+                                                  const InferResponse& resp, FeatureCodec& codec,
+                                                  TensorView<const float> y) {
+  begin_frame(out, MessageType::response, request_id);
+  ByteWriter w(out);
+  w.u8(resp.status);
+  w.u32(resp.queue_us);
+  w.u32(resp.compute_us);
+  codec.append_tensor(y, out);
+  return finish_frame(out);
+}
+
+inline InferResponse decode_response(std::span<const std::byte> bytes, FeatureCodec& codec, Tensor<float>& y,
+                                     std::uint32_t* request_id = nullptr) {
+  const Frame f = detail::expect(bytes, MessageType::response, codec.config().limits);
+  ByteReader r(f.payload);
+  InferResponse resp;
+  resp.status = r.u8("status");
+  if (resp.status != 0) fail(errc::corrupt_frame, "unknown response status " + std::to_string(resp.status));
+  resp.queue_us = r.u32("queue time");
+  resp.compute_us = r.u32("compute time");
+  codec.read_tensor(r, y);
+  r.expect_end("response payload");
+  if (request_id) *request_id = f.header.request_id;
+  return resp;
+}
+
+// --- ERROR -----------------------------------------------------------------------------------
+
+inline std::span<const std::byte> encode_error(std::vector<std::byte>& out, std::uint32_t request_id, errc code,
+                                               const std::string& message) {
+  begin_frame(out, MessageType::error, request_id);
+  ByteWriter w(out);
+  w.u8(static_cast<std::uint8_t>(code));
+  detail::write_string(w, message.substr(0, max_error_message_bytes), max_error_message_bytes, "error message");
+  return finish_frame(out);
+}
+
+inline ErrorMessage decode_error(std::span<const std::byte> bytes, const DecodeLimits& limits = {}) {
+  const Frame f = detail::expect(bytes, MessageType::error, limits);
+  ByteReader r(f.payload);
+  ErrorMessage e;
+  const std::uint8_t code = r.u8("error code");
+  if (edgesplit::to_string(static_cast<errc>(code)) == "unknown")
+    fail(errc::corrupt_frame, "unknown error code " + std::to_string(code));
+  e.code = static_cast<errc>(code);
+  detail::read_string(r, e.message, max_error_message_bytes, "error message");
+  r.expect_end("error payload");
+  return e;
+}
+
+// --- WEIGHTS ---------------------------------------------------------------------------------
+
+/// One named tensor of a WEIGHTS message.
+struct NamedTensor {
+  std::string name;
+  Tensor<float> value;
+};
+
+/// Encodes a WEIGHTS frame: identity, then every tensor raw (weights are sent exactly).
+inline std::span<const std::byte> encode_weights(std::vector<std::byte>& out, std::uint32_t request_id,
+                                                 const ModelIdentity& id, std::span<const NamedTensor> tensors) {
+  if (tensors.size() > max_weight_tensors) fail(errc::too_large, "too many tensors in one weights message");
+  CodecConfig cfg;
+  cfg.bits = raw_f32_bits;
+  FeatureCodec raw(cfg);
+  begin_frame(out, MessageType::weights, request_id);
+  ByteWriter w(out);
+  detail::write_identity(w, id);
+  w.u32(static_cast<std::uint32_t>(tensors.size()));
+  for (const auto& t : tensors) {
+    detail::write_string(w, t.name, max_weight_name_bytes, "weight name");
+    raw.append_tensor(t.value.cview(), out);
+  }
+  return finish_frame(out);
+}
+
+inline ModelIdentity decode_weights(std::span<const std::byte> bytes, std::vector<NamedTensor>& tensors,
+                                    const DecodeLimits& limits = {}) {
+  const Frame f = detail::expect(bytes, MessageType::weights, limits);
+  ByteReader r(f.payload);
+  ModelIdentity id = detail::read_identity(r);
+  const std::uint32_t count = r.u32("tensor count");
+  if (count > max_weight_tensors) fail(errc::too_large, "weights message with " + std::to_string(count) + " tensors");
+  CodecConfig cfg;
+  cfg.bits = raw_f32_bits;
+  cfg.limits = limits;
+  FeatureCodec raw(cfg);  // decodes whatever encoding each tensor declares
+  tensors.clear();
+  for (std::uint32_t i = 0; i < count; ++i) {
+    NamedTensor t;
+    detail::read_string(r, t.name, max_weight_name_bytes, "weight name");
+    raw.read_tensor(r, t.value);
+    tensors.push_back(std::move(t));
+  }
+  r.expect_end("weights payload");
+  return id;
+}
+
+// --- PING / PONG -----------------------------------------------------------------------------
+
+inline std::span<const std::byte> encode_ping(std::vector<std::byte>& out, std::uint32_t request_id,
+                                              std::uint64_t timestamp, bool pong = false) {
+  begin_frame(out, pong ? MessageType::pong : MessageType::ping, request_id);
+  ByteWriter w(out);
+  w.u32(static_cast<std::uint32_t>(timestamp));
+  w.u32(static_cast<std::uint32_t>(timestamp >> 32));
+  return finish_frame(out);
+}
+
+/// Decodes a PING or PONG frame and returns its timestamp.
+inline std::uint64_t decode_ping(std::span<const std::byte> bytes, const DecodeLimits& limits = {}) {
+  const Frame f = parse_frame(bytes, limits);
+  if (f.header.type != MessageType::ping && f.header.type != MessageType::pong)
+    fail(errc::corrupt_frame, "expected a ping or pong frame, got " + std::string(to_string(f.header.type)));
+  ByteReader r(f.payload);
+  const std::uint64_t lo = r.u32("timestamp");
+  const std::uint64_t hi = r.u32("timestamp");
+  r.expect_end("ping payload");
+  return lo | (hi << 32);
+}
+
+}  // namespace edgesplit::wire
