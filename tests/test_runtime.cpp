@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <thread>
 #include <vector>
@@ -18,6 +20,7 @@
 #include "edgesplit/transport/simulated_link.hpp"
 #include "edgesplit/transport/tcp.hpp"
 #include "edgesplit/wire/protocol.hpp"
+#include "fuzz/protocol_entry.hpp"
 #include "test_util.hpp"
 
 using namespace edgesplit;
@@ -571,4 +574,85 @@ TEST_CASE("Cascade: the edge answers when confident, the cloud otherwise", "[run
   CHECK(always_cloud.stats().cloud_correct == zeros);
   expect_errc(errc::invalid_argument, [&] { Cascade(edge_model, client, {Confidence::max_probability, 1.5}); });
   expect_errc(errc::shape_mismatch, [&] { (void)always_local.classify(x.cview(), deadline_after(1s), std::span(labels).first(3)); });
+}
+
+// --- the protocol fuzz target's seed corpus --------------------------------------------------
+
+TEST_CASE("The protocol fuzz corpus replays through the fuzzer's entry point", "[runtime][wire][fuzz]") {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(EDGESPLIT_PROTOCOL_CORPUS_DIR))
+    if (e.is_regular_file()) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  REQUIRE(files.size() >= 10);
+  for (const fs::path& p : files) {
+    std::ifstream in(p, std::ios::binary);
+    const std::vector<char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto o = edgesplit_fuzz::decode_message_all(std::as_bytes(std::span(raw)));
+    const std::string name = p.filename().string();
+    INFO(name);
+    if (name.rfind("valid-", 0) == 0) CHECK(o.as_is);
+    if (name.rfind("bad-", 0) == 0) CHECK_FALSE(o.as_is);
+  }
+}
+
+// Writes the seed corpus; run by hand after a protocol change:
+//   edgesplit_tests "[.generate-protocol-corpus]"
+TEST_CASE("Generate the protocol fuzz seed corpus", "[.generate-protocol-corpus]") {
+  namespace fs = std::filesystem;
+  const fs::path dir = EDGESPLIT_PROTOCOL_CORPUS_DIR;
+  fs::create_directories(dir);
+  std::vector<std::byte> b;
+  auto save = [&](const std::string& name) {
+    std::ofstream(dir / name, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  };
+  CodecConfig raw_cfg;
+  raw_cfg.bits = wire::raw_f32_bits;
+  FeatureCodec raw(raw_cfg), int4([] {
+    CodecConfig c;
+    c.bits = 4;
+    return c;
+  }());
+  const auto x = random_input(2, 6, 1);
+  wire::encode_hello(b, kModel, 1);
+  save("valid-hello");
+  wire::encode_infer(b, 2, {"toy", 2, 5000}, raw, x.cview());
+  save("valid-infer-f32");
+  wire::encode_infer(b, 3, {"toy", 2, 0}, int4, x.cview());
+  save("valid-infer-int4");
+  wire::encode_response(b, 2, {0, 10, 20}, raw, x.cview());
+  save("valid-response");
+  wire::encode_error(b, 4, errc::overloaded, "queue full");
+  save("valid-error");
+  std::vector<wire::NamedTensor> w(2);
+  w[0].name = "0.weight";
+  w[0].value = random_input(3, 2, 2);
+  w[1].name = "0.bias";
+  w[1].value = random_input(1, 3, 3);
+  wire::encode_weights(b, 0, kModel, w);
+  save("valid-weights");
+  wire::encode_ping(b, 5, 123456789);
+  save("valid-ping");
+  wire::encode_ping(b, 5, 123456789, true);
+  save("valid-pong");
+  wire::encode_error(b, 4, errc::timeout, "late");
+  b[wire::frame_header_size] = std::byte{250};  // unknown error code
+  wire::finish_frame(b);
+  save("bad-error-code");
+  wire::encode_hello(b, kModel, 1);
+  b[wire::frame_header_size] = std::byte{0xff};  // model id length past the end
+  b[wire::frame_header_size + 1] = std::byte{0x7f};
+  wire::finish_frame(b);
+  save("bad-hello-length");
+  wire::encode_response(b, 2, {0, 10, 20}, raw, x.cview());
+  b[wire::frame_header_size] = std::byte{1};  // unknown status
+  wire::finish_frame(b);
+  save("bad-response-status");
+  wire::encode_weights(b, 0, kModel, w);
+  b.push_back(std::byte{0});  // trailing byte
+  wire::finish_frame(b);
+  save("bad-weights-trailing");
+  wire::encode_infer(b, 2, {"toy", 2, 5000}, raw, x.cview());
+  b.resize(b.size() - 1);
+  save("bad-infer-truncated");
 }

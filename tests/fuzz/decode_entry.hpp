@@ -54,9 +54,11 @@ inline bool decode(std::span<const std::byte> frame) {
 
 }  // namespace detail
 
-inline Outcome decode_all(std::span<const std::byte> input) {
+/// Runs `decode` on `input` as it is, and once more with its payload length and CRC repaired.
+template <class Decode>
+Outcome decode_twice(std::span<const std::byte> input, Decode decode) {
   Outcome o;
-  o.as_is = detail::decode(input);
+  o.as_is = decode(input);
   namespace w = edgesplit::wire;
   if (input.size() < w::frame_header_size) return o;
   static std::vector<std::byte> copy;
@@ -65,8 +67,10 @@ inline Outcome decode_all(std::span<const std::byte> input) {
   if (header <= copy.size() && w::fits_u32(copy.size() - header))
     w::store_le32(copy.data() + 12, static_cast<std::uint32_t>(copy.size() - header));
   w::store_le32(copy.data() + w::frame_crc_offset, w::frame_crc(copy));
-  o.resealed = detail::decode(copy);
+  o.resealed = decode(std::span<const std::byte>(copy));
   return o;
 }
+
+inline Outcome decode_all(std::span<const std::byte> input) { return decode_twice(input, detail::decode); }
 
 }  // namespace edgesplit_fuzz
