@@ -380,6 +380,26 @@ TEST_CASE("TCP: deadlines on receive and accept, refused connections, bad argume
   }
 }
 
+TEST_CASE("TCP: connect honours its deadline", "[transport][tcp]") {
+  // A listener that never accepts, with the smallest queue: once the queue is full, Linux drops
+  // further SYNs (tcp_abort_on_overflow = 0, the default), so a connect can only time out. The
+  // first one or two may still fit in the queue.
+  TcpListener listener = TcpListener::bind("127.0.0.1", 0, {}, 0);
+  std::vector<TcpTransport> queued;
+  bool timed_out = false;
+  for (int i = 0; i < 4 && !timed_out; ++i) {
+    try {
+      queued.push_back(TcpTransport::connect("127.0.0.1", listener.port(), deadline_after(100ms)));
+    } catch (const edgesplit::error& e) {
+      INFO(e.what());
+      CHECK(e.code() == errc::timeout);
+      timed_out = true;
+    }
+  }
+  CHECK(timed_out);
+  CHECK(queued.size() <= 2);
+}
+
 TEST_CASE("TCP: a length prefix over the cap closes the connection before allocating", "[transport][tcp]") {
   TcpOptions small;
   small.max_message_bytes = 1024;
