@@ -1,0 +1,104 @@
+// Cloud server throughput and latency with 1, 8 and 64 concurrent edge clients, with and without
+// dynamic batching, for the tails of the Fashion-MNIST cloud MLP (784-512-256-10).
+//
+// Each benchmark iteration is one closed-loop run: every client sends `requests_per_client`
+// single-sample requests one after another through the real runtime (EdgeClient -> in-process
+// transport -> CloudServer -> reply). Counters: samples/s (items_per_second), p50 and p99
+// request latency in microseconds. Batching off is max_batch = 1 in the same run.
+//
+//   build/gcc/bench/server_bench --benchmark_min_time=1
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include <edgesplit/edgesplit.hpp>
+#include <edgesplit/runtime/cloud_server.hpp>
+#include <edgesplit/runtime/edge_client.hpp>
+#include <edgesplit/transport/inproc.hpp>
+
+using namespace edgesplit;
+
+namespace {
+
+Sequential<float> cloud_mlp() {
+  Rng rng(1);
+  Sequential<float> m;
+  m.add<Dense<float>>(784, 512, rng);
+  m.add<ReLU<float>>();
+  m.add<Dense<float>>(512, 256, rng);
+  m.add<ReLU<float>>();
+  m.add<Dense<float>>(256, 10, rng);
+  return m;
+}
+
+// state.range(0): clients; range(1): 1 = dynamic batching, 0 = none; range(2): split point.
+void BM_Server(benchmark::State& state) {
+  const auto clients = static_cast<std::size_t>(state.range(0));
+  const bool batching = state.range(1) != 0;
+  const auto split = static_cast<std::size_t>(state.range(2));
+  const std::size_t requests_per_client = std::max<std::size_t>(16, 512 / clients);
+  auto [head, tail] = cloud_mlp().split(split);
+
+  ServerOptions so;
+  so.workers = 1;  // one core for the server, the other for the clients
+  so.max_batch = batching ? 64 : 1;
+  so.max_queue_delay = std::chrono::microseconds(batching ? 500 : 0);
+  so.queue_capacity = 4096;
+  CloudServer server(so);
+  const wire::ModelIdentity id{"fmnist-mlp", 1, 0, static_cast<std::uint16_t>(split)};
+  server.register_model(id, std::move(tail));
+  EdgeOptions eo;
+  eo.model = id;
+  eo.codec.bits = wire::raw_f32_bits;
+  std::vector<std::unique_ptr<EdgeClient>> edge;
+  for (std::size_t c = 0; c < clients; ++c)
+    edge.push_back(std::make_unique<EdgeClient>(
+        head,
+        [&server] {
+          auto [a, b] = InProcTransport::make_pair();
+          server.serve(std::move(b));
+          return Channel(std::move(a));
+        },
+        eo));
+  Tensor<float> x(Shape{1, 784}, 0.5f);
+
+  std::vector<double> latencies;
+  std::size_t done = 0;
+  for (auto _ : state) {
+    std::vector<std::vector<double>> per(clients);
+    std::vector<std::thread> threads;
+    for (std::size_t c = 0; c < clients; ++c)
+      threads.emplace_back([&, c] {
+        per[c].reserve(requests_per_client);
+        for (std::size_t i = 0; i < requests_per_client; ++i) {
+          const auto t0 = std::chrono::steady_clock::now();
+          const InferResult r = edge[c]->infer(x.cview(), deadline_after(std::chrono::seconds(30)));
+          if (r.path != AnswerPath::cloud) std::abort();
+          per[c].push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+        }
+      });
+    for (auto& t : threads) t.join();
+    for (auto& v : per) latencies.insert(latencies.end(), v.begin(), v.end());
+    done += clients * requests_per_client;
+  }
+  std::sort(latencies.begin(), latencies.end());
+  state.SetItemsProcessed(static_cast<std::int64_t>(done));
+  state.counters["p50_us"] = latencies[latencies.size() / 2];
+  state.counters["p99_us"] = latencies[latencies.size() * 99 / 100];
+  const auto st = server.stats();
+  state.counters["mean_batch"] = st.batches ? double(st.responses) / double(st.batches) : 0;
+}
+
+}  // namespace
+
+BENCHMARK(BM_Server)
+    ->ArgNames({"clients", "batching", "split"})
+    ->ArgsProduct({{1, 8, 64}, {0, 1}, {0, 2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+BENCHMARK_MAIN();
