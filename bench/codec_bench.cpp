@@ -9,7 +9,7 @@
 //   Codec/<encode|decode>/bits:../zstd:..   one 16K-element feature {1, 16384}, per frame
 //   Gemv/<float|int8>/n:4096               Dense<float> vs QuantizedDense, 4096 x 4096, batch 1
 //
-// docs/performance.md has the command line and the figures.
+// docs/quantization.md ("Speed") has the command line and the figures.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>

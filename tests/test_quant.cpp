@@ -133,6 +133,22 @@ TEST_CASE("SIMD and scalar quantize/dequantize are bit-identical per tensor", "[
   CHECK(q == 42);
 }
 
+#if defined(__AVX2__)
+TEST_CASE("Streaming-store dequantize equals the reference at every alignment", "[quant][simd]") {
+  // dequantize_run switches to it for outputs of 32 MiB and more; here it runs on small ones.
+  Rng rng(21);
+  std::vector<std::int8_t> q(300);
+  for (auto& v : q) v = static_cast<std::int8_t>(int(rng.below(256)) - 128);
+  std::vector<float> want(300), got(310);
+  for (std::size_t off = 0; off < 9; ++off)
+    for (std::size_t n : {0, 1, 7, 8, 9, 40, 257, 300}) {
+      kernels::ScalarQuantKernels::dequantize_run(q.data(), want.data(), n, 0.37f, -3);
+      kernels::Avx2QuantKernels::dequantize_run_streaming(q.data(), got.data() + off, n, 0.37f, -3);
+      CHECK(same_bits(want.data(), got.data() + off, n));
+    }
+}
+#endif
+
 TEST_CASE("SIMD and scalar agree per channel along every axis, and match index arithmetic", "[quant][simd]") {
   Rng rng(12);
   const Shape shape{3, 37, 5, 2};

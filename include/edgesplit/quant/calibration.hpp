@@ -60,7 +60,7 @@ inline Range finite_min_max(const float* x, std::size_t n) {
   std::size_t i = 0;
   if (n >= W) {
     B vlo = B::load_unaligned(x), vhi = vlo, vbad(0.0f);
-    for (; i + W <= n; i += W) {
+    for (const std::size_t body = n - n % W; i < body; i += W) {
       const B v = B::load_unaligned(x + i);
       vlo = xsimd::min(vlo, v);
       vhi = xsimd::max(vhi, v);

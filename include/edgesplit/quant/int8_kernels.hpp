@@ -14,6 +14,10 @@
 // IEEE operations in the same order (multiply by 1/scale, round half to even, add the zero
 // point, clamp, convert), so all of them give bit-identical codes and floats; tests check it.
 //
+// Loops run to `body = n - n % W` rather than while `i + W <= n`: GCC 12 then sees that the tail
+// runs fewer than W times and raises no false -Waggressive-loop-optimizations warning when n is a
+// compile-time constant.
+//
 // Rounding: the reference uses std::nearbyint, which rounds half to even in the default
 // floating-point environment; the SIMD sets use explicit round-to-nearest-even instructions.
 // edgesplit never changes the rounding mode; a caller that does so gets unspecified codes.
@@ -113,7 +117,7 @@ struct XsimdQuantKernels {
     const F vinv(inv), vzp(z), vlo(r.lo), vhi(r.hi);
     alignas(64) std::int32_t lanes[W];
     std::size_t i = 0;
-    for (; i + W <= n; i += W) {
+    for (const std::size_t body = n - n % W; i < body; i += W) {
       xsimd::batch_cast<std::int32_t>(quantize_lanes(F::load_unaligned(x + i), vinv, vzp, vlo, vhi))
           .store_aligned(lanes);
       for (std::size_t k = 0; k < W; ++k) q[i + k] = static_cast<std::int8_t>(lanes[k]);
@@ -126,7 +130,7 @@ struct XsimdQuantKernels {
     const F one(1.0f), vlo(r.lo), vhi(r.hi);
     alignas(64) std::int32_t lanes[W];
     std::size_t i = 0;
-    for (; i + W <= n; i += W) {
+    for (const std::size_t body = n - n % W; i < body; i += W) {
       const F inv = one / F::load_unaligned(scale + i);
       const F z = xsimd::batch_cast<float>(I::load_unaligned(zp + i));
       xsimd::batch_cast<std::int32_t>(quantize_lanes(F::load_unaligned(x + i), inv, z, vlo, vhi))
@@ -139,7 +143,7 @@ struct XsimdQuantKernels {
     const F vs(scale);
     alignas(64) std::int32_t lanes[W];
     std::size_t i = 0;
-    for (; i + W <= n; i += W) {
+    for (const std::size_t body = n - n % W; i < body; i += W) {
       for (std::size_t k = 0; k < W; ++k) lanes[k] = std::int32_t{q[i + k]} - zp;
       (xsimd::batch_cast<float>(I::load_aligned(lanes)) * vs).store_unaligned(x + i);
     }
@@ -149,7 +153,7 @@ struct XsimdQuantKernels {
                              const std::int32_t* zp) noexcept {
     alignas(64) std::int32_t lanes[W];
     std::size_t i = 0;
-    for (; i + W <= n; i += W) {
+    for (const std::size_t body = n - n % W; i < body; i += W) {
       for (std::size_t k = 0; k < W; ++k) lanes[k] = std::int32_t{q[i + k]} - zp[i + k];
       (xsimd::batch_cast<float>(I::load_aligned(lanes)) * F::load_unaligned(scale + i)).store_unaligned(x + i);
     }
@@ -192,7 +196,7 @@ struct Avx2QuantKernels {
     const __m256 vinv = _mm256_set1_ps(inv), vzp = _mm256_set1_ps(z);
     const __m256 vlo = _mm256_set1_ps(r.lo), vhi = _mm256_set1_ps(r.hi);
     std::size_t i = 0;
-    for (; i + 32 <= n; i += 32)
+    for (const std::size_t body = n - n % 32; i < body; i += 32)
       store32(q + i, quantize8(_mm256_loadu_ps(x + i), vinv, vzp, vlo, vhi),
               quantize8(_mm256_loadu_ps(x + i + 8), vinv, vzp, vlo, vhi),
               quantize8(_mm256_loadu_ps(x + i + 16), vinv, vzp, vlo, vhi),
@@ -209,21 +213,39 @@ struct Avx2QuantKernels {
       return quantize8(_mm256_loadu_ps(x + j), inv, z, vlo, vhi);
     };
     std::size_t i = 0;
-    for (; i + 32 <= n; i += 32) store32(q + i, q8(i), q8(i + 8), q8(i + 16), q8(i + 24));
+    for (const std::size_t body = n - n % 32; i < body; i += 32) store32(q + i, q8(i), q8(i + 8), q8(i + 16), q8(i + 24));
     for (; i < n; ++i) q[i] = quantize_one(x[i], 1.0f / scale[i], static_cast<float>(zp[i]), r.lo, r.hi);
   }
+  /// Float outputs at least this large are written with non-temporal stores: they cannot stay
+  /// in cache anyway, and streaming skips the read-for-ownership of every output line (about 2x
+  /// faster on 64 MiB here; see docs/quantization.md).
+  static constexpr std::size_t stream_bytes = std::size_t{32} << 20;
+
   static void dequantize_run(const std::int8_t* q, float* x, std::size_t n, float scale, std::int32_t zp) noexcept {
+    if (n >= stream_bytes / sizeof(float)) return dequantize_run_streaming(q, x, n, scale, zp);
     const __m256 vs = _mm256_set1_ps(scale);
     const __m256i vzp = _mm256_set1_epi32(zp);
     std::size_t i = 0;
-    for (; i + 8 <= n; i += 8)
+    for (const std::size_t body = n - n % 8; i < body; i += 8)
       _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(load8_i32(q + i), vzp)), vs));
+    for (; i < n; ++i) x[i] = dequantize_one(q[i], scale, zp);
+  }
+  /// dequantize_run with non-temporal stores (any size; dequantize_run picks it for large ones).
+  static void dequantize_run_streaming(const std::int8_t* q, float* x, std::size_t n, float scale,
+                                       std::int32_t zp) noexcept {
+    const __m256 vs = _mm256_set1_ps(scale);
+    const __m256i vzp = _mm256_set1_epi32(zp);
+    std::size_t i = 0;
+    for (; i < n && reinterpret_cast<std::uintptr_t>(x + i) % 32 != 0; ++i) x[i] = dequantize_one(q[i], scale, zp);
+    for (const std::size_t body = n - (n - i) % 8; i < body; i += 8)
+      _mm256_stream_ps(x + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(load8_i32(q + i), vzp)), vs));
+    _mm_sfence();  // order the streamed stores before whatever the caller does next
     for (; i < n; ++i) x[i] = dequantize_one(q[i], scale, zp);
   }
   static void dequantize_row(const std::int8_t* q, float* x, std::size_t n, const float* scale,
                              const std::int32_t* zp) noexcept {
     std::size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
+    for (const std::size_t body = n - n % 8; i < body; i += 8) {
       const __m256i z = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(zp + i));
       const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(load8_i32(q + i), z));
       _mm256_storeu_ps(x + i, _mm256_mul_ps(v, _mm256_loadu_ps(scale + i)));
@@ -246,12 +268,12 @@ struct Avx2QuantKernels {
   static void matvec(const std::int8_t* w, const std::int16_t* x, std::int32_t* y, std::size_t rows,
                      std::size_t cols) noexcept {
     std::size_t r = 0;
-    for (; r + 4 <= rows; r += 4) {
+    for (const std::size_t body = rows - rows % 4; r < body; r += 4) {
       const std::int8_t* w0 = w + r * cols;
       const std::int8_t *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
       __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
       std::size_t i = 0;
-      for (; i + 16 <= cols; i += 16) {
+      for (const std::size_t body = cols - cols % 16; i < body; i += 16) {
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
         a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(widen16(w0 + i), xv));
         a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(widen16(w1 + i), xv));
@@ -275,7 +297,7 @@ struct Avx2QuantKernels {
       const std::int8_t* wr = w + r * cols;
       __m256i a = _mm256_setzero_si256();
       std::size_t i = 0;
-      for (; i + 16 <= cols; i += 16)
+      for (const std::size_t body = cols - cols % 16; i < body; i += 16)
         a = _mm256_add_epi32(
             a, _mm256_madd_epi16(widen16(wr + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))));
       std::int32_t s = hsum(a);
@@ -316,7 +338,7 @@ struct NeonQuantKernels {
     const float inv = 1.0f / scale, z = static_cast<float>(zp);
     const float32x4_t vinv = vdupq_n_f32(inv), vzp = vdupq_n_f32(z), vlo = vdupq_n_f32(r.lo), vhi = vdupq_n_f32(r.hi);
     std::size_t i = 0;
-    for (; i + 16 <= n; i += 16)
+    for (const std::size_t body = n - n % 16; i < body; i += 16)
       store16(q + i, quantize4(vld1q_f32(x + i), vinv, vzp, vlo, vhi), quantize4(vld1q_f32(x + i + 4), vinv, vzp, vlo, vhi),
               quantize4(vld1q_f32(x + i + 8), vinv, vzp, vlo, vhi), quantize4(vld1q_f32(x + i + 12), vinv, vzp, vlo, vhi));
     for (; i < n; ++i) q[i] = quantize_one(x[i], inv, z, r.lo, r.hi);
@@ -330,7 +352,7 @@ struct NeonQuantKernels {
       return quantize4(vld1q_f32(x + j), inv, vcvtq_f32_s32(vld1q_s32(zp + j)), vlo, vhi);
     };
     std::size_t i = 0;
-    for (; i + 16 <= n; i += 16) store16(q + i, q4(i), q4(i + 4), q4(i + 8), q4(i + 12));
+    for (const std::size_t body = n - n % 16; i < body; i += 16) store16(q + i, q4(i), q4(i + 4), q4(i + 8), q4(i + 12));
     for (; i < n; ++i) q[i] = quantize_one(x[i], 1.0f / scale[i], static_cast<float>(zp[i]), r.lo, r.hi);
   }
   static void dequantize_run(const std::int8_t* q, float* x, std::size_t n, float scale, std::int32_t zp) noexcept {
@@ -338,7 +360,7 @@ struct NeonQuantKernels {
     const int32x4_t vzp = vdupq_n_s32(zp);
     std::size_t i = 0;
     int32x4_t v[4];
-    for (; i + 16 <= n; i += 16) {
+    for (const std::size_t body = n - n % 16; i < body; i += 16) {
       widen16(q + i, v);
       for (int k = 0; k < 4; ++k) vst1q_f32(x + i + 4 * k, vmulq_f32(vcvtq_f32_s32(vsubq_s32(v[k], vzp)), vs));
     }
@@ -348,7 +370,7 @@ struct NeonQuantKernels {
                              const std::int32_t* zp) noexcept {
     std::size_t i = 0;
     int32x4_t v[4];
-    for (; i + 16 <= n; i += 16) {
+    for (const std::size_t body = n - n % 16; i < body; i += 16) {
       widen16(q + i, v);
       for (std::size_t k = 0; k < 4; ++k) {
         const std::size_t j = i + 4 * k;
@@ -365,7 +387,7 @@ struct NeonQuantKernels {
       const std::int8_t* wr = w + r * cols;
       int32x4_t a = vdupq_n_s32(0), b = vdupq_n_s32(0);
       std::size_t i = 0;
-      for (; i + 8 <= cols; i += 8) {
+      for (const std::size_t body = cols - cols % 8; i < body; i += 8) {
         const int16x8_t wv = vmovl_s8(vld1_s8(wr + i)), xv = vld1q_s16(x + i);
         a = vmlal_s16(a, vget_low_s16(wv), vget_low_s16(xv));
         b = vmlal_high_s16(b, wv, xv);

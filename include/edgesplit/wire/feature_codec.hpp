@@ -161,9 +161,8 @@ class FeatureCodec {
     }
     const std::size_t n = h.shape.count();
     if (h.encoding == wire::TensorEncoding::raw) {
-      for (std::size_t i = 0; i < n; ++i)
-        if (!finite_bits(wire::load_le32(data.data() + 4 * i)))
-          fail(errc::corrupt_frame, "raw tensor holds NaN or infinity at element " + std::to_string(i));
+      if (const std::size_t bad = count_nonfinite_le(data.data(), n))
+        fail(errc::corrupt_frame, "raw tensor holds " + std::to_string(bad) + " NaN or infinite values");
       out.resize(h.shape);
       load_le(data.data(), n, out.data());
       return;
@@ -192,22 +191,29 @@ class FeatureCodec {
   void require_quantized() const {
     if (config_.bits == wire::raw_f32_bits) fail(errc::invalid_argument, "a raw fp32 codec has no quantization parameters");
   }
-  static bool finite_bits(std::uint32_t v) noexcept { return (v & 0x7F800000u) != 0x7F800000u; }
+  // NaN and infinities among `n` little-endian binary32 values (all exponent bits set). A count
+  // rather than an early exit, so that the loop vectorizes.
+  static std::size_t count_nonfinite_le(const std::byte* p, std::size_t n) noexcept {
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      std::uint32_t v;
+      if constexpr (std::endian::native == std::endian::little)
+        std::memcpy(&v, p + 4 * i, 4);
+      else
+        v = wire::load_le32(p + 4 * i);
+      bad += (v & 0x7F800000u) == 0x7F800000u;
+    }
+    return bad;
+  }
 
-  // Floats as little-endian binary32, refusing NaN and infinities; true when all were finite.
+  // Floats as little-endian binary32; true when all were finite.
   static bool store_finite_le(const float* x, std::size_t n, std::byte* dst) noexcept {
-    bool ok = true;
     if constexpr (std::endian::native == std::endian::little) {
       if (n) std::memcpy(dst, x, n * 4);
-      for (std::size_t i = 0; i < n; ++i) ok &= finite_bits(std::bit_cast<std::uint32_t>(x[i]));
     } else {
-      for (std::size_t i = 0; i < n; ++i) {
-        const auto v = std::bit_cast<std::uint32_t>(x[i]);
-        ok &= finite_bits(v);
-        wire::store_le32(dst + 4 * i, v);
-      }
+      for (std::size_t i = 0; i < n; ++i) wire::store_le32(dst + 4 * i, std::bit_cast<std::uint32_t>(x[i]));
     }
-    return ok;
+    return count_nonfinite_le(dst, n) == 0;
   }
   static void load_le(const std::byte* src, std::size_t n, float* x) noexcept {
     if constexpr (std::endian::native == std::endian::little) {
