@@ -767,8 +767,9 @@ TEST_CASE("Standardizer: fitted statistics, constant features, saved and applied
   CHECK(std::memcmp(a.data(), b.data(), a.bytes()) == 0);
   const auto state = model_state(with);
   REQUIRE(state.size() == 4);
-  CHECK(state[2].name == "0.mean");
-  CHECK(state[3].name == "0.std");
+  CHECK(state[0].name == "0.mean");
+  CHECK(state[1].name == "0.std");
+  CHECK(state[2].name == "1.weight");
   expect_errc(errc::shape_mismatch, [&] { st.fit(Tensor<float>(Shape{4, 2}).cview()); });
   expect_errc(errc::invalid_argument, [] { Standardizer<float>(0); });
 }

@@ -14,12 +14,16 @@
 
 namespace edgesplit {
 
-/// Every tensor saved with a model, in order: its parameters ("<i>.weight", "<i>.bias") then its
-/// buffers ("<i>.mean", "<i>.std"). Names are those of PyTorch's nn.Sequential state_dict.
+/// Every tensor saved with a model, layer by layer, each layer's parameters ("<i>.weight",
+/// "<i>.bias") then its buffers ("<i>.mean", "<i>.std"): the names and order of PyTorch's
+/// nn.Sequential state_dict.
 template <Real T>
 std::vector<Parameter<T>> model_state(Sequential<T>& model) {
-  std::vector<Parameter<T>> all = model.parameters();
-  for (auto& b : model.buffers()) all.push_back(std::move(b));
+  std::vector<Parameter<T>> all;
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    for (auto& p : model[i].parameters()) all.push_back({std::to_string(i) + "." + p.name, p.value, p.grad});
+    for (auto& b : model[i].buffers()) all.push_back({std::to_string(i) + "." + b.name, b.value, b.grad});
+  }
   return all;
 }
 

@@ -1,0 +1,449 @@
+// Tests for io/ weights files and data sets: safetensors round trips and every malformed file
+// (typed errors, never a crash), IDX files gzip-compressed and plain with every malformed header
+// and stream, and a reduced Fashion-MNIST training run when Debian's dataset package is present.
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "edgesplit/edgesplit.hpp"
+#include "test_util.hpp"
+
+using namespace edgesplit;
+using edgesplit_test::expect_errc;
+namespace fs = std::filesystem;
+
+namespace {
+
+/// A fresh directory under the system temp directory, removed at the end of the test.
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& tag) {
+    path = fs::temp_directory_path() / ("edgesplit_test_" + tag + "_" + std::to_string(reinterpret_cast<std::uintptr_t>(this)));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+void write_file(const fs::path& p, const std::vector<std::byte>& bytes) {
+  std::ofstream out(p, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::vector<std::byte> read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::vector<char> c((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> b(c.size());
+  std::memcpy(b.data(), c.data(), c.size());
+  return b;
+}
+
+/// Runs `f` and requires it to throw some edgesplit::error (any code): for mutated inputs where
+/// several codes are right, the promise under test is "typed error, never a crash".
+template <class F>
+void expect_edgesplit_error_or_success(F&& f) {
+  try {
+    f();
+  } catch (const edgesplit::error&) {
+  }
+}
+
+}  // namespace
+
+#if EDGESPLIT_TEST_JSON
+#include "edgesplit/io/safetensors.hpp"
+
+namespace {
+
+Sequential<float> sample_model(std::uint64_t seed) {
+  Rng rng(seed);
+  Sequential<float> m;
+  auto& st = m.add<Standardizer<float>>(6, Standardize::per_feature);
+  Tensor<float> data(Shape{20, 6});
+  for (float& v : data.span()) v = static_cast<float>(rng.uniform(-3, 5));
+  st.fit(data.cview());
+  m.add<Dense<float>>(6, 5, rng);
+  m.add<ReLU<float>>();
+  m.add<Dropout<float>>(0.25, 7);
+  m.add<Dense<float>>(5, 4, rng);
+  m.add<LeakyReLU<float>>(0.1);
+  m.add<Dense<float>>(4, 3, rng);
+  m.add<Softmax<float>>();
+  for (auto& p : m.parameters())
+    for (float& v : p.value.span()) v += static_cast<float>(rng.uniform(-0.1, 0.1));
+  return m;
+}
+
+/// A safetensors file from a header (dumped as is) and a data section.
+std::vector<std::byte> make_file(const std::string& header, std::size_t data_bytes) {
+  std::vector<std::byte> out(8 + header.size() + data_bytes, std::byte{0});
+  std::uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i, n >>= 8) out[static_cast<std::size_t>(i)] = static_cast<std::byte>(n & 0xff);
+  std::memcpy(out.data() + 8, header.data(), header.size());
+  return out;
+}
+
+nlohmann::json header_of(const std::vector<std::byte>& file) {
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<std::uint8_t>(file[static_cast<std::size_t>(i)]);
+  return nlohmann::json::parse(std::string(reinterpret_cast<const char*>(file.data() + 8), n));
+}
+
+std::vector<std::byte> with_header(const std::vector<std::byte>& file, const nlohmann::json& h) {
+  const auto old = header_of(file).dump();
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<std::uint8_t>(file[static_cast<std::size_t>(i)]);
+  const std::size_t data = file.size() - 8 - n;
+  auto out = make_file(h.dump(), data);
+  std::memcpy(out.data() + out.size() - data, file.data() + 8 + n, data);
+  return out;
+}
+
+SafetensorsFile parse_bytes(const std::vector<std::byte>& b) { return SafetensorsFile::parse(b); }
+
+}  // namespace
+
+TEST_CASE("safetensors: bit-exact round trip, model rebuilt from the file alone", "[io][safetensors]") {
+  TempDir dir("st");
+  auto m = sample_model(1);
+  const auto path = dir.path / "model.safetensors";
+  save_safetensors(path, m, {{"note", "test model"}});
+  auto back = load_safetensors<float>(path);
+  REQUIRE(back.size() == m.size());
+  for (std::size_t i = 0; i < m.size(); ++i) {
+    CHECK(back[i].spec() == m[i].spec());
+    CHECK(back[i].describe() == m[i].describe());
+  }
+  const auto a = model_state(m), b = model_state(back);
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    CHECK(a[i].name == b[i].name);
+    REQUIRE(a[i].value.shape() == b[i].value.shape());
+    CHECK(std::memcmp(a[i].value.data(), b[i].value.data(), a[i].value.bytes()) == 0);
+  }
+  Tensor<float> x(Shape{5, 6});
+  Rng rng(3);
+  for (float& v : x.span()) v = static_cast<float>(rng.uniform(-3, 5));
+  const auto ya = m.predict(x.cview()), yb = back.predict(x.cview());
+  CHECK(std::memcmp(ya.data(), yb.data(), ya.bytes()) == 0);
+
+  // the same file into an existing model, and into a model of another shape
+  const auto file = SafetensorsFile::read(path);
+  CHECK(file.metadata().at("note") == "test model");
+  auto other = sample_model(2);
+  load_weights(file, other);
+  const auto yc = other.predict(x.cview());
+  CHECK(std::memcmp(ya.data(), yc.data(), ya.bytes()) == 0);
+  Sequential<float> wrong;
+  wrong.add<Dense<float>>(6, 5);
+  expect_errc(errc::shape_mismatch, [&] { load_weights(file, wrong); });
+
+  // a double model, and a float file read as double (exact widening)
+  Rng r2(4);
+  Sequential<double> md;
+  md.add<Dense<double>>(3, 2, r2);
+  save_safetensors(dir.path / "d.safetensors", md);
+  auto mdb = load_safetensors<double>(dir.path / "d.safetensors");
+  CHECK(std::memcmp(model_state(md)[0].value.data(), model_state(mdb)[0].value.data(), 6 * sizeof(double)) == 0);
+  auto widened = load_safetensors<double>(path);
+  CHECK(model_state(widened)[2].value[1] == static_cast<double>(a[2].value[1]));
+  expect_errc(errc::invalid_argument, [&] { save_safetensors(dir.path / "x", m, {{"format", "mine"}}); });
+  expect_errc(errc::io_error, [&] { (void)load_safetensors<float>(dir.path / "missing.safetensors"); });
+  expect_errc(errc::io_error, [&] { save_safetensors(dir.path / "no" / "such" / "dir.safetensors", m); });
+}
+
+TEST_CASE("safetensors: the layout other tools read", "[io][safetensors]") {
+  auto m = sample_model(1);
+  const auto bytes = to_safetensors(m);
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<std::uint8_t>(bytes[static_cast<std::size_t>(i)]);
+  CHECK(n % 8 == 0);  // the data section starts 8-byte aligned
+  const auto h = header_of(bytes);
+  CHECK(h["__metadata__"]["format"] == "edgesplit.sequential");
+  CHECK(h["__metadata__"]["format_version"] == "1");
+  const auto arch = nlohmann::json::parse(h["__metadata__"]["architecture"].get<std::string>());
+  REQUIRE(arch.size() == 8);
+  CHECK(arch[1] == nlohmann::json{{"type", "Dense"}, {"in", 6}, {"out", 5}});
+  CHECK(arch[3]["p"] == 0.25);
+  // PyTorch nn.Sequential state_dict names: Linear weight {out, in}, then bias
+  CHECK(h["1.weight"]["dtype"] == "F32");
+  CHECK(h["1.weight"]["shape"] == nlohmann::json{5, 6});
+  CHECK(h["0.mean"]["shape"] == nlohmann::json{6});
+  CHECK(h["0.std"]["data_offsets"][0] == 24);
+  CHECK(h["6.bias"]["data_offsets"][1] == bytes.size() - 8 - n);
+  // raw little-endian data: the first weight, read by hand
+  const auto off = h["1.weight"]["data_offsets"][0].get<std::size_t>();
+  float w;
+  std::memcpy(&w, bytes.data() + 8 + n + off, 4);
+  CHECK(w == static_cast<Dense<float>&>(m[1]).weight()[0]);
+}
+
+TEST_CASE("safetensors: every malformed file is a typed error", "[io][safetensors]") {
+  auto m = sample_model(1);
+  const auto good = to_safetensors(m);
+  const auto h = header_of(good);
+  auto mutate = [&](const std::function<void(nlohmann::json&)>& f) {
+    nlohmann::json j = h;
+    f(j);
+    return with_header(good, j);
+  };
+  auto model_of = [](const std::vector<std::byte>& b) { (void)model_from_safetensors<float>(SafetensorsFile::parse(b)); };
+
+  // framing
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(std::vector<std::byte>(5)); });
+  auto past_end = good;
+  past_end[0] = std::byte{0xff};
+  past_end[1] = std::byte{0xff};
+  past_end[2] = std::byte{0x0f};  // ~1 MB header in a small file
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(past_end); });
+  auto absurd = good;
+  absurd[5] = std::byte{1};  // 2^40 bytes of header
+  expect_errc(errc::too_large, [&] { parse_bytes(absurd); });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(make_file("{\"a\": ", 0)); });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(make_file("[1, 2]", 0)); });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(make_file(std::string(5000, '[') + std::string(5000, ']'), 0)); });
+  expect_errc(errc::corrupt_frame, [&] {
+    parse_bytes(make_file(R"({"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+                              "a": {"dtype": "U8", "shape": [1], "data_offsets": [1, 2]}})", 2));
+  });
+  SafetensorsLimits tiny;
+  tiny.max_file_bytes = 100;
+  expect_errc(errc::too_large, [&] { (void)SafetensorsFile::parse(good, tiny); });
+
+  // entries
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["1.weight"]["dtype"] = "Q4"; })); });
+  expect_errc(errc::unsupported, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["1.weight"]["dtype"] = "F16"; })); });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["1.weight"]["dtype"] = 3; })); });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["1.weight"]["shape"] = {5, -6}; })); });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["1.weight"]["shape"] = {5, 6.5}; })); });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["1.weight"]["shape"] = "5x6"; })); });
+  expect_errc(errc::unsupported, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["1.weight"]["shape"] = nlohmann::json::array(); })); });
+  expect_errc(errc::unsupported, [&] {
+    parse_bytes(mutate([](nlohmann::json& j) { j["1.weight"]["shape"] = {1, 1, 1, 1, 1, 1, 1, 1, 30}; }));
+  });
+  expect_errc(errc::too_large, [&] {
+    parse_bytes(mutate([](nlohmann::json& j) { j["1.weight"]["shape"] = {std::uint64_t{1} << 40, std::uint64_t{1} << 40}; }));
+  });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["1.weight"]["shape"] = {5, 5}; })); });  // size
+  expect_errc(errc::corrupt_frame, [&] {
+    parse_bytes(mutate([](nlohmann::json& j) { j["6.bias"]["data_offsets"][1] = j["6.bias"]["data_offsets"][1].get<std::size_t>() + 4; }));
+  });  // past the end
+  expect_errc(errc::corrupt_frame, [&] {
+    parse_bytes(mutate([](nlohmann::json& j) { j["1.bias"]["data_offsets"] = {j["1.bias"]["data_offsets"][1], j["1.bias"]["data_offsets"][0]}; }));
+  });  // begin > end
+  expect_errc(errc::corrupt_frame, [&] {
+    parse_bytes(mutate([](nlohmann::json& j) { j["1.bias"]["data_offsets"] = j["1.weight"]["data_offsets"]; j["1.bias"]["shape"] = {30}; }));
+  });  // overlap
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j.erase("1.bias"); })); });  // hole
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["1.bias"]["extra"] = 1; })); });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["1.bias"]["data_offsets"] = {0}; })); });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["__metadata__"]["note"] = 5; })); });
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(mutate([](nlohmann::json& j) { j["__metadata__"] = "x"; })); });
+  auto truncated = good;
+  truncated.resize(good.size() - 3);
+  expect_errc(errc::corrupt_frame, [&] { parse_bytes(truncated); });
+
+  // the model description
+  expect_errc(errc::version_mismatch, [&] { model_of(mutate([](nlohmann::json& j) { j["__metadata__"].erase("format"); })); });
+  expect_errc(errc::version_mismatch, [&] { model_of(mutate([](nlohmann::json& j) { j["__metadata__"]["format_version"] = "2"; })); });
+  expect_errc(errc::version_mismatch, [&] { model_of(mutate([](nlohmann::json& j) { j.erase("__metadata__"); })); });
+  auto arch = [&](const std::string& a) { return mutate([&](auto& j) { j["__metadata__"]["architecture"] = a; }); };
+  const std::string tail =
+      R"({"type":"Dense","in":6,"out":5},{"type":"ReLU"},{"type":"Dropout","p":0.25,"seed":7},{"type":"Dense","in":5,"out":4},)"
+      R"({"type":"LeakyReLU","alpha":0.1},{"type":"Dense","in":4,"out":3},{"type":"Softmax"}])";
+  const std::string stand = R"([{"type":"Standardizer","features":6,"global":0,"epsilon":1e-6},)";
+  model_of(arch(stand + tail));  // the reference text itself loads
+  expect_errc(errc::corrupt_frame, [&] { model_of(mutate([](nlohmann::json& j) { j["__metadata__"].erase("architecture"); })); });
+  expect_errc(errc::corrupt_frame, [&] { model_of(arch("not json")); });
+  expect_errc(errc::corrupt_frame, [&] { model_of(arch(R"({"type":"Dense"})")); });
+  expect_errc(errc::corrupt_frame, [&] { model_of(arch("[[" + stand.substr(1) + tail + "]")); });  // nested
+  expect_errc(errc::unsupported, [&] { model_of(arch(R"([{"type":"Conv2d","in":6}])")); });
+  expect_errc(errc::corrupt_frame, [&] { model_of(arch(R"([{"type":"Dense","in":6}])")); });
+  expect_errc(errc::corrupt_frame, [&] { model_of(arch(R"([{"type":"Dense","in":-6,"out":5}])")); });
+  expect_errc(errc::corrupt_frame, [&] { model_of(arch(R"([{"type":"LeakyReLU","alpha":3.0}])")); });
+  expect_errc(errc::too_large, [&] { model_of(arch(R"([{"type":"Dense","in":100000,"out":100000}])")); });
+  expect_errc(errc::too_large, [&] { model_of(arch(R"([{"type":"Dense","in":4294967296,"out":4294967296}])")); });
+  // chains badly: Dense(6 -> 5) then Dense(4 -> 5) where a 5-wide input is needed
+  expect_errc(errc::corrupt_frame, [&] {
+    model_of(arch(stand + R"({"type":"Dense","in":6,"out":5},{"type":"Dense","in":4,"out":5}])"));
+  });
+  // the architecture lacks a layer whose tensors are in the file
+  expect_errc(errc::corrupt_frame, [&] { model_of(arch(stand + R"({"type":"Dense","in":6,"out":5}])")); });
+  expect_errc(errc::corrupt_frame, [&] { model_of(mutate([](nlohmann::json& j) { j["1.weight"]["shape"] = {6, 5}; })); });
+  expect_errc(errc::unsupported, [&] {
+    model_of(mutate([](nlohmann::json& j) {
+      j["6.bias"]["dtype"] = "U8";
+      j["6.bias"]["shape"] = {12};
+    }));
+  });
+}
+
+TEST_CASE("safetensors: every truncation and byte flip is refused or read, never a crash", "[io][safetensors]") {
+  Rng rng(1);
+  Sequential<float> m;
+  m.add<Dense<float>>(3, 2, rng);
+  m.add<ReLU<float>>();
+  const auto good = to_safetensors(m);
+  std::size_t refused = 0;
+  for (std::size_t len = 0; len < good.size(); ++len) {
+    std::vector<std::byte> cut(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(len));
+    try {
+      (void)model_from_safetensors<float>(SafetensorsFile::parse(cut));
+    } catch (const edgesplit::error&) {
+      ++refused;
+    }
+  }
+  CHECK(refused == good.size());  // every proper prefix is refused
+  for (std::size_t i = 0; i < good.size(); ++i)
+    for (unsigned v : {0x00u, 0x22u, 0x5du, 0x7bu, 0xffu}) {
+      auto flipped = good;
+      flipped[i] = static_cast<std::byte>(v);
+      expect_edgesplit_error_or_success([&] { (void)model_from_safetensors<float>(SafetensorsFile::parse(flipped)); });
+    }
+}
+#endif  // nlohmann-json
+
+#if EDGESPLIT_TEST_ZLIB
+#include "edgesplit/io/idx.hpp"
+
+namespace {
+
+std::vector<std::byte> idx_bytes(std::uint8_t type, std::vector<std::uint32_t> dims, std::size_t data, std::uint8_t fill = 7) {
+  std::vector<std::byte> b{std::byte{0}, std::byte{0}, std::byte{type}, std::byte{static_cast<std::uint8_t>(dims.size())}};
+  for (std::uint32_t d : dims)
+    for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<std::byte>((d >> s) & 0xff));
+  for (std::size_t i = 0; i < data; ++i) b.push_back(static_cast<std::byte>(fill + i));
+  return b;
+}
+
+void write_gz(const fs::path& p, const std::vector<std::byte>& bytes) {
+  gzFile f = gzopen(p.string().c_str(), "wb");
+  REQUIRE(f != nullptr);
+  if (!bytes.empty()) REQUIRE(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())) == static_cast<int>(bytes.size()));
+  REQUIRE(gzclose(f) == Z_OK);
+}
+
+}  // namespace
+
+TEST_CASE("IDX: gzip and plain files read; data sets built and validated", "[io][idx]") {
+  TempDir dir("idx");
+  const auto images = idx_bytes(0x08, {3, 2, 2}, 12, 10);
+  const auto labels = idx_bytes(0x08, {3}, 3, 0);
+  write_gz(dir.path / "img.gz", images);
+  write_gz(dir.path / "lab.gz", labels);
+  write_file(dir.path / "img.raw", images);
+
+  const auto t = read_idx(dir.path / "img.gz");
+  CHECK(t.shape() == Shape{3, 2, 2});
+  CHECK(t[0] == 10);
+  CHECK(t[11] == 21);
+  const auto raw = read_idx(dir.path / "img.raw");
+  CHECK(std::memcmp(raw.data(), t.data(), t.size()) == 0);
+  CHECK(parse_idx(images).shape() == t.shape());
+
+  const auto d = load_idx_dataset<float>(dir.path / "img.gz", dir.path / "lab.gz", 3);
+  CHECK(d.inputs.shape() == Shape{3, 4});
+  CHECK(d.inputs[1] == Approx(11.0 / 255));
+  CHECK(d.labels == std::vector<std::int32_t>{0, 1, 2});
+  d.validate();
+  // a label past the class count, and label/image counts that disagree
+  expect_errc(errc::corrupt_frame, [&] { (void)load_idx_dataset<float>(dir.path / "img.gz", dir.path / "lab.gz", 2); });
+  write_gz(dir.path / "lab4.gz", idx_bytes(0x08, {4}, 4, 0));
+  expect_errc(errc::corrupt_frame, [&] { (void)load_idx_dataset<float>(dir.path / "img.gz", dir.path / "lab4.gz", 9); });
+  expect_errc(errc::corrupt_frame, [&] { (void)load_idx_dataset<float>(dir.path / "lab.gz", dir.path / "lab.gz", 9); });
+  expect_errc(errc::io_error, [&] { (void)read_idx(dir.path / "missing.gz"); });
+}
+
+TEST_CASE("IDX: every malformed header, size and stream is a typed error", "[io][idx]") {
+  TempDir dir("idxbad");
+  auto gz = [&](const std::vector<std::byte>& b) {
+    const auto p = dir.path / "f.gz";
+    write_gz(p, b);
+    return read_idx(p);
+  };
+  auto bad_magic = idx_bytes(0x08, {2}, 2);
+  bad_magic[1] = std::byte{1};
+  expect_errc(errc::corrupt_frame, [&] { gz(bad_magic); });
+  expect_errc(errc::corrupt_frame, [&] { gz(idx_bytes(0x07, {2}, 2)); });
+  expect_errc(errc::unsupported, [&] { gz(idx_bytes(0x0D, {2}, 8)); });
+  expect_errc(errc::corrupt_frame, [&] { gz(idx_bytes(0x08, {}, 0)); });
+  expect_errc(errc::unsupported, [&] { gz(idx_bytes(0x08, {1, 1, 1, 1, 1, 1, 1, 1, 1}, 1)); });
+  expect_errc(errc::corrupt_frame, [&] { gz({std::byte{0}, std::byte{0}}); });                      // short magic
+  const auto header = idx_bytes(0x08, {2, 3}, 0);
+  expect_errc(errc::corrupt_frame, [&] { gz({header.begin(), header.begin() + 9}); });  // short dims
+  expect_errc(errc::corrupt_frame, [&] { gz(idx_bytes(0x08, {2, 3}, 5)); });   // short data
+  expect_errc(errc::corrupt_frame, [&] { gz(idx_bytes(0x08, {2, 3}, 7)); });   // trailing byte
+  expect_errc(errc::corrupt_frame, [&] { gz({}); });                           // empty
+  // sizes: the product overflows size_t; or fits but is over the limit. Either is refused from
+  // the header alone, before the (absent) data is read or any of it allocated.
+  expect_errc(errc::too_large, [&] { gz(idx_bytes(0x08, {0xffffffffu, 0xffffffffu, 0xffffffffu}, 0)); });
+  expect_errc(errc::too_large, [&] { gz(idx_bytes(0x08, {60000, 28, 28, 100}, 0)); });
+  IdxLimits small;
+  small.max_bytes = 10;
+  expect_errc(errc::too_large, [&] { (void)parse_idx(idx_bytes(0x08, {11}, 11), small); });
+
+  // damaged gzip streams: cut short, a flipped byte in the CRC trailer, garbage in the deflate data
+  const auto good = dir.path / "good.gz";
+  write_gz(good, idx_bytes(0x08, {50, 40}, 2000, 3));
+  const auto bytes = read_file(good);
+  auto cut = bytes;
+  cut.resize(bytes.size() / 2);
+  write_file(dir.path / "cut.gz", cut);
+  expect_errc(errc::corrupt_frame, [&] { (void)read_idx(dir.path / "cut.gz"); });
+  auto crc = bytes;
+  crc[crc.size() - 6] ^= std::byte{0x55};
+  write_file(dir.path / "crc.gz", crc);
+  expect_errc(errc::corrupt_frame, [&] { (void)read_idx(dir.path / "crc.gz"); });
+  auto garbage = bytes;
+  for (std::size_t i = 12; i < 40 && i < garbage.size(); ++i) garbage[i] = std::byte{0xff};
+  write_file(dir.path / "garbage.gz", garbage);
+  expect_errc(errc::corrupt_frame, [&] { (void)read_idx(dir.path / "garbage.gz"); });
+}
+#endif  // zlib
+
+#if EDGESPLIT_TEST_ZLIB
+TEST_CASE("Fashion-MNIST: a reduced training run reaches its measured accuracy floor", "[io][fashion]") {
+  if (!fashion_mnist_available()) {
+    WARN("SKIPPED: Fashion-MNIST not found in " << fashion_mnist_dir.string()
+                                                << " (Debian package dataset-fashion-mnist); the reduced run did not run");
+    return;
+  }
+  auto [train, test] = load_fashion_mnist<float>();
+  REQUIRE(train.size() == 60000);
+  REQUIRE(test.size() == 10000);
+  train.validate();
+  test.validate();
+  const auto subset = train.slice(0, 10000);
+  // The edge model of the example, trained on the first 10,000 training images for 2 epochs
+  // (Adam 1e-3, batch 64), tested on all 10,000 test images.
+  Rng rng(1);
+  Sequential<float> m;
+  m.add<Standardizer<float>>(784, Standardize::global).fit(subset.inputs.cview());
+  m.add<Dense<float>>(784, 64, rng);
+  m.add<ReLU<float>>();
+  m.add<Dense<float>>(64, 10, rng);
+  Classifier<float> obj(m);
+  Adam<float> adam(1e-3);
+  TrainOptions o;
+  o.epochs = 2;
+  o.batch_size = 64;
+  Trainer<float>(o, {}).fit(obj, adam, subset);
+  const double acc = evaluate<float>(obj, test).accuracy[0];
+  // Measured (g++ 12, x86-64-v3): 0.8081 with these seeds; with model/shuffle seeds 2..5 the same
+  // run gave 0.8091, 0.8145, 0.8280, 0.8159, so seeds alone move it by 2 points. Another compiler
+  // or ISA changes the rounding of every step, which acts like another seed: the floor sits below
+  // the lowest of the five by about one more such spread. A broken loss, optimizer or reader
+  // lands near 0.10 (chance), far below.
+  INFO("test accuracy " << acc);
+  CHECK(acc >= 0.78);
+}
+#endif
