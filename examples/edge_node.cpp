@@ -1,0 +1,85 @@
+// edge_node: the edge half of split inference, as its own process.
+//
+// Loads the same model as cloud_node, runs the layers before --split locally, sends the
+// features to the cloud node over TCP and classifies Fashion-MNIST test images; falls back to the
+// whole model locally when the cloud does not answer in time.
+//
+//   edge_node [--model FILE] [--split K] [--host 127.0.0.1] [--port 7000] [--bits 8]
+//             [--limit 1000] [--timeout-ms 500] [--data DIR]
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+#include <edgesplit/io/idx.hpp>
+#include <edgesplit/runtime/edge_client.hpp>
+#include <edgesplit/transport/tcp.hpp>
+
+#include "node_common.hpp"
+
+using namespace edgesplit;
+
+int main(int argc, char** argv) {
+  std::map<std::string, std::string> o;
+  try {
+    o = node::parse_options(argc, argv,
+                            {{"model", node::default_model}, {"split", "2"}, {"host", "127.0.0.1"}, {"port", "7000"},
+                             {"bits", "8"}, {"limit", "1000"}, {"timeout-ms", "500"}, {"data", fashion_mnist_dir.string()},
+                             {"model-id", "fmnist-mlp"}});
+    const std::size_t bits = node::number(o["bits"], "--bits", 2, 32);
+    if (bits != 2 && bits != 4 && bits != 8 && bits != 32) fail(errc::invalid_argument, "--bits must be 32, 8, 4 or 2");
+  } catch (const error& e) {
+    std::fprintf(stderr, "edge_node: %s\n", e.what());
+    return 2;
+  }
+  try {
+    if (!fashion_mnist_available(o["data"])) {
+      std::fprintf(stderr, "edge_node: Fashion-MNIST not found in %s\n", o["data"].c_str());
+      return 77;
+    }
+    Sequential<float> model = node::load_model(o["model"]);
+    const std::size_t split = node::number(o["split"], "--split", 0, model.size());
+    const auto port = static_cast<std::uint16_t>(node::number(o["port"], "--port", 1, 65535));
+    const auto timeout = std::chrono::milliseconds(node::number(o["timeout-ms"], "--timeout-ms", 1, 600000));
+    auto [head, tail] = model.split(split);
+
+    EdgeOptions eo;
+    eo.model = {o["model-id"], 1, 0, static_cast<std::uint16_t>(split)};
+    eo.codec.bits = static_cast<int>(node::number(o["bits"], "--bits", 2, 32));
+    const std::string host = o["host"];
+    EdgeClient client(
+        head, [host, port] { return Channel(TcpTransport::connect(host, port, deadline_after(std::chrono::seconds(2)))); },
+        eo, Fallback{model, Fallback::Input::input});
+
+    auto [train, test] = load_fashion_mnist<float>(o["data"]);
+    const std::size_t n = std::min(node::number(o["limit"], "--limit", 1, 10000), test.size());
+    std::size_t correct = 0, cloud = 0;
+    std::vector<double> ms;
+    // Keep several requests in flight: the head of image i+1 runs while image i is on the wire.
+    std::vector<std::future<InferResult>> inflight;
+    std::size_t next_check = 0;
+    auto collect = [&](std::future<InferResult>& f) {
+      const InferResult r = f.get();
+      const std::size_t i = next_check++;
+      const float* p = r.output.data();
+      correct += static_cast<std::size_t>(std::max_element(p, p + 10) - p) == std::size_t(test.labels[i]);
+      cloud += r.path == AnswerPath::cloud;
+      ms.push_back(1e3 * (r.timings.head + r.timings.encode + r.timings.round_trip + r.timings.decode + r.timings.fallback));
+    };
+    for (std::size_t i = 0; i < n; ++i) {
+      inflight.push_back(client.submit(test.inputs.batch(i, i + 1), deadline_after(timeout)));
+      if (inflight.size() == 8) {
+        collect(inflight.front());
+        inflight.erase(inflight.begin());
+      }
+    }
+    for (auto& f : inflight) collect(f);
+    std::sort(ms.begin(), ms.end());
+    std::printf("edge_node: %zu images, accuracy %.2f%%, %zu answered by the cloud, %zu by the local fallback\n", n,
+                100.0 * double(correct) / double(n), cloud, n - cloud);
+    std::printf("edge_node: latency p50 %.2f ms, p99 %.2f ms\n", ms[ms.size() / 2], ms[ms.size() * 99 / 100]);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "edge_node: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,194 @@
+// split_demo: split inference end to end, in one binary, on Fashion-MNIST.
+//
+// Trains (or loads from its cache file) a 784-256-128-10 MLP, cuts it after its first hidden
+// layer, and serves the tail from a CloudServer while an EdgeClient runs the head. Edge and
+// cloud talk over in-process transports shaped by a SimulatedLink with the Wi-Fi, LTE and 3G
+// uplink presets (Neurosurgeon's bandwidths). For each link it reports test accuracy through the
+// real wire path (quantized features), bytes per request, and where the time of a single-image
+// request goes: edge compute, encode, network, cloud queue and compute, decode.
+//
+//   split_demo [--epochs N] [--bits 32|8|4|2] [--split K] [--limit N] [--requests N]
+//              [--cache FILE] [--data DIR]
+//
+// Exit status: 0 on success, 2 on bad arguments, 77 when the data set is missing, 1 otherwise.
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <unistd.h>
+
+#include <edgesplit/edgesplit.hpp>
+#include <edgesplit/io/idx.hpp>
+#include <edgesplit/runtime/cloud_server.hpp>
+#include <edgesplit/runtime/edge_client.hpp>
+#include <edgesplit/transport/inproc.hpp>
+#include <edgesplit/transport/simulated_link.hpp>
+
+#include "fmnist_mlp.hpp"
+
+using namespace edgesplit;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Args {
+  std::size_t epochs = 4, split = 2, limit = 10000, requests = 40;
+  int bits = 8;
+  std::filesystem::path cache = std::filesystem::temp_directory_path() / "edgesplit-split-demo-mlp.safetensors";
+  std::filesystem::path data = fashion_mnist_dir;
+};
+
+std::size_t number(std::string_view s, const char* what, std::size_t lo, std::size_t hi) {
+  std::size_t v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || end != s.data() + s.size() || v < lo || v > hi)
+    fail(errc::invalid_argument, std::string(what) + " must be a whole number in " + std::to_string(lo) + ".." +
+                                     std::to_string(hi) + ", got '" + std::string(s) + "'");
+  return v;
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view k = argv[i];
+    if (i + 1 >= argc) fail(errc::invalid_argument, "option " + std::string(k) + " needs a value");
+    const std::string_view v = argv[++i];
+    if (k == "--epochs") a.epochs = number(v, "--epochs", 1, 200);
+    else if (k == "--split") a.split = number(v, "--split", 0, 5);
+    else if (k == "--limit") a.limit = number(v, "--limit", 1, 10000);
+    else if (k == "--requests") a.requests = number(v, "--requests", 1, 100000);
+    else if (k == "--bits") {
+      a.bits = static_cast<int>(number(v, "--bits", 2, 32));
+      if (a.bits != 32 && a.bits != 8 && a.bits != 4 && a.bits != 2) fail(errc::invalid_argument, "--bits must be 32, 8, 4 or 2");
+    } else if (k == "--cache") a.cache = std::string(v);
+    else if (k == "--data") a.data = std::string(v);
+    else fail(errc::invalid_argument, "unknown option " + std::string(k));
+  }
+  return a;
+}
+
+// A one-line progress bar on stderr, redrawn in place on a terminal.
+void progress(const char* what, std::size_t done, std::size_t total) {
+  if (!isatty(STDERR_FILENO) && done != total) return;
+  const int width = 30, filled = static_cast<int>(width * done / std::max<std::size_t>(total, 1));
+  std::fprintf(stderr, "\r  %-24s [%.*s%*s] %zu/%zu", what, filled, "##############################", width - filled, "",
+               done, total);
+  if (done == total) std::fputc('\n', stderr);
+}
+
+std::size_t argmax(const float* p, std::size_t n) { return static_cast<std::size_t>(std::max_element(p, p + n) - p); }
+
+struct Row {
+  std::string link;
+  double accuracy = 0, bytes = 0, head = 0, encode = 0, network = 0, queue = 0, compute = 0, decode = 0, total = 0;
+  std::size_t fallbacks = 0;
+};
+
+Row run_link(const LinkProfile& link, const Args& a, const Sequential<float>& head, const Sequential<float>& tail,
+             const Dataset<float>& test) {
+  const wire::ModelIdentity id{"fmnist-mlp", 1, 0, static_cast<std::uint16_t>(a.split)};
+  ServerOptions so;
+  so.max_queue_delay = std::chrono::microseconds(0);  // one request at a time: nothing to wait for
+  CloudServer server(so);
+  server.register_model(id, tail);
+  EdgeOptions eo;
+  eo.model = id;
+  eo.codec.bits = a.bits;
+  std::uint64_t seed = 1;
+  EdgeClient client(
+      head,
+      [&] {
+        auto [edge_end, cloud_end] = InProcTransport::make_pair();
+        server.serve(SimulatedLink<InProcTransport>(std::move(cloud_end), link, seed++));
+        return Channel(SimulatedLink<InProcTransport>(std::move(edge_end), link, seed++));
+      },
+      eo);
+  Row r;
+  r.link = link.name;
+
+  // Accuracy over the test images, in batches of 500 per request.
+  const std::size_t n = std::min(a.limit, test.size()), step = 500;
+  std::size_t correct = 0;
+  for (std::size_t b = 0; b < n; b += step) {
+    const std::size_t e = std::min(n, b + step);
+    const InferResult res = client.infer(test.inputs.batch(b, e), deadline_after(60s));
+    if (res.path != AnswerPath::cloud) fail(errc::unreachable, "the cloud did not answer: " + res.fallback_message);
+    for (std::size_t i = b; i < e; ++i) correct += argmax(res.output.data() + (i - b) * 10, 10) == std::size_t(test.labels[i]);
+    progress((r.link + ": accuracy").c_str(), e, n);
+  }
+  r.accuracy = 100.0 * double(correct) / double(n);
+
+  // Latency of single-image requests, one at a time.
+  for (std::size_t i = 0; i < a.requests; ++i) {
+    const InferResult res = client.infer(test.inputs.batch(i % n, i % n + 1), deadline_after(10s));
+    if (res.path != AnswerPath::cloud) ++r.fallbacks;
+    const auto& t = res.timings;
+    r.bytes += double(res.bytes_sent);
+    r.head += t.head;
+    r.encode += t.encode;
+    r.network += t.network();
+    r.queue += t.server_queue;
+    r.compute += t.server_compute;
+    r.decode += t.decode;
+    progress((r.link + ": latency").c_str(), i + 1, a.requests);
+  }
+  const double k = 1.0 / double(a.requests);
+  for (double* v : {&r.bytes, &r.head, &r.encode, &r.network, &r.queue, &r.compute, &r.decode}) *v *= k;
+  r.total = r.head + r.encode + r.network + r.queue + r.compute + r.decode;
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines in order with the progress bars on stderr
+  Args a;
+  try {
+    a = parse(argc, argv);
+  } catch (const error& e) {
+    std::fprintf(stderr, "split_demo: %s\n", e.what());
+    return 2;
+  }
+  if (!fashion_mnist_available(a.data)) {
+    std::fprintf(stderr, "split_demo: Fashion-MNIST not found in %s (Debian package dataset-fashion-mnist)\n",
+                 a.data.c_str());
+    return 77;
+  }
+  try {
+    auto [train, test] = load_fashion_mnist<float>(a.data);
+    Sequential<float> model = edgesplit_examples::fmnist_mlp(a.cache, a.epochs, train, test);
+    if (a.split > model.size()) fail(errc::invalid_argument, "--split past the model's " + std::to_string(model.size()) + " layers");
+
+    const std::size_t n = std::min(a.limit, test.size());
+    const Tensor<float> local = model.predict(test.inputs.batch(0, n));
+    std::size_t correct = 0;
+    for (std::size_t i = 0; i < n; ++i) correct += argmax(local.data() + i * 10, 10) == std::size_t(test.labels[i]);
+    const double float_acc = 100.0 * double(correct) / double(n);
+
+    auto [head, tail] = model.split(a.split);
+    const auto info = model.describe(Shape{1, 784});
+    std::printf("\nsplit after layer %zu (%s): the edge sends %zu floats per image, %d-bit features on the wire\n",
+                a.split, a.split ? info[a.split - 1].name.c_str() : "input", head.output_shape(Shape{1, 784}).count(),
+                a.bits);
+    std::printf("test accuracy, float model run locally on %zu images: %.2f%%\n\n", n, float_acc);
+
+    std::vector<Row> rows;
+    for (const auto& link : LinkProfile::presets()) rows.push_back(run_link(link, a, head, tail, test));
+
+    std::printf("\n%-6s %9s %10s | %-51s | %9s\n", "link", "accuracy", "bytes/req",
+                "mean ms per single-image request: edge  encode  network  queue  cloud  decode", "total ms");
+    for (const auto& r : rows)
+      std::printf("%-6s %8.2f%% %10.0f | %40.3f %7.3f %8.2f %6.3f %6.3f %7.3f | %9.2f%s\n", r.link.c_str(), r.accuracy,
+                  r.bytes, 1e3 * r.head, 1e3 * r.encode, 1e3 * r.network, 1e3 * r.queue, 1e3 * r.compute,
+                  1e3 * r.decode, 1e3 * r.total, r.fallbacks ? "  (some fallbacks)" : "");
+    std::printf("\nnetwork = round trip minus the cloud's queue and compute time (serialization at the link rate "
+                "and propagation, both ways)\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "split_demo: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
