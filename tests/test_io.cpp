@@ -34,12 +34,12 @@ struct TempDir {
   }
 };
 
-void write_file(const fs::path& p, const std::vector<std::byte>& bytes) {
+[[maybe_unused]] void write_file(const fs::path& p, const std::vector<std::byte>& bytes) {
   std::ofstream out(p, std::ios::binary);
   out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }
 
-std::vector<std::byte> read_file(const fs::path& p) {
+[[maybe_unused]] std::vector<std::byte> read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   std::vector<char> c((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::vector<std::byte> b(c.size());

@@ -16,6 +16,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "edgesplit/core/error.hpp"
+#include "edgesplit/core/kernels.hpp"
 #include "edgesplit/core/tensor.hpp"
 #include "edgesplit/nn/layer.hpp"
 
@@ -78,19 +79,22 @@ void apply_scalar(const Rule& rule, T* w, const T* g, T* s1, T* s2, std::size_t 
 
 /// Applies `rule` to n elements: SIMD batches, then a scalar tail. The state arrays beyond
 /// `Rule::slots` are never touched (and may be null).
+/// Where the target has no SIMD register for T (double on 32-bit ARM) it is the scalar loop.
 template <Real T, class Rule>
 void apply(const Rule& rule, T* w, const T* g, T* s1, T* s2, std::size_t n) {
-  using B = xsimd::batch<T>;
-  constexpr std::size_t W = B::size;
   std::size_t i = 0;
-  for (; i + W <= n; i += W) {
-    B wv = B::load_unaligned(w + i), s1v(T(0)), s2v(T(0));
-    if constexpr (Rule::slots >= 1) s1v = B::load_unaligned(s1 + i);
-    if constexpr (Rule::slots >= 2) s2v = B::load_unaligned(s2 + i);
-    rule(wv, B::load_unaligned(g + i), s1v, s2v);
-    wv.store_unaligned(w + i);
-    if constexpr (Rule::slots >= 1) s1v.store_unaligned(s1 + i);
-    if constexpr (Rule::slots >= 2) s2v.store_unaligned(s2 + i);
+  if constexpr (kernels::has_simd<T>) {
+    using B = xsimd::batch<T>;
+    constexpr std::size_t W = B::size;
+    for (; i + W <= n; i += W) {
+      B wv = B::load_unaligned(w + i), s1v(T(0)), s2v(T(0));
+      if constexpr (Rule::slots >= 1) s1v = B::load_unaligned(s1 + i);
+      if constexpr (Rule::slots >= 2) s2v = B::load_unaligned(s2 + i);
+      rule(wv, B::load_unaligned(g + i), s1v, s2v);
+      wv.store_unaligned(w + i);
+      if constexpr (Rule::slots >= 1) s1v.store_unaligned(s1 + i);
+      if constexpr (Rule::slots >= 2) s2v.store_unaligned(s2 + i);
+    }
   }
   apply_scalar(rule, w + i, g + i, Rule::slots >= 1 ? s1 + i : nullptr, Rule::slots >= 2 ? s2 + i : nullptr, n - i);
 }
