@@ -30,8 +30,10 @@ inline double spec_real(const LayerSpec& s, const std::string& key) {
 }
 inline std::size_t spec_size(const LayerSpec& s, const std::string& key) {
   const std::uint64_t v = spec_integer(s, key);
-  if (v == 0 || v > std::numeric_limits<std::size_t>::max() / 2)
-    fail(errc::invalid_argument, s.type + " '" + key + "' = " + std::to_string(v) + " is out of range");
+  if (v == 0) fail(errc::invalid_argument, s.type + " '" + key + "' must be > 0");
+  // A size this platform cannot hold is too large, as an overflowing shape is (32-bit boards).
+  if (v > std::numeric_limits<std::size_t>::max() / 2)
+    fail(errc::too_large, s.type + " '" + key + "' = " + std::to_string(v) + " is too large");
   return static_cast<std::size_t>(v);
 }
 }  // namespace detail
