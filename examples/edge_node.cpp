@@ -50,7 +50,8 @@ int main(int argc, char** argv) {
         head, [host, port] { return Channel(TcpTransport::connect(host, port, deadline_after(std::chrono::seconds(2)))); },
         eo, Fallback{model, Fallback::Input::input});
 
-    auto [train, test] = load_fashion_mnist<float>(o["data"]);
+    const auto data = load_fashion_mnist<float>(o["data"]);
+    const Dataset<float>& test = data.second;  // a reference, not a binding: lambdas capture it
     const std::size_t n = std::min(node::number(o["limit"], "--limit", 1, 10000), test.size());
     std::size_t correct = 0, cloud = 0;
     std::vector<double> ms;
