@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "edgesplit/edgesplit.hpp"
 #include "test_util.hpp"
 
@@ -24,7 +26,8 @@ namespace {
 struct TempDir {
   fs::path path;
   explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("edgesplit_test_" + tag + "_" + std::to_string(reinterpret_cast<std::uintptr_t>(this)));
+    // the process id keeps concurrent test runs (two build trees, ctest -j) apart
+    path = fs::temp_directory_path() / ("edgesplit_test_" + tag + "_" + std::to_string(::getpid()));
     fs::remove_all(path);
     fs::create_directories(path);
   }
