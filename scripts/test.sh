@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: install what is missing, then
-#   1. package consumers: install to a prefix and build a find_package() consumer, and an
-#      add_subdirectory() consumer; run both;
+#   1. package consumers: install to a prefix (then moved, as packages are) and build a
+#      find_package() consumer, a plain Makefile consumer through pkg-config, an add_subdirectory()
+#      consumer and a FetchContent consumer of a source archive; run each;
 #   2. cross builds for aarch64 and 32-bit ARM (NEON kernels), tests run under qemu-user;
 #   3. clang builds with AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite, and
 #      with ThreadSanitizer over the transport and runtime tests (the code that owns threads);
@@ -20,18 +21,31 @@ common=(-DCMAKE_BUILD_TYPE=Release -DEDGESPLIT_WERROR=ON)
 start=$SECONDS
 step() { printf '\n=== %s (t=%ds)\n' "$*" $((SECONDS - start)); }
 
-step "package: install and consume with find_package"
+step "package: install, move the prefix, consume with find_package and with pkg-config + make"
 cmake -S "$root" -B "$out/pkg-lib" -DCMAKE_BUILD_TYPE=Release -DEDGESPLIT_BUILD_TESTS=OFF \
-  -DEDGESPLIT_BUILD_EXAMPLES=OFF -DEDGESPLIT_BUILD_BENCH=OFF -DCMAKE_INSTALL_PREFIX="$out/prefix" >/dev/null
-cmake --install "$out/pkg-lib" >/dev/null
+  -DEDGESPLIT_BUILD_EXAMPLES=OFF -DEDGESPLIT_BUILD_BENCH=OFF >/dev/null
+rm -rf "$out/pkg-stage" "$out/prefix"
+cmake --install "$out/pkg-lib" --prefix "$out/pkg-stage" >/dev/null
+mv "$out/pkg-stage" "$out/prefix"    # vcpkg and Conan relocate what they install
+if grep -rl "$out/pkg-stage" "$out/prefix"; then echo "installed files name the install path" >&2; exit 1; fi
 cmake -S "$root/tests/package/find_package" -B "$out/pkg-find" -DCMAKE_PREFIX_PATH="$out/prefix" >/dev/null
 cmake --build "$out/pkg-find" -j"$jobs" >/dev/null
 "$out/pkg-find/consumer"
+mkdir -p "$out/pkg-make"
+PKG_CONFIG_PATH="$out/prefix/share/pkgconfig" make -s --no-print-directory \
+  -C "$root/tests/package/makefile" OUT="$out/pkg-make" check
 
-step "package: consume with add_subdirectory"
+step "package: consume with add_subdirectory, and with FetchContent from a source archive"
 cmake -S "$root/tests/package/subdirectory" -B "$out/pkg-subdir" >/dev/null
 cmake --build "$out/pkg-subdir" -j"$jobs" >/dev/null
 "$out/pkg-subdir/consumer"
+tar -C "$root" -czf "$out/edgesplit-src.tar.gz" --transform 's,^,edgesplit/,' \
+  CMakeLists.txt LICENSE cmake include
+rm -rf "$out/pkg-fetch"
+cmake -S "$root/tests/package/fetchcontent" -B "$out/pkg-fetch" \
+  -DEDGESPLIT_SOURCE="$out/edgesplit-src.tar.gz" >/dev/null
+cmake --build "$out/pkg-fetch" -j"$jobs" >/dev/null
+"$out/pkg-fetch/consumer"
 
 for target in aarch64-linux-gnu:qemu-aarch64 arm-linux-gnueabihf:qemu-arm; do
   triple="${target%%:*}"
