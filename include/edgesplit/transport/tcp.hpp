@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <array>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -316,21 +317,34 @@ class TcpTransport {
     const std::size_t total = sizeof header + bytes.size();
     std::size_t sent = 0;
     // Without a deadline the socket may block; with one, every write is non-blocking and poll
-    // waits for room. Header and payload go in one sendmsg, so a small message is one segment.
+    // waits for room. Header and payload leave in one system call, so a small message is one
+    // segment: a small one is copied behind its header and sent with send(), which costs the
+    // kernel less than importing sendmsg's iovecs (the copy is cheaper than the difference at
+    // 1 KiB); a large one goes by sendmsg from where it is.
     const int flags = send_flags | (deadline == no_deadline ? 0 : MSG_DONTWAIT);
+    const bool flat = total <= s.small_send.size();
+    if (flat) {
+      std::memcpy(s.small_send.data(), header, sizeof header);
+      if (!bytes.empty()) std::memcpy(s.small_send.data() + sizeof header, bytes.data(), bytes.size());
+    }
     while (sent < total) {
-      iovec iov[2];
-      int count = 0;
-      if (sent < sizeof header) {
-        iov[count++] = {const_cast<unsigned char*>(header) + sent, sizeof header - sent};
-        if (!bytes.empty()) iov[count++] = {payload, bytes.size()};
+      ssize_t w;
+      if (flat) {
+        w = ::send(s.fd.get(), s.small_send.data() + sent, total - sent, flags);
       } else {
-        iov[count++] = {payload + (sent - sizeof header), total - sent};
+        iovec iov[2];
+        int count = 0;
+        if (sent < sizeof header) {
+          iov[count++] = {const_cast<unsigned char*>(header) + sent, sizeof header - sent};
+          iov[count++] = {payload, bytes.size()};
+        } else {
+          iov[count++] = {payload + (sent - sizeof header), total - sent};
+        }
+        msghdr msg{};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
+        w = ::sendmsg(s.fd.get(), &msg, flags);
       }
-      msghdr msg{};
-      msg.msg_iov = iov;
-      msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
-      const ssize_t w = ::sendmsg(s.fd.get(), &msg, flags);
       if (w >= 0) {
         sent += static_cast<std::size_t>(w);
         continue;
@@ -479,6 +493,7 @@ class TcpTransport {
     std::string peer;
     std::atomic<bool> closed{false};
     std::mutex send_mutex;
+    std::array<std::byte, 4096> small_send;  // header + payload of a small message, guarded by send_mutex
     mutable std::mutex receive_mutex;
     // Receive side, guarded by receive_mutex.
     std::vector<std::byte> staging;  // bytes read ahead of the current frame's end
