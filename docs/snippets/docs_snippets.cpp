@@ -1,0 +1,365 @@
+// The code shown in the guides under docs/, compiled and run by the test suite (ctest -R docs_).
+//
+// Each region between `// [snippet NAME]` and `// [end]` appears word for word in a guide, in the
+// code block after `<!-- snippet: NAME -->`; tests/doc_snippets.sh checks that they agree, so a
+// guide cannot drift from code that compiles. One translation unit for all guides, because each
+// one that includes Eigen costs seconds to compile.
+//
+//   docs_snippets           runs every snippet that needs no data set, checking its results
+//   docs_snippets --list    the snippet functions
+#include <edgesplit/edgesplit.hpp>
+#include <edgesplit/plan/candidates.hpp>
+#include <edgesplit/plan/planner.hpp>
+#include <edgesplit/plan/profile.hpp>
+#include <edgesplit/runtime/cascade.hpp>
+#include <edgesplit/runtime/cloud_server.hpp>
+#include <edgesplit/runtime/edge_client.hpp>
+#if EDGESPLIT_DOCS_FASHION_MNIST
+#include <edgesplit/io/idx.hpp>
+#include <edgesplit/io/safetensors.hpp>
+#endif
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <vector>
+
+using namespace edgesplit;
+using namespace std::chrono_literals;
+
+namespace docs {
+
+// A labelled toy problem standing in for the reader's own data: `classes` Gaussian blobs in
+// `features` dimensions (centres uniform in [-1, 1], noise sd 0.35), drawn from a fixed seed.
+Dataset<float> blobs(std::size_t n, std::size_t features, std::size_t classes, std::uint64_t seed) {
+  Rng centres_rng(99);  // the same centres for the training and the test set
+  std::vector<float> centres(classes * features);
+  for (float& c : centres) c = static_cast<float>(centres_rng.uniform(-1, 1));
+  Rng rng(seed);
+  Dataset<float> d;
+  d.classes = classes;
+  d.inputs = Tensor<float>(Shape{n, features});
+  d.labels.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto y = static_cast<std::size_t>(rng.below(classes));
+    d.labels[i] = static_cast<std::int32_t>(y);
+    for (std::size_t f = 0; f < features; ++f)
+      d.inputs[i * features + f] = centres[y * features + f] + 0.35f * static_cast<float>(rng.normal());
+  }
+  return d;
+}
+
+std::size_t argmax(const float* p, std::size_t n) {
+  std::size_t best = 0;
+  for (std::size_t i = 1; i < n; ++i)
+    if (p[i] > p[best]) best = i;
+  return best;
+}
+
+// Rows of `a` and `b` ({N, C}) whose largest entry is in the same place.
+std::size_t same_top1(TensorView<const float> a, TensorView<const float> b) {
+  const std::size_t n = a.shape().batch(), c = a.shape().features();
+  std::size_t same = 0;
+  for (std::size_t i = 0; i < n; ++i) same += argmax(a.data() + i * c, c) == argmax(b.data() + i * c, c);
+  return same;
+}
+
+// A ReLU MLP of the given widths ending in logits, for the setup of the snippets below.
+Sequential<float> mlp(std::initializer_list<std::size_t> widths, Rng& rng) {
+  Sequential<float> m;
+  auto it = widths.begin();
+  for (std::size_t prev = *it++; it != widths.end(); prev = *it++) {
+    if (!m.empty()) m.add<ReLU<float>>();
+    m.add<Dense<float>>(prev, *it, rng);
+  }
+  return m;
+}
+
+double accuracy(Sequential<float>& model, const Dataset<float>& data) {
+  const Tensor<float> logits = model.predict(data.inputs);
+  return double(count_correct(logits.cview(), std::span<const std::int32_t>(data.labels))) / double(data.size());
+}
+
+void check(bool ok, const std::string& what) {
+  if (!ok) fail(errc::invalid_argument, "docs snippet check failed: " + what);
+  std::printf("  ok: %s\n", what.c_str());
+}
+
+// docs/getting-started.md: your own model, trained, split, served and run over a simulated link.
+void getting_started() {
+  const Dataset<float> train = blobs(2000, 20, 3, 1);
+  const Dataset<float> test = blobs(500, 20, 3, 2);
+
+  // [snippet getting-started-model]
+  Rng rng(7);                                  // every weight comes from a seeded Rng
+  Sequential<float> model;                     // 20 features in, 3 classes out
+  model.add<Dense<float>>(20, 64, rng);
+  model.add<ReLU<float>>();
+  model.add<Dense<float>>(64, 32, rng);
+  model.add<ReLU<float>>();
+  model.add<Dense<float>>(32, 3, rng);         // logits
+  // [end]
+
+  // [snippet getting-started-train]
+  Classifier<float> objective(model);          // softmax cross-entropy on the logits
+  Adam<float> adam(1e-3);
+  TrainOptions options;
+  options.epochs = 5;
+  options.batch_size = 32;
+  Trainer<float>(options, {}).fit(objective, adam, train, &test);  // {}: no progress lines
+  // [end]
+  const double acc = accuracy(model, test);
+  // Blobs 0.35 apart in sd with centres ~1 apart per dimension over 20 dimensions are separable
+  // almost surely; a model that learnt anything scores far above chance (1/3).
+  check(acc > 0.9, "getting started: trained model scores " + std::to_string(acc) + " > 0.9 on the test set");
+
+  // [snippet getting-started-split]
+  auto [head, tail] = model.split(2);          // edge: Dense + ReLU; cloud: the other three layers
+  const wire::ModelIdentity id{"my-model", 1, 0, 2};  // model id, version 1.0, split point 2
+
+  CloudServer server;                          // the cloud: serves registered tails
+  server.register_model(id, tail);
+
+  EdgeOptions eo;                              // the edge: runs the head, sends the features
+  eo.model = id;
+  eo.codec.bits = 8;                           // int8 features on the link (32: exact floats)
+  std::uint64_t seed = 1;
+  EdgeClient client(head, [&] {                // how to (re)connect: here an in-process pair
+    auto [edge_end, cloud_end] = InProcTransport::make_pair();  // shaped like an LTE uplink
+    server.serve(SimulatedLink<InProcTransport>(std::move(cloud_end), LinkProfile::lte(), seed++));
+    return Channel(SimulatedLink<InProcTransport>(std::move(edge_end), LinkProfile::lte(), seed++));
+  }, eo);
+
+  const InferResult r = client.infer(test.inputs.batch(0, 16), deadline_after(5s));
+  std::printf("answered by %s: %s, %zu bytes sent, %.1f ms on the network\n", to_string(r.path),
+              r.output.shape().str().c_str(), r.bytes_sent, r.timings.network() * 1e3);
+  // [end]
+  check(r.path == AnswerPath::cloud, "getting started: the cloud answered");
+  const Tensor<float> local = model.predict(test.inputs.batch(0, 16));
+  // int8 features move each logit by a fraction of a quantization step; a top-1 flip needs two
+  // logits closer than that, which one or two samples out of 16 may be.
+  const std::size_t agree = same_top1(r.output.cview(), local.cview());
+  check(agree >= 14, "getting started: split answer agrees with the whole model on " + std::to_string(agree) + "/16");
+}
+
+// docs/split-inference.md: a tail served over TCP, a head with a local fallback, a cascade.
+void split_inference() {
+  const Dataset<float> data = blobs(64, 20, 3, 3);
+  Rng rng(11);
+  Sequential<float> model = mlp({20, 64, 3}, rng);
+  Sequential<float> exit_head = mlp({64, 3}, rng);   // answers from the features when the cloud cannot
+  Sequential<float> edge_model = mlp({20, 3}, rng);  // a small whole model for the cascade
+
+  // [snippet split-inference-serve]
+  auto [head, tail] = model.split(2);                   // edge: layers 0..1, cloud: 2..L-1
+  ServerOptions so;
+  so.workers = 2;                                       // threads running tails
+  so.max_batch = 32;                                    // dynamic batching
+  so.max_queue_delay = std::chrono::microseconds(1000);
+  CloudServer server(so);
+  server.register_model({"fmnist-mlp", 1, 0, 2}, tail);  // model id, major, minor, split
+  TcpListener listener = TcpListener::bind("127.0.0.1", 0);  // port 0: the system picks one
+  const std::uint16_t port = listener.port();
+  server.listen(std::move(listener));
+  // [end]
+
+  // [snippet split-inference-client]
+  EdgeOptions eo;
+  eo.model = {"fmnist-mlp", 1, 0, 2};
+  eo.codec.bits = 8;                                    // int8 features; 32 = exact floats
+  Fallback local{exit_head, Fallback::Input::features}; // answers when the cloud cannot
+  EdgeClient client(head, [port] { return Channel(TcpTransport::connect("127.0.0.1", port)); }, eo, local);
+
+  InferResult r = client.infer(data.inputs.batch(0, 4), deadline_after(std::chrono::milliseconds(2000)));
+  // r.output, r.path (cloud or fallback), r.fallback_reason, r.timings, r.bytes_sent
+  // [end]
+  check(r.path == AnswerPath::cloud && r.output.shape() == Shape({4, 3}), "split inference: TCP answer [4, 3] from the cloud");
+
+  // [snippet split-inference-cascade]
+  Cascade cascade(edge_model, client, {Confidence::max_probability, 0.9});
+  CascadeResult c = cascade.classify(data.inputs, deadline_after(std::chrono::seconds(1)), data.labels);
+  std::printf("answered on the edge: %.0f%%\n", 100 * cascade.stats().local_share());
+  // [end]
+  check(c.predictions.size() == data.size() &&
+            cascade.stats().local + cascade.stats().cloud + cascade.stats().fallback == data.size(),
+        "split inference: the cascade answered every sample once");
+  server.shutdown(std::chrono::milliseconds(500));
+}
+
+// docs/training.md: one cloud model and one edge model trained together.
+void collaborative_training() {
+  const Dataset<float> train = blobs(2000, 20, 3, 4);
+  const Dataset<float> test = blobs(500, 20, 3, 5);
+  Rng rng(3);
+  Sequential<float> cloud = mlp({20, 64, 3}, rng);
+  Sequential<float> edge = mlp({20, 3}, rng);
+
+  // [snippet training-collaborative]
+  CollaborativeLoss loss;                      // CE(cloud) + sum over edges of CE(edge) + weight * D(edge, cloud)
+  loss.consistency = Consistency::kl_softened; // D: KL between softened outputs (or mse_logits)
+  loss.temperature = 4;
+  loss.weight = 1;
+  loss.train_cloud = true;                     // false: plain distillation from a fixed cloud
+  Collaborative<float> objective(cloud, {&edge}, loss);
+  Adam<float> adam(1e-3);
+  TrainOptions options;
+  options.epochs = 5;
+  options.batch_size = 32;
+  TrainHistory h = Trainer<float>(options, {}).fit(objective, adam, train, &test);
+  // h.epochs.back().validation: loss and top-1 hits of each output (cloud, then the edges)
+  // [end]
+  const Tensor<float> zc = cloud.predict(test.inputs), ze = edge.predict(test.inputs);
+  const std::size_t agree = same_top1(zc.cview(), ze.cview());
+  std::printf("  edge agrees with cloud on %zu/%zu test points\n", agree, test.size());
+  check(h.epochs.size() == 5 && accuracy(cloud, test) > 0.9 && accuracy(edge, test) > 0.9,
+        "collaborative training: cloud and edge above 0.9 on separable blobs");
+}
+
+// docs/quantization.md: a quantizer, the feature codec and an int8 model.
+void quantization() {
+  const Dataset<float> data = blobs(256, 20, 3, 6);
+  Rng rng(5);
+  Sequential<float> model = mlp({20, 64, 3}, rng);
+  const Tensor<float> x = model.split(2).first.predict(data.inputs);  // features {256, 64}
+
+  // [snippet quantization-codec]
+  Quantizer q(QuantConfig{4, Granularity::per_channel});   // 4 bits, one scale per feature
+  q.calibrate(x);                                           // min-max range of each channel
+  Tensor<std::int8_t> codes(x.shape());
+  Tensor<float> back(x.shape());
+  q.quantize(x, codes.view());
+  q.dequantize(codes.cview(), back.view());                 // |x - back| <= scale / 2 in range
+
+  CodecConfig cc;                                           // what EdgeOptions::codec holds
+  cc.bits = 8;
+  FeatureCodec codec(cc);
+  std::vector<std::byte> frame;
+  codec.encode(x, frame);                                   // calibrate, quantize, pack, frame + CRC
+  Tensor<float> decoded;
+  codec.decode(frame, decoded);                             // validate, unpack, dequantize
+
+  Sequential<float> int8_model = quantize_model(model, data.inputs);  // int8 Dense layers
+  // [end]
+  double worst = 0;
+  const QuantParams& p = q.params();
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double step = p.scale[i % 64];
+    worst = std::max(worst, std::abs(double(x[i]) - double(back[i])) / step);
+  }
+  // Min-max calibration keeps every value in range, so each error is at most half a step, plus
+  // float rounding (quantization.md: 3u(|x| + scale)); 0.5 + 1e-3 covers it.
+  check(worst <= 0.5 + 1e-3, "quantization: 4-bit error " + std::to_string(worst) + " steps <= 0.5");
+  check(decoded.shape() == x.shape() && frame.size() < x.bytes() / 3,
+        "quantization: int8 frame of " + std::to_string(frame.size()) + " bytes for " + std::to_string(x.bytes()));
+  const Tensor<float> zf = model.predict(data.inputs), zq = int8_model.predict(data.inputs);
+  check(same_top1(zf.cview(), zq.cview()) >= 250, "quantization: int8 model agrees with float on >= 250/256");
+}
+
+// docs/transports.md: a message over a simulated LTE uplink on virtual time.
+void transports() {
+  const std::vector<std::byte> request(100'000, std::byte{1});
+  // [snippet transports-simulated]
+  VirtualClock clock;
+  auto [e, c] = InProcTransport::make_pair();
+  SimulatedLink edge(std::move(e), LinkProfile::lte(), /*seed*/ 1, clock);
+  SimulatedLink cloud(std::move(c), LinkProfile::lte(), /*seed*/ 2, clock);
+
+  std::optional<Clock::time_point> due = edge.send(request);    // nullopt: the link lost it
+  std::optional<Message> m = cloud.receive(clock.now() + 1s);   // the clock is now at *due
+  Clock::duration upload = m->transfer_time();                 // delivered_at - sent_at, exact
+  // [end]
+  // 100,000 bytes at 5.85 Mbit/s is 136.75 ms, plus 30 ms one-way latency (transports.md table).
+  const double ms = std::chrono::duration<double, std::milli>(upload).count();
+  check(due.has_value() && std::abs(ms - 166.752) < 0.01, "transports: 100 kB over LTE in " + std::to_string(ms) + " ms");
+}
+
+// docs/planning.md: where to split, from measured costs.
+void planning() {
+  const Dataset<float> data = blobs(200, 20, 3, 7);
+  Rng rng(9);
+  Sequential<float> model = mlp({20, 256, 16, 3}, rng);
+
+  // [snippet planning-plan]
+  ProfileOptions po;
+  po.runs = 11;
+  const DeviceProfile cloud = profile_model(model, 20, po);          // measured here
+  const DeviceProfile edge = scaled(cloud, 50, "board (this machine x50)");  // or profile on the board
+  const CandidateSet measured = measure_candidates(model, data.inputs, data.labels, standard_codecs());
+
+  PlanRequest req;
+  req.accuracy_budget = 1.0;                                         // points of top-1 we may lose
+  req.response_bytes_per_sample = measured.response_bytes;
+  const std::vector<Plan> plans = plan_split(edge, cloud, link_model(LinkProfile::lte()), measured.codecs, req);
+  const Plan& best = plans.front();                                  // ranked best first
+  std::printf("split at %zu with %s: %.2f ms predicted, %.0f bytes sent\n", best.split, best.codec.c_str(),
+              best.latency_s * 1e3, best.bytes);
+  // [end]
+  check(!plans.empty() && best.latency_s <= plans.back().latency_s, "planning: plans ranked by latency");
+}
+
+// docs/boards.md: which SIMD instruction set this build's kernels use.
+void boards() {
+  // [snippet boards-arch]
+  std::printf("SIMD kernels: %s\n", kernels::simd_arch_name());  // e.g. fma3+avx2, arm64+neon, arm32+neon
+  // [end]
+}
+
+#if EDGESPLIT_DOCS_FASHION_MNIST
+// docs/training.md: the cloud model of the Fashion-MNIST study. Compiled, not run (it trains for
+// minutes); examples/train_fashion_mnist.cpp runs the same recipe.
+void training_fashion_mnist() {
+  // [snippet training-fashion-mnist]
+  auto [train, test] = load_fashion_mnist<float>();          // /usr/share/datasets/fashion-mnist
+  Rng rng(1);
+  Sequential<float> cloud;
+  cloud.add<Standardizer<float>>(784, Standardize::global).fit(train.inputs.cview());
+  cloud.add<Dense<float>>(784, 512, rng);
+  cloud.add<ReLU<float>>();
+  cloud.add<Dropout<float>>(0.2, /*seed*/ 2);
+  cloud.add<Dense<float>>(512, 256, rng);
+  cloud.add<ReLU<float>>();
+  cloud.add<Dropout<float>>(0.2, 3);
+  cloud.add<Dense<float>>(256, 10, rng);
+
+  Classifier<float> objective(cloud);
+  Adam<float> adam(1e-3);
+  TrainOptions options;                 // epochs 10, batch 128, seed 1, no early stopping
+  options.epochs = 15;
+  options.schedule = LrSchedule::cosine();
+  Trainer<float>(options).fit(objective, adam, train, &test);  // one progress line per epoch
+  save_safetensors("cloud.safetensors", cloud);
+  auto again = load_safetensors<float>("cloud.safetensors");   // rebuilt from the file alone
+  // [end]
+  (void)again;
+}
+#endif
+
+}  // namespace docs
+
+int main(int argc, char** argv) {
+  const std::vector<std::pair<const char*, std::function<void()>>> snippets{
+      {"getting_started", docs::getting_started}, {"split_inference", docs::split_inference},
+      {"collaborative_training", docs::collaborative_training}, {"quantization", docs::quantization},
+      {"transports", docs::transports}, {"planning", docs::planning}, {"boards", docs::boards}};
+  const bool list = argc > 1 && std::strcmp(argv[1], "--list") == 0;
+  try {
+    for (const auto& [name, run] : snippets) {
+      if (list) {
+        std::printf("%s\n", name);
+        continue;
+      }
+      if (argc > 1 && std::strcmp(argv[1], name) != 0) continue;
+      std::printf("%s\n", name);
+      run();
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "docs_snippets: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
