@@ -48,8 +48,10 @@ constexpr std::string_view to_string(errc c) noexcept {
 /// process). Programming errors inside edgesplit itself are not reported this way.
 class error : public std::runtime_error {
  public:
+  /// Carries `code` so that callers can branch on the kind of failure, and `what` for people.
   error(errc code, const std::string& what)
       : std::runtime_error(std::string(to_string(code)) + ": " + what), code_(code) {}
+  /// The kind of failure: what a caller (or a peer's ERROR message) acts on.
   errc code() const noexcept { return code_; }
 
  private:

@@ -37,12 +37,16 @@ class GemmWorkspace {
 
  public:
   GemmWorkspace() = default;
-  // The blocking sizes are a cache: copies compute their own.
+  /// Copies start without the cached blocking sizes and compute their own: a cache, not state.
   GemmWorkspace(const GemmWorkspace&) {}
+  /// Keeps this workspace's cached blocking sizes: they are a cache, not part of the value.
   GemmWorkspace& operator=(const GemmWorkspace&) { return *this; }
+  /// Moves take the cache along.
   GemmWorkspace(GemmWorkspace&&) noexcept = default;
+  /// Moves take the cache along.
   GemmWorkspace& operator=(GemmWorkspace&&) noexcept = default;
 
+  /// Y {rows, cols} += X {rows, depth} W^T, W row-major {cols, depth}: a Dense forward (batch 1 as a GEMV).
   void xwt_accumulate(const T* x, const T* w, T* y, Index rows, Index cols, Index depth) {
     if (rows == 1) {
       Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> W(w, cols, depth);
@@ -56,12 +60,14 @@ class GemmWorkspace {
                                                  blocking(rows, cols, depth), nullptr);
   }
 
+  /// Y {rows, cols} += A^T B, A row-major {depth, rows}, B row-major {depth, cols}: a Dense weight gradient.
   void atb_accumulate(const T* a, const T* b, T* y, Index rows, Index cols, Index depth) {
     // A^T: lhs, column-major view of row-major A (depth x rows), stride rows. B: rhs, row-major.
     Gemm<Eigen::ColMajor, Eigen::RowMajor>::run(rows, cols, depth, a, rows, b, cols, y, 1, cols, T(1),
                                                  blocking(rows, cols, depth), nullptr);
   }
 
+  /// Y {rows, cols} += A B, A row-major {rows, depth}, B row-major {depth, cols}: a Dense input gradient.
   void ab_accumulate(const T* a, const T* b, T* y, Index rows, Index cols, Index depth) {
     Gemm<Eigen::RowMajor, Eigen::RowMajor>::run(rows, cols, depth, a, depth, b, cols, y, 1, cols, T(1),
                                                  blocking(rows, cols, depth), nullptr);

@@ -36,11 +36,12 @@ inline const char* simd_arch_name() noexcept { return xsimd::default_arch::name(
 /// the SIMD body and the scalar tail.
 template <class V>
 struct scalar_of {
-  using type = V;
+  using type = V;  ///< a scalar is its own scalar type
 };
+/// The lane type of an xsimd batch.
 template <class T, class A>
 struct scalar_of<xsimd::batch<T, A>> {
-  using type = T;
+  using type = T;  ///< the lane type
 };
 template <class V>
 using scalar_of_t = typename scalar_of<V>::type;

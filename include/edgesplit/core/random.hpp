@@ -16,11 +16,14 @@ namespace edgesplit {
 /// with every compiler and on every board.
 class Rng {
  public:
+  /// Seeds the generator; the same seed gives the same sequence on every platform and compiler.
   explicit Rng(std::uint64_t seed = 0x5eed) : engine_(seed) {}
 
+  /// The engine's next raw 64-bit value.
   std::uint64_t next() { return engine_(); }
   /// Uniform in [0, 1) with 53 random bits.
   double uniform() { return static_cast<double>(engine_() >> 11) * 0x1.0p-53; }
+  /// Uniform in [lo, hi).
   double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
   /// Standard normal (Box-Muller; the second value of each pair is kept for the next call).
   double normal() {

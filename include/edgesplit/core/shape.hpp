@@ -18,14 +18,20 @@ namespace edgesplit {
 /// checks, when the shape is made; a shape whose count does not fit in `std::size_t` cannot exist.
 class Shape {
  public:
+  /// Highest rank a Shape holds inline; deeper shapes are refused with errc::invalid_argument.
   static constexpr std::size_t max_rank = 8;
 
   Shape() = default;  ///< rank 0 placeholder: an empty tensor's shape, refused by layers.
+  /// A shape from its dimensions, e.g. `Shape{batch, features}`; errc::too_large if the count overflows.
   Shape(std::initializer_list<std::size_t> dims) { assign(std::span(dims.begin(), dims.size())); }
+  /// A shape from a span of dimensions (rank 1..8), with the same checks.
   explicit Shape(std::span<const std::size_t> dims) { assign(dims); }
 
+  /// Number of dimensions (0 for the placeholder).
   std::size_t rank() const noexcept { return rank_; }
+  /// Dimension `i`; unchecked, `i` must be below rank().
   std::size_t operator[](std::size_t i) const noexcept { return dims_[i]; }
+  /// The dimensions, outermost first.
   std::span<const std::size_t> dims() const noexcept { return {dims_.data(), rank_}; }
   /// Product of all dimensions; 0 for the rank-0 placeholder.
   std::size_t count() const noexcept { return count_; }
@@ -46,6 +52,7 @@ class Shape {
     return s;
   }
 
+  /// Same rank and the same dimensions.
   friend bool operator==(const Shape& a, const Shape& b) noexcept {
     if (a.rank_ != b.rank_) return false;
     for (std::size_t i = 0; i < a.rank_; ++i)
@@ -53,6 +60,7 @@ class Shape {
     return true;
   }
 
+  /// Readable form, e.g. "[32, 784]", for error messages and logs.
   std::string str() const {
     std::string s = "[";
     for (std::size_t i = 0; i < rank_; ++i) s += (i ? ", " : "") + std::to_string(dims_[i]);

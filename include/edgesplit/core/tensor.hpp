@@ -29,22 +29,26 @@ class TensorView {
   static_assert(Element<value_type>, "TensorView element must be an edgesplit Element");
 
  public:
+  /// The Eigen matrix type a view maps to: row-major, like the tensor.
   using Matrix = Eigen::Matrix<value_type, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  /// Map type of as_matrix(): read-only when the view is.
   using MatrixMap = Eigen::Map<std::conditional_t<std::is_const_v<T>, const Matrix, Matrix>>;
 
   TensorView() = default;
+  /// Views `shape.count()` elements at `data`; the caller keeps them alive.
   TensorView(T* data, const Shape& shape) : data_(data), shape_(shape) {}
   /// A mutable view converts to a const one.
   template <class U>
     requires(std::is_const_v<T> && std::is_same_v<const U, T>)
   TensorView(TensorView<U> v) : data_(v.data()), shape_(v.shape()) {}
 
-  T* data() const noexcept { return data_; }
-  const Shape& shape() const noexcept { return shape_; }
-  std::size_t size() const noexcept { return shape_.count(); }
-  std::size_t bytes() const noexcept { return shape_.count() * sizeof(T); }
-  bool empty() const noexcept { return shape_.count() == 0; }
-  std::span<T> span() const noexcept { return {data_, shape_.count()}; }
+  T* data() const noexcept { return data_; }  ///< first element; the view does not own it
+  const Shape& shape() const noexcept { return shape_; }  ///< the viewed shape
+  std::size_t size() const noexcept { return shape_.count(); }  ///< element count
+  std::size_t bytes() const noexcept { return shape_.count() * sizeof(T); }  ///< element count times the element size
+  bool empty() const noexcept { return shape_.count() == 0; }  ///< true when the shape has no elements
+  std::span<T> span() const noexcept { return {data_, shape_.count()}; }  ///< the elements as a span, for std algorithms and the kernels
+  /// Element `i` in row-major order; unchecked.
   T& operator[](std::size_t i) const noexcept { return data_[i]; }
 
   /// Zero-copy Eigen view as batch x features (row-major), the shape Dense works on.
@@ -78,19 +82,24 @@ class TensorView {
 template <Element T>
 class Tensor {
  public:
-  using value_type = T;
+  using value_type = T;  ///< the element type, for generic code
 
   Tensor() = default;
+  /// Allocates `shape`, zero-filled (errc::too_large if its byte count overflows).
   explicit Tensor(const Shape& shape) { resize(shape); }
+  /// Allocates `shape` with every element set to `fill`.
   Tensor(const Shape& shape, T fill) {
     resize(shape);
     std::fill_n(data_, shape.count(), fill);
   }
+  /// Deep copy, with storage of its own.
   Tensor(const Tensor& o) : Tensor(o.shape_) { std::copy_n(o.data_, o.size(), data_); }
+  /// Takes the storage; `o` is left empty.
   Tensor(Tensor&& o) noexcept
       : data_(std::exchange(o.data_, nullptr)),
         capacity_(std::exchange(o.capacity_, 0)),
         shape_(std::exchange(o.shape_, Shape{})) {}
+  /// Deep copy; reuses this tensor's storage when it is large enough.
   Tensor& operator=(const Tensor& o) {
     if (this != &o) {
       resize(o.shape_);
@@ -98,6 +107,7 @@ class Tensor {
     }
     return *this;
   }
+  /// Takes the storage; `o` is left empty.
   Tensor& operator=(Tensor&& o) noexcept {
     if (this != &o) {
       release();
@@ -125,27 +135,38 @@ class Tensor {
     shape_ = shape;
   }
 
-  T* data() noexcept { return data_; }
-  const T* data() const noexcept { return data_; }
-  const Shape& shape() const noexcept { return shape_; }
-  std::size_t size() const noexcept { return shape_.count(); }
-  std::size_t bytes() const noexcept { return shape_.count() * sizeof(T); }
-  std::size_t capacity() const noexcept { return capacity_; }
-  bool empty() const noexcept { return shape_.count() == 0; }
+  T* data() noexcept { return data_; }  ///< first element (64-byte aligned)
+  const T* data() const noexcept { return data_; }  ///< first element (64-byte aligned)
+  const Shape& shape() const noexcept { return shape_; }  ///< the current shape
+  std::size_t size() const noexcept { return shape_.count(); }  ///< element count
+  std::size_t bytes() const noexcept { return shape_.count() * sizeof(T); }  ///< element count times the element size
+  std::size_t capacity() const noexcept { return capacity_; }  ///< elements the storage holds: resize up to this allocates nothing
+  bool empty() const noexcept { return shape_.count() == 0; }  ///< true when the shape has no elements
+  /// Element `i` in row-major order; unchecked.
   T& operator[](std::size_t i) noexcept { return data_[i]; }
+  /// Element `i` in row-major order; unchecked.
   const T& operator[](std::size_t i) const noexcept { return data_[i]; }
-  std::span<T> span() noexcept { return {data_, size()}; }
-  std::span<const T> span() const noexcept { return {data_, size()}; }
+  std::span<T> span() noexcept { return {data_, size()}; }  ///< the elements as a span
+  std::span<const T> span() const noexcept { return {data_, size()}; }  ///< the elements as a span
 
+  /// A non-owning view of the whole tensor, valid until it is resized or destroyed.
   TensorView<T> view() noexcept { return {data_, shape_}; }
+  /// A read-only view of the whole tensor.
   TensorView<const T> view() const noexcept { return {data_, shape_}; }
+  /// A read-only view, also from a non-const tensor (picks the const overloads of layers).
   TensorView<const T> cview() const noexcept { return {data_, shape_}; }
+  /// Tensors pass wherever a view is taken.
   operator TensorView<T>() noexcept { return view(); }
+  /// Tensors pass wherever a read-only view is taken.
   operator TensorView<const T>() const noexcept { return cview(); }
 
+  /// Zero-copy Eigen map as batch x features (see TensorView::as_matrix).
   auto as_matrix() noexcept { return view().as_matrix(); }
+  /// Zero-copy read-only Eigen map as batch x features.
   auto as_matrix() const noexcept { return cview().as_matrix(); }
+  /// Rows [b, e) of the batch as a view, without copying; errc::out_of_range outside the batch.
   TensorView<T> batch(std::size_t b, std::size_t e) { return view().batch(b, e); }
+  /// Rows [b, e) of the batch as a read-only view; errc::out_of_range outside the batch.
   TensorView<const T> batch(std::size_t b, std::size_t e) const { return cview().batch(b, e); }
 
  private:

@@ -29,13 +29,14 @@ enum class Consistency {
 /// edges). A frozen cloud (`train_cloud = false`) is plain distillation from a fixed teacher:
 /// it runs in inference mode (no dropout) and its weights never change.
 struct CollaborativeLoss {
-  Consistency consistency = Consistency::kl_softened;
+  Consistency consistency = Consistency::kl_softened;  ///< D: MSE between logits, or KL between softened outputs
   double temperature = 4;    ///< for kl_softened
   double weight = 1;         ///< lambda: weight of each edge's consistency term
   double task_weight = 1;    ///< weight of each edge's own cross-entropy
-  bool train_cloud = true;
+  bool train_cloud = true;  ///< false: the cloud is a fixed teacher (inference mode, weights never change)
   double cloud_weight = 1;   ///< share of the consistency gradient the cloud receives
 
+  /// errc::invalid_argument for negative weights or a non-positive temperature with kl_softened.
   void validate() const {
     if (!(weight >= 0) || !(task_weight >= 0) || !(cloud_weight >= 0))
       fail(errc::invalid_argument, "collaborative loss weights must be >= 0");
@@ -68,6 +69,7 @@ struct CollaborativeLoss {
 template <Real T>
 class Collaborative {
  public:
+  /// Trains `cloud` and every model in `edges` together on the same batches (the models stay owned by the caller).
   Collaborative(Sequential<T>& cloud, std::vector<Sequential<T>*> edges, CollaborativeLoss loss = {})
       : cloud_(&cloud), edges_(std::move(edges)), loss_(loss) {
     loss_.validate();
@@ -77,8 +79,9 @@ class Collaborative {
     edge_grads_.resize(edges_.size());
   }
 
-  const CollaborativeLoss& loss() const noexcept { return loss_; }
+  const CollaborativeLoss& loss() const noexcept { return loss_; }  ///< the loss settings
 
+  /// Every trainable tensor: the cloud's (when it trains), then each edge's.
   std::vector<Parameter<T>> parameters() {
     std::vector<Parameter<T>> all;
     if (loss_.train_cloud) all = cloud_->parameters();
@@ -86,20 +89,24 @@ class Collaborative {
       for (auto& p : e->parameters()) all.push_back(std::move(p));
     return all;
   }
+  /// Zeroes every model's gradients.
   void zero_grad() {
     if (loss_.train_cloud) cloud_->zero_grad();
     for (auto* e : edges_) e->zero_grad();
   }
+  /// Training mode for the edges, and for the cloud when it trains (a fixed teacher stays in inference mode).
   void set_training(bool on) {
     cloud_->set_training(on && loss_.train_cloud);
     for (auto* e : edges_) e->set_training(on);
   }
+  /// Names of the outputs the Trainer reports: "cloud", then "edge0", "edge1", ...
   std::vector<std::string> output_names() const {
     std::vector<std::string> names{"cloud"};
     for (std::size_t i = 0; i < edges_.size(); ++i) names.push_back("edge" + std::to_string(i));
     return names;
   }
 
+  /// One step's loss and gradients on batch `x` with labels `y` (the optimizer then applies them).
   double train_step(TensorView<const T> x, std::span<const std::int32_t> y) {
     const auto zc = cloud_->forward(x);
     TensorView<T> gc;
@@ -123,6 +130,7 @@ class Collaborative {
     return total;
   }
 
+  /// Inference-mode loss of a batch; adds top-1 hits of each output to `hits`.
   double evaluate(TensorView<const T> x, std::span<const std::int32_t> y, std::span<std::size_t> hits) {
     const auto zc = cloud_->forward(x);
     hits[0] += count_correct(zc, y);

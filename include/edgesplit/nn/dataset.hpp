@@ -15,11 +15,11 @@ namespace edgesplit {
 /// Inputs {N, features...} and one class label per row, each in [0, classes).
 template <Real T>
 struct Dataset {
-  Tensor<T> inputs;
-  std::vector<std::int32_t> labels;
-  std::size_t classes = 0;
+  Tensor<T> inputs;  ///< {N, features...}
+  std::vector<std::int32_t> labels;  ///< one class per row, in [0, classes)
+  std::size_t classes = 0;  ///< number of classes
 
-  std::size_t size() const noexcept { return labels.size(); }
+  std::size_t size() const noexcept { return labels.size(); }  ///< number of samples
 
   /// errc::invalid_argument unless there is one label per input row, each in [0, classes).
   void validate() const {

@@ -48,12 +48,14 @@ class Dense final : public Layer<T> {
   std::unique_ptr<Layer<T>> clone() const override { return std::make_unique<Dense>(*this); }
   LayerSpec spec() const override { return {"Dense", {{"in", in_}, {"out", out_}}, {}}; }
 
-  std::size_t in_features() const noexcept { return in_; }
-  std::size_t out_features() const noexcept { return out_; }
+  std::size_t in_features() const noexcept { return in_; }  ///< input width
+  std::size_t out_features() const noexcept { return out_; }  ///< output width
+  /// Weights, row-major {out, in} like torch.nn.Linear, so batch 1 streams each row once.
   Tensor<T>& weight() noexcept { return weight_; }
+  /// Weights, row-major {out, in}.
   const Tensor<T>& weight() const noexcept { return weight_; }
-  Tensor<T>& bias() noexcept { return bias_; }
-  const Tensor<T>& bias() const noexcept { return bias_; }
+  Tensor<T>& bias() noexcept { return bias_; }  ///< bias, {out}
+  const Tensor<T>& bias() const noexcept { return bias_; }  ///< bias, {out}
   std::size_t parameter_count() const override { return weight_.size() + bias_.size(); }
 
   void zero_grad() override {

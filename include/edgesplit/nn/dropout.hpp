@@ -22,6 +22,7 @@ namespace edgesplit {
 template <Real T>
 class Dropout final : public Layer<T> {
  public:
+  /// Drops each element with probability `p` in [0, 1) in training mode; `seed` makes the masks repeatable.
   explicit Dropout(double p, std::uint64_t seed = 0x5eed) : p_(p), seed_(seed), rng_(seed) {
     if (!(p >= 0 && p < 1)) fail(errc::invalid_argument, "Dropout p must be in [0, 1)");
     // Survival test on 32 random bits: keep when bits < (1 - p) 2^32.
@@ -34,7 +35,7 @@ class Dropout final : public Layer<T> {
   std::unique_ptr<Layer<T>> clone() const override { return std::make_unique<Dropout>(*this); }
   LayerSpec spec() const override { return {"Dropout", {{"seed", seed_}}, {{"p", p_}}}; }
 
-  double rate() const noexcept { return p_; }
+  double rate() const noexcept { return p_; }  ///< the drop probability p
   /// Restarts the mask sequence from `seed`.
   void reseed(std::uint64_t seed) {
     seed_ = seed;

@@ -18,17 +18,18 @@ namespace edgesplit {
 /// (inference-only models never pay for gradient storage).
 template <Real T>
 struct Parameter {
-  std::string name;
-  TensorView<T> value;
-  TensorView<T> grad;
+  std::string name;  ///< "weight" or "bias" (the model prefixes the layer index: "0.weight")
+  TensorView<T> value;  ///< the values, a view into the layer's own storage
+  TensorView<T> grad;  ///< the gradient, same shape; empty until zero_grad() or a backward pass
 };
 
 /// A layer's kind and configuration as plain values: what a weights file stores so a model can be
 /// rebuilt from the file alone (see `make_layer` in nn/layer_factory.hpp). `type` is `name()`.
 struct LayerSpec {
-  std::string type;
+  std::string type;  ///< the layer kind, as returned by name()
   std::map<std::string, std::uint64_t> integers;  ///< sizes, seeds: {"in": 784, "out": 512}
   std::map<std::string, double> reals;            ///< rates, slopes: {"p": 0.2}
+  /// Equal kind and equal settings.
   friend bool operator==(const LayerSpec&, const LayerSpec&) = default;
 };
 
@@ -61,11 +62,13 @@ class Layer {
     return output_shape_impl(in);
   }
 
+  /// Computes `out` from `in` after checking both shapes against this layer's rules.
   void forward(TensorView<const T> in, TensorView<T> out) {
     check_output(out.shape(), output_shape(in.shape()), "output");
     forward_impl(in, out);
   }
 
+  /// Accumulates the parameter gradients and writes the input gradient (unless `grad_in` is empty), after checking every shape.
   void backward(TensorView<const T> in, TensorView<const T> out, TensorView<const T> grad_out,
                 TensorView<T> grad_in) {
     const Shape os = output_shape(in.shape());
@@ -96,11 +99,13 @@ class Layer {
 
   /// Training mode changes what some layers do (Dropout); inference is the default.
   void set_training(bool on) noexcept { training_ = on; }
-  bool training() const noexcept { return training_; }
+  bool training() const noexcept { return training_; }  ///< true in training mode
 
  protected:
   Layer() = default;
+  /// Copyable only by the derived classes, whose clone() uses it.
   Layer(const Layer&) = default;
+  /// Copyable only by the derived classes.
   Layer& operator=(const Layer&) = default;
 
   /// Rejects inputs this layer cannot take. The default accepts any rank >= 2 with batch >= 1.
@@ -110,12 +115,18 @@ class Layer {
            std::string(name()) + " needs a batch-first input of rank >= 2, got " + in.str());
     if (in.batch() == 0) fail(errc::invalid_argument, std::string(name()) + " got an empty batch");
   }
+  /// The output shape for an input that passed check_input().
   virtual Shape output_shape_impl(const Shape& in) const = 0;
+  /// The forward pass on shapes already checked: allocates nothing once the shape has been seen.
   virtual void forward_impl(TensorView<const T> in, TensorView<T> out) = 0;
+  /// The backward pass on shapes already checked (see the contract above).
   virtual void backward_impl(TensorView<const T> in, TensorView<const T> out,
                              TensorView<const T> grad_out, TensorView<T> grad_in) = 0;
+  /// The FLOPs of a forward pass on an input that passed check_input().
   virtual std::uint64_t flops_impl(const Shape& in) const = 0;
+  /// The trainable tensors; none by default.
   virtual std::vector<Parameter<T>> parameters_impl() { return {}; }
+  /// Saved, non-trained state; none by default.
   virtual std::vector<Parameter<T>> buffers_impl() { return {}; }
 
  private:

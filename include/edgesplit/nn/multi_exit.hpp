@@ -21,12 +21,13 @@ namespace edgesplit {
 /// output is the whole model's (the cloud's answer). D is the optional consistency term of
 /// `CollaborativeLoss` (the final output as teacher; it is not pulled towards the exit).
 struct MultiExitLoss {
-  double exit_weight = 1;
-  double final_weight = 1;
-  double distill_weight = 0;
-  Consistency consistency = Consistency::kl_softened;
-  double temperature = 4;
+  double exit_weight = 1;  ///< weight of the exit's cross-entropy (the edge's answer)
+  double final_weight = 1;  ///< weight of the final output's cross-entropy (the cloud's answer)
+  double distill_weight = 0;  ///< weight of the exit's consistency with the final output; 0: none
+  Consistency consistency = Consistency::kl_softened;  ///< D, as in CollaborativeLoss
+  double temperature = 4;  ///< for kl_softened
 
+  /// errc::invalid_argument for negative weights or a non-positive temperature with kl_softened.
   void validate() const {
     if (!(exit_weight >= 0) || !(final_weight >= 0) || !(distill_weight >= 0))
       fail(errc::invalid_argument, "multi-exit loss weights must be >= 0");
@@ -42,6 +43,7 @@ struct MultiExitLoss {
 template <Real T>
 class MultiExit {
  public:
+  /// Trains `head`, `exit` and `tail` jointly (owned by the caller): the exit reads the head's output, as the tail does.
   MultiExit(Sequential<T>& head, Sequential<T>& exit, Sequential<T>& tail, MultiExitLoss loss = {})
       : head_(&head), exit_(&exit), tail_(&tail), loss_(loss) {
     loss_.validate();
@@ -52,6 +54,7 @@ class MultiExit {
   /// The cloud path as one model: head then tail (deep copies).
   Sequential<T> full_model() const { return join(*head_, *tail_); }
 
+  /// Every trainable tensor: head, exit, tail.
   std::vector<Parameter<T>> parameters() {
     std::vector<Parameter<T>> all;
     append(all, "head.", *head_);
@@ -59,18 +62,22 @@ class MultiExit {
     append(all, "tail.", *tail_);
     return all;
   }
+  /// Zeroes every gradient.
   void zero_grad() {
     head_->zero_grad();
     exit_->zero_grad();
     tail_->zero_grad();
   }
+  /// Training mode for all three parts.
   void set_training(bool on) {
     head_->set_training(on);
     exit_->set_training(on);
     tail_->set_training(on);
   }
+  /// Names of the outputs the Trainer reports: "exit" and "final".
   std::vector<std::string> output_names() const { return {"exit", "final"}; }
 
+  /// One step's loss and gradients on batch `x` with labels `y`; the two gradients meet in the head.
   double train_step(TensorView<const T> x, std::span<const std::int32_t> y) {
     const auto h = head_->forward(x);
     const auto ze = exit_->forward(h);
@@ -90,6 +97,7 @@ class MultiExit {
     return total;
   }
 
+  /// Inference-mode loss of a batch; adds top-1 hits of the exit and the final output to `hits`.
   double evaluate(TensorView<const T> x, std::span<const std::int32_t> y, std::span<std::size_t> hits) {
     const auto h = head_->forward(x);
     const auto ze = exit_->forward(h);

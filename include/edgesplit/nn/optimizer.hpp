@@ -27,8 +27,12 @@ namespace optim {
 /// Plain SGD with L2 weight decay: w -= lr (g + wd w).
 template <Real T>
 struct SgdRule {
-  static constexpr std::size_t slots = 0;
+  static constexpr std::size_t slots = 0;  ///< state tensors per parameter
+  ///@{
+  /// Learning rate and L2 weight decay, in the parameter type.
   T lr, weight_decay;
+  ///@}
+  /// One update of weights `w` from gradient `g` (scalar or SIMD batch).
   template <class V>
   void operator()(V& w, V g, V&, V&) const {
     w = w - V(lr) * (g + V(weight_decay) * w);
@@ -39,9 +43,13 @@ struct SgdRule {
 /// g' = g + wd w; buf = mu buf + g'; w -= lr (nesterov ? g' + mu buf : buf).
 template <Real T>
 struct MomentumRule {
-  static constexpr std::size_t slots = 1;
+  static constexpr std::size_t slots = 1;  ///< state tensors per parameter: the momentum buffer
+  ///@{
+  /// Learning rate, momentum and L2 weight decay.
   T lr, momentum, weight_decay;
-  bool nesterov;
+  ///@}
+  bool nesterov;  ///< Nesterov's look-ahead form
+  /// One update of `w` and its momentum buffer `buf`.
   template <class V>
   void operator()(V& w, V g, V& buf, V&) const {
     g = g + V(weight_decay) * w;
@@ -57,8 +65,12 @@ struct MomentumRule {
 /// `step_size` = lr / (1 - b1^t) and `inv_sqrt_bc2` = 1 / sqrt(1 - b2^t) are computed once per step.
 template <Real T>
 struct AdamRule {
-  static constexpr std::size_t slots = 2;
+  static constexpr std::size_t slots = 2;  ///< state tensors per parameter: first and second moments
+  ///@{
+  /// Per-step constants: betas, epsilon, the bias-corrected step size and 1/sqrt(1 - beta2^t), L2 decay, decoupled decay factor.
   T beta1, beta2, eps, step_size, inv_sqrt_bc2, l2, decay_factor;
+  ///@}
+  /// One update of `w` and its moments `m`, `v`.
   template <class V>
   void operator()(V& w, V g, V& m, V& v) const {
     g = g + V(l2) * w;
@@ -109,7 +121,8 @@ class Optimizer {
  public:
   virtual ~Optimizer() = default;
 
-  double learning_rate() const noexcept { return lr_; }
+  double learning_rate() const noexcept { return lr_; }  ///< the current learning rate (the Trainer's schedule sets it every step)
+  /// errc::invalid_argument unless `lr` is finite and >= 0.
   void set_learning_rate(double lr) {
     if (!(lr >= 0) || !std::isfinite(lr)) fail(errc::invalid_argument, "learning rate must be finite and >= 0");
     lr_ = lr;
@@ -123,6 +136,7 @@ class Optimizer {
     steps_ = 0;
   }
 
+  /// Applies one update to every parameter from its gradient; the list must be the same as on the first step.
   void step(std::span<const Parameter<T>> params) {
     bind(params);
     ++steps_;
@@ -132,12 +146,15 @@ class Optimizer {
       update(p.value.data(), p.grad.data(), state_[i * 2].data(), state_[i * 2 + 1].data(), p.value.size());
     }
   }
+  /// Same as the span overload, for `model.parameters()`.
   void step(const std::vector<Parameter<T>>& params) { step(std::span<const Parameter<T>>(params)); }
 
  protected:
+  /// For derived optimizers: `slots` state tensors per parameter (0, 1 or 2).
   Optimizer(double lr, std::size_t slots) : slots_(slots) { set_learning_rate(lr); }
   /// Called once per step after the step counter moves (bias corrections).
   virtual void begin_step() {}
+  /// Updates `n` weights from their gradients and state slots (a SIMD kernel with a scalar tail).
   virtual void update(T* w, const T* g, T* s1, T* s2, std::size_t n) = 0;
 
  private:
@@ -172,6 +189,7 @@ class Optimizer {
 template <Real T>
 class SGD final : public Optimizer<T> {
  public:
+  /// Plain SGD, or with momentum (PyTorch's, dampening 0), L2 weight decay and Nesterov's form.
   explicit SGD(double lr, double momentum = 0, double weight_decay = 0, bool nesterov = false)
       : Optimizer<T>(lr, momentum > 0 ? 1 : 0), momentum_(momentum), weight_decay_(weight_decay), nesterov_(nesterov) {
     if (!(momentum >= 0 && momentum < 1)) fail(errc::invalid_argument, "SGD momentum must be in [0, 1)");
@@ -180,6 +198,7 @@ class SGD final : public Optimizer<T> {
   }
 
  protected:
+  /// The SGD or momentum rule over the SIMD driver.
   void update(T* w, const T* g, T* s1, T*, std::size_t n) override {
     const T lr = static_cast<T>(this->learning_rate()), wd = static_cast<T>(weight_decay_);
     if (momentum_ > 0)
@@ -198,6 +217,7 @@ class SGD final : public Optimizer<T> {
 template <Real T>
 class Adam : public Optimizer<T> {
  public:
+  /// Adam (Kingma & Ba); `decoupled` makes the decay AdamW's.
   explicit Adam(double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
                 double weight_decay = 0, bool decoupled = false)
       : Optimizer<T>(lr, 2), beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay), decoupled_(decoupled) {
@@ -221,6 +241,7 @@ class Adam : public Optimizer<T> {
              static_cast<T>(decoupled_ ? 0 : weight_decay_),
              static_cast<T>(decoupled_ ? 1 - lr * weight_decay_ : 1)};
   }
+  /// The Adam rule over the SIMD driver.
   void update(T* w, const T* g, T* s1, T* s2, std::size_t n) override { optim::apply(rule_, w, g, s1, s2, n); }
 
  private:
@@ -233,6 +254,7 @@ class Adam : public Optimizer<T> {
 template <Real T>
 class AdamW final : public Adam<T> {
  public:
+  /// Adam with decoupled weight decay (Loshchilov & Hutter).
   explicit AdamW(double lr = 1e-3, double weight_decay = 0.01, double beta1 = 0.9, double beta2 = 0.999,
                  double eps = 1e-8)
       : Adam<T>(lr, beta1, beta2, eps, weight_decay, true) {}
@@ -242,13 +264,16 @@ class AdamW final : public Adam<T> {
 /// rate. Progress is counted in epochs, fractional within an epoch (the Trainer updates the
 /// rate before every step).
 struct LrSchedule {
+  /// The shape of the schedule.
   enum class Kind { constant, step, cosine };
-  Kind kind = Kind::constant;
+  Kind kind = Kind::constant;  ///< which schedule
   std::size_t step_epochs = 1;  ///< step: multiply by `gamma` every `step_epochs` whole epochs
-  double gamma = 0.1;
+  double gamma = 0.1;  ///< step: the factor applied every `step_epochs`
   double min_factor = 0;        ///< cosine: the factor reached at the end of training
 
+  /// The base rate throughout.
   static LrSchedule constant() { return {}; }
+  /// The rate times `gamma` every `every_epochs` epochs; errc::invalid_argument unless both are positive.
   static LrSchedule step(std::size_t every_epochs, double gamma) {
     if (every_epochs == 0 || !(gamma > 0)) fail(errc::invalid_argument, "step schedule needs every > 0 and gamma > 0");
     return {Kind::step, every_epochs, gamma, 0};

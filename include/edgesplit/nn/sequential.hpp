@@ -29,13 +29,16 @@ template <Real T>
 class Sequential {
  public:
   Sequential() = default;
+  /// Moves the layers and the workspace.
   Sequential(Sequential&&) noexcept = default;
+  /// Moves the layers and the workspace.
   Sequential& operator=(Sequential&&) noexcept = default;
   /// Deep copy: weights are copied, the workspace is not.
   Sequential(const Sequential& o) {
     layers_.reserve(o.layers_.size());
     for (const auto& l : o.layers_) layers_.push_back(l->clone());
   }
+  /// Deep copy, like the copy constructor.
   Sequential& operator=(const Sequential& o) {
     if (this != &o) *this = Sequential(o);
     return *this;
@@ -50,15 +53,18 @@ class Sequential {
     layers_.push_back(std::move(p));
     return ref;
   }
+  /// Appends a layer that was built elsewhere; returns the model for chaining.
   Sequential& add(std::unique_ptr<Layer<T>> layer) {
     if (!layer) fail(errc::invalid_argument, "Sequential::add of a null layer");
     layers_.push_back(std::move(layer));
     return *this;
   }
 
-  std::size_t size() const noexcept { return layers_.size(); }
-  bool empty() const noexcept { return layers_.empty(); }
+  std::size_t size() const noexcept { return layers_.size(); }  ///< number of layers
+  bool empty() const noexcept { return layers_.empty(); }  ///< true when there are no layers
+  /// Layer `i`; errc-free std::out_of_range past the end (std::vector::at).
   Layer<T>& operator[](std::size_t i) { return *layers_.at(i); }
+  /// Layer `i`; std::out_of_range past the end.
   const Layer<T>& operator[](std::size_t i) const { return *layers_.at(i); }
 
   /// Output shape for input shape `in` (the input shape itself for an empty model).
@@ -143,6 +149,7 @@ class Sequential {
     return info;
   }
 
+  /// FLOPs of a forward pass on an input of shape `in`, summed over the layers.
   std::uint64_t flops(Shape in) const {
     std::uint64_t f = 0;
     for (const auto& l : layers_) {
@@ -151,6 +158,7 @@ class Sequential {
     }
     return f;
   }
+  /// Trainable scalars over all layers.
   std::size_t parameter_count() const {
     std::size_t n = 0;
     for (const auto& l : layers_) n += l->parameter_count();
@@ -161,9 +169,11 @@ class Sequential {
   std::vector<Parameter<T>> parameters() { return named(&Layer<T>::parameters); }
   /// Every saved-but-not-trained tensor (`Layer::buffers`), named like parameters.
   std::vector<Parameter<T>> buffers() { return named(&Layer<T>::buffers); }
+  /// Zeroes every layer's gradients (allocating them the first time).
   void zero_grad() {
     for (auto& l : layers_) l->zero_grad();
   }
+  /// Training or inference mode for every layer (Dropout cares).
   void set_training(bool on) noexcept {
     for (auto& l : layers_) l->set_training(on);
   }

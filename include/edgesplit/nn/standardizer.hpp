@@ -28,6 +28,7 @@ enum class Standardize {
 template <Real T>
 class Standardizer final : public Layer<T> {
  public:
+  /// Normalises `features` inputs, per feature or with one global mean and std; `epsilon` is the smallest std that scales.
   explicit Standardizer(std::size_t features, Standardize mode = Standardize::per_feature,
                         double epsilon = 1e-6)
       : features_(features), mode_(mode), epsilon_(epsilon) {
@@ -49,10 +50,10 @@ class Standardizer final : public Layer<T> {
             {{"epsilon", epsilon_}}};
   }
 
-  std::size_t features() const noexcept { return features_; }
-  Standardize mode() const noexcept { return mode_; }
-  const Tensor<T>& mean() const noexcept { return mean_; }
-  const Tensor<T>& stddev() const noexcept { return std_; }
+  std::size_t features() const noexcept { return features_; }  ///< the input width
+  Standardize mode() const noexcept { return mode_; }  ///< per feature or global
+  const Tensor<T>& mean() const noexcept { return mean_; }  ///< the fitted mean ({features}, or {1} when global)
+  const Tensor<T>& stddev() const noexcept { return std_; }  ///< the fitted population standard deviation, same shape as mean()
 
   /// Fits mean and std (population std, two passes in double) on `data` of shape {N, features}.
   void fit(TensorView<const T> data) {

@@ -47,13 +47,19 @@ concept TrainingObjective = requires(O& o, TensorView<const T> x, std::span<cons
 template <Real T>
 class Classifier {
  public:
+  /// Trains `model` (owned by the caller) on its logits.
   explicit Classifier(Sequential<T>& model) : model_(&model) {}
 
+  /// The model's trainable tensors.
   std::vector<Parameter<T>> parameters() { return model_->parameters(); }
+  /// Zeroes the model's gradients.
   void zero_grad() { model_->zero_grad(); }
+  /// Training or inference mode for the model.
   void set_training(bool on) { model_->set_training(on); }
+  /// One output, named "model".
   std::vector<std::string> output_names() const { return {"model"}; }
 
+  /// Softmax cross-entropy of one batch and its gradients through the model.
   double train_step(TensorView<const T> x, std::span<const std::int32_t> y) {
     const auto z = model_->forward(x);
     grad_.resize(z.shape());
@@ -62,6 +68,7 @@ class Classifier {
     model_->backward(x, grad_.cview());
     return loss;
   }
+  /// Inference-mode loss of a batch; adds the top-1 hits to `hits[0]`.
   double evaluate(TensorView<const T> x, std::span<const std::int32_t> y, std::span<std::size_t> hits) {
     const auto z = model_->forward(x);
     hits[0] += count_correct(z, y);
@@ -75,8 +82,8 @@ class Classifier {
 
 /// Mean loss and top-1 accuracy of each output of an objective over a data set.
 struct Evaluation {
-  double loss = 0;
-  std::vector<std::string> outputs;
+  double loss = 0;  ///< mean loss per sample
+  std::vector<std::string> outputs;  ///< the objective's output names, one per accuracy
   std::vector<double> accuracy;  ///< in [0, 1], one per output
 };
 
@@ -103,9 +110,10 @@ Evaluation evaluate(O& objective, const Dataset<T>& data, std::size_t batch_size
 
 /// The progress of one epoch, as passed to the progress callback.
 struct EpochReport {
+  /// 1-based epoch; `epochs` is the planned total.
   std::size_t epoch = 0, epochs = 0;       ///< 1-based epoch, planned total
   double train_loss = 0;                   ///< mean training loss over the epoch
-  bool validated = false;
+  bool validated = false;  ///< true when a validation set was given
   Evaluation validation;                   ///< when `validated`
   double learning_rate = 0;                ///< at the end of the epoch
   double seconds = 0;                      ///< wall time of the epoch, validation included
@@ -139,24 +147,26 @@ inline ProgressCallback print_progress(std::ostream& out = std::cout) {
 /// What early stopping watches.
 enum class Monitor { validation_loss, validation_accuracy };
 
+/// How a Trainer runs: epochs, batches, order, schedule and early stopping.
 struct TrainOptions {
-  std::size_t epochs = 10;
-  std::size_t batch_size = 128;
-  std::size_t eval_batch_size = 1000;
+  std::size_t epochs = 10;  ///< passes over the training set (at most, with early stopping)
+  std::size_t batch_size = 128;  ///< samples per training step
+  std::size_t eval_batch_size = 1000;  ///< samples per evaluation batch (memory only, not results)
   std::uint64_t seed = 1;        ///< shuffling; the same seed gives the same weights bit for bit
-  bool shuffle = true;
+  bool shuffle = true;  ///< reshuffle the training set every epoch
   LrSchedule schedule{};         ///< applied to the optimizer's rate at the start of `fit`
   std::size_t patience = 0;      ///< stop after this many epochs without improvement; 0: never
-  Monitor monitor = Monitor::validation_loss;
+  Monitor monitor = Monitor::validation_loss;  ///< what early stopping watches
   std::size_t monitor_output = 0;  ///< which output's accuracy, for Monitor::validation_accuracy
   double min_delta = 0;          ///< smallest change that counts as an improvement
   bool restore_best = true;      ///< with early stopping, end with the best epoch's weights
 };
 
+/// What a `fit` did: one report per epoch and the best epoch.
 struct TrainHistory {
-  std::vector<EpochReport> epochs;
+  std::vector<EpochReport> epochs;  ///< one report per epoch run
   std::size_t best_epoch = 0;    ///< 1-based; 0 without validation
-  bool stopped_early = false;
+  bool stopped_early = false;  ///< true when early stopping ended the run
   double samples_per_second = 0; ///< over the whole run's training time
 };
 
@@ -166,16 +176,18 @@ struct TrainHistory {
 template <Real T>
 class Trainer {
  public:
+  /// `options` are validated (errc::invalid_argument for zero epochs or batch sizes); `progress` gets each epoch's report.
   explicit Trainer(TrainOptions options = {}, ProgressCallback progress = print_progress())
       : options_(options), progress_(std::move(progress)) {
     if (options.epochs == 0 || options.batch_size == 0 || options.eval_batch_size == 0)
       fail(errc::invalid_argument, "Trainer needs epochs, batch_size and eval_batch_size > 0");
   }
 
-  const TrainOptions& options() const noexcept { return options_; }
+  const TrainOptions& options() const noexcept { return options_; }  ///< the options in use
   /// Replaces the per-epoch callback; an empty one silences the trainer.
   void set_progress(ProgressCallback progress) { progress_ = std::move(progress); }
 
+  /// Trains `objective` with `optimizer` on `train`, validating on `validation` after each epoch when given.
   template <class O>
     requires TrainingObjective<O, T>
   TrainHistory fit(O& objective, Optimizer<T>& optimizer, const Dataset<T>& train,

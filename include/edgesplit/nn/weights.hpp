@@ -32,9 +32,10 @@ std::vector<Parameter<T>> model_state(Sequential<T>& model) {
 template <Real T>
 class Weights {
  public:
+  /// One named tensor.
   struct Entry {
-    std::string name;
-    Tensor<T> value;
+    std::string name;  ///< e.g. "1.weight"
+    Tensor<T> value;  ///< an owning copy
   };
 
   Weights() = default;
@@ -47,8 +48,8 @@ class Weights {
     }
   }
 
-  std::size_t size() const noexcept { return entries_.size(); }
-  std::span<const Entry> entries() const noexcept { return entries_; }
+  std::size_t size() const noexcept { return entries_.size(); }  ///< number of tensors
+  std::span<const Entry> entries() const noexcept { return entries_; }  ///< the tensors, in the model's order
   /// The tensor named `name`, or nullptr.
   const Tensor<T>* find(const std::string& name) const {
     for (const auto& e : entries_)
