@@ -4,9 +4,13 @@
 // Each benchmark iteration is one closed-loop run: every client sends `requests_per_client`
 // single-sample requests one after another through the real runtime (EdgeClient -> in-process
 // transport -> CloudServer -> reply). Counters: samples/s (items_per_second), p50 and p99
-// request latency in microseconds. Batching off is max_batch = 1 in the same run.
+// request latency in microseconds, mean batch size. batching: 0 = off (max_batch = 1);
+// 1 = max_batch 64, max_queue_delay 500 us (a worker waits for company while some client has
+// nothing queued); 2 = max_batch 64 and no waiting (whatever is queued when a worker is free).
+// On a shared machine compare modes within one run, interleaved:
 //
-//   build/gcc/bench/server_bench --benchmark_min_time=1
+//   build/gcc/bench/server_bench --benchmark_min_time=1 --benchmark_repetitions=5
+//       --benchmark_enable_random_interleaving=true --benchmark_display_aggregates_only=true
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -35,10 +39,11 @@ Sequential<float> cloud_mlp() {
   return m;
 }
 
-// state.range(0): clients; range(1): 1 = dynamic batching, 0 = none; range(2): split point.
+// state.range(0): clients; range(1): batching mode (above); range(2): split point.
 void BM_Server(benchmark::State& state) {
   const auto clients = static_cast<std::size_t>(state.range(0));
-  const bool batching = state.range(1) != 0;
+  const auto mode = state.range(1);
+  const bool batching = mode != 0;
   const auto split = static_cast<std::size_t>(state.range(2));
   const std::size_t requests_per_client = std::max<std::size_t>(16, 512 / clients);
   auto [head, tail] = cloud_mlp().split(split);
@@ -46,7 +51,7 @@ void BM_Server(benchmark::State& state) {
   ServerOptions so;
   so.workers = 1;  // one core for the server, the other for the clients
   so.max_batch = batching ? 64 : 1;
-  so.max_queue_delay = std::chrono::microseconds(batching ? 500 : 0);
+  so.max_queue_delay = std::chrono::microseconds(mode == 1 ? 500 : 0);
   so.queue_capacity = 4096;
   CloudServer server(so);
   const wire::ModelIdentity id{"fmnist-mlp", 1, 0, static_cast<std::uint16_t>(split)};
@@ -97,7 +102,7 @@ void BM_Server(benchmark::State& state) {
 
 BENCHMARK(BM_Server)
     ->ArgNames({"clients", "batching", "split"})
-    ->ArgsProduct({{1, 8, 64}, {0, 1}, {0, 2}})
+    ->ArgsProduct({{1, 8, 64}, {0, 1, 2}, {0, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

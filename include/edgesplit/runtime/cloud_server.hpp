@@ -30,7 +30,10 @@ namespace edgesplit {
 struct ServerOptions {
   std::size_t workers = 1;          ///< threads running tails
   std::size_t max_batch = 32;       ///< requests merged into one forward pass (1: no batching)
-  std::chrono::microseconds max_queue_delay{1000};  ///< longest a request waits for company
+  /// Longest a request waits for company. A worker waits only while some connected edge has
+  /// no request queued or running (so more could come); when every connection already has one
+  /// in the batch or the queue, waiting cannot help and the batch runs at once.
+  std::chrono::microseconds max_queue_delay{1000};
   std::size_t queue_capacity = 1024;  ///< queued requests before new ones get `overloaded`
   std::chrono::milliseconds stall_timeout{5000};  ///< a peer stuck inside a frame this long is dropped
   std::chrono::milliseconds send_timeout{5000};   ///< for writing one reply
@@ -236,6 +239,10 @@ class CloudServer {
     std::thread reader;
     std::atomic<bool> open{true};
     std::string hello_model;  // written by the reader before any job exists, read by push_weights
+    // Guarded by queue_mutex_: requests of this connection queued or running, and whether its
+    // reader runs (a connection with a reader and nothing pending is "quiet": it may send more).
+    std::size_t pending = 0;
+    bool reading = false;
   };
   struct Job {
     std::shared_ptr<Connection> conn;
@@ -244,6 +251,7 @@ class CloudServer {
     Tensor<float> features;
     Clock::time_point enqueued;
     Clock::time_point deadline = Clock::time_point::max();
+    bool expired = false;  // set by run_batch: answered `timeout`, not computed
   };
 
   std::shared_ptr<const Entry> find(const Key& key) const {
@@ -297,6 +305,11 @@ class CloudServer {
     std::vector<std::byte> out;
     Clock::time_point stalled_since{};
     bool stalled = false;
+    {
+      std::lock_guard lock(queue_mutex_);
+      c.reading = true;
+      if (c.pending == 0) ++quiet_;
+    }
     try {
       while (!stopping_) {
         if (!c.channel.receive(deadline_after(std::chrono::milliseconds(50)), m)) {
@@ -322,6 +335,9 @@ class CloudServer {
     }
     c.open = false;
     c.channel.close();
+    std::lock_guard lock(queue_mutex_);
+    if (c.pending == 0) --quiet_;
+    c.reading = false;
   }
 
   // One incoming message. Returns false when the connection must be dropped.
@@ -405,6 +421,8 @@ class CloudServer {
       send_error(*job.conn, job.request_id, errc::overloaded, closing ? "server shutting down" : "server queue full");
       return;
     }
+    Connection& c = *job.conn;
+    if (c.pending++ == 0 && c.reading) --quiet_;
     queue_.push_back(std::move(job));
     lock.unlock();
     count(&ServerStats::requests);
@@ -432,7 +450,8 @@ class CloudServer {
         queue_.erase(it);
         continue;
       }
-      if (draining_ || workers_stop_ || Clock::now() >= until) break;
+      // Wait only while some connection is quiet: every other one is already represented.
+      if (draining_ || workers_stop_ || quiet_ == 0 || Clock::now() >= until) break;
       queue_cv_.wait_until(lock, until);
     }
     return true;
@@ -449,6 +468,8 @@ class CloudServer {
     while (next_batch(batch)) {
       run_batch(batch, models, input, codec, out);
       std::lock_guard lock(queue_mutex_);
+      for (const Job& j : batch)
+        if (--j.conn->pending == 0 && j.conn->reading) ++quiet_;
       --busy_;
       if (queue_.empty() && busy_ == 0) idle_cv_.notify_all();
     }
@@ -462,7 +483,7 @@ class CloudServer {
       if (now > j.deadline) {
         count(&ServerStats::expired);
         send_error(*j.conn, j.request_id, errc::timeout, "deadline passed while queued");
-        j.conn.reset();
+        j.expired = true;
         continue;
       }
       rows += j.features.shape().batch();
@@ -472,7 +493,7 @@ class CloudServer {
     const auto entry = find(batch.front().key);
     if (!entry) {
       for (auto& j : batch)
-        if (j.conn) send_error(*j.conn, j.request_id, errc::unsupported, "model was removed");
+        if (!j.expired) send_error(*j.conn, j.request_id, errc::unsupported, "model was removed");
       return;
     }
     auto& slot = models[batch.front().key];
@@ -481,7 +502,7 @@ class CloudServer {
     input.resize(Shape{rows, width});
     std::size_t at = 0;
     for (auto& j : batch) {
-      if (!j.conn) continue;
+      if (j.expired) continue;
       std::copy_n(j.features.data(), j.features.size(), input.data() + at * width);
       at += j.features.shape().batch();
     }
@@ -491,14 +512,14 @@ class CloudServer {
       y = slot.second.forward(input.cview());
     } catch (const error& e) {
       for (auto& j : batch)
-        if (j.conn) send_error(*j.conn, j.request_id, e.code(), e.what());
+        if (!j.expired) send_error(*j.conn, j.request_id, e.code(), e.what());
       return;
     }
     const auto compute_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
     count(&ServerStats::batches);
     at = 0;
     for (auto& j : batch) {
-      if (!j.conn) continue;
+      if (j.expired) continue;
       const std::size_t n = j.features.shape().batch();
       wire::InferResponse resp;
       resp.queue_us = static_cast<std::uint32_t>(
@@ -531,6 +552,7 @@ class CloudServer {
   std::condition_variable queue_cv_, idle_cv_;
   std::deque<Job> queue_;
   std::size_t busy_ = 0;
+  std::size_t quiet_ = 0;  // connections whose reader runs and that have nothing pending
   bool draining_ = false, workers_stop_ = false;
   std::vector<std::thread> workers_;
 
