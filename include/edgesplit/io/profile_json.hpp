@@ -28,10 +28,10 @@ inline constexpr int profile_format_version = 1;
 
 /// Bounds on what a profile file may describe (generous for any real model).
 struct ProfileLimits {
-  std::size_t max_file_bytes = 16u << 20;
-  std::size_t max_batches = 64;
-  std::size_t max_layers = 4096;
-  std::size_t max_string = 4096;
+  std::size_t max_file_bytes = 16u << 20;  ///< largest profile file read
+  std::size_t max_batches = 64;  ///< most batch sizes in one profile
+  std::size_t max_layers = 4096;  ///< most layers per batch size
+  std::size_t max_string = 4096;  ///< longest string (device or layer name)
 };
 
 inline nlohmann::json profile_to_json(const DeviceProfile& p) {

@@ -52,15 +52,16 @@ inline constexpr int safetensors_format_version = 1;
 struct SafetensorsLimits {
   std::uint64_t max_file_bytes = std::uint64_t{4} << 30;  ///< 4 GiB
   std::uint64_t max_header_bytes = 100u << 20;            ///< 100 MB, the reference implementation's cap
-  std::size_t max_tensors = 1u << 16;
-  std::size_t max_layers = 4096;
+  std::size_t max_tensors = 1u << 16;  ///< most tensors in a file
+  std::size_t max_layers = 4096;  ///< most layers an architecture may describe
 };
 
 /// One tensor's entry in a validated header.
 struct SafetensorsEntry {
-  std::string name;
-  dtype type;
-  Shape shape;
+  std::string name;  ///< tensor name, e.g. "1.weight"
+  dtype type;  ///< element type
+  Shape shape;  ///< dimensions, rank 1..8
+  /// Byte range [begin, end) in the data section.
   std::size_t begin = 0, end = 0;  ///< byte range in the data section
 };
 
@@ -156,9 +157,10 @@ class SafetensorsFile {
     return parse(std::move(bytes), limits);
   }
 
-  const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+  const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }  ///< the "__metadata__" strings (edgesplit's keys and any extra ones)
   /// The tensor table, in the order of the data section.
   std::span<const SafetensorsEntry> tensors() const noexcept { return entries_; }
+  /// The entry named `name`, or nullptr.
   const SafetensorsEntry* find(const std::string& name) const {
     for (const auto& e : entries_)
       if (e.name == name) return &e;

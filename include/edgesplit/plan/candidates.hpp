@@ -23,8 +23,8 @@ namespace edgesplit {
 
 /// A named codec configuration to try at every split point.
 struct CodecSpec {
-  std::string name;
-  CodecConfig config;
+  std::string name;  ///< e.g. "int8+zstd"
+  CodecConfig config;  ///< the codec settings
 };
 
 /// The candidate set: fp32, int8, int4, int2 (per tensor, calibrated on each frame, as
@@ -51,6 +51,7 @@ inline const CodecSpec& find_codec(const std::vector<CodecSpec>& specs, const st
   fail(errc::invalid_argument, "no codec named '" + name + "'");
 }
 
+/// How measure_candidates frames and times the candidates.
 struct CandidateOptions {
   /// Model id written into the INFER frames whose size is measured: the frame the runtime
   /// really sends, request fields included.
@@ -63,10 +64,10 @@ struct CandidateOptions {
 /// Everything measured for a model: one candidate per codec, the float model's accuracy, and
 /// the RESPONSE frame (fp32 outputs of one sample) the cloud sends back.
 struct CandidateSet {
-  std::vector<CodecCandidate> codecs;
+  std::vector<CodecCandidate> codecs;  ///< one per codec spec, in order
   double float_accuracy = 0;         ///< percent, on the calibration set
   double response_bytes = 0;         ///< RESPONSE frame bytes for one sample
-  std::size_t samples = 0;
+  std::size_t samples = 0;  ///< held-out samples measured
 };
 
 namespace detail {

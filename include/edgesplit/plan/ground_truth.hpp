@@ -22,6 +22,7 @@
 
 namespace edgesplit {
 
+/// How measure_end_to_end runs and charges one (k, codec).
 struct GroundTruthOptions {
   std::size_t requests = 15;  ///< single-sample requests per (k, codec); medians are reported
   std::size_t warmup = 2;     ///< requests run first and not counted
@@ -31,18 +32,21 @@ struct GroundTruthOptions {
   /// and the encode is measured x `edge_slowdown` (an emulated board, fully deterministic
   /// whenever the network dominates).
   double edge_slowdown = 1;
-  const DeviceProfile* edge_profile = nullptr;
+  const DeviceProfile* edge_profile = nullptr;  ///< a scaled or analytic edge profile, or null to measure
   /// With an edge profile, also charge the encode from these candidates' encode_seconds (looked
   /// up by codec name; scale them first with scale_codec_costs) instead of measuring it.
   const std::vector<CodecCandidate>* edge_codec_costs = nullptr;
-  std::string model_id = "model";
+  std::string model_id = "model";  ///< model id in the frames
 };
 
 /// Medians over the requests of one (k, codec), seconds.
 struct Measured {
-  std::size_t split = 0;
-  std::string codec;
+  std::size_t split = 0;  ///< k: layers [0, k) on the edge
+  std::string codec;  ///< codec name, "-" for all-edge
+  ///@{
+  /// Medians of each part: edge compute, encoding, uplink, cloud, downlink, decoding the reply.
   double edge_s = 0, encode_s = 0, uplink_s = 0, cloud_s = 0, downlink_s = 0, decode_reply_s = 0;
+  ///@}
   double latency_s = 0;  ///< median end-to-end latency (not the sum of the medians)
   double bytes = 0;      ///< INFER frame bytes (mean)
 };

@@ -11,12 +11,13 @@ namespace edgesplit {
 
 /// A link as the planner sees it: bandwidth each way, round-trip time and loss.
 struct LinkModel {
-  std::string name = "link";
+  std::string name = "link";  ///< label for reports
   double uplink_bps = 10e6;    ///< edge -> cloud, bits per second
   double downlink_bps = 10e6;  ///< cloud -> edge, bits per second
   double rtt_s = 0.02;         ///< round-trip time, seconds
   double loss = 0;             ///< packet loss probability in [0, 1)
 
+  /// errc::invalid_argument for non-positive or non-finite bandwidths, a negative RTT or loss outside [0, 1).
   void validate() const {
     if (!(uplink_bps > 0) || !(downlink_bps > 0) || !std::isfinite(uplink_bps) || !std::isfinite(downlink_bps))
       fail(errc::invalid_argument, "link bandwidths must be finite and > 0");
@@ -26,6 +27,7 @@ struct LinkModel {
   /// Expected seconds to push `bytes` one way: serialisation at the link rate, inflated by the
   /// expected number of transmissions of each packet, 1 / (1 - loss).
   double uplink_seconds(double bytes) const { return bytes * 8 / uplink_bps / (1 - loss); }
+  /// Expected seconds to push `bytes` cloud to edge, as uplink_seconds.
   double downlink_seconds(double bytes) const { return bytes * 8 / downlink_bps / (1 - loss); }
 };
 
@@ -57,9 +59,9 @@ class LinkEstimator {
     ++transfer_samples_;
   }
 
-  const LinkModel& estimate() const noexcept { return model_; }
-  std::size_t rtt_samples() const noexcept { return rtt_samples_; }
-  std::size_t transfer_samples() const noexcept { return transfer_samples_; }
+  const LinkModel& estimate() const noexcept { return model_; }  ///< the current estimate
+  std::size_t rtt_samples() const noexcept { return rtt_samples_; }  ///< RTT observations so far
+  std::size_t transfer_samples() const noexcept { return transfer_samples_; }  ///< throughput observations so far
 
  private:
   LinkModel model_;

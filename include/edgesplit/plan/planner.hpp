@@ -31,27 +31,31 @@ enum class Objective { latency, edge_energy, bytes };
 /// compute power x edge compute time + radio power x transfer time + idle power x time spent
 /// waiting for the cloud. Defaults are those of a phone-class board (documented in docs/planning.md).
 struct EnergyModel {
-  double compute_watts = 2.0;
-  double radio_watts = 1.2;
-  double idle_watts = 0.3;
+  double compute_watts = 2.0;  ///< edge compute power, watts
+  double radio_watts = 1.2;  ///< radio power while transferring, watts
+  double idle_watts = 0.3;  ///< idle power while waiting, watts
 };
 
 /// The predicted cost of one (split, codec) choice for one request of `batch` samples.
 struct Plan {
   std::size_t split = 0;        ///< k: layers [0, k) on the edge, [k, L) in the cloud
   std::string codec;            ///< candidate name ("-" when nothing is sent)
+  ///@{
+  /// Predicted seconds of each part: edge compute, encode, transfer, RTT, decode, cloud compute, response.
   double edge_s = 0, encode_s = 0, transfer_s = 0, rtt_s = 0, decode_s = 0, cloud_s = 0, response_s = 0;
+  ///@}
   double latency_s = 0;         ///< sum of the above
   double energy_j = 0;          ///< edge energy under the EnergyModel
   double bytes = 0;             ///< bytes sent edge -> cloud per request
   double accuracy_drop = 0;     ///< points lost against the float model
 };
 
+/// What to optimise and under which accuracy budget.
 struct PlanRequest {
-  std::size_t batch = 1;
+  std::size_t batch = 1;  ///< samples per request
   double accuracy_budget = 1.0;       ///< max accuracy drop in points
-  Objective objective = Objective::latency;
-  EnergyModel energy{};
+  Objective objective = Objective::latency;  ///< latency, edge energy or bytes
+  EnergyModel energy{};  ///< power figures for Objective::edge_energy
   double response_bytes_per_sample = 0;  ///< answer size (e.g. 10 logits: 40 bytes)
 };
 

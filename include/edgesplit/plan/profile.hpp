@@ -25,8 +25,8 @@ struct LayerCost {
 
 /// All layers of a model at one batch size.
 struct BatchProfile {
-  std::size_t batch = 0;
-  std::vector<LayerCost> layers;
+  std::size_t batch = 0;  ///< batch size measured
+  std::vector<LayerCost> layers;  ///< one cost per layer
 };
 
 /// How a profile's latencies were obtained: the planner reports it beside its predictions.
@@ -48,12 +48,12 @@ inline const char* to_string(ProfileSource s) noexcept {
 struct DeviceProfile {
   std::string device;          ///< free text: board or CPU name
   std::string simd;            ///< SIMD instruction set the kernels were built for
-  ProfileSource source = ProfileSource::measured;
+  ProfileSource source = ProfileSource::measured;  ///< measured, analytic or scaled
   std::string note;            ///< e.g. how an analytic or scaled profile was made
   std::size_t input_features = 0;  ///< model input width per sample
   std::vector<BatchProfile> batches;  ///< sorted by batch size
 
-  std::size_t layer_count() const { return batches.empty() ? 0 : batches.front().layers.size(); }
+  std::size_t layer_count() const { return batches.empty() ? 0 : batches.front().layers.size(); }  ///< number of layers profiled (those of the first batch size)
 
   /// Seconds for layers [begin, end) at batch size `batch`: exact where measured, linear
   /// interpolation between the nearest measured batch sizes, linear extrapolation per sample
@@ -99,11 +99,11 @@ struct DeviceProfile {
 
 /// Options for measuring a profile.
 struct ProfileOptions {
-  std::vector<std::size_t> batch_sizes{1};
+  std::vector<std::size_t> batch_sizes{1};  ///< batch sizes to measure
   int warmup = 5;   ///< runs discarded before timing (caches, page faults, workspace growth)
   int runs = 31;    ///< timed runs per layer; the median is kept (robust to a noisy neighbour)
-  std::string device = "this machine";
-  std::uint64_t seed = 1;
+  std::string device = "this machine";  ///< name stored in the profile
+  std::uint64_t seed = 1;  ///< seed of the random inputs
 };
 
 /// Measures every layer of `model` on this machine: for each batch size, the median over `runs`

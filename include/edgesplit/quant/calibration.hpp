@@ -25,8 +25,9 @@ enum class CalibrationMethod : std::uint8_t {
   mse,         ///< the clip range, from a grid of shrunk min-max ranges, with least squared error
 };
 
+/// How a quantizer chooses its range from data (see docs/quantization.md for the methods).
 struct Calibration {
-  CalibrationMethod method = CalibrationMethod::min_max;
+  CalibrationMethod method = CalibrationMethod::min_max;  ///< min_max, percentile or mse
   double percentile = 99.99;  ///< percentile: p in [50, 100]
   int mse_grid = 64;          ///< mse: candidates alpha * range for alpha = k / grid, k = 1..grid
   /// mse: at most this many values per channel enter the search (an even stride through the
@@ -47,7 +48,10 @@ inline void validate(const Calibration& c) {
 
 /// A closed range of real values.
 struct Range {
+  ///@{
+  /// The bounds, lo <= hi.
   float lo = 0, hi = 0;
+  ///@}
 };
 
 /// Smallest and largest of x[0..n) over xsimd batches; errc::invalid_argument if any value is
@@ -86,8 +90,8 @@ inline Range finite_min_max(const float* x, std::size_t n) {
 
 /// One channel's scale and zero point (QuantParams holds vectors of them).
 struct AffineParams {
-  float scale = 1;
-  std::int32_t zero_point = 0;
+  float scale = 1;  ///< step between codes, > 0
+  std::int32_t zero_point = 0;  ///< the code that stands for 0.0
 };
 
 /// Scale and zero point that cover `r` with `bits`-bit codes.

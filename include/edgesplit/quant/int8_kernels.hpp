@@ -56,7 +56,11 @@ inline float dequantize_one(std::int8_t q, float scale, std::int32_t zero_point)
 
 /// Codes of a `bits`-bit quantizer as floats, for the clamp.
 struct CodeRange {
+  ///@{
+  /// The lowest and highest code, as floats.
   float lo, hi;
+  ///@}
+  /// The code range of a `bits`-bit signed quantizer: [-2^(bits-1), 2^(bits-1) - 1].
   explicit CodeRange(int bits) noexcept
       : lo(static_cast<float>(-(1 << (bits - 1)))), hi(static_cast<float>((1 << (bits - 1)) - 1)) {}
 };
@@ -69,26 +73,32 @@ struct CodeRange {
 //   matvec(w, x, y, rows, cols)   y[r] = sum_i w[r*cols + i] * x[i], int32 accumulation; exact
 //                                 while cols * 128 * 2^15 fits (callers bound |x| and cols).
 
+/// The reference kernels: plain loops, the definition every other kernel set must match bit for bit.
 struct ScalarQuantKernels {
+  /// Quantizes `n` values with one scale and zero point, into `bits`-bit codes.
   static void quantize_run(const float* x, std::int8_t* q, std::size_t n, float scale, std::int32_t zp,
                            int bits) noexcept {
     const CodeRange r(bits);
     const float inv = 1.0f / scale, z = static_cast<float>(zp);
     for (std::size_t i = 0; i < n; ++i) q[i] = quantize_one(x[i], inv, z, r.lo, r.hi);
   }
+  /// Quantizes one row with a scale and zero point per element (per-channel along the last axis).
   static void quantize_row(const float* x, std::int8_t* q, std::size_t n, const float* scale,
                            const std::int32_t* zp, int bits) noexcept {
     const CodeRange r(bits);
     for (std::size_t i = 0; i < n; ++i)
       q[i] = quantize_one(x[i], 1.0f / scale[i], static_cast<float>(zp[i]), r.lo, r.hi);
   }
+  /// Dequantizes `n` codes with one scale and zero point.
   static void dequantize_run(const std::int8_t* q, float* x, std::size_t n, float scale, std::int32_t zp) noexcept {
     for (std::size_t i = 0; i < n; ++i) x[i] = dequantize_one(q[i], scale, zp);
   }
+  /// Dequantizes one row with a scale and zero point per element.
   static void dequantize_row(const std::int8_t* q, float* x, std::size_t n, const float* scale,
                              const std::int32_t* zp) noexcept {
     for (std::size_t i = 0; i < n; ++i) x[i] = dequantize_one(q[i], scale[i], zp[i]);
   }
+  /// y[r] = sum over i of w[r, i] x[i], exactly in int32 (the QuantizedDense product).
   static void matvec(const std::int8_t* w, const std::int16_t* x, std::int32_t* y, std::size_t rows,
                      std::size_t cols) noexcept {
     for (std::size_t r = 0; r < rows; ++r) {
@@ -100,18 +110,21 @@ struct ScalarQuantKernels {
   }
 };
 
+/// Portable SIMD kernels over xsimd batches: the same IEEE operations in the same order as the reference.
 struct XsimdQuantKernels {
-  using F = xsimd::batch<float>;
-  using I = xsimd::batch<std::int32_t>;
-  static constexpr std::size_t W = F::size;
+  using F = xsimd::batch<float>;  ///< float lanes
+  using I = xsimd::batch<std::int32_t>;  ///< int32 lanes, as many as float lanes
+  static constexpr std::size_t W = F::size;  ///< lanes per batch
   static_assert(I::size == W, "xsimd float and int32 batches must have the same lane count");
 
+  /// Rounds v * inv to nearest even, adds the zero point and clamps to [lo, hi], all in float lanes.
   static F quantize_lanes(F v, F inv, F zp, F lo, F hi) noexcept {
     v = xsimd::nearbyint(v * inv) + zp;
     v = xsimd::select(v > lo, v, lo);
     return xsimd::select(v < hi, v, hi);
   }
 
+  /// Quantizes `n` values with one scale and zero point (SIMD body, scalar tail).
   static void quantize_run(const float* x, std::int8_t* q, std::size_t n, float scale, std::int32_t zp,
                            int bits) noexcept {
     const CodeRange r(bits);
@@ -126,6 +139,7 @@ struct XsimdQuantKernels {
     }
     for (; i < n; ++i) q[i] = quantize_one(x[i], inv, z, r.lo, r.hi);
   }
+  /// Quantizes one row with a scale and zero point per element.
   static void quantize_row(const float* x, std::int8_t* q, std::size_t n, const float* scale,
                            const std::int32_t* zp, int bits) noexcept {
     const CodeRange r(bits);
@@ -141,6 +155,7 @@ struct XsimdQuantKernels {
     }
     for (; i < n; ++i) q[i] = quantize_one(x[i], 1.0f / scale[i], static_cast<float>(zp[i]), r.lo, r.hi);
   }
+  /// Dequantizes `n` codes with one scale and zero point.
   static void dequantize_run(const std::int8_t* q, float* x, std::size_t n, float scale, std::int32_t zp) noexcept {
     const F vs(scale);
     alignas(64) std::int32_t lanes[W];
@@ -151,6 +166,7 @@ struct XsimdQuantKernels {
     }
     for (; i < n; ++i) x[i] = dequantize_one(q[i], scale, zp);
   }
+  /// Dequantizes one row with a scale and zero point per element.
   static void dequantize_row(const std::int8_t* q, float* x, std::size_t n, const float* scale,
                              const std::int32_t* zp) noexcept {
     alignas(64) std::int32_t lanes[W];
@@ -163,6 +179,7 @@ struct XsimdQuantKernels {
   }
   // xsimd 8.1 has no widening multiply-add on small integers; the reference loop is what the
   // compiler vectorizes best without it.
+  /// The exact int32 product: the reference loop.
   static void matvec(const std::int8_t* w, const std::int16_t* x, std::int32_t* y, std::size_t rows,
                      std::size_t cols) noexcept {
     ScalarQuantKernels::matvec(w, x, y, rows, cols);

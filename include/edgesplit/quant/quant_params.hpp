@@ -30,13 +30,13 @@ inline constexpr int per_tensor = -1;
 /// Per channel (`axis` >= 0), channel c of dimension `axis` has its own `scale[c]` and
 /// `zero_point[c]`; per tensor (`axis` = per_tensor) both vectors hold one value.
 struct QuantParams {
-  std::vector<float> scale{1.0f};
-  std::vector<std::int32_t> zero_point{0};
-  int bits = 8;
-  int axis = per_tensor;
+  std::vector<float> scale{1.0f};  ///< one per tensor, or one per channel; positive normal floats
+  std::vector<std::int32_t> zero_point{0};  ///< one per tensor, or one per channel; valid codes
+  int bits = 8;  ///< 8, 4 or 2
+  int axis = per_tensor;  ///< channel axis, or per_tensor (-1)
 
-  bool per_channel() const noexcept { return axis >= 0; }
-  std::size_t channels() const noexcept { return scale.size(); }
+  bool per_channel() const noexcept { return axis >= 0; }  ///< true with a channel axis
+  std::size_t channels() const noexcept { return scale.size(); }  ///< number of scale / zero-point pairs
 
   /// Per-tensor parameters.
   static QuantParams tensor(float scale, std::int32_t zero_point, int bits = 8) {
@@ -72,7 +72,10 @@ inline std::size_t packed_bytes(std::size_t count, int bits) {
 /// How a tensor of some shape splits around a channel axis: `outer` blocks, each holding
 /// `channels` runs of `inner` contiguous elements (row-major). Per tensor it is {1, 1, count}.
 struct ChannelLayout {
+  ///@{
+  /// Blocks, channels per block, contiguous elements per channel run.
   std::size_t outer = 1, channels = 1, inner = 0;
+  ///@}
 };
 
 inline ChannelLayout channel_layout(const Shape& shape, int axis) {

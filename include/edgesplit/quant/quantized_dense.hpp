@@ -32,6 +32,7 @@ namespace edgesplit {
 /// Inference only: backward throws errc::unsupported.
 class QuantizedDense final : public Layer<float> {
  public:
+  /// The largest input width whose int32 sums cannot overflow (in x 255 x 127 < 2^31).
   static constexpr std::size_t max_in_features = 65536;
 
   /// Quantizes `dense`'s weights; `input` must be per-tensor 8-bit parameters for the inputs.
@@ -64,13 +65,13 @@ class QuantizedDense final : public Layer<float> {
   }
   std::unique_ptr<Layer<float>> clone() const override { return std::make_unique<QuantizedDense>(*this); }
 
-  std::size_t in_features() const noexcept { return in_; }
-  std::size_t out_features() const noexcept { return out_; }
+  std::size_t in_features() const noexcept { return in_; }  ///< input width
+  std::size_t out_features() const noexcept { return out_; }  ///< output width
   /// int8 weight codes, row-major {out, in}.
   const Tensor<std::int8_t>& weight() const noexcept { return weight_; }
-  const std::vector<float>& weight_scale() const noexcept { return weight_scale_; }
-  const std::vector<float>& bias() const noexcept { return bias_; }
-  const QuantParams& input_params() const noexcept { return input_; }
+  const std::vector<float>& weight_scale() const noexcept { return weight_scale_; }  ///< per output row: the float weight is code x scale
+  const std::vector<float>& bias() const noexcept { return bias_; }  ///< float bias, {out}
+  const QuantParams& input_params() const noexcept { return input_; }  ///< the calibrated input quantization
 
   /// The same computation through the scalar reference kernels (for tests): bit-identical output.
   void forward_scalar(TensorView<const float> in, TensorView<float> out) {
@@ -90,9 +91,11 @@ class QuantizedDense final : public Layer<float> {
   std::uint64_t flops_impl(const Shape& in) const override {
     return static_cast<std::uint64_t>(in.batch()) * out_ * (2 * in_ + 1);
   }
+  /// Quantizes the input, runs the exact int32 product and rescales into float outputs.
   void forward_impl(TensorView<const float> in, TensorView<float> out) override {
     run<kernels::NativeQuantKernels>(in, out);
   }
+  /// Always errc::unsupported: this layer is for inference only.
   void backward_impl(TensorView<const float>, TensorView<const float>, TensorView<const float>,
                      TensorView<float>) override {
     fail(errc::unsupported, "QuantizedDense is inference-only: train the float model, then quantize it");

@@ -18,12 +18,13 @@ namespace edgesplit {
 /// One scale for the whole tensor, or one per index of a channel axis.
 enum class Granularity : std::uint8_t { per_tensor, per_channel };
 
+/// What to quantize to and how to calibrate.
 struct QuantConfig {
   int bits = 8;                                        ///< 8, 4 or 2
-  Granularity granularity = Granularity::per_tensor;
+  Granularity granularity = Granularity::per_tensor;  ///< one scale per tensor or per channel
   std::size_t axis = 1;  ///< channel axis when per channel (1: the features of {batch, features})
   bool symmetric = false;                              ///< zero point 0, range +-max|x|
-  Calibration calibration{};
+  Calibration calibration{};  ///< how the range is chosen
 };
 
 inline void validate(const QuantConfig& c) {
@@ -40,13 +41,14 @@ inline void validate(const QuantConfig& c) {
 /// storage, so calibrating every frame (as FeatureCodec does) allocates nothing in steady state.
 class Quantizer {
  public:
+  /// errc::invalid_argument for bits other than 8, 4, 2 or an invalid calibration.
   explicit Quantizer(QuantConfig config = {}) : config_(config) {
     validate(config_);
     params_.bits = config_.bits;
   }
 
-  const QuantConfig& config() const noexcept { return config_; }
-  bool calibrated() const noexcept { return calibrated_; }
+  const QuantConfig& config() const noexcept { return config_; }  ///< the configuration
+  bool calibrated() const noexcept { return calibrated_; }  ///< true once calibrate() or set_params() has run
   /// The parameters of the latest `calibrate` or `set_params`.
   const QuantParams& params() const {
     if (!calibrated_) fail(errc::invalid_argument, "Quantizer used before calibrate() or set_params()");
@@ -106,7 +108,9 @@ class Quantizer {
     return params_;
   }
 
+  /// Quantizes `x` into `q` (same shape) with the current parameters.
   void quantize(TensorView<const float> x, TensorView<std::int8_t> q) const { edgesplit::quantize(x, params(), q); }
+  /// Dequantizes `q` into `x` (same shape) with the current parameters.
   void dequantize(TensorView<const std::int8_t> q, TensorView<float> x) const {
     edgesplit::dequantize(q, params(), x);
   }

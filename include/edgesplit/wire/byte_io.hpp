@@ -41,16 +41,22 @@ inline std::uint32_t load_le32(const std::byte* p) noexcept {
 /// Appends little-endian fields to `out`.
 class ByteWriter {
  public:
+  /// Appends to `out`, which the writer does not own.
   explicit ByteWriter(std::vector<std::byte>& out) noexcept : out_(out) {}
 
+  /// Appends one byte.
   void u8(std::uint8_t v) { out_.push_back(std::byte(v)); }
+  /// Appends one signed byte, two's complement.
   void i8(std::int8_t v) { u8(static_cast<std::uint8_t>(v)); }
+  /// Appends 2 bytes, little-endian.
   void u16(std::uint16_t v) { store_le16(grow(2), v); }
+  /// Appends 4 bytes, little-endian.
   void u32(std::uint32_t v) { store_le32(grow(4), v); }
+  /// Appends a float as its IEEE bits, little-endian.
   void f32(float v) { u32(std::bit_cast<std::uint32_t>(v)); }
   /// Appends `n` bytes for the caller to fill and returns them (valid until the next append).
   std::span<std::byte> reserve(std::size_t n) { return {grow(n), n}; }
-  std::size_t size() const noexcept { return out_.size(); }
+  std::size_t size() const noexcept { return out_.size(); }  ///< bytes in the buffer so far
 
  private:
   std::byte* grow(std::size_t n) {
@@ -65,17 +71,24 @@ class ByteWriter {
 /// frame is reported as "truncated <field> at offset <n>".
 class ByteReader {
  public:
+  /// Reads `in` from the start; every read is bounds-checked.
   explicit ByteReader(std::span<const std::byte> in) noexcept : in_(in) {}
 
+  /// One byte; errc::corrupt_frame naming `field` past the end.
   std::uint8_t u8(const char* field) { return std::to_integer<std::uint8_t>(*take(1, field)); }
+  /// One signed byte; errc::corrupt_frame past the end.
   std::int8_t i8(const char* field) { return static_cast<std::int8_t>(u8(field)); }
+  /// 2 bytes, little-endian; errc::corrupt_frame past the end.
   std::uint16_t u16(const char* field) { return load_le16(take(2, field)); }
+  /// 4 bytes, little-endian; errc::corrupt_frame past the end.
   std::uint32_t u32(const char* field) { return load_le32(take(4, field)); }
+  /// A float from its IEEE bits; errc::corrupt_frame past the end (the value itself is not checked).
   float f32(const char* field) { return std::bit_cast<float>(u32(field)); }
+  /// The next `n` bytes as a view, without copying; errc::corrupt_frame past the end.
   std::span<const std::byte> bytes(std::size_t n, const char* field) { return {take(n, field), n}; }
 
-  std::size_t offset() const noexcept { return at_; }
-  std::size_t remaining() const noexcept { return in_.size() - at_; }
+  std::size_t offset() const noexcept { return at_; }  ///< bytes read so far
+  std::size_t remaining() const noexcept { return in_.size() - at_; }  ///< bytes left
   /// Refuses bytes left over after the last field.
   void expect_end(const char* what) const {
     if (at_ != in_.size())

@@ -21,16 +21,18 @@
 
 namespace edgesplit {
 
+/// How the edge encodes the tensor it sends: bit-width, quantization, lossless stage, caps.
 struct CodecConfig {
   int bits = 8;  ///< 32: raw fp32, no quantization; 8, 4, 2: affine codes, packed
-  Granularity granularity = Granularity::per_tensor;
+  Granularity granularity = Granularity::per_tensor;  ///< one scale per tensor or per channel
   std::size_t axis = 1;  ///< channel axis when per channel (1: the features of {batch, features})
-  bool symmetric = false;
+  bool symmetric = false;  ///< zero point 0, range +-max|x|
   Calibration calibration{};  ///< how each frame's range is chosen (unless calibrate() froze it)
-  wire::Lossless lossless = wire::Lossless::none;
-  int zstd_level = 3;
+  wire::Lossless lossless = wire::Lossless::none;  ///< none, or zstd after packing
+  int zstd_level = 3;  ///< zstd's compression level, within zstd's own range
   wire::DecodeLimits limits{};  ///< caps applied when decoding (and when encoding, as a courtesy)
 
+  /// The quantizer settings this codec implies (8 bits stands in for raw fp32, which is not quantized).
   QuantConfig quant_config() const {
     return {bits == wire::raw_f32_bits ? 8 : bits, granularity, axis, symmetric, calibration};
   }
@@ -45,6 +47,7 @@ struct CodecConfig {
 /// frames no larger than earlier ones allocates nothing. Not thread-safe: one codec per thread.
 class FeatureCodec {
  public:
+  /// errc::invalid_argument for bits other than 32, 8, 4, 2 or a bad lossless stage or level.
   explicit FeatureCodec(CodecConfig config = {}) : config_(config), quantizer_(config.quant_config()) {
     if (config_.bits != wire::raw_f32_bits && !valid_quant_bits(config_.bits))
       fail(errc::invalid_argument, "codec bits must be 32, 8, 4 or 2, got " + std::to_string(config_.bits));
@@ -54,7 +57,7 @@ class FeatureCodec {
       fail(errc::invalid_argument, "unknown lossless stage");
   }
 
-  const CodecConfig& config() const noexcept { return config_; }
+  const CodecConfig& config() const noexcept { return config_; }  ///< the configuration
 
   /// Freezes the quantization parameters to those calibrated on `sample`: later frames reuse
   /// them (static calibration) instead of calibrating each frame. Frames must then have the

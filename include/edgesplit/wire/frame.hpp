@@ -74,23 +74,24 @@ struct DecodeLimits {
   std::size_t max_decompressed_bytes = std::size_t{64} << 20;  ///< lossless stage output
 };
 
+/// The fixed frame header, as parsed and validated by parse_frame().
 struct FrameHeader {
-  std::uint8_t major = version_major;
-  std::uint8_t minor = version_minor;
-  MessageType type = MessageType::tensor;
-  std::uint8_t flags = 0;
-  std::uint16_t header_length = frame_header_size;
-  std::uint32_t payload_length = 0;
-  std::uint32_t request_id = 0;
-  std::uint32_t crc = 0;
+  std::uint8_t major = version_major;  ///< format major version; another major is refused
+  std::uint8_t minor = version_minor;  ///< format minor version; newer minors are read
+  MessageType type = MessageType::tensor;  ///< what the payload holds
+  std::uint8_t flags = 0;  ///< flag bits; unknown ones are refused
+  std::uint16_t header_length = frame_header_size;  ///< bytes of header, CRC included
+  std::uint32_t payload_length = 0;  ///< bytes of payload after the header
+  std::uint32_t request_id = 0;  ///< the sender's id, echoed in the reply
+  std::uint32_t crc = 0;  ///< CRC-32C over header and payload
 
-  std::size_t frame_size() const noexcept { return std::size_t{header_length} + payload_length; }
+  std::size_t frame_size() const noexcept { return std::size_t{header_length} + payload_length; }  ///< header plus payload
 };
 
 /// A validated frame: its header and a view of its payload (inside the bytes given to parse).
 struct Frame {
-  FrameHeader header;
-  std::span<const std::byte> payload;
+  FrameHeader header;  ///< the validated header
+  std::span<const std::byte> payload;  ///< the payload bytes, a view into the caller's buffer
 };
 
 /// Clears `out` and writes a 1.0 header for a frame of `type` (lengths and CRC are filled in by

@@ -41,27 +41,30 @@ inline constexpr std::size_t max_weight_tensors = 4096;
 /// Identity of a model part both sides must agree on. A different major version is refused
 /// explicitly (errc::version_mismatch); a different minor is accepted (compatible weights update).
 struct ModelIdentity {
-  std::string model_id;
-  std::uint32_t major = 1;
-  std::uint32_t minor = 0;
+  std::string model_id;  ///< which model the cloud must run
+  std::uint32_t major = 1;  ///< major version: must match
+  std::uint32_t minor = 0;  ///< minor version: informational
   std::uint16_t split = 0;  ///< the first layer the cloud runs
 };
 
+/// The fields of an INFER message besides the tensor.
 struct InferRequest {
-  std::string model_id;
-  std::uint16_t split = 0;
+  std::string model_id;  ///< the model to run
+  std::uint16_t split = 0;  ///< the first layer the cloud runs
   std::uint32_t deadline_us = 0;  ///< time budget left when sent; 0 for none
 };
 
+/// The fields of a RESPONSE message besides the tensor.
 struct InferResponse {
   std::uint8_t status = 0;  ///< 0: ok
   std::uint32_t queue_us = 0;    ///< time the request waited in the server's queue
   std::uint32_t compute_us = 0;  ///< time the server spent on the batch that held it
 };
 
+/// An ERROR message: a typed code and a short text.
 struct ErrorMessage {
-  errc code = errc::invalid_argument;
-  std::string message;
+  errc code = errc::invalid_argument;  ///< what went wrong, as the typed error the edge rethrows
+  std::string message;  ///< for people; bounded in length
 };
 
 namespace detail {
@@ -217,8 +220,8 @@ inline ErrorMessage decode_error(std::span<const std::byte> bytes, const DecodeL
 
 /// One named tensor of a WEIGHTS message.
 struct NamedTensor {
-  std::string name;
-  Tensor<float> value;
+  std::string name;  ///< parameter name, e.g. "0.weight"
+  Tensor<float> value;  ///< its values
 };
 
 /// Encodes a WEIGHTS frame: identity, then every tensor raw (weights are sent exactly).

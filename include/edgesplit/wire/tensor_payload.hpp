@@ -45,13 +45,13 @@ inline constexpr int raw_f32_bits = 32;
 /// A validated tensor header. `data` views the stored bytes (still compressed when `lossless`
 /// says so); `decoded_bytes` is what they must decode to, already checked against the caps.
 struct TensorHeader {
-  dtype element = dtype::f32;
-  TensorEncoding encoding = TensorEncoding::raw;
-  int bits = raw_f32_bits;
-  Lossless lossless = Lossless::none;
-  Shape shape;
-  std::span<const std::byte> data;
-  std::size_t decoded_bytes = 0;
+  dtype element = dtype::f32;  ///< element type
+  TensorEncoding encoding = TensorEncoding::raw;  ///< raw or affine codes
+  int bits = raw_f32_bits;  ///< 32 for raw floats, else the code width
+  Lossless lossless = Lossless::none;  ///< lossless stage applied to `data`
+  Shape shape;  ///< the tensor's shape, checked against the caps
+  std::span<const std::byte> data;  ///< the stored bytes, a view into the frame
+  std::size_t decoded_bytes = 0;  ///< bytes `data` decodes to
 };
 
 /// Bytes of the data section before the lossless stage: raw floats or packed codes.
