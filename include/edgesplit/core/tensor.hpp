@@ -45,9 +45,11 @@ class TensorView {
   T* data() const noexcept { return data_; }  ///< first element; the view does not own it
   const Shape& shape() const noexcept { return shape_; }  ///< the viewed shape
   std::size_t size() const noexcept { return shape_.count(); }  ///< element count
-  std::size_t bytes() const noexcept { return shape_.count() * sizeof(T); }  ///< element count times the element size
+  /// Element count times the element size.
+  std::size_t bytes() const noexcept { return shape_.count() * sizeof(T); }
   bool empty() const noexcept { return shape_.count() == 0; }  ///< true when the shape has no elements
-  std::span<T> span() const noexcept { return {data_, shape_.count()}; }  ///< the elements as a span, for std algorithms and the kernels
+  /// The elements as a span, for std algorithms and the kernels.
+  std::span<T> span() const noexcept { return {data_, shape_.count()}; }
   /// Element `i` in row-major order; unchecked.
   T& operator[](std::size_t i) const noexcept { return data_[i]; }
 
@@ -139,8 +141,10 @@ class Tensor {
   const T* data() const noexcept { return data_; }  ///< first element (64-byte aligned)
   const Shape& shape() const noexcept { return shape_; }  ///< the current shape
   std::size_t size() const noexcept { return shape_.count(); }  ///< element count
-  std::size_t bytes() const noexcept { return shape_.count() * sizeof(T); }  ///< element count times the element size
-  std::size_t capacity() const noexcept { return capacity_; }  ///< elements the storage holds: resize up to this allocates nothing
+  /// Element count times the element size.
+  std::size_t bytes() const noexcept { return shape_.count() * sizeof(T); }
+  /// Elements the storage holds: resize up to this allocates nothing.
+  std::size_t capacity() const noexcept { return capacity_; }
   bool empty() const noexcept { return shape_.count() == 0; }  ///< true when the shape has no elements
   /// Element `i` in row-major order; unchecked.
   T& operator[](std::size_t i) noexcept { return data_[i]; }

@@ -157,7 +157,8 @@ class SafetensorsFile {
     return parse(std::move(bytes), limits);
   }
 
-  const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }  ///< the "__metadata__" strings (edgesplit's keys and any extra ones)
+  /// The "__metadata__" strings (edgesplit's keys and any extra ones).
+  const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
   /// The tensor table, in the order of the data section.
   std::span<const SafetensorsEntry> tensors() const noexcept { return entries_; }
   /// The entry named `name`, or nullptr.

@@ -121,7 +121,8 @@ class Optimizer {
  public:
   virtual ~Optimizer() = default;
 
-  double learning_rate() const noexcept { return lr_; }  ///< the current learning rate (the Trainer's schedule sets it every step)
+  /// The current learning rate (the Trainer's schedule sets it every step).
+  double learning_rate() const noexcept { return lr_; }
   /// errc::invalid_argument unless `lr` is finite and >= 0.
   void set_learning_rate(double lr) {
     if (!(lr >= 0) || !std::isfinite(lr)) fail(errc::invalid_argument, "learning rate must be finite and >= 0");

@@ -52,8 +52,10 @@ class Standardizer final : public Layer<T> {
 
   std::size_t features() const noexcept { return features_; }  ///< the input width
   Standardize mode() const noexcept { return mode_; }  ///< per feature or global
-  const Tensor<T>& mean() const noexcept { return mean_; }  ///< the fitted mean ({features}, or {1} when global)
-  const Tensor<T>& stddev() const noexcept { return std_; }  ///< the fitted population standard deviation, same shape as mean()
+  /// The fitted mean ({features}, or {1} when global).
+  const Tensor<T>& mean() const noexcept { return mean_; }
+  /// The fitted population standard deviation, same shape as mean().
+  const Tensor<T>& stddev() const noexcept { return std_; }
 
   /// Fits mean and std (population std, two passes in double) on `data` of shape {N, features}.
   void fit(TensorView<const T> data) {

@@ -61,7 +61,8 @@ class LinkEstimator {
 
   const LinkModel& estimate() const noexcept { return model_; }  ///< the current estimate
   std::size_t rtt_samples() const noexcept { return rtt_samples_; }  ///< RTT observations so far
-  std::size_t transfer_samples() const noexcept { return transfer_samples_; }  ///< throughput observations so far
+  /// Throughput observations so far.
+  std::size_t transfer_samples() const noexcept { return transfer_samples_; }
 
  private:
   LinkModel model_;

@@ -53,7 +53,8 @@ struct DeviceProfile {
   std::size_t input_features = 0;  ///< model input width per sample
   std::vector<BatchProfile> batches;  ///< sorted by batch size
 
-  std::size_t layer_count() const { return batches.empty() ? 0 : batches.front().layers.size(); }  ///< number of layers profiled (those of the first batch size)
+  /// Number of layers profiled (those of the first batch size).
+  std::size_t layer_count() const { return batches.empty() ? 0 : batches.front().layers.size(); }
 
   /// Seconds for layers [begin, end) at batch size `batch`: exact where measured, linear
   /// interpolation between the nearest measured batch sizes, linear extrapolation per sample

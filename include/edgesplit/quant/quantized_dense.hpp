@@ -69,7 +69,8 @@ class QuantizedDense final : public Layer<float> {
   std::size_t out_features() const noexcept { return out_; }  ///< output width
   /// int8 weight codes, row-major {out, in}.
   const Tensor<std::int8_t>& weight() const noexcept { return weight_; }
-  const std::vector<float>& weight_scale() const noexcept { return weight_scale_; }  ///< per output row: the float weight is code x scale
+  /// Per output row: the float weight is code x scale.
+  const std::vector<float>& weight_scale() const noexcept { return weight_scale_; }
   const std::vector<float>& bias() const noexcept { return bias_; }  ///< float bias, {out}
   const QuantParams& input_params() const noexcept { return input_; }  ///< the calibrated input quantization
 

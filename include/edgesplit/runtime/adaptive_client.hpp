@@ -32,6 +32,7 @@ namespace edgesplit {
 /// wobbles around the boundary does not make the plan flap.
 class PlanSelector {
  public:
+  /// Plans for `edge` and `cloud` profiles with the measured `codecs` under `request`; re-plans when told a new link estimate, switching only past `hysteresis`.
   PlanSelector(DeviceProfile edge, DeviceProfile cloud, std::vector<CodecCandidate> codecs, PlanRequest request,
                const LinkModel& initial, double hysteresis = 0.15)
       : edge_(std::move(edge)), cloud_(std::move(cloud)), codecs_(std::move(codecs)), req_(request), h_(hysteresis) {
@@ -56,7 +57,7 @@ class PlanSelector {
     return changed;
   }
 
-  const Plan& current() const noexcept { return current_; }
+  const Plan& current() const noexcept { return current_; }  ///< the plan in use
   /// The best plan that uses the cloud and sends at least `min_bytes` per request, or failing
   /// that the cloud plan that sends the most: for probing the link while the plan is all-edge.
   const Plan& best_cloud(double min_bytes = 0) const {
@@ -68,8 +69,9 @@ class PlanSelector {
     }
     return largest ? *largest : plans_.front();
   }
-  std::size_t layer_count() const { return edge_.layer_count(); }
-  std::size_t switches() const noexcept { return switches_; }
+  std::size_t layer_count() const { return edge_.layer_count(); }  ///< layers of the model planned for
+  std::size_t switches() const noexcept { return switches_; }  ///< how many times the plan changed
+  /// Every plan, best first, under the latest estimate.
   const std::vector<Plan>& ranked() const noexcept { return plans_; }
 
  private:
@@ -90,6 +92,7 @@ class PlanSelector {
   std::size_t switches_ = 0;
 };
 
+/// How an AdaptiveClient estimates the link and probes it.
 struct AdaptiveOptions {
   double estimator_alpha = 0.3;    ///< weight of each new throughput sample
   /// While the plan is all-edge nothing crosses the link, so nothing would tell the estimate
@@ -104,9 +107,9 @@ struct AdaptiveOptions {
 /// One answer, with the plan that produced it.
 struct AdaptiveResult {
   InferResult result;  ///< for a local (all-edge) answer only `output` is meaningful
-  std::size_t split = 0;
+  std::size_t split = 0;  ///< the split that answered
   std::string codec;   ///< "-" for all-edge
-  bool local = false;
+  bool local = false;  ///< true when answered on the edge (all-edge plan)
 };
 
 /// An edge client that follows the link: one EdgeClient per (split, codec) plan in use, created
@@ -122,6 +125,7 @@ struct AdaptiveResult {
 /// may be called from one thread at a time.
 class AdaptiveClient {
  public:
+  /// Runs `model` split where the planner says, one EdgeClient per (split, codec) plan in use, each connected through `connector`.
   AdaptiveClient(Sequential<float> model, EdgeClient::Connector connector, std::vector<CodecSpec> specs,
                  PlanSelector selector, LinkModel prior, EdgeOptions edge, AdaptiveOptions options = {})
       : state_(std::make_shared<State>(std::move(model), std::move(connector), std::move(specs), std::move(selector),
@@ -177,14 +181,17 @@ class AdaptiveClient {
     });
   }
 
+  /// The plan in use.
   Plan plan() const {
     std::lock_guard lock(state_->mutex);
     return state_->selector.current();
   }
+  /// The current link estimate.
   LinkModel link_estimate() const {
     std::lock_guard lock(state_->mutex);
     return state_->estimator.estimate();
   }
+  /// How many times the plan changed.
   std::size_t switches() const {
     std::lock_guard lock(state_->mutex);
     return state_->selector.switches();

@@ -22,9 +22,10 @@ enum class Confidence {
   entropy,          ///< softmax entropy in nats; confident when <= threshold
 };
 
+/// When the edge model may answer by itself.
 struct CascadeOptions {
-  Confidence measure = Confidence::max_probability;
-  double threshold = 0.9;
+  Confidence measure = Confidence::max_probability;  ///< which confidence measure
+  double threshold = 0.9;  ///< the confidence an edge answer needs
   /// The edge model's outputs are logits (softmax is applied to judge confidence); set false when
   /// the model already ends in a softmax.
   bool edge_outputs_logits = true;
@@ -32,24 +33,39 @@ struct CascadeOptions {
 
 /// Counts of which path answered and, when labels are given, how well.
 struct CascadeStats {
+  /// Samples answered on the edge.
   std::size_t local = 0, cloud = 0, fallback = 0;
+  /// \var cloud
+  /// Samples answered by the cloud.
+  /// \var fallback
+  /// Samples answered by the client's fallback because the cloud could not.
   std::size_t local_correct = 0, cloud_correct = 0;
+  /// \var local_correct
+  /// Of the edge's answers, the correct ones (when labels are given).
+  /// \var cloud_correct
+  /// Of the cloud's answers, the correct ones (when labels are given).
+
+  /// Edge answers over edge and cloud answers.
   double local_share() const { return local + cloud ? double(local) / double(local + cloud) : 0; }
+  /// Accuracy of the edge's answers.
   double local_accuracy() const { return local ? double(local_correct) / double(local) : 0; }
+  /// Accuracy of the cloud's answers.
   double cloud_accuracy() const { return cloud ? double(cloud_correct) / double(cloud) : 0; }
+  /// Accuracy over both paths.
   double accuracy() const { return local + cloud ? double(local_correct + cloud_correct) / double(local + cloud) : 0; }
 };
 
 /// The result for one batch: the predicted class of each sample and who answered it.
 struct CascadeResult {
-  std::vector<std::size_t> predictions;
-  std::vector<bool> answered_locally;
+  std::vector<std::size_t> predictions;  ///< predicted class per sample
+  std::vector<bool> answered_locally;  ///< true where the edge answered
 };
 
 /// A two-stage classifier: the edge model answers the samples it is confident about; the rest go,
 /// as one sub-batch, to the cloud through an EdgeClient (which may itself run a head first).
 class Cascade {
  public:
+  /// Classifies with `edge_model` first and sends the samples it is not confident about through `cloud` (kept by reference).
   Cascade(Sequential<float> edge_model, EdgeClient& cloud, CascadeOptions options = {})
       : edge_(std::move(edge_model)), cloud_(cloud), opt_(options) {
     if (!std::isfinite(opt_.threshold)) fail(errc::invalid_argument, "cascade threshold must be finite");
@@ -106,7 +122,9 @@ class Cascade {
     return r;
   }
 
+  /// Counts since construction or reset_stats().
   const CascadeStats& stats() const noexcept { return stats_; }
+  /// Zeroes the counts.
   void reset_stats() noexcept { stats_ = {}; }
 
  private:

@@ -17,13 +17,16 @@ namespace edgesplit {
 class Channel {
  public:
   Channel() = default;
+  /// Takes ownership of `transport`; copies of the Channel share it.
   template <Transport T>
     requires(!std::is_same_v<std::decay_t<T>, Channel>)
   explicit Channel(T transport) : impl_(std::make_shared<Model<T>>(std::move(transport))) {}
 
-  explicit operator bool() const noexcept { return impl_ != nullptr; }
+  explicit operator bool() const noexcept { return impl_ != nullptr; }  ///< true when it holds a connection
 
+  /// Sends one message; errc::unreachable without a connection.
   void send(std::span<const std::byte> bytes, Deadline deadline) { get().send(bytes, deadline); }
+  /// Receives one message into `into`; false at the deadline.
   bool receive(Deadline deadline, Message& into) { return get().receive(deadline, into); }
   /// True while a message has arrived only in part (a peer stalled inside a frame); false for
   /// transports that only deliver whole messages.

@@ -26,6 +26,7 @@
 
 namespace edgesplit {
 
+/// What the edge asks the cloud for, how it encodes, and how it reconnects.
 struct EdgeOptions {
   wire::ModelIdentity model;  ///< what the cloud must serve: model id, version, split point
   CodecConfig codec{};        ///< how features are encoded for the link
@@ -33,7 +34,7 @@ struct EdgeOptions {
   std::chrono::milliseconds backoff_initial{50};    ///< first wait before reconnecting
   std::chrono::milliseconds backoff_max{2000};      ///< the wait doubles up to this
   std::size_t max_in_flight = 8;  ///< requests on the wire at once; submit() waits beyond
-  wire::DecodeLimits limits{};
+  wire::DecodeLimits limits{};  ///< caps on every reply decoded
   LinkModel link_prior{};         ///< starting point of the link estimate
 };
 
@@ -55,27 +56,34 @@ struct RequestTimings {
   double network() const { return round_trip - server_queue - server_compute; }
 };
 
+/// One answered request.
 struct InferResult {
-  Tensor<float> output;
-  AnswerPath path = AnswerPath::cloud;
+  Tensor<float> output;  ///< the model's output for the batch
+  AnswerPath path = AnswerPath::cloud;  ///< cloud or fallback
   std::optional<errc> fallback_reason;  ///< why the cloud did not answer, when it did not
-  std::string fallback_message;
-  RequestTimings timings;
+  std::string fallback_message;  ///< the error text when the fallback answered
+  RequestTimings timings;  ///< where the time went
   std::size_t bytes_sent = 0;  ///< INFER frame size
-  std::uint32_t request_id = 0;
+  std::uint32_t request_id = 0;  ///< the frame's request id
 };
 
 /// A local model that answers when the cloud cannot: run on the head's output (an exit head at
 /// the split point, BranchyNet style) or on the original input (a whole edge model).
 struct Fallback {
+  /// What the fallback model reads: the head's features, or the original input.
   enum class Input { features, input };
-  Sequential<float> model;
-  Input on = Input::features;
+  Sequential<float> model;  ///< the local model (an exit head, or a whole edge model)
+  Input on = Input::features;  ///< its input
 };
 
+/// Counters of a client's life so far.
 struct EdgeStats {
+  ///@{
+  /// Requests submitted; answered by the cloud; by the fallback; reconnections; failed connects;
+  /// weight pushes applied; replies that came after their fallback (dropped).
   std::size_t submitted = 0, cloud_answers = 0, fallbacks = 0, reconnects = 0, connect_failures = 0,
               weight_updates = 0, late_replies = 0;
+  ///@}
 };
 
 /// Runs the head of a split model on the edge and the tail in the cloud.
@@ -96,6 +104,7 @@ class EdgeClient {
   /// Opens a new connection to the cloud (throws a typed error when it cannot).
   using Connector = std::function<Channel()>;
 
+  /// Runs `head` on the caller's thread and connects through `connector` (called again to reconnect); `fallback`, when given, answers what the cloud cannot.
   EdgeClient(Sequential<float> head, Connector connector, EdgeOptions options,
              std::optional<Fallback> fallback = std::nullopt)
       : head_(std::move(head)),
@@ -195,11 +204,12 @@ class EdgeClient {
     std::lock_guard lock(pending_mutex_);
     return estimator_.estimate();
   }
+  /// A snapshot of the counters.
   EdgeStats stats() const {
     std::lock_guard lock(pending_mutex_);
     return stats_;
   }
-  bool connected() const {
+  bool connected() const {  ///< true while a connection is up
     std::lock_guard lock(pending_mutex_);
     return static_cast<bool>(channel_);
   }

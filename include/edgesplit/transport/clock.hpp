@@ -13,10 +13,11 @@ namespace edgesplit {
 /// (a SimulatedLink reads deadlines on its own clock, real transports on the steady clock).
 class Clock {
  public:
-  using duration = std::chrono::steady_clock::duration;
-  using time_point = std::chrono::steady_clock::time_point;
+  using duration = std::chrono::steady_clock::duration;  ///< ticks of the steady clock, for every clock
+  using time_point = std::chrono::steady_clock::time_point;  ///< a point on the steady clock's time line, for every clock
 
   virtual ~Clock() = default;
+  /// The current time on this clock.
   virtual time_point now() const noexcept = 0;
   /// Returns once now() >= t. The steady clock sleeps; a virtual clock jumps to t.
   virtual void sleep_until(time_point t) = 0;
@@ -25,13 +26,16 @@ class Clock {
 
  protected:
   Clock() = default;
+  /// Copyable by derived clocks only.
   Clock(const Clock&) = default;
+  /// Copyable by derived clocks only.
   Clock& operator=(const Clock&) = default;
 };
 
 /// The process's monotonic clock (CLOCK_MONOTONIC on Linux: shared by all processes of a host).
 class SteadyClock final : public Clock {
  public:
+  /// std::chrono::steady_clock::now().
   time_point now() const noexcept override { return std::chrono::steady_clock::now(); }
   void sleep_until(time_point t) override { std::this_thread::sleep_until(t); }
   bool is_virtual() const noexcept override { return false; }
@@ -48,14 +52,17 @@ class SteadyClock final : public Clock {
 /// Thread-safe; time never goes backwards (advancing to an earlier point does nothing).
 class VirtualClock final : public Clock {
  public:
+  /// Starts at `start` (the epoch by default); time moves only through advance_to() and sleep_until().
   explicit VirtualClock(time_point start = time_point{}) : ticks_(start.time_since_epoch().count()) {}
   VirtualClock(const VirtualClock&) = delete;
   VirtualClock& operator=(const VirtualClock&) = delete;
 
+  /// The current virtual time.
   time_point now() const noexcept override { return time_point(duration(ticks_.load(std::memory_order_acquire))); }
   void sleep_until(time_point t) override { advance_to(t); }
   bool is_virtual() const noexcept override { return true; }
 
+  /// Moves the clock forward to `t`; an earlier `t` does nothing.
   void advance_to(time_point t) noexcept {
     const auto target = t.time_since_epoch().count();
     auto cur = ticks_.load(std::memory_order_relaxed);

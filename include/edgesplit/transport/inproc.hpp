@@ -17,8 +17,9 @@
 
 namespace edgesplit {
 
+/// Limits of an in-process pair.
 struct InProcOptions {
-  std::size_t max_message_bytes = default_max_message_bytes;
+  std::size_t max_message_bytes = default_max_message_bytes;  ///< messages above this are refused by send() with errc::too_large
   /// Messages one direction may hold before send() waits for the receiver (until its deadline,
   /// then `timeout`). 0: unbounded, send() never waits.
   std::size_t max_queued_messages = 0;
@@ -35,12 +36,15 @@ struct InProcOptions {
 /// `unreachable` at once. Messages still queued towards the closed end are dropped.
 class InProcTransport {
  public:
+  /// Two connected ends; what one sends the other receives, in order.
   static std::pair<InProcTransport, InProcTransport> make_pair(InProcOptions options = {}) {
     auto shared = std::make_shared<Shared>(options);
     return {InProcTransport(shared, 0), InProcTransport(shared, 1)};
   }
 
+  /// Moves the end; the source is left closed.
   InProcTransport(InProcTransport&&) noexcept = default;
+  /// Moves the end, closing this one first.
   InProcTransport& operator=(InProcTransport&& o) noexcept {
     if (this != &o) {
       close();
@@ -53,7 +57,9 @@ class InProcTransport {
   InProcTransport& operator=(const InProcTransport&) = delete;
   ~InProcTransport() { close(); }
 
+  /// Sends a copy of `bytes` without deadline (waits for room only with a bounded queue).
   void send(std::span<const std::byte> bytes) { send(bytes, no_deadline); }
+  /// Sends a copy of `bytes`; errc::timeout when a bounded queue stays full past `deadline`, errc::unreachable once closed.
   void send(std::span<const std::byte> bytes, Deadline deadline) {
     Shared& s = state();
     if (bytes.size() > s.options.max_message_bytes) {
@@ -77,7 +83,9 @@ class InProcTransport {
     d.readable.notify_one();
   }
 
+  /// The next message, or nullopt at the deadline; errc::unreachable once the peer closed and nothing is left.
   std::optional<Message> receive(Deadline deadline) { return detail::receive_new(*this, deadline); }
+  /// The next message into `into`, reusing its buffer; false at the deadline.
   bool receive(Deadline deadline, Message& into) {
     Shared& s = state();
     Direction& d = s.dir[1 - side_];
@@ -99,6 +107,7 @@ class InProcTransport {
     return true;
   }
 
+  /// Closes both directions and wakes every waiting thread; idempotent.
   void close() noexcept {
     if (!shared_) return;
     Shared& s = *shared_;

@@ -34,10 +34,10 @@ namespace edgesplit {
 /// Traces are input from outside the process: every line is checked, with typed errors.
 class DeliveryTrace {
  public:
-  static constexpr std::size_t default_bytes_per_opportunity = 1500;
-  static constexpr std::size_t max_opportunities = 50'000'000;    // ~400 MB of text
-  static constexpr std::uint64_t max_time_ms = std::uint64_t{1} << 40;  // ~35 years
-  static constexpr std::uintmax_t max_file_bytes = std::uintmax_t{1} << 30;
+  static constexpr std::size_t default_bytes_per_opportunity = 1500;  ///< Mahimahi's packet size: bytes per delivery opportunity
+  static constexpr std::size_t max_opportunities = 50'000'000;  ///< most lines a trace may have (~400 MB of text)
+  static constexpr std::uint64_t max_time_ms = std::uint64_t{1} << 40;  ///< largest time a trace line may hold (~35 years)
+  static constexpr std::uintmax_t max_file_bytes = std::uintmax_t{1} << 30;  ///< largest trace file read
 
   /// `corrupt_frame` (with the line number) for a line that is not a whole number of
   /// milliseconds, for times that decrease or exceed max_time_ms, for an empty trace or one whose
@@ -86,7 +86,9 @@ class DeliveryTrace {
     return parse(text, bytes_per_opportunity);
   }
 
+  /// Delivery times in ms, ascending.
   std::span<const std::uint64_t> opportunities_ms() const noexcept { return ms_; }
+  /// Bytes each opportunity carries.
   std::size_t bytes_per_opportunity() const noexcept { return bytes_per_opportunity_; }
   /// Length of one pass of the trace: its last time.
   std::uint64_t period_ms() const noexcept { return ms_.back(); }
@@ -104,7 +106,7 @@ class DeliveryTrace {
 
 /// What one direction of a link does to the messages sent through it.
 struct LinkProfile {
-  std::string name;
+  std::string name;  ///< label for reports, e.g. "lte"
   /// Bits per second; 0 means unlimited. Ignored when `trace` is set.
   double bandwidth_bps = 0;
   /// Token bucket depth: bytes that may leave at once after the link has been idle long enough
@@ -122,7 +124,7 @@ struct LinkProfile {
   /// Probability that a message is held back by `reorder_delay` on top of its delay, so that
   /// messages sent after it can overtake it.
   double reorder = 0;
-  Clock::duration reorder_delay{};
+  Clock::duration reorder_delay{};  ///< how long a reordered message is held back
   /// When set, capacity follows this trace instead of `bandwidth_bps`; the trace's time 0 is the
   /// moment the SimulatedLink is constructed.
   std::shared_ptr<const DeliveryTrace> trace;
@@ -150,8 +152,11 @@ struct LinkProfile {
   /// typical ones to a regional cloud: 20 ms (Wi-Fi), 60 ms (LTE), 150 ms (3G/HSPA), split evenly
   /// into the one-way latency of each direction. No jitter or loss, so results are exact.
   static LinkProfile wifi() { return preset("wifi", 18.88e6, std::chrono::milliseconds(10)); }
+  /// Neurosurgeon's LTE uplink: 5.85 Mbit/s, 30 ms one-way latency.
   static LinkProfile lte() { return preset("lte", 5.85e6, std::chrono::milliseconds(30)); }
+  /// Neurosurgeon's 3G uplink: 1.1 Mbit/s, 75 ms one-way latency.
   static LinkProfile cellular_3g() { return preset("3g", 1.1e6, std::chrono::milliseconds(75)); }
+  /// The three presets: Wi-Fi, LTE, 3G.
   static std::array<LinkProfile, 3> presets() { return {wifi(), lte(), cellular_3g()}; }
 
   /// Seconds as a clock duration, rounded to the nearest tick and saturated instead of overflowing.
@@ -181,6 +186,7 @@ struct LinkStats {
   std::uint64_t delivered = 0;   ///< messages this end's receive() returned
 };
 
+/// How a SimulatedLink waits on a virtual clock.
 struct SimulatedLinkOptions {
   /// On a virtual clock: how long (in real time) receive() waits for the inner transport when no
   /// message is in flight, before it concludes none is coming, moves the virtual clock to the
@@ -206,8 +212,9 @@ struct SimulatedLinkOptions {
 template <Transport Inner>
 class SimulatedLink {
  public:
-  static constexpr std::size_t trailer_bytes = 16;
+  static constexpr std::size_t trailer_bytes = 16;  ///< bytes of the timing trailer added to each message on the inner transport
 
+  /// Wraps one end of `inner`, shaping what it sends by `profile`, with randomness from `seed` and time from `clock`.
   SimulatedLink(Inner inner, LinkProfile profile, std::uint64_t seed, Clock& clock = SteadyClock::instance(),
                 SimulatedLinkOptions options = {}) {
     profile.validate();
@@ -218,6 +225,7 @@ class SimulatedLink {
   /// The deadline bounds the inner send on a real clock; on a virtual clock the inner transport's
   /// own default applies.
   std::optional<Clock::time_point> send(std::span<const std::byte> bytes) { return send(bytes, no_deadline); }
+  /// Sends `bytes` through the model; returns the delivery time on the link's clock, or nullopt when the link lost it.
   std::optional<Clock::time_point> send(std::span<const std::byte> bytes, Deadline deadline) {
     State& s = state();
     std::lock_guard lock(s.tx_mutex);
@@ -256,6 +264,7 @@ class SimulatedLink {
     return due;
   }
 
+  /// The next delivered message, or nullopt at the deadline (read on the link's clock).
   std::optional<Message> receive(Deadline deadline) { return detail::receive_new(*this, deadline); }
   /// Returns the next message once the link clock reaches its delivery time; `deadline` is read
   /// on the link clock. Messages the peer sent before closing are still delivered, on time.
@@ -307,9 +316,10 @@ class SimulatedLink {
     s_->inner.close();
   }
 
-  Clock& clock() const { return *state().clock; }
-  const LinkProfile& profile() const { return state().profile; }
-  Inner& inner() { return state().inner; }
+  Clock& clock() const { return *state().clock; }  ///< the clock the link reads and deadlines are read on
+  const LinkProfile& profile() const { return state().profile; }  ///< the link's profile
+  Inner& inner() { return state().inner; }  ///< the wrapped transport
+  /// Counts of sent, lost, held-back and delivered messages.
   LinkStats stats() const {
     const State& s = state();
     return {s.sent.load(), s.lost.load(), s.held_back.load(), s.bytes_sent.load(), s.delivered.load()};

@@ -42,6 +42,7 @@
 
 namespace edgesplit {
 
+/// Socket options and limits of a TCP connection or listener.
 struct TcpOptions {
   /// Largest payload sent or accepted; at most 2^32 - 1 (the length prefix is 32 bits).
   std::size_t max_message_bytes = default_max_message_bytes;
@@ -294,13 +295,17 @@ class TcpTransport {
     fail(errc::unreachable, "TCP: cannot connect to " + std::string(host) + ":" + std::to_string(port) + " (" + errors + ")");
   }
 
+  /// Moves the connection.
   TcpTransport(TcpTransport&&) noexcept = default;
+  /// Moves the connection.
   TcpTransport& operator=(TcpTransport&&) noexcept = default;
   TcpTransport(const TcpTransport&) = delete;
   TcpTransport& operator=(const TcpTransport&) = delete;
   ~TcpTransport() { close(); }
 
+  /// Sends one message, framed, with the options' send timeout.
   void send(std::span<const std::byte> bytes) { send(bytes, deadline_after(state().options.send_timeout)); }
+  /// Sends one message, framed; errc::timeout past `deadline` (after a partial write the connection is closed first).
   void send(std::span<const std::byte> bytes, Deadline deadline) {
     using namespace detail::tcp;
     State& s = state();
@@ -363,7 +368,9 @@ class TcpTransport {
     }
   }
 
+  /// The next whole message, or nullopt at the deadline; errc::unreachable when the peer closed.
   std::optional<Message> receive(Deadline deadline) { return detail::receive_new(*this, deadline); }
+  /// The next whole message into `into`, reusing its buffer; false at the deadline, keeping a partial message for the next call.
   bool receive(Deadline deadline, Message& into) {
     State& s = state();
     std::lock_guard lock(s.receive_mutex);
@@ -464,6 +471,7 @@ class TcpTransport {
   void close() noexcept {
     if (s_) shut(*s_);
   }
+  /// False once closed.
   bool is_open() const noexcept { return s_ && !s_->closed.load(std::memory_order_acquire); }
   /// True while part of a message has been received and the rest has not: a peer stalled here.
   bool mid_message() const {
@@ -473,8 +481,9 @@ class TcpTransport {
   }
   /// The peer as "address:port" ("[v6 address]:port" for IPv6).
   const std::string& peer_address() const { return state().peer; }
+  /// The socket descriptor, -1 when none; for poll loops and socket options.
   int native_handle() const noexcept { return s_ ? s_->fd.get() : -1; }
-  const TcpOptions& options() const { return state().options; }
+  const TcpOptions& options() const { return state().options; }  ///< the options in use
 
  private:
   friend class TcpListener;
@@ -654,7 +663,9 @@ class TcpListener {
     return l;
   }
 
+  /// Moves the listener.
   TcpListener(TcpListener&&) noexcept = default;
+  /// Moves the listener.
   TcpListener& operator=(TcpListener&&) noexcept = default;
   ~TcpListener() { close(); }
 
@@ -684,7 +695,9 @@ class TcpListener {
   void close() noexcept {
     if (s_ && !s_->closed.exchange(true, std::memory_order_acq_rel)) ::shutdown(s_->fd.get(), SHUT_RDWR);
   }
+  /// False once closed.
   bool is_open() const noexcept { return s_ && !s_->closed.load(std::memory_order_acquire); }
+  /// The bound port (the one the system chose for port 0).
   std::uint16_t port() const { return state().port; }
   /// The bound address as "address:port".
   const std::string& address() const { return state().address; }

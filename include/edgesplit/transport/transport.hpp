@@ -31,14 +31,14 @@ inline constexpr std::size_t default_max_message_bytes = std::size_t{64} << 20;
 
 /// One whole message, owning its bytes. Receiving into an existing Message reuses its buffer.
 struct Message {
-  std::vector<std::byte> bytes;
+  std::vector<std::byte> bytes;  ///< the message, whole
   /// Set by a SimulatedLink, on its clock: when the sender called send(), and when the link
   /// delivered (or will deliver) the last byte. Transports that do not simulate leave both at
   /// the epoch.
   Clock::time_point sent_at{};
-  Clock::time_point delivered_at{};
+  Clock::time_point delivered_at{};  ///< see sent_at
 
-  std::span<const std::byte> view() const noexcept { return bytes; }
+  std::span<const std::byte> view() const noexcept { return bytes; }  ///< the bytes as a read-only span
   /// Simulated time from send() to delivery: serialization, queueing and propagation.
   Clock::duration transfer_time() const noexcept { return delivered_at - sent_at; }
 };

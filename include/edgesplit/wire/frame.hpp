@@ -85,7 +85,8 @@ struct FrameHeader {
   std::uint32_t request_id = 0;  ///< the sender's id, echoed in the reply
   std::uint32_t crc = 0;  ///< CRC-32C over header and payload
 
-  std::size_t frame_size() const noexcept { return std::size_t{header_length} + payload_length; }  ///< header plus payload
+  /// Header plus payload.
+  std::size_t frame_size() const noexcept { return std::size_t{header_length} + payload_length; }
 };
 
 /// A validated frame: its header and a view of its payload (inside the bytes given to parse).
