@@ -27,6 +27,7 @@
 
 namespace edgesplit {
 
+/// How a CloudServer batches, queues and bounds its work.
 struct ServerOptions {
   std::size_t workers = 1;          ///< threads running tails
   std::size_t max_batch = 32;       ///< requests merged into one forward pass (1: no batching)
@@ -43,16 +44,16 @@ struct ServerOptions {
 
 /// Counters of a server's life so far, for health checks, tests and benchmarks.
 struct ServerStats {
-  std::size_t connections_open = 0;
-  std::size_t connections_total = 0;
+  std::size_t connections_open = 0;  ///< connections now open
+  std::size_t connections_total = 0;  ///< connections accepted since start
   std::size_t connections_dropped = 0;  ///< closed by the server for a protocol violation or stall
   std::size_t requests = 0;             ///< INFER frames accepted into the queue
-  std::size_t responses = 0;
+  std::size_t responses = 0;  ///< RESPONSE frames sent
   std::size_t batches = 0;              ///< forward passes run
-  std::size_t rejected_overloaded = 0;
+  std::size_t rejected_overloaded = 0;  ///< requests refused because the queue was full
   std::size_t expired = 0;              ///< dropped unrun because their deadline had passed
   std::size_t request_errors = 0;       ///< requests answered with ERROR (unknown model, bad shape)
-  std::size_t queue_depth = 0;
+  std::size_t queue_depth = 0;  ///< requests waiting now
   bool ready = false;                   ///< accepting work with at least one model registered
 };
 
@@ -77,6 +78,7 @@ class CloudServer {
   using Clock = std::chrono::steady_clock;
 
  public:
+  /// errc::invalid_argument for zero workers, batch or queue capacity; starts the worker threads.
   explicit CloudServer(ServerOptions options = {}) : opt_(options) {
     if (opt_.workers == 0 || opt_.max_batch == 0 || opt_.queue_capacity == 0)
       fail(errc::invalid_argument, "CloudServer needs workers, max_batch and queue_capacity >= 1");
@@ -129,6 +131,8 @@ class CloudServer {
     c->reader = std::thread([this, c] { read_loop(c); });
     count(&ServerStats::connections_total);
   }
+  /// Serves one more connection over any Transport (wrapped in a Channel); returns at once, a
+  /// reader thread takes it.
   template <Transport T>
   void serve(T transport) {
     serve(Channel(std::move(transport)));
@@ -167,6 +171,7 @@ class CloudServer {
     return sent;
   }
 
+  /// A snapshot of the counters.
   ServerStats stats() const {
     ServerStats s;
     {
