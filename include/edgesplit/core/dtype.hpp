@@ -22,6 +22,7 @@ concept Element = std::same_as<T, float> || std::same_as<T, double> ||
 template <class T>
 concept Real = std::same_as<T, float> || std::same_as<T, double>;
 
+/// The dtype tag of element type `T`, for headers and files.
 template <Element T>
 constexpr dtype dtype_of() noexcept {
   if constexpr (std::is_same_v<T, float>) return dtype::f32;
@@ -43,6 +44,7 @@ constexpr std::size_t size_of(dtype t) noexcept {
   return 0;
 }
 
+/// The dtype's name ("f32", ...), for messages.
 constexpr std::string_view to_string(dtype t) noexcept {
   switch (t) {
     case dtype::f32: return "f32";

@@ -5,6 +5,7 @@
 #include <string>
 #include <string_view>
 
+/// Split and collaborative edge-cloud inference: every public name of the library.
 namespace edgesplit {
 
 /// What went wrong, as a value a caller can switch on (the message is for humans).

@@ -17,8 +17,10 @@
 
 #include "edgesplit/core/dtype.hpp"
 
+/// Element-wise kernels written once over xsimd batches, with scalar references beside them.
 namespace edgesplit::kernels {
 
+/// The widest xsimd batch of `T` the build's flags allow.
 template <class T>
 using batch = xsimd::batch<T>;
 
@@ -43,6 +45,7 @@ template <class T, class A>
 struct scalar_of<xsimd::batch<T, A>> {
   using type = T;  ///< the lane type
 };
+/// The scalar type behind `V` (see scalar_of).
 template <class V>
 using scalar_of_t = typename scalar_of<V>::type;
 
@@ -58,6 +61,7 @@ inline V select_positive(const V& x, const V& a, const V& b) {
 /// y[i] = f(x[i]). `f` must accept both `T` and `batch<T>`. In-place (x == y) is allowed.
 template <Real T, class F>
 inline void map_scalar(const T* x, T* y, std::size_t n, F f);
+/// y[i] = f(x[i]) for n elements: SIMD batches, then a scalar tail.
 template <Real T, class F>
 inline void map(const T* x, T* y, std::size_t n, F f) {
   if constexpr (!has_simd<T>) {
@@ -79,6 +83,7 @@ inline void map_scalar(const T* x, T* y, std::size_t n, F f) {
 /// (input, output, upstream gradient). `out` may alias any input.
 template <Real T, class F>
 inline void map3_scalar(const T* a, const T* b, const T* c, T* out, std::size_t n, F f);
+/// out[i] = f(a[i], b[i], c[i]) for n elements: SIMD batches, then a scalar tail.
 template <Real T, class F>
 inline void map3(const T* a, const T* b, const T* c, T* out, std::size_t n, F f) {
   if constexpr (!has_simd<T>) {
@@ -105,6 +110,7 @@ inline T sum_scalar(const T* x, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) s += x[i];
   return s;
 }
+/// Sum of n elements (SIMD partial sums, then a horizontal add and the tail).
 template <Real T>
 inline T sum(const T* x, std::size_t n) {
   if constexpr (!has_simd<T>) {
@@ -127,6 +133,7 @@ inline T max_scalar(const T* x, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) m = std::max(m, x[i]);
   return m;
 }
+/// Largest of n elements.
 template <Real T>
 inline T max(const T* x, std::size_t n) {
   if constexpr (!has_simd<T>) {

@@ -24,6 +24,7 @@
 
 namespace edgesplit {
 
+/// The version of the profile JSON this code writes and the only one it reads.
 inline constexpr int profile_format_version = 1;
 
 /// Bounds on what a profile file may describe (generous for any real model).
@@ -34,6 +35,7 @@ struct ProfileLimits {
   std::size_t max_string = 4096;  ///< longest string (device or layer name)
 };
 
+/// The profile as JSON ("format": "edgesplit-profile", version, device, batches of layer costs).
 inline nlohmann::json profile_to_json(const DeviceProfile& p) {
   nlohmann::json j;
   j["format"] = "edgesplit-profile";
@@ -130,6 +132,7 @@ inline DeviceProfile parse_profile(const std::string& text, const ProfileLimits&
   return profile_from_json(j, lim);
 }
 
+/// Writes the profile to `path` as JSON; errc::io_error when the file cannot be written.
 inline void save_profile(const DeviceProfile& p, const std::string& path) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   if (!f) fail(errc::io_error, "cannot write profile " + path);
@@ -137,6 +140,8 @@ inline void save_profile(const DeviceProfile& p, const std::string& path) {
   if (!f) fail(errc::io_error, "error writing profile " + path);
 }
 
+/// Reads and validates a profile file, bounded by `lim` (errc::too_large past it); errc::io_error
+/// when it cannot be read, and parse_profile's errors for its content.
 inline DeviceProfile load_profile(const std::string& path, const ProfileLimits& lim = {}) {
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(errc::io_error, "cannot open profile " + path);

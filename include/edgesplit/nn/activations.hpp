@@ -20,6 +20,7 @@ namespace edgesplit {
 /// - `operator()(x)`            the function;
 /// - `grad(x, y, g)`            dL/dx given the input x, the output y = f(x) and g = dL/dy;
 /// - `flops_per_element`        nominal cost for planning (transcendentals count as ~10).
+/// Element-wise activation policies: one formula for SIMD batches and scalars.
 namespace act {
 
 /// The identity: a stand-in layer that passes its input through.
@@ -185,12 +186,19 @@ class Activation final : public Layer<T> {
   F f_{};
 };
 
+/// The identity as a layer.
 template <Real T> using Identity = Activation<T, act::Identity>;
+/// max(x, 0) as a layer.
 template <Real T> using ReLU = Activation<T, act::ReLU>;
+/// max(x, alpha x) as a layer: `LeakyReLU<float>(0.1)`.
 template <Real T> using LeakyReLU = Activation<T, act::LeakyReLU>;
+/// The logistic function as a layer.
 template <Real T> using Sigmoid = Activation<T, act::Sigmoid>;
+/// tanh as a layer.
 template <Real T> using Tanh = Activation<T, act::Tanh>;
+/// Exact GELU as a layer.
 template <Real T> using GELU = Activation<T, act::GELU>;
+/// Tanh-approximated GELU as a layer.
 template <Real T> using GELUTanh = Activation<T, act::GELUTanh>;
 
 /// Row-wise softmax over the features of each sample, numerically stable.

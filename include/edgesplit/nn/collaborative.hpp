@@ -29,7 +29,8 @@ enum class Consistency {
 /// edges). A frozen cloud (`train_cloud = false`) is plain distillation from a fixed teacher:
 /// it runs in inference mode (no dropout) and its weights never change.
 struct CollaborativeLoss {
-  Consistency consistency = Consistency::kl_softened;  ///< D: MSE between logits, or KL between softened outputs
+  /// D: MSE between logits, or KL between softened outputs.
+  Consistency consistency = Consistency::kl_softened;
   double temperature = 4;    ///< for kl_softened
   double weight = 1;         ///< lambda: weight of each edge's consistency term
   double task_weight = 1;    ///< weight of each edge's own cross-entropy
@@ -69,7 +70,8 @@ struct CollaborativeLoss {
 template <Real T>
 class Collaborative {
  public:
-  /// Trains `cloud` and every model in `edges` together on the same batches (the models stay owned by the caller).
+  /// Trains `cloud` and every model in `edges` together on the same batches (the models stay owned by the
+  /// caller).
   Collaborative(Sequential<T>& cloud, std::vector<Sequential<T>*> edges, CollaborativeLoss loss = {})
       : cloud_(&cloud), edges_(std::move(edges)), loss_(loss) {
     loss_.validate();

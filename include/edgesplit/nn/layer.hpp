@@ -68,7 +68,8 @@ class Layer {
     forward_impl(in, out);
   }
 
-  /// Accumulates the parameter gradients and writes the input gradient (unless `grad_in` is empty), after checking every shape.
+  /// Accumulates the parameter gradients and writes the input gradient (unless `grad_in` is empty), after
+  /// checking every shape.
   void backward(TensorView<const T> in, TensorView<const T> out, TensorView<const T> grad_out,
                 TensorView<T> grad_in) {
     const Shape os = output_shape(in.shape());

@@ -43,7 +43,8 @@ struct MultiExitLoss {
 template <Real T>
 class MultiExit {
  public:
-  /// Trains `head`, `exit` and `tail` jointly (owned by the caller): the exit reads the head's output, as the tail does.
+  /// Trains `head`, `exit` and `tail` jointly (owned by the caller): the exit reads the head's output, as the
+  /// tail does.
   MultiExit(Sequential<T>& head, Sequential<T>& exit, Sequential<T>& tail, MultiExitLoss loss = {})
       : head_(&head), exit_(&exit), tail_(&tail), loss_(loss) {
     loss_.validate();

@@ -22,6 +22,7 @@
 
 namespace edgesplit {
 
+/// Optimizer update rules, one formula per rule for SIMD batches and scalars, and their drivers.
 namespace optim {
 
 /// Plain SGD with L2 weight decay: w -= lr (g + wd w).
@@ -67,7 +68,8 @@ template <Real T>
 struct AdamRule {
   static constexpr std::size_t slots = 2;  ///< state tensors per parameter: first and second moments
   ///@{
-  /// Per-step constants: betas, epsilon, the bias-corrected step size and 1/sqrt(1 - beta2^t), L2 decay, decoupled decay factor.
+  /// Per-step constants: betas, epsilon, the bias-corrected step size and 1/sqrt(1 - beta2^t), L2 decay,
+  /// decoupled decay factor.
   T beta1, beta2, eps, step_size, inv_sqrt_bc2, l2, decay_factor;
   ///@}
   /// One update of `w` and its moments `m`, `v`.

@@ -28,7 +28,8 @@ enum class Standardize {
 template <Real T>
 class Standardizer final : public Layer<T> {
  public:
-  /// Normalises `features` inputs, per feature or with one global mean and std; `epsilon` is the smallest std that scales.
+  /// Normalises `features` inputs, per feature or with one global mean and std; `epsilon` is the smallest std
+  /// that scales.
   explicit Standardizer(std::size_t features, Standardize mode = Standardize::per_feature,
                         double epsilon = 1e-6)
       : features_(features), mode_(mode), epsilon_(epsilon) {

@@ -122,6 +122,7 @@ struct EpochReport {
   bool improved = false;                   ///< the monitored validation figure improved
 };
 
+/// Receives each epoch's report (print_progress() prints it; an empty one prints nothing).
 using ProgressCallback = std::function<void(const EpochReport&)>;
 
 /// A callback printing one line per epoch to `out` ("epoch 3/15 loss 0.3121 val_loss ...").
@@ -176,7 +177,8 @@ struct TrainHistory {
 template <Real T>
 class Trainer {
  public:
-  /// `options` are validated (errc::invalid_argument for zero epochs or batch sizes); `progress` gets each epoch's report.
+  /// `options` are validated (errc::invalid_argument for zero epochs or batch sizes); `progress` gets each
+  /// epoch's report.
   explicit Trainer(TrainOptions options = {}, ProgressCallback progress = print_progress())
       : options_(options), progress_(std::move(progress)) {
     if (options.epochs == 0 || options.batch_size == 0 || options.eval_batch_size == 0)

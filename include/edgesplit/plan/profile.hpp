@@ -32,6 +32,7 @@ struct BatchProfile {
 /// How a profile's latencies were obtained: the planner reports it beside its predictions.
 enum class ProfileSource { measured, analytic, scaled };
 
+/// The source's name ("measured", "analytic", "scaled"), as stored in profiles.
 inline const char* to_string(ProfileSource s) noexcept {
   switch (s) {
     case ProfileSource::measured: return "measured";

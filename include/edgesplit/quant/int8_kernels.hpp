@@ -348,6 +348,7 @@ struct Avx2QuantKernels {
     }
   }
 };
+/// The fastest kernel set this build's instruction set has (AVX2, aarch64 NEON, or xsimd).
 using NativeQuantKernels = Avx2QuantKernels;
 #elif defined(__aarch64__) && defined(__ARM_NEON)
 struct NeonQuantKernels {
@@ -440,8 +441,10 @@ struct NeonQuantKernels {
     }
   }
 };
+/// The fastest kernel set this build's instruction set has (AVX2, aarch64 NEON, or xsimd).
 using NativeQuantKernels = NeonQuantKernels;
 #else
+/// The fastest kernel set this build's instruction set has (AVX2, aarch64 NEON, or xsimd).
 using NativeQuantKernels = XsimdQuantKernels;
 #endif
 

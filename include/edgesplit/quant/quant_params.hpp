@@ -52,7 +52,10 @@ struct QuantParams {
 constexpr bool valid_quant_bits(int bits) noexcept { return bits == 8 || bits == 4 || bits == 2; }
 /// Smallest and largest code of a `bits`-bit two's complement integer.
 constexpr int code_min(int bits) noexcept { return -(1 << (bits - 1)); }
+///@{
+/// Smallest and largest code of a `bits`-bit two's complement integer.
 constexpr int code_max(int bits) noexcept { return (1 << (bits - 1)) - 1; }
+///@}
 
 /// A usable scale: a positive normal float (so 1/scale is finite) small enough that the largest
 /// code distance, 2^bits - 1, times the scale is still finite (so dequantized values are).
@@ -78,6 +81,8 @@ struct ChannelLayout {
   ///@}
 };
 
+/// The blocks, channels and runs of `shape` around `axis` (per_tensor: one channel); errc::invalid_argument
+/// for an axis outside the rank.
 inline ChannelLayout channel_layout(const Shape& shape, int axis) {
   if (axis < 0) return {1, 1, shape.count()};
   const auto a = static_cast<std::size_t>(axis);

@@ -27,6 +27,8 @@ struct QuantConfig {
   Calibration calibration{};  ///< how the range is chosen
 };
 
+/// errc::invalid_argument unless the bits are 8, 4 or 2, the granularity is known and the axis
+/// is within the largest rank.
 inline void validate(const QuantConfig& c) {
   if (!valid_quant_bits(c.bits))
     fail(errc::invalid_argument, "quantization bits must be 8, 4 or 2, got " + std::to_string(c.bits));

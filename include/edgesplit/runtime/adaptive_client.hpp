@@ -32,7 +32,8 @@ namespace edgesplit {
 /// wobbles around the boundary does not make the plan flap.
 class PlanSelector {
  public:
-  /// Plans for `edge` and `cloud` profiles with the measured `codecs` under `request`; re-plans when told a new link estimate, switching only past `hysteresis`.
+  /// Plans for `edge` and `cloud` profiles with the measured `codecs` under `request`; re-plans when told a
+  /// new link estimate, switching only past `hysteresis`.
   PlanSelector(DeviceProfile edge, DeviceProfile cloud, std::vector<CodecCandidate> codecs, PlanRequest request,
                const LinkModel& initial, double hysteresis = 0.15)
       : edge_(std::move(edge)), cloud_(std::move(cloud)), codecs_(std::move(codecs)), req_(request), h_(hysteresis) {
@@ -125,7 +126,8 @@ struct AdaptiveResult {
 /// may be called from one thread at a time.
 class AdaptiveClient {
  public:
-  /// Runs `model` split where the planner says, one EdgeClient per (split, codec) plan in use, each connected through `connector`.
+  /// Runs `model` split where the planner says, one EdgeClient per (split, codec) plan in use, each connected
+  /// through `connector`.
   AdaptiveClient(Sequential<float> model, EdgeClient::Connector connector, std::vector<CodecSpec> specs,
                  PlanSelector selector, LinkModel prior, EdgeOptions edge, AdaptiveOptions options = {})
       : state_(std::make_shared<State>(std::move(model), std::move(connector), std::move(specs), std::move(selector),

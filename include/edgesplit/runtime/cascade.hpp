@@ -65,7 +65,8 @@ struct CascadeResult {
 /// as one sub-batch, to the cloud through an EdgeClient (which may itself run a head first).
 class Cascade {
  public:
-  /// Classifies with `edge_model` first and sends the samples it is not confident about through `cloud` (kept by reference).
+  /// Classifies with `edge_model` first and sends the samples it is not confident about through `cloud` (kept
+  /// by reference).
   Cascade(Sequential<float> edge_model, EdgeClient& cloud, CascadeOptions options = {})
       : edge_(std::move(edge_model)), cloud_(cloud), opt_(options) {
     if (!std::isfinite(opt_.threshold)) fail(errc::invalid_argument, "cascade threshold must be finite");

@@ -41,6 +41,7 @@ struct EdgeOptions {
 /// Who answered a request.
 enum class AnswerPath { cloud, fallback };
 
+/// "cloud" or "fallback".
 inline const char* to_string(AnswerPath p) noexcept { return p == AnswerPath::cloud ? "cloud" : "fallback"; }
 
 /// Where the time of one request went (seconds).
@@ -104,7 +105,8 @@ class EdgeClient {
   /// Opens a new connection to the cloud (throws a typed error when it cannot).
   using Connector = std::function<Channel()>;
 
-  /// Runs `head` on the caller's thread and connects through `connector` (called again to reconnect); `fallback`, when given, answers what the cloud cannot.
+  /// Runs `head` on the caller's thread and connects through `connector` (called again to reconnect);
+  /// `fallback`, when given, answers what the cloud cannot.
   EdgeClient(Sequential<float> head, Connector connector, EdgeOptions options,
              std::optional<Fallback> fallback = std::nullopt)
       : head_(std::move(head)),

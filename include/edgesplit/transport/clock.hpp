@@ -14,7 +14,8 @@ namespace edgesplit {
 class Clock {
  public:
   using duration = std::chrono::steady_clock::duration;  ///< ticks of the steady clock, for every clock
-  using time_point = std::chrono::steady_clock::time_point;  ///< a point on the steady clock's time line, for every clock
+  /// A point on the steady clock's time line, for every clock.
+  using time_point = std::chrono::steady_clock::time_point;
 
   virtual ~Clock() = default;
   /// The current time on this clock.

@@ -19,7 +19,8 @@ namespace edgesplit {
 
 /// Limits of an in-process pair.
 struct InProcOptions {
-  std::size_t max_message_bytes = default_max_message_bytes;  ///< messages above this are refused by send() with errc::too_large
+  /// Messages above this are refused by send() with errc::too_large.
+  std::size_t max_message_bytes = default_max_message_bytes;
   /// Messages one direction may hold before send() waits for the receiver (until its deadline,
   /// then `timeout`). 0: unbounded, send() never waits.
   std::size_t max_queued_messages = 0;
@@ -59,7 +60,8 @@ class InProcTransport {
 
   /// Sends a copy of `bytes` without deadline (waits for room only with a bounded queue).
   void send(std::span<const std::byte> bytes) { send(bytes, no_deadline); }
-  /// Sends a copy of `bytes`; errc::timeout when a bounded queue stays full past `deadline`, errc::unreachable once closed.
+  /// Sends a copy of `bytes`; errc::timeout when a bounded queue stays full past `deadline`,
+  /// errc::unreachable once closed.
   void send(std::span<const std::byte> bytes, Deadline deadline) {
     Shared& s = state();
     if (bytes.size() > s.options.max_message_bytes) {
@@ -83,7 +85,8 @@ class InProcTransport {
     d.readable.notify_one();
   }
 
-  /// The next message, or nullopt at the deadline; errc::unreachable once the peer closed and nothing is left.
+  /// The next message, or nullopt at the deadline; errc::unreachable once the peer closed and nothing is
+  /// left.
   std::optional<Message> receive(Deadline deadline) { return detail::receive_new(*this, deadline); }
   /// The next message into `into`, reusing its buffer; false at the deadline.
   bool receive(Deadline deadline, Message& into) {

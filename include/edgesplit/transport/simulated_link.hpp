@@ -34,9 +34,12 @@ namespace edgesplit {
 /// Traces are input from outside the process: every line is checked, with typed errors.
 class DeliveryTrace {
  public:
-  static constexpr std::size_t default_bytes_per_opportunity = 1500;  ///< Mahimahi's packet size: bytes per delivery opportunity
-  static constexpr std::size_t max_opportunities = 50'000'000;  ///< most lines a trace may have (~400 MB of text)
-  static constexpr std::uint64_t max_time_ms = std::uint64_t{1} << 40;  ///< largest time a trace line may hold (~35 years)
+  /// Mahimahi's packet size: bytes per delivery opportunity.
+  static constexpr std::size_t default_bytes_per_opportunity = 1500;
+  /// Most lines a trace may have (~400 MB of text).
+  static constexpr std::size_t max_opportunities = 50'000'000;
+  /// Largest time a trace line may hold (~35 years).
+  static constexpr std::uint64_t max_time_ms = std::uint64_t{1} << 40;
   static constexpr std::uintmax_t max_file_bytes = std::uintmax_t{1} << 30;  ///< largest trace file read
 
   /// `corrupt_frame` (with the line number) for a line that is not a whole number of
@@ -212,9 +215,11 @@ struct SimulatedLinkOptions {
 template <Transport Inner>
 class SimulatedLink {
  public:
-  static constexpr std::size_t trailer_bytes = 16;  ///< bytes of the timing trailer added to each message on the inner transport
+  /// Bytes of the timing trailer added to each message on the inner transport.
+  static constexpr std::size_t trailer_bytes = 16;
 
-  /// Wraps one end of `inner`, shaping what it sends by `profile`, with randomness from `seed` and time from `clock`.
+  /// Wraps one end of `inner`, shaping what it sends by `profile`, with randomness from `seed` and time from
+  /// `clock`.
   SimulatedLink(Inner inner, LinkProfile profile, std::uint64_t seed, Clock& clock = SteadyClock::instance(),
                 SimulatedLinkOptions options = {}) {
     profile.validate();
@@ -225,7 +230,8 @@ class SimulatedLink {
   /// The deadline bounds the inner send on a real clock; on a virtual clock the inner transport's
   /// own default applies.
   std::optional<Clock::time_point> send(std::span<const std::byte> bytes) { return send(bytes, no_deadline); }
-  /// Sends `bytes` through the model; returns the delivery time on the link's clock, or nullopt when the link lost it.
+  /// Sends `bytes` through the model; returns the delivery time on the link's clock, or nullopt when the link
+  /// lost it.
   std::optional<Clock::time_point> send(std::span<const std::byte> bytes, Deadline deadline) {
     State& s = state();
     std::lock_guard lock(s.tx_mutex);

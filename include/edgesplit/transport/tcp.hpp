@@ -305,7 +305,8 @@ class TcpTransport {
 
   /// Sends one message, framed, with the options' send timeout.
   void send(std::span<const std::byte> bytes) { send(bytes, deadline_after(state().options.send_timeout)); }
-  /// Sends one message, framed; errc::timeout past `deadline` (after a partial write the connection is closed first).
+  /// Sends one message, framed; errc::timeout past `deadline` (after a partial write the connection is closed
+  /// first).
   void send(std::span<const std::byte> bytes, Deadline deadline) {
     using namespace detail::tcp;
     State& s = state();
@@ -370,7 +371,8 @@ class TcpTransport {
 
   /// The next whole message, or nullopt at the deadline; errc::unreachable when the peer closed.
   std::optional<Message> receive(Deadline deadline) { return detail::receive_new(*this, deadline); }
-  /// The next whole message into `into`, reusing its buffer; false at the deadline, keeping a partial message for the next call.
+  /// The next whole message into `into`, reusing its buffer; false at the deadline, keeping a partial message
+  /// for the next call.
   bool receive(Deadline deadline, Message& into) {
     State& s = state();
     std::lock_guard lock(s.receive_mutex);

@@ -22,16 +22,20 @@ namespace edgesplit::wire {
 /// UINT32_MAX does not trip -Wtype-limits on 32-bit targets.)
 constexpr bool fits_u32(std::uint64_t v) noexcept { return v <= 0xFFFFFFFFu; }
 
+/// Stores `v` at `p`, little-endian.
 inline void store_le16(std::byte* p, std::uint16_t v) noexcept {
   p[0] = std::byte(v & 0xFF);
   p[1] = std::byte(v >> 8);
 }
+/// Stores `v` at `p`, little-endian.
 inline void store_le32(std::byte* p, std::uint32_t v) noexcept {
   for (int i = 0; i < 4; ++i) p[i] = std::byte((v >> (8 * i)) & 0xFF);
 }
+/// Loads a little-endian value from `p`.
 inline std::uint16_t load_le16(const std::byte* p) noexcept {
   return static_cast<std::uint16_t>(std::to_integer<unsigned>(p[0]) | (std::to_integer<unsigned>(p[1]) << 8));
 }
+/// Loads a little-endian value from `p`.
 inline std::uint32_t load_le32(const std::byte* p) noexcept {
   std::uint32_t v = 0;
   for (int i = 3; i >= 0; --i) v = (v << 8) | std::to_integer<std::uint32_t>(p[i]);

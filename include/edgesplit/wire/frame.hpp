@@ -28,12 +28,17 @@
 #include "edgesplit/wire/byte_io.hpp"
 #include "edgesplit/wire/crc32c.hpp"
 
+/// The wire format: frames, tensor payloads and protocol messages, and their validating decoders.
 namespace edgesplit::wire {
 
+/// The first four bytes of every frame: "ESPL".
 inline constexpr std::array<std::byte, 4> frame_magic{std::byte{'E'}, std::byte{'S'}, std::byte{'P'}, std::byte{'L'}};
+/// The format's major version: readers refuse any other.
 inline constexpr std::uint8_t version_major = 1;
+/// The format's minor version: readers accept newer minors (longer headers are skipped).
 inline constexpr std::uint8_t version_minor = 0;
 inline constexpr std::size_t frame_header_size = 24;  ///< header length written by 1.0
+/// Offset of the CRC field in the header.
 inline constexpr std::size_t frame_crc_offset = 20;
 
 /// What a frame carries. The values are part of the wire format: never renumber.
@@ -48,11 +53,13 @@ enum class MessageType : std::uint8_t {
   tensor = 8,    ///< a bare tensor payload (FeatureCodec's frame)
 };
 
+/// True for the message types this version defines.
 constexpr bool is_known(MessageType t) noexcept {
   const auto v = static_cast<std::uint8_t>(t);
   return v >= 1 && v <= 8;
 }
 
+/// The type's name, for messages and logs.
 constexpr std::string_view to_string(MessageType t) noexcept {
   switch (t) {
     case MessageType::hello: return "hello";

@@ -33,9 +33,13 @@
 
 namespace edgesplit::wire {
 
+/// Longest model id a frame may carry.
 inline constexpr std::size_t max_model_id_bytes = 128;
+/// Longest error text a frame may carry (longer texts are cut when encoded).
 inline constexpr std::size_t max_error_message_bytes = 1024;
+/// Longest parameter name in a WEIGHTS frame.
 inline constexpr std::size_t max_weight_name_bytes = 256;
+/// Most tensors in a WEIGHTS frame.
 inline constexpr std::size_t max_weight_tensors = 4096;
 
 /// Identity of a model part both sides must agree on. A different major version is refused
@@ -117,6 +121,7 @@ inline FrameHeader peek(std::span<const std::byte> bytes, const DecodeLimits& li
 
 // --- HELLO -----------------------------------------------------------------------------------
 
+/// A HELLO frame naming the model and split the edge will ask for.
 inline std::span<const std::byte> encode_hello(std::vector<std::byte>& out, const ModelIdentity& id,
                                                std::uint32_t request_id = 0) {
   begin_frame(out, MessageType::hello, request_id);
@@ -125,6 +130,7 @@ inline std::span<const std::byte> encode_hello(std::vector<std::byte>& out, cons
   return finish_frame(out);
 }
 
+/// Validates a HELLO frame and returns the model it names; typed errors for every malformed field.
 inline ModelIdentity decode_hello(std::span<const std::byte> bytes, const DecodeLimits& limits = {}) {
   const Frame f = detail::expect(bytes, MessageType::hello, limits);
   ByteReader r(f.payload);
@@ -165,6 +171,7 @@ inline InferRequest decode_infer(std::span<const std::byte> bytes, FeatureCodec&
 
 // --- RESPONSE --------------------------------------------------------------------------------
 
+/// A RESPONSE frame: the status and timing fields, then the output tensor encoded by `codec`.
 inline std::span<const std::byte> encode_response(std::vector<std::byte>& out, std::uint32_t request_id,
                                                   const InferResponse& resp, FeatureCodec& codec,
                                                   TensorView<const float> y) {
@@ -177,6 +184,7 @@ inline std::span<const std::byte> encode_response(std::vector<std::byte>& out, s
   return finish_frame(out);
 }
 
+/// Validates a RESPONSE frame and decodes its tensor into `y`; typed errors for every malformed field.
 inline InferResponse decode_response(std::span<const std::byte> bytes, FeatureCodec& codec, Tensor<float>& y,
                                      std::uint32_t* request_id = nullptr) {
   const Frame f = detail::expect(bytes, MessageType::response, codec.config().limits);
@@ -194,6 +202,7 @@ inline InferResponse decode_response(std::span<const std::byte> bytes, FeatureCo
 
 // --- ERROR -----------------------------------------------------------------------------------
 
+/// An ERROR frame answering `request_id` with a typed code and a (bounded) text.
 inline std::span<const std::byte> encode_error(std::vector<std::byte>& out, std::uint32_t request_id, errc code,
                                                const std::string& message) {
   begin_frame(out, MessageType::error, request_id);
@@ -203,6 +212,7 @@ inline std::span<const std::byte> encode_error(std::vector<std::byte>& out, std:
   return finish_frame(out);
 }
 
+/// Validates an ERROR frame; an unknown error code is errc::corrupt_frame.
 inline ErrorMessage decode_error(std::span<const std::byte> bytes, const DecodeLimits& limits = {}) {
   const Frame f = detail::expect(bytes, MessageType::error, limits);
   ByteReader r(f.payload);
@@ -242,6 +252,8 @@ inline std::span<const std::byte> encode_weights(std::vector<std::byte>& out, st
   return finish_frame(out);
 }
 
+/// Validates a WEIGHTS frame into `tensors` and returns the model they belong to; names, counts and sizes are
+/// bounded.
 inline ModelIdentity decode_weights(std::span<const std::byte> bytes, std::vector<NamedTensor>& tensors,
                                     const DecodeLimits& limits = {}) {
   const Frame f = detail::expect(bytes, MessageType::weights, limits);
@@ -266,6 +278,7 @@ inline ModelIdentity decode_weights(std::span<const std::byte> bytes, std::vecto
 
 // --- PING / PONG -----------------------------------------------------------------------------
 
+/// A PING frame carrying the sender's timestamp, echoed by the PONG.
 inline std::span<const std::byte> encode_ping(std::vector<std::byte>& out, std::uint32_t request_id,
                                               std::uint64_t timestamp, bool pong = false) {
   begin_frame(out, pong ? MessageType::pong : MessageType::ping, request_id);

@@ -40,6 +40,7 @@ enum class TensorEncoding : std::uint8_t { raw = 0, affine_per_tensor = 1, affin
 /// The optional lossless stage after packing. Values are part of the wire format.
 enum class Lossless : std::uint8_t { none = 0, zstd = 1 };
 
+/// The `bits` value of a tensor sent as raw fp32 (not quantized).
 inline constexpr int raw_f32_bits = 32;
 
 /// A validated tensor header. `data` views the stored bytes (still compressed when `lossless`
