@@ -10,6 +10,7 @@ EDGESPLIT_PACKAGES=(
   libzstd-dev nlohmann-json3-dev zlib1g-dev
   dataset-fashion-mnist
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user
+  doxygen
 )
 
 edgesplit_install_deps() {

@@ -2,7 +2,8 @@
 # The whole test suite: install what is missing, then
 #   1. package consumers: install to a prefix (then moved, as packages are) and build a
 #      find_package() consumer, a plain Makefile consumer through pkg-config, an add_subdirectory()
-#      consumer and a FetchContent consumer of a source archive; run each;
+#      consumer and a FetchContent consumer of a source archive; run each; then the docs check
+#      (Doxygen over the public headers, every warning an error);
 #   2. cross builds for aarch64 and 32-bit ARM (NEON kernels), tests run under qemu-user;
 #   3. clang builds with AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite, and
 #      with ThreadSanitizer over the transport and runtime tests (the code that owns threads);
@@ -46,6 +47,10 @@ cmake -S "$root/tests/package/fetchcontent" -B "$out/pkg-fetch" \
   -DEDGESPLIT_SOURCE="$out/edgesplit-src.tar.gz" >/dev/null
 cmake --build "$out/pkg-fetch" -j"$jobs" >/dev/null
 "$out/pkg-fetch/consumer"
+
+step "docs: API reference (Doxygen, undocumented public API is an error)"
+mkdir -p "$out/docs"
+(cd "$root" && { cat docs/Doxyfile; echo "OUTPUT_DIRECTORY = $out/docs"; } | doxygen -)
 
 for target in aarch64-linux-gnu:qemu-aarch64 arm-linux-gnueabihf:qemu-arm; do
   triple="${target%%:*}"
