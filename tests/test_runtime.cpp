@@ -298,6 +298,34 @@ TEST_CASE("32 concurrent TCP clients are all answered correctly, with batching",
   CHECK(st.batches <= st.responses);
 }
 
+TEST_CASE("A lone client's request is not held for company that cannot come", "[runtime]") {
+  // max_queue_delay of an hour: a worker that waited it out would miss every 20 s deadline below.
+  // With one connection whose request is already in the batch, no other request can arrive, so
+  // the batch runs at once; the second client, connected but idle, re-enables the wait only for
+  // as long as it stays quiet, and its own request then completes the batch.
+  auto s = make_split(17);
+  ServerOptions so;
+  so.max_batch = 8;
+  so.max_queue_delay = std::chrono::hours(1);
+  CloudServer server(so);
+  server.register_model(kModel, s.tail);
+  EdgeClient client(s.head, inproc_connector(server), edge_options());
+  check_split_equals_whole(client, s.whole, 4);
+  CHECK(server.stats().batches == 4);
+
+  EdgeClient second(s.head, inproc_connector(server), edge_options());
+  const auto x = random_input(1, kIn, 5);
+  auto first = client.submit(x.cview(), deadline_after(20s));
+  // The first request waits for company while `second` is quiet; `second`'s request arrives,
+  // nobody is quiet any more, and both run in one batch.
+  const InferResult r2 = second.infer(x.cview(), deadline_after(20s));
+  const InferResult r1 = first.get();
+  CHECK(r1.path == AnswerPath::cloud);
+  CHECK(r2.path == AnswerPath::cloud);
+  CHECK(server.stats().batches == 5);
+  CHECK(server.stats().responses == 6);
+}
+
 TEST_CASE("Bad peers lose only their own connection", "[runtime]") {
   auto s = make_split(17);
   ServerOptions so;
