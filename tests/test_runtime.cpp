@@ -21,6 +21,7 @@
 #include "edgesplit/transport/tcp.hpp"
 #include "edgesplit/wire/protocol.hpp"
 #include "fuzz/protocol_entry.hpp"
+#include "model_fixtures.hpp"
 #include "test_util.hpp"
 
 using namespace edgesplit;
@@ -29,43 +30,9 @@ using edgesplit_test::expect_errc;
 
 namespace {
 
-Sequential<float> mlp(std::initializer_list<std::size_t> widths, std::uint64_t seed) {
-  Rng rng(seed);
-  Sequential<float> m;
-  auto it = widths.begin();
-  for (std::size_t prev = *it++; it != widths.end(); prev = *it++) {
-    if (!m.empty()) m.add<ReLU<float>>();
-    m.add<Dense<float>>(prev, *it, rng);
-  }
-  return m;
-}
-
-Tensor<float> random_input(std::size_t batch, std::size_t width, std::uint64_t seed) {
-  Rng rng(seed);
-  Tensor<float> t(Shape{batch, width});
-  for (float& v : t.span()) v = static_cast<float>(rng.uniform(-1, 1));
-  return t;
-}
-
-// An identity layer that sleeps: makes a tail slow enough to queue requests behind it.
-class Sleep final : public Layer<float> {
- public:
-  explicit Sleep(std::chrono::milliseconds d) : d_(d) {}
-  std::string_view name() const noexcept override { return "Sleep"; }
-  std::unique_ptr<Layer<float>> clone() const override { return std::make_unique<Sleep>(*this); }
-
- protected:
-  Shape output_shape_impl(const Shape& in) const override { return in; }
-  std::uint64_t flops_impl(const Shape&) const override { return 0; }
-  void forward_impl(TensorView<const float> in, TensorView<float> out) override {
-    std::this_thread::sleep_for(d_);
-    copy(in, out);
-  }
-  void backward_impl(TensorView<const float>, TensorView<const float>, TensorView<const float>, TensorView<float>) override {}
-
- private:
-  std::chrono::milliseconds d_;
-};
+using edgesplit_test::mlp;
+using edgesplit_test::random_input;
+using edgesplit_test::Sleep;
 
 constexpr std::size_t kIn = 24, kHidden = 16, kOut = 5;
 const wire::ModelIdentity kModel{"toy", 1, 0, 2};  // split after Dense + ReLU

@@ -1,0 +1,581 @@
+// edgesplit/runtime/zmq_broker.hpp - the broker of a ZeroMQ cluster: edge clients in front,
+// worker processes behind, CURVE on both sides. Needs EDGESPLIT_WITH_ZMQ.
+//
+// The shape is the ZeroMQ guide's load-balancing broker with Paranoid Pirate reliability:
+//
+//   edges (DEALER, ZmqTransport) -> [ROUTER front | broker | ROUTER back] <- workers (DEALER, ZmqWorker)
+//
+// - Workers announce themselves with READY and how many requests they take at once; the broker
+//   sends each request to the worker with the most free capacity, and queues requests (bounded)
+//   while every worker is full.
+// - Broker and workers exchange heartbeats; a worker silent for `liveness` heartbeat intervals,
+//   or whose connection is gone, is dead: the requests it held are re-sent to other workers.
+// - A request is known by (client id, type, request id); the client id is the client's CURVE
+//   key (as ZAP admitted it) and its routing id. Whatever is re-sent, the client gets one answer
+//   per request: the first; later answers to the same request are counted and dropped. A client
+//   that sends a request again gets the cached answer (byte for byte) if it was answered, nothing
+//   more if it is pending; the same id with other contents is refused.
+// - Frames from outside are validated (frame header, size, CRC) before anything is queued;
+//   a malformed one is answered with ERROR and counted, and hurts no one else.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "edgesplit/core/error.hpp"
+#include "edgesplit/transport/zmq.hpp"
+#include "edgesplit/transport/zmq_curve.hpp"
+#include "edgesplit/wire/cluster_protocol.hpp"
+#include "edgesplit/wire/frame.hpp"
+#include "edgesplit/wire/protocol.hpp"
+
+namespace edgesplit {
+
+/// How a ZmqBroker listens, whom it admits, and how it watches its workers.
+struct BrokerOptions {
+  std::string frontend = "tcp://127.0.0.1:5555";  ///< where edge clients connect
+  std::string backend = "tcp://127.0.0.1:5556";   ///< where workers connect
+  /// The broker's CURVE key pair (both sockets). Empty: no security, for trusted networks only.
+  std::optional<CurveKeyPair> curve;
+  std::vector<std::string> client_keys;  ///< public keys of admitted edge clients (with curve)
+  std::vector<std::string> worker_keys;  ///< public keys of admitted workers (with curve)
+  std::chrono::milliseconds heartbeat_interval{1000};  ///< heartbeats to each worker, and expected from it
+  int liveness = 3;  ///< heartbeat intervals of silence after which a worker is dead
+  std::size_t queue_capacity = 10000;  ///< requests waiting for a worker before `overloaded`
+  std::size_t answered_cache = 1 << 16;  ///< answered requests remembered for retries
+  /// A request that found no worker for this long is answered `timeout`.
+  std::chrono::milliseconds max_request_age{60000};
+  std::size_t max_message_bytes = default_max_message_bytes;  ///< larger messages: the peer is dropped
+  int high_water_mark = 10000;  ///< messages queued per peer before sends to it fail
+  wire::DecodeLimits limits{};  ///< caps on every frame from a client
+};
+
+/// Counters of a broker's life so far (a snapshot, taken once per turn of its loop).
+struct BrokerStats {
+  std::size_t requests = 0;            ///< distinct requests accepted from clients
+  std::size_t replies = 0;             ///< answers forwarded to clients (at most one per request)
+  std::size_t dispatched = 0;          ///< requests sent to workers, re-sends included
+  std::size_t resent = 0;              ///< requests taken back from a dead or leaving worker
+  std::size_t duplicate_requests = 0;  ///< a request sent again while pending: dropped
+  std::size_t replayed = 0;            ///< a request sent again after its answer: answer re-sent
+  std::size_t conflicting_requests = 0;  ///< a known request id with other contents: refused
+  std::size_t duplicate_replies = 0;   ///< another answer to an answered request: dropped
+  std::size_t stale_replies = 0;       ///< an answer to no known request: dropped
+  std::size_t rejected_overloaded = 0;  ///< refused with `overloaded`: the queue was full
+  std::size_t expired = 0;             ///< waited longer than max_request_age for a worker
+  std::size_t malformed_client = 0;    ///< messages from clients refused with ERROR
+  std::size_t malformed_worker = 0;    ///< messages from workers dropped
+  std::size_t workers_joined = 0;   ///< READY from a worker not known yet
+  std::size_t workers_expired = 0;  ///< declared dead: silent for `liveness` heartbeats
+  std::size_t workers_left = 0;     ///< said DISCONNECT
+  std::size_t workers_lost = 0;     ///< their connection was gone when the broker sent to them
+  std::size_t workers = 0;          ///< registered now
+  std::size_t queue_depth = 0;      ///< requests waiting for a worker now
+  std::size_t in_flight = 0;        ///< requests held by workers now
+  std::size_t handshakes = 0;          ///< connections that completed the security handshake
+  std::size_t auth_failures = 0;       ///< refused by the ZAP handler (key not allowed)
+  std::size_t protocol_failures = 0;   ///< handshake or message failures (no key, bad crypto, ...)
+  std::size_t crypto_failures = 0;     ///< of which: a message or handshake failed authentication
+  ZapStats zap{};  ///< the ZAP handler's decisions (with CURVE)
+};
+
+/// The broker: binds both ROUTER sockets (and, with CURVE, its ZAP handler) in the constructor,
+/// then runs its loop on a thread of its own until stop() or destruction.
+class ZmqBroker {
+ public:
+  /// Binds and starts; errc::io_error (or invalid_argument) when an endpoint cannot be bound.
+  explicit ZmqBroker(BrokerOptions options) : opt_(std::move(options)), ctx_(std::make_shared<zmq::context_t>(1)) {
+    if (opt_.liveness < 1 || opt_.heartbeat_interval.count() <= 0 || opt_.queue_capacity == 0)
+      fail(errc::invalid_argument, "ZmqBroker needs liveness >= 1, a heartbeat interval and a queue");
+    try {
+      if (opt_.curve) {
+        zap_ = std::make_unique<ZapAuthenticator>(
+            *ctx_, std::map<std::string, std::vector<std::string>>{{"clients", opt_.client_keys}, {"workers", opt_.worker_keys}});
+      }
+      front_ = make_router(opt_.frontend, "clients");
+      back_ = make_router(opt_.backend, "workers");
+      back_.set(zmq::sockopt::router_mandatory, true);  // a send to a vanished worker fails at once
+      front_mon_ = monitor(front_, "front");
+      back_mon_ = monitor(back_, "back");
+      frontend_endpoint_ = front_.get(zmq::sockopt::last_endpoint);
+      backend_endpoint_ = back_.get(zmq::sockopt::last_endpoint);
+    } catch (const zmq::error_t& e) {
+      detail::zmq::fail_zmq("ZmqBroker", e.num());
+    }
+    thread_ = std::thread([this] { run(); });
+  }
+  ZmqBroker(const ZmqBroker&) = delete;
+  ZmqBroker& operator=(const ZmqBroker&) = delete;
+  ~ZmqBroker() { stop(); }
+
+  /// The bound endpoints, with the port the system chose for "tcp://host:*".
+  const std::string& frontend_endpoint() const noexcept { return frontend_endpoint_; }
+  const std::string& backend_endpoint() const noexcept { return backend_endpoint_; }  ///< see frontend_endpoint()
+
+  /// The counters as of the broker's last turn (at most ~100 ms old).
+  BrokerStats stats() const {
+    std::lock_guard lock(stats_mutex_);
+    BrokerStats s = published_;
+    if (zap_) s.zap = zap_->stats();
+    return s;
+  }
+
+  /// Stops the broker; requests still pending are dropped (clients' deadlines cover them).
+  void stop() {
+    stop_.store(true, std::memory_order_release);
+    wake_.wake();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  struct Request {
+    std::string client_id, routing_id;
+    std::vector<std::byte> bytes;
+    std::uint32_t crc = 0;
+    wire::MessageType type{};
+    Clock::time_point received;
+    std::string worker;  // empty while queued
+  };
+  struct Worker {
+    std::uint32_t capacity = 1;
+    std::vector<std::string> in_flight;  // request keys
+    Clock::time_point expiry;
+  };
+  struct Answer {
+    std::vector<std::byte> bytes;
+    std::uint32_t request_crc = 0;
+  };
+
+  zmq::socket_t make_router(const std::string& endpoint, const char* domain) {
+    zmq::socket_t s(*ctx_, zmq::socket_type::router);
+    detail::zmq::configure_common(s, opt_.max_message_bytes, opt_.high_water_mark);
+    if (opt_.curve) configure_curve_server(s, CurveServerKeys{*opt_.curve, domain});
+    s.bind(endpoint);
+    return s;
+  }
+
+  zmq::socket_t monitor(zmq::socket_t& s, const char* name) {
+    const std::string addr = std::string("inproc://edgesplit-broker-monitor-") + name;
+    const int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                       ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+    if (zmq_socket_monitor(s.handle(), addr.c_str(), events) != 0) detail::zmq::fail_zmq("zmq_socket_monitor");
+    zmq::socket_t m(*ctx_, zmq::socket_type::pair);
+    m.set(zmq::sockopt::linger, 0);
+    m.connect(addr);
+    return m;
+  }
+
+  static std::string key_of(const std::string& client_id, wire::MessageType type, std::uint32_t id) {
+    std::string k = client_id;
+    k.push_back(static_cast<char>(type));
+    for (int i = 0; i < 4; ++i) k.push_back(static_cast<char>((id >> (8 * i)) & 0xFF));
+    return k;
+  }
+
+  // Reads one whole multi-part message; false when none is waiting.
+  static bool read(zmq::socket_t& s, std::vector<zmq::message_t>& parts) {
+    parts.clear();
+    for (;;) {
+      zmq::message_t m;
+      if (!s.recv(m, zmq::recv_flags::dontwait)) return !parts.empty();
+      const bool more = m.more();
+      parts.push_back(std::move(m));
+      if (!more) return true;
+      if (parts.size() > 8) {  // more parts than any valid message: drop the rest
+        detail::zmq::discard_more(s);
+        return true;
+      }
+    }
+  }
+  static std::span<const std::byte> view(const zmq::message_t& m) {
+    return {static_cast<const std::byte*>(m.data()), m.size()};
+  }
+  // Sends a multi-part message without waiting; the zmq error number on failure, 0 on success.
+  static int send(zmq::socket_t& s, std::initializer_list<std::span<const std::byte>> parts) {
+    std::size_t i = 0;
+    for (const auto& p : parts) {
+      const int flags = ZMQ_DONTWAIT | (++i < parts.size() ? ZMQ_SNDMORE : 0);
+      if (zmq_send(s.handle(), p.data(), p.size(), flags) < 0) return zmq_errno();
+    }
+    return 0;
+  }
+  static std::span<const std::byte> bytes_of(const std::string& s) {
+    return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+  }
+
+  void reply_error(const std::string& routing_id, std::uint32_t request_id, errc code, const std::string& what) {
+    wire::encode_error(scratch_, request_id, code, what);
+    (void)send(front_, {bytes_of(routing_id), scratch_});
+  }
+
+  // --- front end: clients ------------------------------------------------------------------
+
+  void on_client(std::vector<zmq::message_t>& parts) {
+    const std::string routing(static_cast<const char*>(parts[0].data()), parts[0].size());
+    if (parts.size() != 2) {
+      ++st_.malformed_client;
+      reply_error(routing, 0, errc::corrupt_frame, "a request is one single-part message");
+      return;
+    }
+    const char* user = zmq_msg_gets(parts[1].handle(), "User-Id");
+    const auto body = view(parts[1]);
+    wire::FrameHeader h;
+    bool have_header = false;
+    try {
+      h = wire::peek(body, opt_.limits);
+      have_header = true;
+      (void)wire::parse_frame(body, opt_.limits);  // size and CRC
+      if (h.type != wire::MessageType::hello && h.type != wire::MessageType::infer && h.type != wire::MessageType::ping)
+        fail(errc::unsupported, "the broker does not take " + std::string(wire::to_string(h.type)) + " frames");
+    } catch (const error& e) {
+      ++st_.malformed_client;
+      reply_error(routing, have_header ? h.request_id : 0, e.code(), e.what());
+      return;
+    }
+    std::string client_id;
+    try {
+      client_id = wire::cluster::make_client_id(user ? user : "", routing);
+    } catch (const error& e) {
+      ++st_.malformed_client;
+      return;  // an id we could not route back to anyway
+    }
+    const std::string key = key_of(client_id, h.type, h.request_id);
+    if (const auto it = requests_.find(key); it != requests_.end()) {
+      if (it->second.crc != h.crc) {
+        ++st_.conflicting_requests;
+        reply_error(routing, h.request_id, errc::invalid_argument, "request id in use by another pending request");
+      } else {
+        ++st_.duplicate_requests;
+      }
+      return;
+    }
+    if (h.type == wire::MessageType::infer) {
+      if (const auto a = answered_.find(key); a != answered_.end()) {
+        if (a->second.request_crc != h.crc) {
+          ++st_.conflicting_requests;
+          reply_error(routing, h.request_id, errc::invalid_argument, "request id already used by another request");
+        } else {
+          ++st_.replayed;
+          (void)send(front_, {bytes_of(routing), a->second.bytes});
+        }
+        return;
+      }
+    }
+    if (queue_.size() >= opt_.queue_capacity) {
+      ++st_.rejected_overloaded;
+      reply_error(routing, h.request_id, errc::overloaded, "broker queue full");
+      return;
+    }
+    Request r;
+    r.client_id = std::move(client_id);
+    r.routing_id = routing;
+    r.bytes.assign(body.begin(), body.end());
+    r.crc = h.crc;
+    r.type = h.type;
+    r.received = Clock::now();
+    requests_.emplace(key, std::move(r));
+    queue_.push_back(key);
+    ++st_.requests;
+  }
+
+  // --- back end: workers -------------------------------------------------------------------
+
+  void on_worker(std::vector<zmq::message_t>& parts, Clock::time_point now) {
+    const std::string wid(static_cast<const char*>(parts[0].data()), parts[0].size());
+    wire::cluster::Command cmd;
+    try {
+      if (parts.size() < 2) fail(errc::corrupt_frame, "empty message");
+      cmd = wire::cluster::parse_header(view(parts[1]));
+      if (parts.size() != 1 + wire::cluster::parts_of(cmd)) fail(errc::corrupt_frame, "wrong number of parts");
+    } catch (const error&) {
+      ++st_.malformed_worker;
+      return;
+    }
+    const auto w = workers_.find(wid);
+    if (w != workers_.end()) w->second.expiry = now + opt_.heartbeat_interval * opt_.liveness;
+    switch (cmd) {
+      case wire::cluster::Command::ready: {
+        std::uint32_t capacity = 0;
+        try {
+          capacity = wire::cluster::parse_capacity(view(parts[2]));
+        } catch (const error&) {
+          ++st_.malformed_worker;
+          return;
+        }
+        if (w != workers_.end()) {
+          w->second.capacity = capacity;
+        } else {
+          Worker nw;
+          nw.capacity = capacity;
+          nw.expiry = now + opt_.heartbeat_interval * opt_.liveness;
+          workers_.emplace(wid, std::move(nw));
+          ++st_.workers_joined;
+        }
+        return;
+      }
+      case wire::cluster::Command::heartbeat:
+        if (w == workers_.end()) tell_disconnect(wid);
+        return;
+      case wire::cluster::Command::reply:
+        on_reply(view(parts[2]), view(parts[3]));
+        if (w == workers_.end()) tell_disconnect(wid);
+        return;
+      case wire::cluster::Command::disconnect:
+        if (w != workers_.end()) {
+          remove_worker(w);
+          ++st_.workers_left;
+        }
+        return;
+      case wire::cluster::Command::request:
+        ++st_.malformed_worker;
+        return;
+    }
+  }
+
+  // A worker the broker does not know (declared dead, or the broker restarted): tell it to
+  // register again, as Paranoid Pirate does.
+  void tell_disconnect(const std::string& wid) {
+    const auto h = wire::cluster::header(wire::cluster::Command::disconnect);
+    (void)send(back_, {bytes_of(wid), h});
+  }
+
+  void on_reply(std::span<const std::byte> client_id, std::span<const std::byte> body) {
+    std::string routing;
+    wire::FrameHeader h;
+    try {
+      routing = std::string(wire::cluster::routing_id_of(client_id));
+      h = wire::parse_frame(body, opt_.limits).header;
+    } catch (const error&) {
+      ++st_.malformed_worker;
+      return;
+    }
+    const std::string cid(reinterpret_cast<const char*>(client_id.data()), client_id.size());
+    using T = wire::MessageType;
+    T candidates[3] = {T::infer, T::hello, T::ping};
+    std::size_t n = 3;
+    if (h.type == T::response) n = 1;
+    else if (h.type == T::hello) candidates[0] = T::hello, n = 1;
+    else if (h.type == T::pong) candidates[0] = T::ping, n = 1;
+    else if (h.type != T::error) {
+      ++st_.malformed_worker;
+      return;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::string key = key_of(cid, candidates[i], h.request_id);
+      const auto it = requests_.find(key);
+      if (it == requests_.end()) continue;
+      (void)send(front_, {bytes_of(routing), body});
+      ++st_.replies;
+      if (!it->second.worker.empty()) release(it->second.worker, key);
+      if (candidates[i] == T::infer) remember(key, body, it->second.crc);
+      requests_.erase(it);  // a queued copy of the key, if re-sent, is skipped by dispatch
+      return;
+    }
+    if (answered_.count(key_of(cid, T::infer, h.request_id)))
+      ++st_.duplicate_replies;
+    else
+      ++st_.stale_replies;
+  }
+
+  void remember(const std::string& key, std::span<const std::byte> reply, std::uint32_t request_crc) {
+    if (opt_.answered_cache == 0) return;
+    answered_[key] = Answer{std::vector<std::byte>(reply.begin(), reply.end()), request_crc};
+    answered_order_.push_back(key);
+    while (answered_order_.size() > opt_.answered_cache) {
+      answered_.erase(answered_order_.front());
+      answered_order_.pop_front();
+    }
+  }
+
+  void release(const std::string& wid, const std::string& key) {
+    const auto w = workers_.find(wid);
+    if (w == workers_.end()) return;
+    auto& v = w->second.in_flight;
+    if (const auto it = std::find(v.begin(), v.end(), key); it != v.end()) {
+      *it = std::move(v.back());
+      v.pop_back();
+    }
+  }
+
+  // Takes a worker out and puts the requests it held back at the front of the queue.
+  void remove_worker(std::unordered_map<std::string, Worker>::iterator w) {
+    for (auto& key : w->second.in_flight) {
+      const auto r = requests_.find(key);
+      if (r == requests_.end()) continue;
+      r->second.worker.clear();
+      queue_.push_front(key);
+      ++st_.resent;
+    }
+    workers_.erase(w);
+  }
+
+  void dispatch(Clock::time_point now) {
+    while (!queue_.empty()) {
+      auto best = workers_.end();
+      std::size_t best_free = 0;
+      for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+        const std::size_t used = it->second.in_flight.size();
+        const std::size_t free = it->second.capacity > used ? it->second.capacity - used : 0;
+        if (free > best_free) best = it, best_free = free;
+      }
+      if (best == workers_.end()) return;
+      const std::string key = std::move(queue_.front());
+      queue_.pop_front();
+      const auto r = requests_.find(key);
+      if (r == requests_.end() || !r->second.worker.empty()) continue;  // answered meanwhile
+      if (now - r->second.received > opt_.max_request_age) {
+        ++st_.expired;
+        reply_error(r->second.routing_id, wire::load_le32(r->second.bytes.data() + 16), errc::timeout,
+                    "no worker took the request in time");
+        requests_.erase(r);
+        continue;
+      }
+      const auto h = wire::cluster::header(wire::cluster::Command::request);
+      const int err = send(back_, {bytes_of(best->first), h, bytes_of(r->second.client_id), r->second.bytes});
+      if (err != 0) {
+        queue_.push_front(key);
+        if (err == EHOSTUNREACH) {
+          remove_worker(best);
+          ++st_.workers_lost;
+          continue;
+        }
+        return;  // the worker's pipe is full: try again on the next turn
+      }
+      r->second.worker = best->first;
+      best->second.in_flight.push_back(key);
+      ++st_.dispatched;
+    }
+  }
+
+  void heartbeat_and_expire(Clock::time_point now) {
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (now > it->second.expiry) {
+        auto dead = it++;
+        remove_worker(dead);
+        ++st_.workers_expired;
+      } else {
+        ++it;
+      }
+    }
+    if (now < next_heartbeat_) return;
+    next_heartbeat_ = now + opt_.heartbeat_interval;
+    const auto h = wire::cluster::header(wire::cluster::Command::heartbeat);
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (send(back_, {bytes_of(it->first), h}) == EHOSTUNREACH) {
+        auto gone = it++;
+        remove_worker(gone);
+        ++st_.workers_lost;
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void on_monitor(zmq::socket_t& m) {
+    std::vector<zmq::message_t> parts;
+    while (read(m, parts)) {
+      if (parts.empty() || parts[0].size() < 6) continue;
+      std::uint16_t event = 0;
+      std::uint32_t value = 0;
+      std::memcpy(&event, parts[0].data(), 2);
+      std::memcpy(&value, static_cast<const char*>(parts[0].data()) + 2, 4);
+      switch (event) {
+        case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: ++st_.handshakes; break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: ++st_.auth_failures; break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+          ++st_.protocol_failures;
+          if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC)
+            ++st_.crypto_failures;
+          break;
+        default: break;
+      }
+    }
+  }
+
+  void publish() {
+    std::size_t in_flight = 0;
+    for (const auto& [id, w] : workers_) in_flight += w.in_flight.size();
+    std::lock_guard lock(stats_mutex_);
+    published_ = st_;
+    published_.workers = workers_.size();
+    published_.queue_depth = queue_.size();
+    published_.in_flight = in_flight;
+  }
+
+  void run() {
+    std::vector<zmq::message_t> parts;
+    next_heartbeat_ = Clock::now() + opt_.heartbeat_interval;
+    while (!stop_.load(std::memory_order_acquire)) {
+      zmq_pollitem_t items[5] = {{back_.handle(), 0, ZMQ_POLLIN, 0},
+                                 {front_.handle(), 0, ZMQ_POLLIN, 0},
+                                 {front_mon_.handle(), 0, ZMQ_POLLIN, 0},
+                                 {back_mon_.handle(), 0, ZMQ_POLLIN, 0},
+                                 wake_.item()};
+      const auto until = next_heartbeat_ - Clock::now();
+      const long timeout = std::clamp<long>(
+          static_cast<long>(std::chrono::ceil<std::chrono::milliseconds>(until).count()), 0, 100);
+      try {
+        detail::zmq::poll(items, 5, timeout);
+      } catch (const error&) {
+        break;  // the context is gone
+      }
+      if (items[4].revents & ZMQ_POLLIN) wake_.drain();
+      auto now = Clock::now();
+      // Workers first: their replies free capacity for the requests read next.
+      for (int i = 0; i < 1024 && read(back_, parts); ++i) on_worker(parts, now);
+      for (int i = 0; i < 1024 && read(front_, parts); ++i) on_client(parts);
+      on_monitor(front_mon_);
+      on_monitor(back_mon_);
+      now = Clock::now();
+      heartbeat_and_expire(now);
+      dispatch(now);
+      publish();
+    }
+    for (auto* s : {&front_, &back_}) zmq_socket_monitor(s->handle(), nullptr, 0);
+    front_mon_.close();
+    back_mon_.close();
+    front_.close();
+    back_.close();
+  }
+
+  BrokerOptions opt_;
+  std::shared_ptr<zmq::context_t> ctx_;  // first in, last out: every socket closes before it ends
+  std::unique_ptr<ZapAuthenticator> zap_;
+  zmq::socket_t front_, back_, front_mon_, back_mon_;  // used by the broker thread only
+  std::string frontend_endpoint_, backend_endpoint_;
+  detail::zmq::WakePipe wake_;
+  std::atomic<bool> stop_{false};
+
+  // Broker thread only.
+  std::unordered_map<std::string, Request> requests_;
+  std::deque<std::string> queue_;
+  std::unordered_map<std::string, Worker> workers_;
+  std::unordered_map<std::string, Answer> answered_;
+  std::deque<std::string> answered_order_;
+  std::vector<std::byte> scratch_;
+  Clock::time_point next_heartbeat_{};
+  BrokerStats st_;
+
+  mutable std::mutex stats_mutex_;
+  BrokerStats published_;
+  std::thread thread_;
+};
+
+}  // namespace edgesplit
