@@ -7,7 +7,7 @@ EDGESPLIT_PACKAGES=(
   cmake make g++ clang pkg-config
   libeigen3-dev libxsimd-dev
   catch2 libbenchmark-dev
-  libzstd-dev nlohmann-json3-dev zlib1g-dev
+  libzstd-dev nlohmann-json3-dev zlib1g-dev libzmq3-dev cppzmq-dev
   dataset-fashion-mnist
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user
   doxygen

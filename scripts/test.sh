@@ -6,7 +6,7 @@
 #      (Doxygen over the public headers, every warning an error);
 #   2. cross builds for aarch64 and 32-bit ARM (NEON kernels), tests run under qemu-user;
 #   3. clang builds with AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite, and
-#      with ThreadSanitizer over the transport and runtime tests (the code that owns threads);
+#      with ThreadSanitizer over the transport, runtime and ZeroMQ tests (the code that owns threads);
 #   4. clang build (Release, -Werror) and its tests;
 #   5. g++ build (Release, -Werror) of everything (tests, examples, benchmarks) and its tests.
 # Each build prints the SIMD instruction set its kernels were compiled for.
@@ -69,12 +69,13 @@ cmake -S "$root" -B "$out/asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGESPLIT_WE
 cmake --build "$out/asan" -j"$jobs"
 ctest --test-dir "$out/asan" --output-on-failure -j"$jobs"
 
-step "clang + ThreadSanitizer: build, run transport and runtime tests"
+step "clang + ThreadSanitizer: build, run transport, runtime and ZeroMQ tests"
 cmake -S "$root" -B "$out/tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGESPLIT_WERROR=ON \
   -DCMAKE_CXX_COMPILER=clang++ -DEDGESPLIT_BUILD_BENCH=OFF -DEDGESPLIT_BUILD_EXAMPLES=OFF \
   -DEDGESPLIT_SANITIZE=thread >/dev/null
-cmake --build "$out/tsan" -j"$jobs" --target edgesplit_tests
+cmake --build "$out/tsan" -j"$jobs" --target edgesplit_tests test_zmq
 "$out/tsan/tests/edgesplit_tests" "[transport],[runtime]"
+"$out/tsan/tests/test_zmq" "[zmq]"
 
 step "clang: build and test"
 cmake -S "$root" -B "$out/clang" "${common[@]}" -DCMAKE_CXX_COMPILER=clang++ -DEDGESPLIT_BUILD_BENCH=OFF >/dev/null
