@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
     o = node::parse_options(argc, argv,
                             {{"model", node::default_model}, {"split", "2"}, {"host", "127.0.0.1"}, {"port", "7000"},
                              {"workers", "1"}, {"max-batch", "32"}, {"port-file", ""}, {"model-id", "fmnist-mlp"}});
-    (void)node::number(o["port"], "--port", 0, 65535);
+    (void)cli::number<std::size_t>(o["port"], "--port", 0, 65535);
   } catch (const error& e) {
     std::fprintf(stderr, "cloud_node: %s\n", e.what());
     return 2;
@@ -37,14 +37,14 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
     Sequential<float> model = node::load_model(o["model"]);
-    const std::size_t split = node::number(o["split"], "--split", 0, model.size());
+    const std::size_t split = cli::number<std::size_t>(o["split"], "--split", 0, model.size());
     auto [head, tail] = model.split(split);
     ServerOptions so;
-    so.workers = node::number(o["workers"], "--workers", 1, 256);
-    so.max_batch = node::number(o["max-batch"], "--max-batch", 1, 4096);
+    so.workers = cli::number<std::size_t>(o["workers"], "--workers", 1, 256);
+    so.max_batch = cli::number<std::size_t>(o["max-batch"], "--max-batch", 1, 4096);
     CloudServer server(so);
     server.register_model({o["model-id"], 1, 0, static_cast<std::uint16_t>(split)}, std::move(tail));
-    auto listener = TcpListener::bind(o["host"], static_cast<std::uint16_t>(node::number(o["port"], "--port", 0, 65535)));
+    auto listener = TcpListener::bind(o["host"], static_cast<std::uint16_t>(cli::number<std::size_t>(o["port"], "--port", 0, 65535)));
     const auto port = listener.port();
     server.listen(std::move(listener));
     if (!o["port-file"].empty()) std::ofstream(o["port-file"]) << port << '\n';

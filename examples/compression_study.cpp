@@ -21,7 +21,6 @@
 //
 // Exit status: 0 on success, 1 when a check fails, 2 on bad arguments, 77 without the data set.
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -35,6 +34,7 @@
 #include <edgesplit/io/safetensors.hpp>
 #include <edgesplit/quant/quantized_dense.hpp>
 #include <edgesplit/wire/feature_codec.hpp>
+#include "cli.hpp"
 
 using namespace edgesplit;
 namespace fs = std::filesystem;
@@ -47,24 +47,6 @@ struct Args {
   double max_int8_loss = -1, max_edge_int8_loss = -1;
 };
 
-std::size_t number(std::string_view s, const std::string& what, std::size_t lo, std::size_t hi) {
-  std::size_t v = 0;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc{} || end != s.data() + s.size() || v < lo || v > hi)
-    fail(errc::invalid_argument, what + " must be a whole number in " + std::to_string(lo) + ".." + std::to_string(hi) +
-                                     ", got '" + std::string(s) + "'");
-  return v;
-}
-
-double points(std::string_view s, const std::string& what) {
-  const std::string str(s);
-  char* end = nullptr;
-  const double x = std::strtod(str.c_str(), &end);
-  if (str.empty() || *end != '\0' || !(x >= 0 && x <= 100))
-    fail(errc::invalid_argument, what + " must be a number of points in [0, 100], got '" + str + "'");
-  return x;
-}
-
 Args parse(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
@@ -75,13 +57,13 @@ Args parse(int argc, char** argv) {
     else if (k == "--cache") a.cache = std::string(v);
     else if (k == "--csv") a.csv = std::string(v);
     else if (k == "--data") a.data = std::string(v);
-    else if (k == "--epochs") a.epochs = number(v, k, 1, 200);
-    else if (k == "--train-subset") a.train_subset = number(v, k, 0, 60000);
-    else if (k == "--limit") a.limit = number(v, k, 1, 10000);
-    else if (k == "--batch") a.batch = number(v, k, 2, 10000);
-    else if (k == "--finetune-epochs") a.finetune_epochs = number(v, k, 0, 100);
-    else if (k == "--max-int8-loss") a.max_int8_loss = points(v, k);
-    else if (k == "--max-edge-int8-loss") a.max_edge_int8_loss = points(v, k);
+    else if (k == "--epochs") a.epochs = cli::number<std::size_t>(v, k, 1, 200);
+    else if (k == "--train-subset") a.train_subset = cli::number<std::size_t>(v, k, 0, 60000);
+    else if (k == "--limit") a.limit = cli::number<std::size_t>(v, k, 1, 10000);
+    else if (k == "--batch") a.batch = cli::number<std::size_t>(v, k, 2, 10000);
+    else if (k == "--finetune-epochs") a.finetune_epochs = cli::number<std::size_t>(v, k, 0, 100);
+    else if (k == "--max-int8-loss") a.max_int8_loss = cli::number(v, k, 0.0, 100.0);
+    else if (k == "--max-edge-int8-loss") a.max_edge_int8_loss = cli::number(v, k, 0.0, 100.0);
     else fail(errc::invalid_argument, "unknown option " + k);
   }
   return a;
@@ -401,7 +383,7 @@ int main(int argc, char** argv) {
     }
     return ok ? 0 : 1;
   } catch (const error& e) {
-    std::fprintf(stderr, "error: %s: %s\n", std::string(to_string(e.code())).c_str(), e.what());
+    std::fprintf(stderr, "compression_study: %s\n", e.what());
     return e.code() == errc::invalid_argument ? 2 : 1;
   }
 }

@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
                             {{"model", node::default_model}, {"split", "2"}, {"host", "127.0.0.1"}, {"port", "7000"},
                              {"bits", "8"}, {"limit", "1000"}, {"timeout-ms", "500"}, {"data", fashion_mnist_dir.string()},
                              {"model-id", "fmnist-mlp"}});
-    const std::size_t bits = node::number(o["bits"], "--bits", 2, 32);
+    const std::size_t bits = cli::number<std::size_t>(o["bits"], "--bits", 2, 32);
     if (bits != 2 && bits != 4 && bits != 8 && bits != 32) fail(errc::invalid_argument, "--bits must be 32, 8, 4 or 2");
   } catch (const error& e) {
     std::fprintf(stderr, "edge_node: %s\n", e.what());
@@ -37,14 +37,14 @@ int main(int argc, char** argv) {
       return 77;
     }
     Sequential<float> model = node::load_model(o["model"]);
-    const std::size_t split = node::number(o["split"], "--split", 0, model.size());
-    const auto port = static_cast<std::uint16_t>(node::number(o["port"], "--port", 1, 65535));
-    const auto timeout = std::chrono::milliseconds(node::number(o["timeout-ms"], "--timeout-ms", 1, 600000));
+    const std::size_t split = cli::number<std::size_t>(o["split"], "--split", 0, model.size());
+    const auto port = static_cast<std::uint16_t>(cli::number<std::size_t>(o["port"], "--port", 1, 65535));
+    const auto timeout = std::chrono::milliseconds(cli::number<std::size_t>(o["timeout-ms"], "--timeout-ms", 1, 600000));
     auto [head, tail] = model.split(split);
 
     EdgeOptions eo;
     eo.model = {o["model-id"], 1, 0, static_cast<std::uint16_t>(split)};
-    eo.codec.bits = static_cast<int>(node::number(o["bits"], "--bits", 2, 32));
+    eo.codec.bits = static_cast<int>(cli::number<std::size_t>(o["bits"], "--bits", 2, 32));
     const std::string host = o["host"];
     EdgeClient client(
         head, [host, port] { return Channel(TcpTransport::connect(host, port, deadline_after(std::chrono::seconds(2)))); },
@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
 
     const auto data = load_fashion_mnist<float>(o["data"]);
     const Dataset<float>& test = data.second;  // a reference, not a binding: lambdas capture it
-    const std::size_t n = std::min(node::number(o["limit"], "--limit", 1, 10000), test.size());
+    const std::size_t n = std::min(cli::number<std::size_t>(o["limit"], "--limit", 1, 10000), test.size());
     std::size_t correct = 0, cloud = 0;
     std::vector<double> ms;
     // Keep several requests in flight: the head of image i+1 runs while image i is on the wire.

@@ -8,7 +8,6 @@
 // The model is a ReLU MLP of the given widths (Dense layers with ReLU between them, the shape of
 // the Fashion-MNIST models). Latencies do not depend on the weights' values, so random weights
 // serve. Exit status: 0 on success, 2 on bad arguments, 1 on any other failure.
-#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -18,30 +17,11 @@
 #include <edgesplit/edgesplit.hpp>
 #include <edgesplit/io/profile_json.hpp>
 #include <edgesplit/plan/profile.hpp>
+#include "cli.hpp"
 
 using namespace edgesplit;
 
 namespace {
-
-std::size_t parse_count(std::string_view s, const char* what, std::size_t max) {
-  std::size_t v = 0;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc{} || end != s.data() + s.size() || v == 0 || v > max)
-    fail(errc::invalid_argument, std::string(what) + ": '" + std::string(s) + "' is not a whole number in 1.." +
-                                     std::to_string(max));
-  return v;
-}
-
-std::vector<std::size_t> parse_list(std::string_view s, const char* what, std::size_t max) {
-  std::vector<std::size_t> out;
-  while (true) {
-    const auto comma = s.find(',');
-    out.push_back(parse_count(s.substr(0, comma), what, max));
-    if (comma == std::string_view::npos) break;
-    s.remove_prefix(comma + 1);
-  }
-  return out;
-}
 
 void usage(std::FILE* to) {
   std::fputs(
@@ -72,10 +52,10 @@ int main(int argc, char** argv) {
       }
       if (i + 1 >= argc) fail(errc::invalid_argument, "option " + std::string(a) + " needs a value");
       const std::string_view v = argv[++i];
-      if (a == "--layers") widths = parse_list(v, "--layers", 1u << 16);
-      else if (a == "--batch") opt.batch_sizes = parse_list(v, "--batch", 1u << 16);
-      else if (a == "--runs") opt.runs = static_cast<int>(parse_count(v, "--runs", 100000));
-      else if (a == "--warmup") opt.warmup = static_cast<int>(parse_count(v, "--warmup", 100000));
+      if (a == "--layers") widths = cli::numbers<std::size_t>(v, a, 1, 1u << 16);
+      else if (a == "--batch") opt.batch_sizes = cli::numbers<std::size_t>(v, a, 1, 1u << 16);
+      else if (a == "--runs") opt.runs = cli::number(v, a, 1, 100000);
+      else if (a == "--warmup") opt.warmup = cli::number(v, a, 0, 100000);
       else if (a == "--device") opt.device = std::string(v);
       else if (a == "--out") out = std::string(v);
       else fail(errc::invalid_argument, "unknown option " + std::string(a));

@@ -1,7 +1,6 @@
 // Shared by cloud_node.cpp and edge_node.cpp: argument parsing and the model both sides load.
 #pragma once
 
-#include <charconv>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -10,6 +9,7 @@
 
 #include <edgesplit/edgesplit.hpp>
 #include <edgesplit/io/safetensors.hpp>
+#include "cli.hpp"
 
 namespace node {
 
@@ -24,15 +24,6 @@ inline std::map<std::string, std::string> parse_options(int argc, char** argv, s
     defaults[k.substr(2)] = argv[++i];
   }
   return defaults;
-}
-
-inline std::size_t number(const std::string& s, const char* what, std::size_t lo, std::size_t hi) {
-  std::size_t v = 0;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc{} || end != s.data() + s.size() || v < lo || v > hi)
-    fail(errc::invalid_argument, std::string(what) + " must be a whole number in " + std::to_string(lo) + ".." +
-                                     std::to_string(hi) + ", got '" + s + "'");
-  return v;
 }
 
 /// The model both nodes load: a safetensors file written by split_demo or train_fashion_mnist.

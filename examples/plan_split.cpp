@@ -25,7 +25,6 @@
 // Exit status: 0 when every claim holds, 3 when one does not, 2 on bad arguments, 77 when the
 // data set is missing, 1 otherwise.
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -44,6 +43,7 @@
 #include <edgesplit/plan/profile.hpp>
 
 #include "fmnist_mlp.hpp"
+#include "cli.hpp"
 
 using namespace edgesplit;
 using edgesplit_examples::fmnist_mlp;
@@ -60,15 +60,6 @@ struct Args {
   std::filesystem::path data = fashion_mnist_dir;
 };
 
-double real_number(std::string_view s, const char* what, double lo, double hi) {
-  double v = 0;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc{} || end != s.data() + s.size() || !(v >= lo && v <= hi))
-    fail(errc::invalid_argument, std::string(what) + " must be a number in [" + std::to_string(lo) + ", " +
-                                     std::to_string(hi) + "], got '" + std::string(s) + "'");
-  return v;
-}
-
 Args parse(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
@@ -78,19 +69,13 @@ Args parse(int argc, char** argv) {
     if (k == "--slowdown" || k == "--emulate") {
       auto& list = k == "--slowdown" ? a.slowdowns : a.emulated;
       list.clear();
-      std::string_view rest = v;
-      while (v != "none") {
-        const auto comma = rest.find(',');
-        list.push_back(real_number(rest.substr(0, comma), k == "--slowdown" ? "--slowdown" : "--emulate", 0.01, 1e6));
-        if (comma == std::string_view::npos) break;
-        rest.remove_prefix(comma + 1);
-      }
-    } else if (k == "--budget") a.budget = real_number(v, "--budget", 0, 100);
-    else if (k == "--calib") a.calib = static_cast<std::size_t>(real_number(v, "--calib", 10, 10000));
-    else if (k == "--requests") a.requests = static_cast<std::size_t>(real_number(v, "--requests", 1, 10000));
-    else if (k == "--epochs") a.epochs = static_cast<std::size_t>(real_number(v, "--epochs", 1, 200));
+      if (v != "none") list = cli::numbers(v, k, 0.01, 1e6);
+    } else if (k == "--budget") a.budget = cli::number(v, k, 0.0, 100.0);
+    else if (k == "--calib") a.calib = cli::number<std::size_t>(v, k, 10, 10000);
+    else if (k == "--requests") a.requests = cli::number<std::size_t>(v, k, 1, 10000);
+    else if (k == "--epochs") a.epochs = cli::number<std::size_t>(v, k, 1, 200);
     else if (k == "--sweep") a.sweep = std::string(v);
-    else if (k == "--sweep-rtt-ms") a.sweep_rtt_ms = real_number(v, "--sweep-rtt-ms", 0, 10000);
+    else if (k == "--sweep-rtt-ms") a.sweep_rtt_ms = cli::number(v, k, 0.0, 10000.0);
     else if (k == "--cache") a.cache = std::string(v);
     else if (k == "--data") a.data = std::string(v);
     else fail(errc::invalid_argument, "unknown option " + std::string(k));

@@ -12,7 +12,6 @@
 //
 // Exit status: 0 on success, 2 on bad arguments, 77 when the data set is missing, 1 otherwise.
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -28,6 +27,7 @@
 #include <edgesplit/transport/simulated_link.hpp>
 
 #include "fmnist_mlp.hpp"
+#include "cli.hpp"
 
 using namespace edgesplit;
 using namespace std::chrono_literals;
@@ -41,27 +41,18 @@ struct Args {
   std::filesystem::path data = fashion_mnist_dir;
 };
 
-std::size_t number(std::string_view s, const char* what, std::size_t lo, std::size_t hi) {
-  std::size_t v = 0;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc{} || end != s.data() + s.size() || v < lo || v > hi)
-    fail(errc::invalid_argument, std::string(what) + " must be a whole number in " + std::to_string(lo) + ".." +
-                                     std::to_string(hi) + ", got '" + std::string(s) + "'");
-  return v;
-}
-
 Args parse(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
     const std::string_view k = argv[i];
     if (i + 1 >= argc) fail(errc::invalid_argument, "option " + std::string(k) + " needs a value");
     const std::string_view v = argv[++i];
-    if (k == "--epochs") a.epochs = number(v, "--epochs", 1, 200);
-    else if (k == "--split") a.split = number(v, "--split", 0, 5);
-    else if (k == "--limit") a.limit = number(v, "--limit", 1, 10000);
-    else if (k == "--requests") a.requests = number(v, "--requests", 1, 100000);
+    if (k == "--epochs") a.epochs = cli::number<std::size_t>(v, "--epochs", 1, 200);
+    else if (k == "--split") a.split = cli::number<std::size_t>(v, "--split", 0, 5);
+    else if (k == "--limit") a.limit = cli::number<std::size_t>(v, "--limit", 1, 10000);
+    else if (k == "--requests") a.requests = cli::number<std::size_t>(v, "--requests", 1, 100000);
     else if (k == "--bits") {
-      a.bits = static_cast<int>(number(v, "--bits", 2, 32));
+      a.bits = static_cast<int>(cli::number<std::size_t>(v, "--bits", 2, 32));
       if (a.bits != 32 && a.bits != 8 && a.bits != 4 && a.bits != 2) fail(errc::invalid_argument, "--bits must be 32, 8, 4 or 2");
     } else if (k == "--cache") a.cache = std::string(v);
     else if (k == "--data") a.data = std::string(v);

@@ -43,6 +43,7 @@
 #include "edgesplit/edgesplit.hpp"
 #include "edgesplit/io/idx.hpp"
 #include "edgesplit/io/safetensors.hpp"
+#include "cli.hpp"
 
 using namespace edgesplit;
 namespace fs = std::filesystem;
@@ -63,31 +64,18 @@ struct Options {
 };
 
 std::size_t parse_count(const std::string& opt, const std::string& v, bool zero_ok = false) {
-  std::size_t pos = 0;
-  unsigned long long n = 0;
-  try {
-    n = std::stoull(v, &pos);
-  } catch (const std::exception&) {
-    pos = 0;
-  }
-  if (pos != v.size() || v.empty() || v[0] == '-' || (!zero_ok && n == 0) || n > 1000000)
-    fail(errc::invalid_argument, opt + " needs a whole number" + (zero_ok ? "" : " > 0") + ", got '" + v + "'");
-  return static_cast<std::size_t>(n);
+  return cli::number<std::size_t>(v, opt, zero_ok ? 0 : 1, 1000000);
 }
 
 double parse_fraction(const std::string& opt, const std::string& v, bool one_ok) {
-  char* end = nullptr;
-  const double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0' || !(x >= 0 && (one_ok ? x <= 1 : x < 1)))
-    fail(errc::invalid_argument, opt + " needs a number in [0, 1" + (one_ok ? "]" : ")") + ", got '" + v + "'");
+  const double x = cli::number(v, opt, 0.0, 1.0);
+  if (!one_ok && x == 1) fail(errc::invalid_argument, opt + " must be below 1, got '" + v + "'");
   return x;
 }
 
 double parse_positive(const std::string& opt, const std::string& v) {
-  char* end = nullptr;
-  const double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0' || !(x > 0 && x <= 1000))
-    fail(errc::invalid_argument, opt + " needs a number in (0, 1000], got '" + v + "'");
+  const double x = cli::number(v, opt, 0.0, 1000.0);
+  if (x == 0) fail(errc::invalid_argument, opt + " must be above 0, got '" + v + "'");
   return x;
 }
 
