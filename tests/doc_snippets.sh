@@ -1,11 +1,11 @@
 #!/bin/sh
-# Checks that every guide quotes the compiled snippets of docs/snippets/docs_snippets.cpp word for
-# word: in a guide, `<!-- snippet: NAME -->` is followed by a fenced code block whose lines must be
-# the region between `// [snippet NAME]` and `// [end]` in the source, minus its indentation.
-# Also fails when a guide names a snippet the source does not have. Usage: doc_snippets.sh ROOT
+# Checks that every guide (and the README) quotes the compiled snippets word for word: in a guide,
+# `<!-- snippet: NAME -->` is followed by a fenced code block whose lines must be the region
+# between `// [snippet NAME]` and `// [end]` in docs/snippets/docs_snippets.cpp or
+# tests/package/consumer.cpp, minus its indentation. Also fails when a guide names a snippet no
+# source has. Usage: doc_snippets.sh ROOT
 set -eu
 root=${1:-.}
-src="$root/docs/snippets/docs_snippets.cpp"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # Regions of the source, one file per snippet, common indentation removed.
@@ -17,7 +17,7 @@ awk -v dir="$tmp" '
     for (i = 1; i <= n; i++) print substr(line[i], ind + 1) > (dir "/" name ".src")
     close(dir "/" name ".src"); name = ""; next }
   name != "" { line[++n] = $0 }
-' "$src"
+' "$root/docs/snippets/docs_snippets.cpp" "$root/tests/package/consumer.cpp"
 status=0
 checked=0
 for doc in "$root"/docs/*.md "$root"/README.md; do
@@ -34,13 +34,13 @@ for d in "$tmp"/*.doc; do
   from=$(cat "$d.from")
   checked=$((checked + 1))
   if [ ! -e "$tmp/$name.src" ]; then
-    echo "docs/$from: snippet '$name' is not in docs/snippets/docs_snippets.cpp" >&2
+    echo "$from: snippet '$name' is in neither docs/snippets/docs_snippets.cpp nor tests/package/consumer.cpp" >&2
     status=1
   elif ! diff -u "$tmp/$name.src" "$d" >"$tmp/diff"; then
-    echo "docs/$from: snippet '$name' differs from docs/snippets/docs_snippets.cpp:" >&2
+    echo "$from: snippet '$name' differs from its compiled source:" >&2
     cat "$tmp/diff" >&2
     status=1
   fi
 done
-echo "$checked guide snippets checked against docs/snippets/docs_snippets.cpp"
+echo "$checked snippets in the guides and README checked against their compiled sources"
 exit $status
