@@ -19,12 +19,13 @@
 #include <edgesplit/io/safetensors.hpp>
 #endif
 
+#include "../../tests/model_fixtures.hpp"  // mlp(): the small models of the setup code
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
-#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -67,17 +68,6 @@ std::size_t same_top1(TensorView<const float> a, TensorView<const float> b) {
   std::size_t same = 0;
   for (std::size_t i = 0; i < n; ++i) same += argmax(a.data() + i * c, c) == argmax(b.data() + i * c, c);
   return same;
-}
-
-// A ReLU MLP of the given widths ending in logits, for the setup of the snippets below.
-Sequential<float> mlp(std::initializer_list<std::size_t> widths, Rng& rng) {
-  Sequential<float> m;
-  auto it = widths.begin();
-  for (std::size_t prev = *it++; it != widths.end(); prev = *it++) {
-    if (!m.empty()) m.add<ReLU<float>>();
-    m.add<Dense<float>>(prev, *it, rng);
-  }
-  return m;
 }
 
 double accuracy(Sequential<float>& model, const Dataset<float>& data) {
@@ -150,10 +140,10 @@ void getting_started() {
 // docs/split-inference.md: a tail served over TCP, a head with a local fallback, a cascade.
 void split_inference() {
   const Dataset<float> data = blobs(64, 20, 3, 3);
-  Rng rng(11);
-  Sequential<float> model = mlp({20, 64, 3}, rng);
-  Sequential<float> exit_head = mlp({64, 3}, rng);   // answers from the features when the cloud cannot
-  Sequential<float> edge_model = mlp({20, 3}, rng);  // a small whole model for the cascade
+  using edgesplit_test::mlp;
+  Sequential<float> model = mlp({20, 64, 3}, 11);
+  Sequential<float> exit_head = mlp({64, 3}, 12);   // answers from the features when the cloud cannot
+  Sequential<float> edge_model = mlp({20, 3}, 13);  // a small whole model for the cascade
 
   // [snippet split-inference-serve]
   auto [head, tail] = model.split(2);                   // edge: layers 0..1, cloud: 2..L-1
@@ -195,9 +185,8 @@ void split_inference() {
 void collaborative_training() {
   const Dataset<float> train = blobs(2000, 20, 3, 4);
   const Dataset<float> test = blobs(500, 20, 3, 5);
-  Rng rng(3);
-  Sequential<float> cloud = mlp({20, 64, 3}, rng);
-  Sequential<float> edge = mlp({20, 3}, rng);
+  Sequential<float> cloud = edgesplit_test::mlp({20, 64, 3}, 3);
+  Sequential<float> edge = edgesplit_test::mlp({20, 3}, 4);
 
   // [snippet training-collaborative]
   CollaborativeLoss loss;                      // CE(cloud) + sum over edges of CE(edge) + weight * D(edge, cloud)
@@ -223,8 +212,7 @@ void collaborative_training() {
 // docs/quantization.md: a quantizer, the feature codec and an int8 model.
 void quantization() {
   const Dataset<float> data = blobs(256, 20, 3, 6);
-  Rng rng(5);
-  Sequential<float> model = mlp({20, 64, 3}, rng);
+  Sequential<float> model = edgesplit_test::mlp({20, 64, 3}, 5);
   const Tensor<float> x = model.split(2).first.predict(data.inputs);  // features {256, 64}
 
   // [snippet quantization-codec]
@@ -281,8 +269,7 @@ void transports() {
 // docs/planning.md: where to split, from measured costs.
 void planning() {
   const Dataset<float> data = blobs(200, 20, 3, 7);
-  Rng rng(9);
-  Sequential<float> model = mlp({20, 256, 16, 3}, rng);
+  Sequential<float> model = edgesplit_test::mlp({20, 256, 16, 3}, 9);
 
   // [snippet planning-plan]
   ProfileOptions po;
