@@ -41,9 +41,9 @@ int main(int argc, char** argv) {
                              {"liveness", "3"}, {"queue", "10000"}, {"stats-every-s", "0"}});
     bo.frontend = o["front"];
     bo.backend = o["back"];
-    bo.heartbeat_interval = std::chrono::milliseconds(node::number(o["heartbeat-ms"], "--heartbeat-ms", 10, 60000));
-    bo.liveness = static_cast<int>(node::number(o["liveness"], "--liveness", 1, 100));
-    bo.queue_capacity = node::number(o["queue"], "--queue", 1, 10000000);
+    bo.heartbeat_interval = std::chrono::milliseconds(cli::number<std::size_t>(o["heartbeat-ms"], "--heartbeat-ms", 10, 60000));
+    bo.liveness = static_cast<int>(cli::number<std::size_t>(o["liveness"], "--liveness", 1, 100));
+    bo.queue_capacity = cli::number<std::size_t>(o["queue"], "--queue", 1, 10000000);
     if (o["insecure"] != "yes" && o["insecure"] != "no") fail(errc::invalid_argument, "--insecure takes yes or no");
     if (o["insecure"] == "no" && (o["key"].empty() || o["clients"].empty() || o["workers"].empty()))
       fail(errc::invalid_argument, "--key, --clients and --workers are needed (or --insecure yes on a trusted network)");
@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
       bo.client_keys = read_curve_allow_list(o["clients"]);
       bo.worker_keys = read_curve_allow_list(o["workers"]);
     }
-    const auto every = std::chrono::seconds(node::number(o["stats-every-s"], "--stats-every-s", 0, 86400));
+    const auto every = std::chrono::seconds(cli::number<std::size_t>(o["stats-every-s"], "--stats-every-s", 0, 86400));
     ZmqBroker broker(bo);
     std::printf("cloud_broker: edges on %s, workers on %s, %s (%zu client keys, %zu worker keys)\n",
                 broker.frontend_endpoint().c_str(), broker.backend_endpoint().c_str(),

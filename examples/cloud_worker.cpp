@@ -26,10 +26,10 @@ int main(int argc, char** argv) {
                              {"model", "synthetic"}, {"split", "2"}, {"model-id", "fmnist-mlp"}, {"capacity", "64"},
                              {"threads", "1"}, {"max-batch", "32"}, {"heartbeat-ms", "1000"}});
     wo.broker = o["broker"];
-    wo.capacity = static_cast<std::uint32_t>(node::number(o["capacity"], "--capacity", 1, 65536));
-    wo.server.workers = node::number(o["threads"], "--threads", 1, 256);
-    wo.server.max_batch = node::number(o["max-batch"], "--max-batch", 1, 4096);
-    wo.heartbeat_interval = std::chrono::milliseconds(node::number(o["heartbeat-ms"], "--heartbeat-ms", 10, 60000));
+    wo.capacity = static_cast<std::uint32_t>(cli::number<std::size_t>(o["capacity"], "--capacity", 1, 65536));
+    wo.server.workers = cli::number<std::size_t>(o["threads"], "--threads", 1, 256);
+    wo.server.max_batch = cli::number<std::size_t>(o["max-batch"], "--max-batch", 1, 4096);
+    wo.heartbeat_interval = std::chrono::milliseconds(cli::number<std::size_t>(o["heartbeat-ms"], "--heartbeat-ms", 10, 60000));
     if (o["insecure"] != "yes" && o["insecure"] != "no") fail(errc::invalid_argument, "--insecure takes yes or no");
     if (o["insecure"] == "no" && (o["key"].empty() || o["broker-key"].empty()))
       fail(errc::invalid_argument, "--key and --broker-key are needed (or --insecure yes on a trusted network)");
@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   try {
     if (o["insecure"] == "no") wo.curve = cluster::client_keys(o["key"], o["broker-key"]);
     Sequential<float> model = cluster::model(o["model"]);
-    const std::size_t split = node::number(o["split"], "--split", 0, model.size());
+    const std::size_t split = cli::number<std::size_t>(o["split"], "--split", 0, model.size());
     auto [head, tail] = model.split(split);
     ZmqWorker worker(wo);
     worker.register_model({o["model-id"], 1, 0, static_cast<std::uint16_t>(split)}, std::move(tail));

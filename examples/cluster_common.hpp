@@ -8,6 +8,7 @@
 #include <edgesplit/edgesplit.hpp>
 #include <edgesplit/transport/zmq_curve.hpp>
 
+#include "cli.hpp"
 #include "node_common.hpp"
 
 namespace cluster {
@@ -17,16 +18,18 @@ using namespace edgesplit;
 /// The model: a safetensors file (as cloud_node loads), or "synthetic": the examples'
 /// Fashion-MNIST shape 784-256-128-10 with weights from a fixed seed, so every process builds
 /// the same one without a file (the right cost per request; its answers are checked, not its
-/// accuracy).
+/// accuracy), or "synthetic-large": 784-2048-2048-10, a tail about 60 times as costly, for
+/// seeing how workers scale when the tail and not the messaging is the work.
 inline Sequential<float> model(const std::string& spec) {
-  if (spec != "synthetic") return node::load_model(spec);
+  if (spec != "synthetic" && spec != "synthetic-large") return node::load_model(spec);
+  const std::size_t hidden = spec == "synthetic" ? 256 : 2048, second = spec == "synthetic" ? 128 : 2048;
   Rng rng(2026);
   Sequential<float> m;
-  m.add<Dense<float>>(784, 256, rng);
+  m.add<Dense<float>>(784, hidden, rng);
   m.add<ReLU<float>>();
-  m.add<Dense<float>>(256, 128, rng);
+  m.add<Dense<float>>(hidden, second, rng);
   m.add<ReLU<float>>();
-  m.add<Dense<float>>(128, 10, rng);
+  m.add<Dense<float>>(second, 10, rng);
   return m;
 }
 

@@ -18,6 +18,7 @@
 //                        goodbye), start a new worker at T; the p99 of requests sent in the
 //                        window from S to T is reported
 //   --heartbeat-ms 1000 --capacity 64 --max-batch 32   in-process cluster settings
+//   --insecure yes       no CURVE (with --front: the cluster runs without; in process: started so)
 //   --timeline yes       one line per second: sent, answered, p99 of that second's requests
 //   --max-errors N       exit status 1 when errors (lost, wrong, ERROR replies) exceed N
 //
@@ -80,9 +81,9 @@ int main(int argc, char** argv) {
          {"model", "synthetic"}, {"split", "2"}, {"model-id", "fmnist-mlp"}, {"kill-after-s", "0"},
          {"restart-after-s", "0"}, {"heartbeat-ms", "1000"}, {"capacity", "64"}, {"max-batch", "32"},
          {"timeline", "no"}, {"max-errors", "-1"}});
-    const std::size_t bits = node::number(o["bits"], "--bits", 2, 32);
+    const std::size_t bits = cli::number<std::size_t>(o["bits"], "--bits", 2, 32);
     if (bits != 2 && bits != 4 && bits != 8 && bits != 32) fail(errc::invalid_argument, "--bits must be 32, 8, 4 or 2");
-    if (node::number(o["in-process-workers"], "--in-process-workers", 0, 64) == 0 && o["front"].empty())
+    if (cli::number<std::size_t>(o["in-process-workers"], "--in-process-workers", 0, 64) == 0 && o["front"].empty())
       fail(errc::invalid_argument, "give --front (a running cluster) or --in-process-workers N");
     if (o["insecure"] == "no" && !o["front"].empty() && (o["key"].empty() || o["broker-key"].empty()))
       fail(errc::invalid_argument, "--key and --broker-key are needed with --front (or --insecure yes)");
@@ -91,19 +92,19 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    const std::size_t n_clients = node::number(o["clients"], "--clients", 1, 4096);
-    const double seconds = double(node::number(o["seconds"], "--seconds", 1, 86400));
-    const double rate = double(node::number(o["rate"], "--rate", 0, 10000000));
-    const std::size_t window = node::number(o["window"], "--window", 1, 1024);
-    const auto timeout = std::chrono::milliseconds(node::number(o["timeout-ms"], "--timeout-ms", 1, 600000));
-    const std::size_t in_process = node::number(o["in-process-workers"], "--in-process-workers", 0, 64);
-    const double kill_at = double(node::number(o["kill-after-s"], "--kill-after-s", 0, 86400));
-    const double restart_at = double(node::number(o["restart-after-s"], "--restart-after-s", 0, 86400));
+    const std::size_t n_clients = cli::number<std::size_t>(o["clients"], "--clients", 1, 4096);
+    const double seconds = double(cli::number<std::size_t>(o["seconds"], "--seconds", 1, 86400));
+    const double rate = double(cli::number<std::size_t>(o["rate"], "--rate", 0, 10000000));
+    const std::size_t window = cli::number<std::size_t>(o["window"], "--window", 1, 1024);
+    const auto timeout = std::chrono::milliseconds(cli::number<std::size_t>(o["timeout-ms"], "--timeout-ms", 1, 600000));
+    const std::size_t in_process = cli::number<std::size_t>(o["in-process-workers"], "--in-process-workers", 0, 64);
+    const double kill_at = double(cli::number<std::size_t>(o["kill-after-s"], "--kill-after-s", 0, 86400));
+    const double restart_at = double(cli::number<std::size_t>(o["restart-after-s"], "--restart-after-s", 0, 86400));
     const bool timeline = o["timeline"] == "yes";
-    const long max_errors = o["max-errors"] == "-1" ? -1 : long(node::number(o["max-errors"], "--max-errors", 0, 1u << 30));
+    const long max_errors = o["max-errors"] == "-1" ? -1 : long(cli::number<std::size_t>(o["max-errors"], "--max-errors", 0, 1u << 30));
 
     Sequential<float> model = cluster::model(o["model"]);
-    const std::size_t split = node::number(o["split"], "--split", 0, model.size());
+    const std::size_t split = cli::number<std::size_t>(o["split"], "--split", 0, model.size());
     auto [head, tail] = model.split(split);
     const wire::ModelIdentity id{o["model-id"], 1, 0, static_cast<std::uint16_t>(split)};
 
@@ -114,21 +115,26 @@ int main(int argc, char** argv) {
     std::vector<std::unique_ptr<ZmqWorker>> workers;
     WorkerOptions wo;
     if (in_process > 0) {
+      const bool secure = o["insecure"] != "yes";
       const CurveKeyPair bk = generate_curve_keypair(), ck = generate_curve_keypair(), wk = generate_curve_keypair();
       BrokerOptions bo;
       bo.frontend = bo.backend = "tcp://127.0.0.1:*";
-      bo.curve = bk;
-      bo.client_keys = {ck.public_key};
-      bo.worker_keys = {wk.public_key};
-      bo.heartbeat_interval = std::chrono::milliseconds(node::number(o["heartbeat-ms"], "--heartbeat-ms", 10, 60000));
+      if (secure) {
+        bo.curve = bk;
+        bo.client_keys = {ck.public_key};
+        bo.worker_keys = {wk.public_key};
+      }
+      bo.heartbeat_interval = std::chrono::milliseconds(cli::number<std::size_t>(o["heartbeat-ms"], "--heartbeat-ms", 10, 60000));
       broker = std::make_unique<ZmqBroker>(bo);
       front = broker->frontend_endpoint();
-      keys = CurveClientKeys{ck, bk.public_key};
       wo.broker = broker->backend_endpoint();
-      wo.curve = CurveClientKeys{wk, bk.public_key};
+      if (secure) {
+        keys = CurveClientKeys{ck, bk.public_key};
+        wo.curve = CurveClientKeys{wk, bk.public_key};
+      }
       wo.heartbeat_interval = bo.heartbeat_interval;
-      wo.capacity = static_cast<std::uint32_t>(node::number(o["capacity"], "--capacity", 1, 65536));
-      wo.server.max_batch = node::number(o["max-batch"], "--max-batch", 1, 4096);
+      wo.capacity = static_cast<std::uint32_t>(cli::number<std::size_t>(o["capacity"], "--capacity", 1, 65536));
+      wo.server.max_batch = cli::number<std::size_t>(o["max-batch"], "--max-batch", 1, 4096);
       for (std::size_t i = 0; i < in_process; ++i) {
         workers.push_back(std::make_unique<ZmqWorker>(wo));
         workers.back()->register_model(id, tail);
@@ -141,7 +147,7 @@ int main(int argc, char** argv) {
 
     // The edge side, precomputed: 256 encoded INFER frames and the answers they must get.
     CodecConfig cfg;
-    cfg.bits = static_cast<int>(node::number(o["bits"], "--bits", 2, 32));
+    cfg.bits = static_cast<int>(cli::number<std::size_t>(o["bits"], "--bits", 2, 32));
     FeatureCodec codec(cfg);
     CodecConfig raw_cfg;
     raw_cfg.bits = wire::raw_f32_bits;
