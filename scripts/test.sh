@@ -2,7 +2,8 @@
 # The whole test suite: install what is missing, then
 #   1. package consumers: install to a prefix (then moved, as packages are) and build a
 #      find_package() consumer, a plain Makefile consumer through pkg-config, an add_subdirectory()
-#      consumer and a FetchContent consumer of a source archive; run each; then the docs check
+#      consumer and a FetchContent consumer of a source archive; run each; the vcpkg port's logic
+#      with stand-ins for vcpkg's functions; then the docs check
 #      (Doxygen over the public headers, every warning an error);
 #   2. cross builds for aarch64 and 32-bit ARM (NEON kernels), tests run under qemu-user;
 #   3. clang builds with AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite, and
@@ -47,6 +48,8 @@ cmake -S "$root/tests/package/fetchcontent" -B "$out/pkg-fetch" \
   -DEDGESPLIT_SOURCE="$out/edgesplit-src.tar.gz" >/dev/null
 cmake --build "$out/pkg-fetch" -j"$jobs" >/dev/null
 "$out/pkg-fetch/consumer"
+rm -rf "$out/pkg-vcpkg"
+cmake -DOUT="$out/pkg-vcpkg" -P "$root/tests/package/vcpkg/portfile_check.cmake"
 
 step "docs: API reference (Doxygen, undocumented public API is an error)"
 mkdir -p "$out/docs"
