@@ -32,8 +32,8 @@ namespace edgesplit {
 /// wobbles around the boundary does not make the plan flap.
 class PlanSelector {
  public:
-  /// Plans for `edge` and `cloud` profiles with the measured `codecs` under `request`; re-plans when told a
-  /// new link estimate, switching only past `hysteresis`.
+  /// Plans for the `edge` and `cloud` profiles and the measured `codecs` under `request`, on the
+  /// `initial` link; re-plans for each new link estimate, switching only past `hysteresis`.
   PlanSelector(DeviceProfile edge, DeviceProfile cloud, std::vector<CodecCandidate> codecs, PlanRequest request,
                const LinkModel& initial, double hysteresis = 0.15)
       : edge_(std::move(edge)), cloud_(std::move(cloud)), codecs_(std::move(codecs)), req_(request), h_(hysteresis) {

@@ -43,7 +43,7 @@ class InProcTransport {
     return {InProcTransport(shared, 0), InProcTransport(shared, 1)};
   }
 
-  /// Moves the end; the source is left closed.
+  /// Moves the end; the source is left empty, no longer part of the pair.
   InProcTransport(InProcTransport&&) noexcept = default;
   /// Moves the end, closing this one first.
   InProcTransport& operator=(InProcTransport&& o) noexcept {
