@@ -62,7 +62,7 @@ class Sequential {
 
   std::size_t size() const noexcept { return layers_.size(); }  ///< number of layers
   bool empty() const noexcept { return layers_.empty(); }  ///< true when there are no layers
-  /// Layer `i`; errc-free std::out_of_range past the end (std::vector::at).
+  /// Layer `i`; std::out_of_range past the end.
   Layer<T>& operator[](std::size_t i) { return *layers_.at(i); }
   /// Layer `i`; std::out_of_range past the end.
   const Layer<T>& operator[](std::size_t i) const { return *layers_.at(i); }
