@@ -26,8 +26,9 @@ class EdgesplitConan(ConanFile):
     package_type = "header-library"
     settings = "os", "arch", "compiler", "build_type"
     # Each optional dependency is used by its own headers only (see the top CMakeLists.txt).
-    options = {"with_json": [True, False], "with_zlib": [True, False], "with_zstd": [True, False]}
-    default_options = {"with_json": True, "with_zlib": True, "with_zstd": True}
+    options = {"with_json": [True, False], "with_zlib": [True, False], "with_zstd": [True, False],
+               "with_zmq": [True, False]}
+    default_options = {"with_json": True, "with_zlib": True, "with_zstd": True, "with_zmq": False}
     no_copy_source = True
 
     def export_sources(self):
@@ -49,6 +50,8 @@ class EdgesplitConan(ConanFile):
             self.requires("zlib/[>=1.2.11 <2]")
         if self.options.with_zstd:
             self.requires("zstd/[>=1.5 <2]")
+        if self.options.with_zmq:
+            self.requires("cppzmq/[>=4.7 <5]")
 
     def package_id(self):
         # Nothing is compiled: the package is the same for every compiler, OS and build type.
@@ -68,6 +71,7 @@ class EdgesplitConan(ConanFile):
         tc.cache_variables["EDGESPLIT_WITH_JSON"] = bool(self.options.with_json)
         tc.cache_variables["EDGESPLIT_WITH_ZLIB"] = bool(self.options.with_zlib)
         tc.cache_variables["EDGESPLIT_WITH_ZSTD"] = bool(self.options.with_zstd)
+        tc.cache_variables["EDGESPLIT_WITH_ZMQ"] = bool(self.options.with_zmq)
         tc.generate()
         CMakeDeps(self).generate()
 
@@ -96,5 +100,7 @@ class EdgesplitConan(ConanFile):
         if self.options.with_zstd:
             self.cpp_info.requires.append("zstd::zstd")
             self.cpp_info.defines.append("EDGESPLIT_HAS_ZSTD=1")
+        if self.options.with_zmq:
+            self.cpp_info.requires.append("cppzmq::cppzmq")
         if self.settings.os in ("Linux", "FreeBSD"):
             self.cpp_info.system_libs = ["pthread"]

@@ -16,6 +16,7 @@ vcpkg_check_features(OUT_FEATURE_OPTIONS FEATURE_OPTIONS
     json EDGESPLIT_WITH_JSON
     zlib EDGESPLIT_WITH_ZLIB
     zstd EDGESPLIT_WITH_ZSTD
+    zmq EDGESPLIT_WITH_ZMQ
 )
 
 vcpkg_cmake_configure(

@@ -1,7 +1,7 @@
 # Runs packaging/vcpkg/portfile.cmake with stand-ins for vcpkg's helper functions (vcpkg itself
 # is not installable here), so the port's own logic is checked against a real configure and
-# install: its source path, the feature options (json and zlib on, zstd off here), the CMake
-# package where vcpkg_cmake_config_fixup expects it, the pkg-config file and the license.
+# install: its source path, the feature options (json and zlib on, zstd and zmq off here), the
+# CMake package where vcpkg_cmake_config_fixup expects it, the pkg-config file and the license.
 #   cmake -DOUT=<scratch dir> -P tests/package/vcpkg/portfile_check.cmake
 if(NOT OUT)
   message(FATAL_ERROR "pass -DOUT=<scratch dir>")
@@ -15,7 +15,7 @@ function(vcpkg_check_features)
     math(EXPR j "${i} + 1")
     list(GET A_FEATURES ${i} f)
     list(GET A_FEATURES ${j} o)
-    if(f STREQUAL "zstd")
+    if(f STREQUAL "zstd" OR f STREQUAL "zmq")
       list(APPEND opts "-D${o}=OFF")
     else()
       list(APPEND opts "-D${o}=ON")
@@ -45,7 +45,7 @@ function(vcpkg_cmake_config_fixup)
 endfunction()
 function(vcpkg_fixup_pkgconfig)
   file(STRINGS ${CURRENT_PACKAGES_DIR}/share/pkgconfig/edgesplit.pc requires REGEX "^Requires:")
-  if(NOT requires MATCHES "nlohmann_json" OR NOT requires MATCHES "zlib" OR requires MATCHES "libzstd")
+  if(NOT requires MATCHES "nlohmann_json" OR NOT requires MATCHES "zlib" OR requires MATCHES "libzstd|cppzmq")
     message(FATAL_ERROR "edgesplit.pc does not follow the features: ${requires}")
   endif()
 endfunction()
