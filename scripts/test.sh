@@ -53,7 +53,10 @@ cmake -DOUT="$out/pkg-vcpkg" -P "$root/tests/package/vcpkg/portfile_check.cmake"
 
 step "docs: API reference (Doxygen, undocumented public API is an error)"
 mkdir -p "$out/docs"
-(cd "$root" && { cat docs/Doxyfile; echo "OUTPUT_DIRECTORY = $out/docs"; } | doxygen -)
+if ! (cd "$root" && { cat docs/Doxyfile; echo "OUTPUT_DIRECTORY = $out/docs"; } | doxygen -); then
+  echo "docs check failed: give each name above a /// comment saying what it is for (docs/Doxyfile)" >&2
+  exit 1
+fi
 
 for target in aarch64-linux-gnu:qemu-aarch64 arm-linux-gnueabihf:qemu-arm; do
   triple="${target%%:*}"
