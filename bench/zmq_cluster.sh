@@ -8,7 +8,9 @@
 # with CURVE, runs zmq_loadgen with CLIENTS clients for SECONDS. With KILL_AT and RESTART_AT
 # (seconds after the load starts), worker 1 is killed with SIGKILL at KILL_AT (a crash: no
 # goodbye) and a new worker process is started at RESTART_AT; the load generator's timeline
-# then shows the p99 of every second. Everything stops by itself.
+# then shows the p99 of every second. EDGESPLIT_KILL_SIGNAL=STOP freezes worker 1 instead (a hung
+# process: its connection stays open and only the missing heartbeats tell). Everything stops by
+# itself.
 set -euo pipefail
 build="${1:?build directory}"; workers="${2:?number of workers}"
 seconds="${3:-10}"; clients="${4:-64}"; kill_at="${5:-0}"; restart_at="${6:-0}"
@@ -17,7 +19,7 @@ bin="$build/examples"
 dir="$(mktemp -d)"
 # Every process started here leaves its pid in $dir/*.pid, so that all of them stop at the end.
 cleanup() {
-  for f in "$dir"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  for f in "$dir"/*.pid; do [ -f "$f" ] && kill -CONT "$(cat "$f")" 2>/dev/null && kill "$(cat "$f")" 2>/dev/null || true; done
   wait 2>/dev/null || true; rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -39,7 +41,8 @@ sleep 0.5
 
 extra=()
 if [ "$kill_at" != 0 ]; then  # whole seconds
-  ( sleep "$kill_at"; kill -9 "$(cat "$dir/worker-1.pid")"; echo "zmq_cluster: t=${kill_at}s worker 1 killed (SIGKILL)"
+  signal="${EDGESPLIT_KILL_SIGNAL:-KILL}"
+  ( sleep "$kill_at"; kill -"$signal" "$(cat "$dir/worker-1.pid")"; echo "zmq_cluster: t=${kill_at}s worker 1 sent SIG$signal"
     sleep $((restart_at - kill_at)); start_worker $((workers + 1))
     echo "zmq_cluster: t=${restart_at}s worker $((workers + 1)) started" ) &
   extra=(--timeline yes)

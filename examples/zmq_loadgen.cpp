@@ -26,6 +26,8 @@
 // send relabels a pooled frame with a fresh request id), so the figures are the cluster's:
 // broker, CURVE, workers, tail. Every answer is checked against the tail run locally on the same
 // decoded features.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -61,6 +63,13 @@ struct Done {
   double sent_s = 0;  // since the start
   double latency_ms = 0;
 };
+
+// CPU seconds (user + system) of this thread, or of the whole process.
+double cpu_seconds(int who) {
+  rusage u{};
+  getrusage(who, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
 
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -263,17 +272,18 @@ int main(int argc, char** argv) {
         }
       }
     }
+    const double driver_cpu = cpu_seconds(RUSAGE_THREAD), process_cpu = cpu_seconds(RUSAGE_SELF);
     clients.clear();  // close every socket before the context ends
 
     std::vector<double> all;
     for (const auto& d : done) all.push_back(d.latency_ms);
     std::size_t errors = wrong + lost;
     for (auto& [code, n] : error_replies) errors += n;
-    std::printf("zmq_loadgen: %zu clients, %s, %.0f s, %s, %zu worker(s)%s\n", n_clients,
+    const std::string where = in_process > 0 ? std::to_string(in_process) + " worker(s) in process" : "an external cluster";
+    std::printf("zmq_loadgen: %zu clients, %s, %.0f s, %s, %s\n", n_clients,
                 rate > 0 ? ("open loop at " + std::to_string(long(rate)) + " req/s").c_str()
                          : ("closed loop, window " + std::to_string(window)).c_str(),
-                seconds, keys ? "CURVE" : "no security",
-                in_process > 0 ? in_process : std::size_t{0}, in_process > 0 ? " in process" : " (external)");
+                seconds, keys ? "CURVE" : "no security", where.c_str());
     std::printf("zmq_loadgen: sent %zu, answered %zu, throughput %.0f req/s\n", sent, done.size(),
                 double(done.size()) / seconds);
     std::printf("zmq_loadgen: latency ms p50 %.3f  p95 %.3f  p99 %.3f  max %.3f\n", percentile(all, 0.50),
@@ -282,6 +292,10 @@ int main(int argc, char** argv) {
     if (error_replies.empty()) std::printf(" 0");
     for (auto& [code, n] : error_replies) std::printf(" %s %zu", code.c_str(), n);
     std::printf("), unexpected replies %zu\n", unexpected);
+    // Where the CPU went: the thread that drives the clients is part of the measurement's cost.
+    std::printf("zmq_loadgen: CPU %.1f s in this process (%.1f us per answer), of which the client-driving thread "
+                "%.1f s\n",
+                process_cpu, done.empty() ? 0.0 : 1e6 * process_cpu / double(done.size()), driver_cpu);
     if (killed) {
       const double to = restart_at > kill_at ? restart_at : seconds;
       std::vector<double> before, during;
