@@ -465,7 +465,7 @@ bool freeze_holding_work(ZmqWorker& w) {
 
 }  // namespace
 
-TEST_CASE("Chaos: a worker killed mid-run loses nothing, a new one joins and takes work", "[zmq]") {
+TEST_CASE("Chaos: a worker killed mid-run loses nothing, a new one joins and takes work, another leaves", "[zmq]") {
   ChaosCluster c;
   REQUIRE(eventually([&] { return c.broker.stats().workers == 2; }));
   c.load.start(c.k, c.broker, c.s, 6);
@@ -480,6 +480,11 @@ TEST_CASE("Chaos: a worker killed mid-run loses nothing, a new one joins and tak
   // A new worker joins under load and takes work.
   auto w3 = start_worker(c.k, c.broker, c.s);
   REQUIRE(eventually([&] { return c.broker.stats().workers == 2 && w3->stats().requests >= 20; }));
+  // And w1 leaves under load (a graceful stop: DISCONNECT, the broker re-sends what it held).
+  c.w1->stop();
+  REQUIRE(eventually([&] { return c.broker.stats().workers == 1; }));
+  const int at_leave = c.load.good;
+  REQUIRE(eventually([&] { return c.load.good >= at_leave + 50; }));
   c.load.finish();
 
   REQUIRE(eventually([&] { return c.broker.stats().requests == c.broker.stats().replies; }));
@@ -491,6 +496,7 @@ TEST_CASE("Chaos: a worker killed mid-run loses nothing, a new one joins and tak
   CHECK(c.load.late == 0);    // no request was answered twice
   CHECK(st.resent >= 1);      // w2 held requests when it died, and they were re-sent
   CHECK(st.workers_expired + st.workers_lost == 1);
+  CHECK(st.workers_left == 1);
   CHECK(st.duplicate_replies == 0);  // a killed worker answers nothing more
   CHECK(st.replies == st.requests);
   CHECK(w3->stats().replies > 0);
