@@ -320,6 +320,25 @@ TEST_CASE("ZmqTransport: point to point over CURVE and ipc, the Transport contra
   const auto next = server.receive(deadline_after(10s));
   REQUIRE(next);
   CHECK(next->bytes.size() == 2);
+  // Nobody at the other end: ZeroMQ queues up to the high-water mark, then send() times out.
+  {
+    ZmqOptions o;
+    o.high_water_mark = 4;
+    ZmqTransport lonely = ZmqTransport::connect("ipc://" + (temp_dir("lonely") / "nobody.sock").string(), o);
+    int queued = 0;
+    bool timed_out = false;
+    for (; queued < 10000 && !timed_out; ++queued) {
+      try {
+        lonely.send(std::vector<std::byte>(16), deadline_after(20ms));
+      } catch (const error& e) {
+        CHECK(e.code() == errc::timeout);
+        timed_out = true;
+      }
+    }
+    CHECK(timed_out);
+    CHECK(queued == 4 + 1);  // the pipe to the absent peer holds high_water_mark messages; the next waits
+  }
+  std::filesystem::remove_all(temp_dir("lonely"));
   // Bad endpoints are typed errors.
   expect_errc(errc::invalid_argument, [&] { (void)ZmqTransport::connect("nonsense://x"); });
   expect_errc(errc::invalid_argument, [&] {

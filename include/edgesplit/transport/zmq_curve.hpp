@@ -44,7 +44,7 @@
 namespace edgesplit {
 
 inline constexpr std::size_t curve_key_text_bytes = 40;  ///< Z85 text of a 32-byte key
-inline constexpr std::size_t curve_key_bytes = 32;
+inline constexpr std::size_t curve_key_bytes = 32;  ///< a CURVE key in binary
 inline constexpr std::size_t max_curve_key_file_bytes = 1 << 20;  ///< an allow-list of ~20,000 keys
 
 /// A CURVE key pair as Z85 text.
