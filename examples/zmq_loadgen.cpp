@@ -22,7 +22,8 @@
 //   --timeline yes       one line per second: sent, answered, p99 of that second's requests
 //   --max-errors N       exit status 1 when errors (lost, wrong, ERROR replies) exceed N
 //
-// The edge side is precomputed (a pool of 256 inputs run through the head and encoded once; each
+// Each client first gets one answer (the warm-up: connections and CURVE handshakes) before the
+// clock starts. The edge side is precomputed (a pool of 256 inputs run through the head and encoded once; each
 // send relabels a pooled frame with a fresh request id), so the figures are the cluster's:
 // broker, CURVE, workers, tail. Every answer is checked against the tail run locally on the same
 // decoded features.
@@ -175,22 +176,45 @@ int main(int argc, char** argv) {
 
     zmq::context_t ctx(2);
     std::vector<Client> clients(n_clients);
-    const auto t0 = Steady::now();
+    std::vector<std::byte> frame;
     const auto per_client = rate > 0 ? std::chrono::duration<double>(double(n_clients) / rate) : std::chrono::duration<double>(0);
     for (std::size_t c = 0; c < n_clients; ++c) {
       clients[c].socket = zmq::socket_t(ctx, zmq::socket_type::dealer);
       clients[c].socket.set(zmq::sockopt::linger, 0);
       if (keys) configure_curve_client(clients[c].socket, *keys);
       clients[c].socket.connect(front);
-      // Open loop: spread the clients' first sends over one interval.
-      clients[c].next_send = t0 + std::chrono::duration_cast<Steady::duration>(per_client * (double(c) / double(n_clients)));
     }
+    // Warm-up, not measured: every client connects (the CURVE handshakes cost milliseconds of CPU
+    // each) and gets one answer before the clock starts.
+    {
+      std::vector<bool> answered(n_clients, false);
+      std::size_t waiting = n_clients;
+      std::vector<zmq_pollitem_t> warm(n_clients);
+      for (std::size_t c = 0; c < n_clients; ++c) {
+        frame = pool[c % pool.size()];
+        wire::cluster::relabel(frame, clients[c].next_id++);
+        clients[c].socket.send(zmq::buffer(frame), zmq::send_flags::none);
+      }
+      const auto give_up = Steady::now() + timeout;
+      while (waiting > 0 && Steady::now() < give_up) {
+        for (std::size_t c = 0; c < n_clients; ++c) warm[c] = {clients[c].socket.handle(), 0, ZMQ_POLLIN, 0};
+        zmq::poll(warm.data(), warm.size(), std::chrono::milliseconds(10));
+        for (std::size_t c = 0; c < n_clients; ++c) {
+          zmq::message_t m;
+          while ((warm[c].revents & ZMQ_POLLIN) && clients[c].socket.recv(m, zmq::recv_flags::dontwait))
+            if (!answered[c]) answered[c] = true, --waiting;
+        }
+      }
+      if (waiting > 0) fail(errc::timeout, std::to_string(waiting) + " clients got no answer to their warm-up request");
+    }
+    const auto t0 = Steady::now();
+    for (std::size_t c = 0; c < n_clients; ++c)  // open loop: spread the first sends over one interval
+      clients[c].next_send = t0 + std::chrono::duration_cast<Steady::duration>(per_client * (double(c) / double(n_clients)));
 
     std::vector<Done> done;
     done.reserve(1 << 20);
     std::size_t sent = 0, wrong = 0, lost = 0, unexpected = 0, pool_next = 0;
     std::map<std::string, std::size_t> error_replies;
-    std::vector<std::byte> frame;
     std::vector<zmq_pollitem_t> items(n_clients);
     const auto end = t0 + std::chrono::duration_cast<Steady::duration>(std::chrono::duration<double>(seconds));
     bool killed = false, restarted = false;
