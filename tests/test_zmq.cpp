@@ -410,6 +410,34 @@ TEST_CASE("Cluster: split inference through a CURVE broker and two workers equal
   CHECK(broker.stats().workers_left == 1);
 }
 
+TEST_CASE("An edge over ZeroMQ falls back while no broker runs and is served once one comes up", "[zmq]") {
+  const Keys k;
+  Split s = make_split();
+  const auto dir = temp_dir("late");
+  const std::string front = "ipc://" + (dir / "front.sock").string();
+  EdgeOptions eo = edge_options();
+  eo.connect_timeout = 200ms;  // each attempt's HELLO waits this long
+  EdgeClient client(s.head, [&] { return Channel(ZmqTransport::connect(front, client_zmq(k.client, k.broker))); }, eo,
+                    Fallback{s.whole, Fallback::Input::input});
+  const auto x = random_input(2, kIn, 5);
+  const Tensor<float> want = s.whole.predict(x.cview());
+  const InferResult local = client.infer(x.cview(), deadline_after(300ms));
+  CHECK(local.path == AnswerPath::fallback);
+  CHECK(close_to(local.output, want));
+
+  BrokerOptions bo = broker_options(k);
+  bo.frontend = front;
+  ZmqBroker broker(bo);
+  auto w = start_worker(k, broker, s);
+  REQUIRE(eventually([&] { return client.connected(); }));
+  const InferResult remote = client.infer(x.cview(), deadline_after(10s));
+  CHECK(remote.path == AnswerPath::cloud);
+  CHECK(close_to(remote.output, want));
+  CHECK(client.stats().connect_failures >= 1);
+  CHECK(client.stats().reconnects >= 1);
+  std::filesystem::remove_all(dir);
+}
+
 namespace {
 
 // Closed-loop load from `clients` EdgeClients until `stop`; counts answers checked against the
@@ -679,6 +707,8 @@ class TamperingRelay {
   std::uint16_t port() const { return port_; }
   void tamper_next() { tamper_ = true; }
   int tampered() const { return tampered_; }
+  int accepted() const { return accepted_; }
+  int closed() const { return closed_; }
 
  private:
   void run() {
@@ -700,6 +730,7 @@ class TamperingRelay {
         a.sin_port = htons(upstream_);
         if (c >= 0 && ::connect(u, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
           pairs.emplace_back(c, u);
+          ++accepted_;
         } else {
           if (c >= 0) ::close(c);
           ::close(u);
@@ -713,6 +744,7 @@ class TamperingRelay {
           const int to = dir == 0 ? pairs[i].second : pairs[i].first;
           const ssize_t n = ::read(from, buf, sizeof buf);
           if (n <= 0) {
+            ++closed_;
             ::close(pairs[i].first);
             ::close(pairs[i].second);
             pairs.erase(pairs.begin() + static_cast<long>(i));
@@ -736,7 +768,7 @@ class TamperingRelay {
   std::uint16_t upstream_, port_ = 0;
   int listen_ = -1;
   std::atomic<bool> stop_{false}, tamper_{false};
-  std::atomic<int> tampered_{0};
+  std::atomic<int> tampered_{0}, accepted_{0}, closed_{0};
   std::thread thread_;
 };
 
@@ -760,9 +792,14 @@ TEST_CASE("Security: a message tampered with on the wire is rejected by CURVE", 
   CHECK(relay.tampered() == 1);
   REQUIRE(eventually([&] { return broker.stats().crypto_failures > failures_before; }));
   CHECK(broker.stats().requests == 1);  // the tampered request never got in
-  // ZeroMQ reconnects through the relay with a fresh handshake; a clean message goes through.
-  c.send(infer_frame(3, 3));
-  const auto third = c.receive(10s);
+  // The broker keeps serving: a new connection through the relay, with a fresh handshake, gets
+  // its answer. (The tampered connection itself is libzmq's to drop and re-establish: in plain
+  // builds the broker closes it and the client reconnects at once; under ThreadSanitizer with
+  // several suites running at once the broker was seen to keep it open, so this test does not
+  // depend on the old connection.)
+  RawClient fresh("tcp://127.0.0.1:" + std::to_string(relay.port()), CurveClientKeys{k.client2, k.broker.public_key});
+  fresh.send(infer_frame(3, 3));
+  const auto third = fresh.receive(10s);
   REQUIRE(third);
   CHECK(wire::peek(*third).request_id == 3);
   CHECK(eventually([&] { return broker.stats().requests == 2; }));
