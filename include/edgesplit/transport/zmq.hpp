@@ -10,7 +10,9 @@
 //
 // What ZeroMQ changes compared with TcpTransport:
 // - ZeroMQ reconnects by itself and hides connection loss: receive() never reports a lost peer,
-//   only deadlines passing. (The runtime treats a deadline as the sign of trouble anyway.)
+//   only deadlines passing. (The runtime treats a deadline as the sign of trouble anyway.) ZMTP
+//   heartbeats (ZmqOptions::heartbeat_interval) close and re-establish a connection that is open
+//   but dead.
 // - Messages queue in ZeroMQ while the peer is away, up to the high-water mark; send() with a
 //   deadline waits for room until then (`timeout`).
 // - A message over the cap is refused by libzmq itself (ZMQ_MAXMSGSIZE: the peer is
@@ -61,6 +63,10 @@ struct ZmqOptions {
   /// Reconnect interval of a connecting socket, doubling up to the maximum.
   std::chrono::milliseconds reconnect_interval{100};
   std::chrono::milliseconds reconnect_interval_max{2000};  ///< the interval doubles up to this
+  /// ZMTP heartbeats: a PING every interval; a connection whose peer has not answered within
+  /// 3 intervals is closed and re-established. This is what notices a connection that is open
+  /// but dead (a NAT that forgot it, a peer that stopped reading); zero: off.
+  std::chrono::milliseconds heartbeat_interval{1000};
   /// CURVE for a connecting transport (the server's public key and our own pair).
   std::optional<CurveClientKeys> curve_client;
   /// CURVE for a binding transport (our pair; a ZAP domain if the context has an authenticator).
@@ -318,6 +324,10 @@ class ZmqTransport {
       s.socket.set(::zmq::sockopt::routing_id, ::zmq::buffer(s.routing_id));
       s.socket.set(::zmq::sockopt::reconnect_ivl, static_cast<int>(options.reconnect_interval.count()));
       s.socket.set(::zmq::sockopt::reconnect_ivl_max, static_cast<int>(options.reconnect_interval_max.count()));
+      if (options.heartbeat_interval.count() > 0) {
+        s.socket.set(::zmq::sockopt::heartbeat_ivl, static_cast<int>(options.heartbeat_interval.count()));
+        s.socket.set(::zmq::sockopt::heartbeat_timeout, static_cast<int>(3 * options.heartbeat_interval.count()));
+      }
       if (options.curve_client) configure_curve_client(s.socket, *options.curve_client);
       if (options.curve_server) configure_curve_server(s.socket, *options.curve_server);
       if (do_bind) {
