@@ -337,7 +337,7 @@ void write_gz(const fs::path& p, const std::vector<std::byte>& bytes) {
 
 }  // namespace
 
-TEST_CASE("IDX: gzip and plain files read; data sets built and validated", "[io][idx]") {
+TEST_CASE("IDX: gzip and plain files read, data sets built and validated", "[io][idx]") {
   TempDir dir("idx");
   const auto images = idx_bytes(0x08, {3, 2, 2}, 12, 10);
   const auto labels = idx_bytes(0x08, {3}, 3, 0);

@@ -777,7 +777,7 @@ TEST_CASE("Standardizer: fitted statistics, constant features, saved and applied
 // ---------------------------------------------------------------------------------------------
 // Parameter sync
 
-TEST_CASE("Weights: get, set, copy, average; shape mismatches are typed errors", "[train][sync]") {
+TEST_CASE("Weights: get, set, copy, average, shape mismatches are typed errors", "[train][sync]") {
   auto a = mlp_f({5, 4, 3}, 1), b = mlp_f({5, 4, 3}, 2), c = mlp_f({5, 4, 3}, 3);
   const Weights<float> wa(a);
   REQUIRE(wa.size() == 4);

@@ -646,7 +646,7 @@ TEST_CASE("SimulatedLink: 1 MB at 10 Mbps takes 0.8 s plus latency", "[transport
   CHECK(std::abs(serialization - 0.8) <= 0.02 * 0.8);
 }
 
-TEST_CASE("SimulatedLink: messages queue behind each other; the token bucket bursts after idle", "[transport][simlink]") {
+TEST_CASE("SimulatedLink: messages queue behind each other, the token bucket bursts after idle", "[transport][simlink]") {
   // 125 000 B at 1 Mbps = 1 s each.
   VirtualLink link(mbps(1, 5ms));
   const auto t0 = link.clock.now();
@@ -715,7 +715,7 @@ TEST_CASE("SimulatedLink: latency and jitter follow their distribution", "[trans
   CHECK(hi > 59.0);
 }
 
-TEST_CASE("SimulatedLink: loss rate within its binomial bounds; survivors arrive in order", "[transport][simlink]") {
+TEST_CASE("SimulatedLink: loss rate within its binomial bounds, survivors arrive in order", "[transport][simlink]") {
   LinkProfile p = mbps(100, 10ms);
   p.loss = 0.1;
   VirtualLink link(p, 33);
@@ -816,7 +816,7 @@ TEST_CASE("SimulatedLink: a Mahimahi trace is replayed opportunity by opportunit
   CHECK(*c.up.send(Bytes(1'000'000)) - c.clock.now() == 667ms + 20ms);
 }
 
-TEST_CASE("DeliveryTrace: files load; malformed traces are refused with typed errors", "[transport][simlink]") {
+TEST_CASE("DeliveryTrace: files load, malformed traces are refused with typed errors", "[transport][simlink]") {
   const DeliveryTrace crlf = DeliveryTrace::parse("0\r\n3\r\n3\r\n7\r\n");
   CHECK(std::vector<std::uint64_t>(crlf.opportunities_ms().begin(), crlf.opportunities_ms().end()) ==
         std::vector<std::uint64_t>{0, 3, 3, 7});
@@ -882,7 +882,7 @@ TEST_CASE("SimulatedLink: the Neurosurgeon presets and profile validation", "[tr
   refused([](LinkProfile& p) { p.reorder_delay = -1ms; });
 }
 
-TEST_CASE("SimulatedLink: a peer that is not a link is refused; a closing peer is reported after its messages",
+TEST_CASE("SimulatedLink: a peer that is not a link is refused, a closing peer is reported after its messages",
           "[transport][simlink]") {
   {
     auto rawwrapped_ends = InProcTransport::make_pair();
@@ -908,7 +908,7 @@ TEST_CASE("SimulatedLink: a peer that is not a link is refused; a closing peer i
   }
 }
 
-TEST_CASE("Clocks: a virtual clock only moves forward; deadlines saturate", "[transport][clock]") {
+TEST_CASE("Clocks: a virtual clock only moves forward, deadlines saturate", "[transport][clock]") {
   VirtualClock clock;
   CHECK(clock.now() == Clock::time_point{});
   clock.advance_by(5ms);
