@@ -312,8 +312,7 @@ class CloudServer {
     bool stalled = false;
     {
       std::lock_guard lock(queue_mutex_);
-      c.reading = true;
-      if (c.pending == 0) ++quiet_;
+      update_quiet(c, [&] { c.reading = true; });
     }
     try {
       while (!stopping_) {
@@ -341,8 +340,7 @@ class CloudServer {
     c.open = false;
     c.channel.close();
     std::lock_guard lock(queue_mutex_);
-    if (c.pending == 0) --quiet_;
-    c.reading = false;
+    update_quiet(c, [&] { c.reading = false; });
   }
 
   // One incoming message. Returns false when the connection must be dropped.
@@ -427,11 +425,21 @@ class CloudServer {
       return;
     }
     Connection& c = *job.conn;
-    if (c.pending++ == 0 && c.reading) --quiet_;
+    update_quiet(c, [&] { ++c.pending; });
     queue_.push_back(std::move(job));
     lock.unlock();
     count(&ServerStats::requests);
     queue_cv_.notify_one();
+  }
+
+  // Applies `change` to c.reading or c.pending and keeps quiet_ equal to the number of
+  // connections with a running reader and nothing pending. Caller holds queue_mutex_.
+  template <class Change>
+  void update_quiet(Connection& c, Change change) {
+    const bool was = c.reading && c.pending == 0;
+    change();
+    const bool is = c.reading && c.pending == 0;
+    if (was != is) is ? ++quiet_ : --quiet_;
   }
 
   // Takes the next batch: the oldest request plus queued ones for the same tail and feature
@@ -473,8 +481,7 @@ class CloudServer {
     while (next_batch(batch)) {
       run_batch(batch, models, input, codec, out);
       std::lock_guard lock(queue_mutex_);
-      for (const Job& j : batch)
-        if (--j.conn->pending == 0 && j.conn->reading) ++quiet_;
+      for (const Job& j : batch) update_quiet(*j.conn, [&] { --j.conn->pending; });
       --busy_;
       if (queue_.empty() && busy_ == 0) idle_cv_.notify_all();
     }
