@@ -119,10 +119,8 @@ TEST_CASE("SIMD and scalar quantize/dequantize are bit-identical per tensor", "[
   Rng rng(11);
   for (int bits : {8, 4, 2}) {
     // (1 << 18) + 33 floats: past Avx2QuantKernels::prefetch_bytes (1 MiB), the prefetching loop.
-    for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{8}, std::size_t{9},
-                          std::size_t{31}, std::size_t{32}, std::size_t{33}, std::size_t{63}, std::size_t{64},
-                          std::size_t{65}, std::size_t{100}, std::size_t{1000}, std::size_t{4099},
-                          (std::size_t{1} << 18) + 33}) {
+    for (std::size_t n : std::initializer_list<std::size_t>{0, 1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 1000, 4099,
+                                                           (1u << 18) + 33}) {
       const float scale = rng.below(2) ? 0.25f : static_cast<float>(rng.uniform(0.001, 0.3));
       const int zp = code_min(bits) + static_cast<int>(rng.below(1u << bits));
       const auto x = mixed_values(n, rng, -20 * scale, 20 * scale, scale);
