@@ -298,6 +298,29 @@ TEST_CASE("A lone client's request is not held for company that cannot come", "[
   CHECK(server.stats().batches == 5);
 }
 
+TEST_CASE("A full batch runs at once while other edges stay quiet", "[runtime]") {
+  // max_batch 2, max_queue_delay an hour, and a third client connected but idle, so some
+  // connection is quiet throughout: only the batch filling up can start it. A worker not woken
+  // when the second request arrives would sleep past the 20 s deadlines and both would fall back.
+  auto s = make_split(19);
+  ServerOptions so;
+  so.max_batch = 2;
+  so.max_queue_delay = std::chrono::hours(1);
+  CloudServer server(so);
+  server.register_model(kModel, s.tail);
+  EdgeClient a(s.head, inproc_connector(server), edge_options());
+  EdgeClient b(s.head, inproc_connector(server), edge_options());
+  EdgeClient idle(s.head, inproc_connector(server), edge_options());
+  const auto x = random_input(1, kIn, 6);
+  for (int round = 0; round < 3; ++round) {
+    auto fa = a.submit(x.cview(), deadline_after(20s));
+    auto fb = b.submit(x.cview(), deadline_after(20s));
+    CHECK(fa.get().path == AnswerPath::cloud);
+    CHECK(fb.get().path == AnswerPath::cloud);
+  }
+  CHECK(server.stats().batches == 3);
+}
+
 TEST_CASE("Bad peers lose only their own connection", "[runtime]") {
   auto s = make_split(17);
   ServerOptions so;

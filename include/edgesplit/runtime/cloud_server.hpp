@@ -213,9 +213,11 @@ class CloudServer {
       std::unique_lock lock(queue_mutex_);
       draining_ = true;
       queue_cv_.notify_all();
+      fill_cv_.notify_all();
       idle_cv_.wait_for(lock, drain, [&] { return queue_.empty() && busy_ == 0; });
       workers_stop_ = true;
       queue_cv_.notify_all();
+      fill_cv_.notify_all();
     }
     for (auto& t : workers_) t.join();
     workers_.clear();
@@ -427,19 +429,25 @@ class CloudServer {
     Connection& c = *job.conn;
     update_quiet(c, [&] { ++c.pending; });
     queue_.push_back(std::move(job));
+    // A worker filling a batch is woken when the queue could fill it (update_quiet wakes it when
+    // no connection is quiet); waking it for less would cost a context switch per request.
+    const bool wake_filler = filling_ != 0 && queue_.size() + filled_ >= opt_.max_batch;
     lock.unlock();
     count(&ServerStats::requests);
     queue_cv_.notify_one();
+    if (wake_filler) fill_cv_.notify_all();
   }
 
   // Applies `change` to c.reading or c.pending and keeps quiet_ equal to the number of
-  // connections with a running reader and nothing pending. Caller holds queue_mutex_.
+  // connections with a running reader and nothing pending; wakes a worker filling a batch when
+  // the last quiet one stops being quiet. Caller holds queue_mutex_.
   template <class Change>
   void update_quiet(Connection& c, Change change) {
     const bool was = c.reading && c.pending == 0;
     change();
     const bool is = c.reading && c.pending == 0;
     if (was != is) is ? ++quiet_ : --quiet_;
+    if (was && !is && quiet_ == 0 && filling_ != 0) fill_cv_.notify_all();
   }
 
   // Takes the next batch: the oldest request plus queued ones for the same tail and feature
@@ -465,7 +473,11 @@ class CloudServer {
       }
       // Wait only while some connection is quiet: every other one is already represented.
       if (draining_ || workers_stop_ || quiet_ == 0 || Clock::now() >= until) break;
-      queue_cv_.wait_until(lock, until);
+      ++filling_;
+      filled_ = std::max(filled_, batch.size());
+      fill_cv_.wait_until(lock, until);
+      --filling_;
+      if (filling_ == 0) filled_ = 0;
     }
     return true;
   }
@@ -562,6 +574,9 @@ class CloudServer {
 
   mutable std::mutex queue_mutex_;
   std::condition_variable queue_cv_, idle_cv_;
+  std::condition_variable fill_cv_;  // a worker waiting for its batch to fill
+  std::size_t filling_ = 0;  // workers waiting on fill_cv_
+  std::size_t filled_ = 0;   // the largest batch among them (wake when the queue would fill it)
   std::deque<Job> queue_;
   std::size_t busy_ = 0;
   std::size_t quiet_ = 0;  // connections whose reader runs and that have nothing pending

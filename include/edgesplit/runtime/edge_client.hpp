@@ -142,11 +142,10 @@ class EdgeClient {
       const auto t0 = Clock::now();
       const TensorView<const float> features = head_.forward(x);
       const auto t1 = Clock::now();
-      p.features = Tensor<float>(features.shape());
-      copy(features, p.features.view());
-      if (fallback_ && fallback_->on == Fallback::Input::input) {
-        p.input = Tensor<float>(x.shape());
-        copy(x, p.input.view());
+      if (fallback_) {  // kept only when a fallback may need to answer from it
+        const TensorView<const float> keep = fallback_->on == Fallback::Input::input ? x : features;
+        p.fallback_input = Tensor<float>(keep.shape());
+        copy(keep, p.fallback_input.view());
       }
       wire::InferRequest req{opt_.model.model_id, opt_.model.split, budget_us(deadline)};
       wire::encode_infer(p.frame, id, req, encoder_, features);
@@ -243,7 +242,7 @@ class EdgeClient {
   struct Pending {
     std::promise<InferResult> promise;
     InferResult result;
-    Tensor<float> features, input;
+    Tensor<float> fallback_input;  // the head's features or the input, as the fallback reads
     std::vector<std::byte> frame;
     Deadline deadline;
     Clock::time_point sent_at;
@@ -341,8 +340,7 @@ class EdgeClient {
     try {
       std::lock_guard lock(fallback_mutex_);
       const auto t0 = Clock::now();
-      const Tensor<float>& in = fallback_->on == Fallback::Input::input ? p.input : p.features;
-      p.result.output = fallback_->model.predict(in.cview());
+      p.result.output = fallback_->model.predict(p.fallback_input.cview());
       p.result.timings.fallback = seconds(Clock::now() - t0);
       p.promise.set_value(std::move(p.result));
     } catch (...) {
