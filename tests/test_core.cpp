@@ -4,8 +4,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <thread>
 #include <vector>
 
+#include "edgesplit/core/thread_name.hpp"
 #include "edgesplit/edgesplit.hpp"
 #include "test_util.hpp"
 
@@ -190,3 +193,19 @@ TEMPLATE_TEST_CASE("SIMD reductions and softmax equal their scalar references", 
     }
   }
 }
+
+#if defined(__linux__)
+TEST_CASE("name_this_thread keeps the first 15 characters of a long name", "[core]") {
+  std::string seen;
+  int rc = -1;
+  std::thread t([&] {  // asserts stay on the test's thread
+    edgesplit::name_this_thread("es-a-name-longer-than-fifteen");
+    char buf[32] = {};
+    rc = pthread_getname_np(pthread_self(), buf, sizeof buf);
+    seen = buf;
+  });
+  t.join();
+  REQUIRE(rc == 0);
+  CHECK(seen == "es-a-name-longe");
+}
+#endif

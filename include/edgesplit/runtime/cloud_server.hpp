@@ -19,6 +19,7 @@
 
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/tensor.hpp"
+#include "edgesplit/core/thread_name.hpp"
 #include "edgesplit/nn/sequential.hpp"
 #include "edgesplit/runtime/channel.hpp"
 #include "edgesplit/transport/tcp.hpp"
@@ -82,7 +83,11 @@ class CloudServer {
   explicit CloudServer(ServerOptions options = {}) : opt_(options) {
     if (opt_.workers == 0 || opt_.max_batch == 0 || opt_.queue_capacity == 0)
       fail(errc::invalid_argument, "CloudServer needs workers, max_batch and queue_capacity >= 1");
-    for (std::size_t i = 0; i < opt_.workers; ++i) workers_.emplace_back([this] { work(); });
+    for (std::size_t i = 0; i < opt_.workers; ++i)
+      workers_.emplace_back([this] {
+        name_this_thread("es-worker");
+        work();
+      });
   }
   CloudServer(const CloudServer&) = delete;
   CloudServer& operator=(const CloudServer&) = delete;
@@ -128,7 +133,10 @@ class CloudServer {
     }
     reap_locked();
     connections_.push_back(c);
-    c->reader = std::thread([this, c] { read_loop(c); });
+    c->reader = std::thread([this, c] {
+      name_this_thread("es-reader");
+      read_loop(c);
+    });
     count(&ServerStats::connections_total);
   }
   /// Serves one more connection over any Transport (wrapped in a Channel); returns at once, a
@@ -145,6 +153,7 @@ class CloudServer {
     listeners_.push_back(std::make_shared<TcpListener>(std::move(listener)));
     auto l = listeners_.back();
     acceptors_.emplace_back([this, l] {
+      name_this_thread("es-acceptor");
       while (!stopping_) {
         try {
           if (auto t = l->accept(deadline_after(std::chrono::milliseconds(100)))) serve(Channel(std::move(*t)));

@@ -18,6 +18,7 @@
 
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/tensor.hpp"
+#include "edgesplit/core/thread_name.hpp"
 #include "edgesplit/nn/sequential.hpp"
 #include "edgesplit/plan/link.hpp"
 #include "edgesplit/runtime/channel.hpp"
@@ -118,7 +119,10 @@ class EdgeClient {
     if (!connector_) fail(errc::invalid_argument, "EdgeClient needs a connector");
     if (opt_.max_in_flight == 0) fail(errc::invalid_argument, "EdgeClient max_in_flight must be >= 1");
     try_connect();
-    receiver_ = std::thread([this] { receive_loop(); });
+    receiver_ = std::thread([this] {
+      name_this_thread("es-edge-recv");
+      receive_loop();
+    });
   }
   EdgeClient(const EdgeClient&) = delete;
   EdgeClient& operator=(const EdgeClient&) = delete;

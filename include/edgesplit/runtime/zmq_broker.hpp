@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "edgesplit/core/error.hpp"
+#include "edgesplit/core/thread_name.hpp"
 #include "edgesplit/transport/zmq.hpp"
 #include "edgesplit/transport/zmq_curve.hpp"
 #include "edgesplit/wire/cluster_protocol.hpp"
@@ -116,7 +117,10 @@ class ZmqBroker {
     } catch (const zmq::error_t& e) {
       detail::zmq::fail_zmq("ZmqBroker", e.num());
     }
-    thread_ = std::thread([this] { run(); });
+    thread_ = std::thread([this] {
+      name_this_thread("es-zmq-broker");
+      run();
+    });
   }
   ZmqBroker(const ZmqBroker&) = delete;
   ZmqBroker& operator=(const ZmqBroker&) = delete;

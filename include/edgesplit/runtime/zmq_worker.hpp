@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "edgesplit/core/error.hpp"
+#include "edgesplit/core/thread_name.hpp"
 #include "edgesplit/runtime/cloud_server.hpp"
 #include "edgesplit/transport/inproc.hpp"
 #include "edgesplit/transport/zmq.hpp"
@@ -91,8 +92,14 @@ class ZmqWorker {
   void start() {
     if (loop_.joinable()) return;
     new_channel();
-    replies_ = std::thread([this] { reply_loop(); });
-    loop_ = std::thread([this] { run(); });
+    replies_ = std::thread([this] {
+      name_this_thread("es-zmq-replies");
+      reply_loop();
+    });
+    loop_ = std::thread([this] {
+      name_this_thread("es-zmq-worker");
+      run();
+    });
   }
 
   /// Leaves gracefully: DISCONNECT (the broker re-sends what we held), then stops.

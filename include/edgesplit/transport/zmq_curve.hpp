@@ -40,6 +40,7 @@
 #include <sys/stat.h>
 
 #include "edgesplit/core/error.hpp"
+#include "edgesplit/core/thread_name.hpp"
 
 namespace edgesplit {
 
@@ -262,7 +263,10 @@ class ZapAuthenticator {
     } catch (const zmq::error_t& e) {
       fail(errc::io_error, std::string("cannot start the ZAP handler (one per context): ") + e.what());
     }
-    thread_ = std::thread([this] { run(); });
+    thread_ = std::thread([this] {
+      name_this_thread("es-zap");
+      run();
+    });
   }
   ZapAuthenticator(const ZapAuthenticator&) = delete;
   ZapAuthenticator& operator=(const ZapAuthenticator&) = delete;
