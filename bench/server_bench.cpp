@@ -1,19 +1,25 @@
 // Cloud server throughput and latency with 1, 8 and 64 concurrent edge clients, with and without
 // dynamic batching, for the tails of the Fashion-MNIST cloud MLP (784-512-256-10).
 //
-// Each benchmark iteration is one closed-loop run: every client sends `requests_per_client`
-// single-sample requests one after another through the real runtime (EdgeClient -> in-process
-// transport -> CloudServer -> reply). Counters: samples/s (items_per_second), p50 and p99
-// request latency in microseconds, mean batch size. batching: 0 = off (max_batch = 1);
-// 1 = max_batch 64, max_queue_delay 500 us (a worker waits for company while some client has
-// nothing queued); 2 = max_batch 64 and no waiting (whatever is queued when a worker is free).
-// On a shared machine compare modes within one run, interleaved:
+// BM_Server: each iteration is one closed-loop run; every client sends `requests_per_client`
+// single-sample requests one after another through the whole runtime (EdgeClient -> in-process
+// transport -> CloudServer -> reply), one server worker. BM_ServerRaw: the same server (1 or 2
+// workers) under a light load generator that sends pre-encoded frames and reads replies on the
+// client thread itself, so less of the 2 cores goes to the clients. BM_TailForward: the tail
+// alone on one core at batch 1..64, the ceiling of what batching can gain.
+// Counters: samples/s (items_per_second); p50 and p99 request latency in microseconds;
+// mean_batch; cpu_us, the CPU time of the whole process (clients included) per request.
+// batching: 0 = off (max_batch = 1); 1 = max_batch 64, max_queue_delay 500 us (a worker waits
+// for company while some client has nothing queued); 2 = max_batch 64 and no waiting (whatever
+// is queued when a worker is free). On a shared machine compare modes within one run, interleaved:
 //
-//   build/gcc/bench/server_bench --benchmark_min_time=1 --benchmark_repetitions=5
-//       --benchmark_enable_random_interleaving=true --benchmark_display_aggregates_only=true
+//   build/gcc/bench/server_bench --benchmark_filter='clients:64/.*split:0' --benchmark_min_time=1
+//       --benchmark_repetitions=5 --benchmark_enable_random_interleaving=true
+//       --benchmark_display_aggregates_only=true
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <thread>
 #include <vector>
 
@@ -27,6 +33,13 @@
 using namespace edgesplit;
 
 namespace {
+
+// CPU time of the whole process (every thread: clients, server, transport), in microseconds.
+double process_cpu_us() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) * 1e6 + double(ts.tv_nsec) * 1e-3;
+}
 
 Sequential<float> cloud_mlp() {
   Rng rng(1);
@@ -45,7 +58,7 @@ void BM_Server(benchmark::State& state) {
   const auto mode = state.range(1);
   const bool batching = mode != 0;
   const auto split = static_cast<std::size_t>(state.range(2));
-  const std::size_t requests_per_client = std::max<std::size_t>(16, 512 / clients);
+  const std::size_t requests_per_client = std::max<std::size_t>(64, 4096 / clients);
   auto [head, tail] = cloud_mlp().split(split);
 
   ServerOptions so;
@@ -73,11 +86,13 @@ void BM_Server(benchmark::State& state) {
 
   std::vector<double> latencies;
   std::size_t done = 0;
+  const double cpu0 = process_cpu_us();
   for (auto _ : state) {
     std::vector<std::vector<double>> per(clients);
     std::vector<std::thread> threads;
     for (std::size_t c = 0; c < clients; ++c)
       threads.emplace_back([&, c] {
+        name_this_thread("bench-client");
         per[c].reserve(requests_per_client);
         for (std::size_t i = 0; i < requests_per_client; ++i) {
           const auto t0 = std::chrono::steady_clock::now();
@@ -90,10 +105,62 @@ void BM_Server(benchmark::State& state) {
     for (auto& v : per) latencies.insert(latencies.end(), v.begin(), v.end());
     done += clients * requests_per_client;
   }
+  state.counters["cpu_us"] = (process_cpu_us() - cpu0) / double(done);
   std::sort(latencies.begin(), latencies.end());
   state.SetItemsProcessed(static_cast<std::int64_t>(done));
   state.counters["p50_us"] = latencies[latencies.size() / 2];
   state.counters["p99_us"] = latencies[latencies.size() * 99 / 100];
+  const auto st = server.stats();
+  state.counters["mean_batch"] = st.batches ? double(st.responses) / double(st.batches) : 0;
+}
+
+// The same server under a light load generator: each client thread sends a pre-encoded INFER
+// frame over its own in-process connection and reads the reply itself (no EdgeClient, no
+// receiver thread), so more of the machine goes to the server.
+void BM_ServerRaw(benchmark::State& state) {
+  const auto clients = static_cast<std::size_t>(state.range(0));
+  const auto mode = state.range(1);
+  const auto split = static_cast<std::size_t>(state.range(2));
+  const std::size_t requests_per_client = std::max<std::size_t>(64, 4096 / clients);
+  auto [head, tail] = cloud_mlp().split(split);
+  ServerOptions so;
+  so.workers = static_cast<std::size_t>(state.range(3));
+  so.max_batch = mode != 0 ? 64 : 1;
+  so.max_queue_delay = std::chrono::microseconds(mode == 1 ? 500 : 0);
+  so.queue_capacity = 4096;
+  CloudServer server(so);
+  const wire::ModelIdentity id{"fmnist-mlp", 1, 0, static_cast<std::uint16_t>(split)};
+  server.register_model(id, std::move(tail));
+  Tensor<float> x(Shape{1, 784}, 0.5f);
+  CodecConfig cfg;
+  cfg.bits = wire::raw_f32_bits;
+  FeatureCodec codec(cfg);
+  std::vector<std::byte> frame;
+  wire::encode_infer(frame, 1, {id.model_id, id.split, 0}, codec, head.predict(x.cview()).cview());
+  std::vector<InProcTransport> ends;
+  for (std::size_t c = 0; c < clients; ++c) {
+    auto [a, b] = InProcTransport::make_pair();
+    server.serve(std::move(b));
+    ends.push_back(std::move(a));
+  }
+  std::size_t done = 0;
+  const double cpu0 = process_cpu_us();
+  for (auto _ : state) {
+    std::vector<std::thread> threads;
+    for (std::size_t c = 0; c < clients; ++c)
+      threads.emplace_back([&, c] {
+        name_this_thread("bench-client");
+        Message m;
+        for (std::size_t i = 0; i < requests_per_client; ++i) {
+          ends[c].send(frame, no_deadline);
+          if (!ends[c].receive(no_deadline, m) || wire::peek(m.view()).type != wire::MessageType::response) std::abort();
+        }
+      });
+    for (auto& t : threads) t.join();
+    done += clients * requests_per_client;
+  }
+  state.counters["cpu_us"] = (process_cpu_us() - cpu0) / double(done);
+  state.SetItemsProcessed(static_cast<std::int64_t>(done));
   const auto st = server.stats();
   state.counters["mean_batch"] = st.batches ? double(st.responses) / double(st.batches) : 0;
 }
@@ -113,7 +180,12 @@ void BM_TailForward(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_TailForward)->ArgNames({"batch", "split"})->ArgsProduct({{1, 64}, {0, 2}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_TailForward)->ArgNames({"batch", "split"})->ArgsProduct({{1, 16, 32, 45, 64}, {0, 2}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ServerRaw)
+    ->ArgNames({"clients", "batching", "split", "workers"})
+    ->ArgsProduct({{1, 8, 64}, {0, 1, 2}, {0, 2}, {1, 2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Server)
     ->ArgNames({"clients", "batching", "split"})
     ->ArgsProduct({{1, 8, 64}, {0, 1, 2}, {0, 2}})
