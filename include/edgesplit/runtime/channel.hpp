@@ -12,8 +12,8 @@
 namespace edgesplit {
 
 /// A type-erased, owning handle on any `Transport`, shared by the threads that use one
-/// connection. The runtime serves TCP, in-process and simulated links alike through it. Transports
-/// are thread-safe for one sender and one receiver at a time, which is how the runtime uses them.
+/// connection. The runtime serves TCP, in-process and simulated links alike through it. One thread
+/// receives at a time; sends may come from several threads (every transport serializes them).
 class Channel {
  public:
   Channel() = default;

@@ -60,7 +60,8 @@ struct ServerStats {
 
 /// Serves split inference: edges send INFER frames with features for a registered tail
 /// (model id, split point); worker threads merge queued requests for the same tail into one
-/// batch (up to `max_batch`, waiting at most `max_queue_delay`), run it and answer each request.
+/// batch (up to `max_batch`, waiting at most `max_queue_delay`) and run it; a reply thread sends
+/// the answers, so workers spend their time on forward passes.
 ///
 /// - A full queue answers `overloaded` at once; a request whose deadline passed while queued is
 ///   answered `timeout` and never computed.
@@ -88,6 +89,10 @@ class CloudServer {
         name_this_thread("es-worker");
         work();
       });
+    replier_ = std::thread([this] {
+      name_this_thread("es-replies");
+      reply_loop();
+    });
   }
   CloudServer(const CloudServer&) = delete;
   CloudServer& operator=(const CloudServer&) = delete;
@@ -230,6 +235,12 @@ class CloudServer {
     }
     for (auto& t : workers_) t.join();
     workers_.clear();
+    {
+      std::lock_guard lock(reply_mutex_);
+      replier_stop_ = true;
+    }
+    reply_cv_.notify_all();
+    if (replier_.joinable()) replier_.join();  // after sending every reply the workers posted
     // Requests still queued after the drain window are answered, so none is lost silently.
     std::deque<Job> left;
     {
@@ -268,6 +279,23 @@ class CloudServer {
     Clock::time_point enqueued;
     Clock::time_point deadline = Clock::time_point::max();
     bool expired = false;  // set by run_batch: answered `timeout`, not computed
+  };
+
+  // The replies of one batch. A worker fills it and posts it; the reply thread sends it, then
+  // retires the batch's jobs. Outboxes go back to a free list, keeping their capacity, so a
+  // steady stream of batches allocates nothing.
+  struct Outbox {
+    struct Item {
+      std::shared_ptr<Connection> conn;
+      std::size_t offset = 0, size = 0;
+      bool response = false;  // a RESPONSE (counted in ServerStats::responses), else an ERROR
+    };
+    std::vector<std::byte> bytes;  // every reply's frame, one after another
+    std::vector<Item> items;       // one per job of the batch, in batch order
+    void add(std::shared_ptr<Connection> conn, std::span<const std::byte> frame, bool response) {
+      items.push_back({std::move(conn), bytes.size(), frame.size(), response});
+      bytes.insert(bytes.end(), frame.begin(), frame.end());
+    }
   };
 
   std::shared_ptr<const Entry> find(const Key& key) const {
@@ -500,33 +528,84 @@ class CloudServer {
     Tensor<float> input;
     std::vector<std::byte> out;
     while (next_batch(batch)) {
-      run_batch(batch, models, input, codec, out);
-      std::lock_guard lock(queue_mutex_);
-      for (const Job& j : batch) update_quiet(*j.conn, [&] { --j.conn->pending; });
-      --busy_;
-      if (queue_.empty() && busy_ == 0) idle_cv_.notify_all();
+      Outbox box = take_outbox();
+      run_batch(batch, models, input, codec, out, box);
+      batch.clear();
+      {
+        std::lock_guard lock(reply_mutex_);
+        replies_.push_back(std::move(box));
+      }
+      reply_cv_.notify_one();
     }
   }
 
+  Outbox take_outbox() {
+    std::lock_guard lock(reply_mutex_);
+    if (spare_outboxes_.empty()) return {};
+    Outbox box = std::move(spare_outboxes_.back());
+    spare_outboxes_.pop_back();
+    return box;
+  }
+
+  // Sends what the workers computed, so a worker spends its time on forward passes and not on
+  // writing replies and waking the edges' threads. Then retires each job: its connection's
+  // pending count and the worker's batch.
+  void reply_loop() {
+    while (true) {
+      Outbox box;
+      {
+        std::unique_lock lock(reply_mutex_);
+        reply_cv_.wait(lock, [&] { return !replies_.empty() || replier_stop_; });
+        if (replies_.empty()) return;
+        box = std::move(replies_.front());
+        replies_.pop_front();
+      }
+      std::size_t sent = 0;
+      for (const auto& item : box.items) {
+        try {
+          item.conn->channel.send(std::span(box.bytes).subspan(item.offset, item.size), deadline_after(opt_.send_timeout));
+          sent += item.response ? 1 : 0;
+        } catch (const error&) {
+          // the edge is gone; its connection's reader ends it
+        }
+      }
+      if (sent) count(&ServerStats::responses, sent);
+      {
+        std::lock_guard lock(queue_mutex_);
+        for (const auto& item : box.items) update_quiet(*item.conn, [&] { --item.conn->pending; });
+        --busy_;
+        if (queue_.empty() && busy_ == 0) idle_cv_.notify_all();
+      }
+      box.items.clear();
+      box.bytes.clear();
+      std::lock_guard lock(reply_mutex_);
+      spare_outboxes_.push_back(std::move(box));
+    }
+  }
+
+  // Runs one batch and puts one reply per job into `box`: RESPONSE, or ERROR for a job whose
+  // deadline passed (not computed), a removed model or a failed forward pass.
   void run_batch(std::vector<Job>& batch, std::map<Key, std::pair<std::uint64_t, Sequential<float>>>& models,
-                 Tensor<float>& input, FeatureCodec& codec, std::vector<std::byte>& out) {
+                 Tensor<float>& input, FeatureCodec& codec, std::vector<std::byte>& out, Outbox& box) {
+    const auto fail_job = [&](const Job& j, errc code, const std::string& what) {
+      box.add(j.conn, wire::encode_error(out, j.request_id, code, what), false);
+    };
     const auto now = Clock::now();
     std::size_t rows = 0, live = 0;
     for (auto& j : batch) {
       if (now > j.deadline) {
         count(&ServerStats::expired);
-        send_error(*j.conn, j.request_id, errc::timeout, "deadline passed while queued");
         j.expired = true;
         continue;
       }
       rows += j.features.shape().batch();
       ++live;
     }
-    if (live == 0) return;
-    const auto entry = find(batch.front().key);
+    const auto entry = live ? find(batch.front().key) : nullptr;
     if (!entry) {
       for (auto& j : batch)
-        if (!j.expired) send_error(*j.conn, j.request_id, errc::unsupported, "model was removed");
+        j.expired ? fail_job(j, errc::timeout, "deadline passed while queued")
+                  : fail_job(j, errc::unsupported, "model was removed");
       return;
     }
     auto& slot = models[batch.front().key];
@@ -545,26 +624,23 @@ class CloudServer {
       y = slot.second.forward(input.cview());
     } catch (const error& e) {
       for (auto& j : batch)
-        if (!j.expired) send_error(*j.conn, j.request_id, e.code(), e.what());
+        j.expired ? fail_job(j, errc::timeout, "deadline passed while queued") : fail_job(j, e.code(), e.what());
       return;
     }
     const auto compute_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
     count(&ServerStats::batches);
     at = 0;
     for (auto& j : batch) {
-      if (j.expired) continue;
+      if (j.expired) {
+        fail_job(j, errc::timeout, "deadline passed while queued");
+        continue;
+      }
       const std::size_t n = j.features.shape().batch();
       wire::InferResponse resp;
       resp.queue_us = static_cast<std::uint32_t>(
           std::min<long long>(UINT32_MAX, std::chrono::duration_cast<std::chrono::microseconds>(t0 - j.enqueued).count()));
       resp.compute_us = static_cast<std::uint32_t>(std::min<long long>(UINT32_MAX, compute_us));
-      try {
-        wire::encode_response(out, j.request_id, resp, codec, y.batch(at, at + n));
-        j.conn->channel.send(out, deadline_after(opt_.send_timeout));
-        count(&ServerStats::responses);
-      } catch (const error&) {
-        // the edge is gone; its connection's reader ends it
-      }
+      box.add(j.conn, wire::encode_response(out, j.request_id, resp, codec, y.batch(at, at + n)), true);
       at += n;
     }
   }
@@ -591,6 +667,13 @@ class CloudServer {
   std::size_t quiet_ = 0;  // connections whose reader runs and that have nothing pending
   bool draining_ = false, workers_stop_ = false;
   std::vector<std::thread> workers_;
+
+  std::mutex reply_mutex_;  // the outboxes
+  std::condition_variable reply_cv_;
+  std::deque<Outbox> replies_;          // posted by workers, not yet sent
+  std::vector<Outbox> spare_outboxes_;  // sent, kept for reuse
+  bool replier_stop_ = false;
+  std::thread replier_;
 
   mutable std::mutex stats_mutex_;
   ServerStats stats_;
