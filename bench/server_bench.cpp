@@ -168,11 +168,13 @@ void BM_ServerRaw(benchmark::State& state) {
 // The ceiling for the ratio above: the tail alone on one core, one forward pass of `batch` samples
 // (no transport, no threads). Server throughput with batching over without it cannot exceed
 // this pass's samples/s at batch 64 over batch 1 unless the unbatched server pays more per
-// request outside the model than the batched one does.
+// request outside the model than the batched one does. packed: 1 = Sequential::pack_weights()
+// first, as the server does with its copies (weights packed once, not on every batch).
 void BM_TailForward(benchmark::State& state) {
   const auto batch = static_cast<std::size_t>(state.range(0));
   const auto split = static_cast<std::size_t>(state.range(1));
   auto tail = cloud_mlp().split(split).second;
+  if (state.range(2)) tail.pack_weights();  // as a CloudServer worker's copy is
   Tensor<float> x(Shape{batch, split == 0 ? std::size_t{784} : std::size_t{512}}, 0.5f);  // split 2: after Dense 784-512 + ReLU
   for (auto _ : state) benchmark::DoNotOptimize(tail.forward(x.cview()).data());
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * batch));
@@ -180,7 +182,9 @@ void BM_TailForward(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_TailForward)->ArgNames({"batch", "split"})->ArgsProduct({{1, 16, 32, 45, 64}, {0, 2}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_TailForward)
+    ->ArgNames({"batch", "split", "packed"})
+    ->ArgsProduct({{1, 16, 32, 64}, {0, 2}, {0, 1}})->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_ServerRaw)
     ->ArgNames({"clients", "batching", "split", "workers"})
     ->ArgsProduct({{1, 8, 64}, {0, 1, 2}, {0, 2}, {1, 2}})

@@ -259,3 +259,57 @@ TEST_CASE("Steady-state forward allocates nothing", "[nn][alloc]") {
     CHECK(made == 0);
   }
 }
+
+TEST_CASE("Dense: packed weights give the same outputs bit for bit and are dropped when weights may change",
+          "[nn][dense]") {
+  // 784 inputs span two of the kernel's depth blocks; batch 1000 spans several column blocks.
+  const auto model = mlp({784, 512, 256, 10}, 21);
+  Sequential<float> packed = model;
+  packed.pack_weights();
+  auto dense = [](Sequential<float>& m, std::size_t i) -> Dense<float>& { return static_cast<Dense<float>&>(m[i]); };
+  for (std::size_t i : {0, 2, 4}) CHECK(dense(packed, i).weights_packed());
+  Sequential<float> plain = model;
+  for (std::size_t batch : {1, 2, 3, 7, 45, 64, 1000}) {
+    const auto x = random_tensor(Shape{batch, 784}, 100 + batch);
+    const Tensor<float> want = plain.predict(x.cview());
+    const Tensor<float> got = packed.predict(x.cview());
+    std::size_t differ = 0;
+    for (std::size_t j = 0; j < want.size(); ++j) differ += want[j] != got[j];
+    INFO("batch " << batch);
+    CHECK(differ == 0);  // the same kernel on the same blocks in the same order
+  }
+  if (edgesplit_test::allocations() >= 0) {  // packed forward passes allocate nothing either
+    const auto x = random_tensor(Shape{64, 784}, 7);
+    (void)packed.forward(x.cview());
+    const long long before = edgesplit_test::allocations();
+    for (int i = 0; i < 3; ++i) (void)packed.forward(x.cview());
+    CHECK(edgesplit_test::allocations() - before == 0);
+  }
+  // Copies start unpacked; assigning weights drops the pack of the layer assigned to.
+  Sequential<float> copy = packed;
+  CHECK_FALSE(dense(copy, 0).weights_packed());
+  Dense<float> d0 = dense(packed, 0);
+  d0.pack_weights();
+  d0 = dense(plain, 0);
+  CHECK_FALSE(d0.weights_packed());
+  // Anything that hands out the weights for writing drops the pack, so the write is seen.
+  auto params = packed.parameters();
+  for (std::size_t i : {0, 2, 4}) CHECK_FALSE(dense(packed, i).weights_packed());
+  packed.pack_weights();
+  params = packed.parameters();
+  params[0].value[5] += 0.25f;  // "0.weight"
+  auto plain_params = plain.parameters();
+  plain_params[0].value[5] += 0.25f;
+  const auto x = random_tensor(Shape{16, 784}, 3);
+  const Tensor<float> want = plain.predict(x.cview());
+  const Tensor<float> got = packed.predict(x.cview());
+  for (std::size_t j = 0; j < want.size(); ++j) CHECK(got[j] == want[j]);
+  packed.pack_weights();
+  dense(packed, 2).weight()[0] += 1.0f;
+  CHECK_FALSE(dense(packed, 2).weights_packed());
+  CHECK(dense(packed, 0).weights_packed());
+  packed.zero_grad();
+  (void)packed.forward(x.cview());
+  packed.backward(x.cview(), Tensor<float>(Shape{16, 10}, 1.0f).cview());
+  CHECK_FALSE(dense(packed, 0).weights_packed());
+}

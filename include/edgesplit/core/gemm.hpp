@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -39,8 +41,12 @@ class GemmWorkspace {
   GemmWorkspace() = default;
   /// Copies start without the cached blocking sizes and compute their own: a cache, not state.
   GemmWorkspace(const GemmWorkspace&) {}
-  /// Keeps this workspace's cached blocking sizes: they are a cache, not part of the value.
-  GemmWorkspace& operator=(const GemmWorkspace&) { return *this; }
+  /// Keeps this workspace's cached blocking sizes (a cache, not part of the value) and drops its
+  /// packed weights: the layer assigned to now holds other weights.
+  GemmWorkspace& operator=(const GemmWorkspace&) {
+    pack_.reset();
+    return *this;
+  }
   /// Moves take the cache along.
   GemmWorkspace(GemmWorkspace&&) noexcept = default;
   /// Moves take the cache along.
@@ -55,10 +61,54 @@ class GemmWorkspace {
       yv.noalias() += W * xv;
       return;
     }
+    Level3& b = blocking(rows, cols, depth);
+    if (pack_ && pack_->w == w && pack_->cols == cols && pack_->depth == depth && pack_->kc == b.kc() &&
+        pack_->mc == std::min(cols, b.mc())) {
+      xwt_packed(x, y, rows, b);
+      return;
+    }
     // X: lhs, row-major, stride depth. W^T: rhs, column-major view of row-major W, stride depth.
-    Gemm<Eigen::RowMajor, Eigen::ColMajor>::run(rows, cols, depth, x, depth, w, depth, y, 1, cols, T(1),
-                                                 blocking(rows, cols, depth), nullptr);
+    Gemm<Eigen::RowMajor, Eigen::ColMajor>::run(rows, cols, depth, x, depth, w, depth, y, 1, cols, T(1), b, nullptr);
   }
+
+  /// Packs W (row-major {cols, depth}) once into the layout Eigen's GEMM kernel reads, so that
+  /// xwt_accumulate on this W at batch >= 2 skips re-packing it: about a fifth of a batched
+  /// forward's time for the MLP's layers (docs/performance.md). The result is the same, bit for
+  /// bit: the same kernel runs on the same blocks in the same order. The pack is a snapshot of
+  /// W's values, used while xwt_accumulate is given the same pointer and shape: call drop_pack()
+  /// (or pack() again) whenever W's values change.
+  void pack(const T* w, Index cols, Index depth) {
+    // kc and mc depend on the weights' shape only (Eigen sizes nc alone by the batch); any batch
+    // size gives the blocking the unpacked product would use.
+    Blocking probe;
+    probe.configure(64, cols, depth);
+    auto p = std::make_unique<Pack>();
+    p->w = w;
+    p->cols = cols;
+    p->depth = depth;
+    p->kc = probe.kc();
+    p->mc = std::min(cols, probe.mc());
+    Index total = 0;
+    for (Index i2 = 0; i2 < cols; i2 += p->mc)
+      for (Index k2 = 0; k2 < depth; k2 += p->kc) {
+        p->offsets.push_back(total);
+        // Each block starts on a 64-byte boundary: the kernel reads packed blocks with aligned loads.
+        total += (std::min(p->mc, cols - i2) * std::min(p->kc, depth - k2) + 15) / 16 * 16;
+      }
+    p->data.reset(static_cast<T*>(Eigen::internal::aligned_malloc(static_cast<std::size_t>(total) * sizeof(T))));
+    PackLhs pack_lhs;
+    const LhsMapper lhs(w, depth);
+    std::size_t block = 0;
+    for (Index i2 = 0; i2 < cols; i2 += p->mc)
+      for (Index k2 = 0; k2 < depth; k2 += p->kc)
+        pack_lhs(p->data.get() + p->offsets[block++], lhs.getSubMapper(i2, k2), std::min(p->kc, depth - k2),
+                 std::min(p->mc, cols - i2));
+    pack_ = std::move(p);
+  }
+  /// Forgets the packed weights (their source changed or is going away).
+  void drop_pack() noexcept { pack_.reset(); }
+  /// True while packed weights are held.
+  bool packed() const noexcept { return pack_ != nullptr; }
 
   /// Y {rows, cols} += A^T B, A row-major {depth, rows}, B row-major {depth, cols}: a Dense weight gradient.
   void atb_accumulate(const T* a, const T* b, T* y, Index rows, Index cols, Index depth) {
@@ -75,6 +125,49 @@ class GemmWorkspace {
 
  private:
   using Level3 = Eigen::internal::level3_blocking<T, T>;
+  // The forward product as Eigen runs it: the transposed, column-major Y^T = W X^T, with W as the
+  // left-hand side (row-major, {cols, depth}) and X^T as the right (column-major, {depth, rows}).
+  using Traits = Eigen::internal::gebp_traits<T, T>;
+  using LhsMapper = Eigen::internal::const_blas_data_mapper<T, Index, Eigen::RowMajor>;
+  using RhsMapper = Eigen::internal::const_blas_data_mapper<T, Index, Eigen::ColMajor>;
+  using ResMapper = Eigen::internal::blas_data_mapper<T, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
+  using PackLhs = Eigen::internal::gemm_pack_lhs<T, Index, LhsMapper, Traits::mr, Traits::LhsProgress,
+                                                 typename Traits::LhsPacket4Packing, Eigen::RowMajor>;
+  using PackRhs = Eigen::internal::gemm_pack_rhs<T, Index, RhsMapper, Traits::nr, Eigen::ColMajor>;
+  using Kernel = Eigen::internal::gebp_kernel<T, T, Index, ResMapper, Traits::mr, Traits::nr, false, false>;
+
+  struct AlignedFree {
+    void operator()(T* p) const noexcept { Eigen::internal::aligned_free(p); }
+  };
+  struct Pack {
+    const T* w = nullptr;  // the weights it was made from
+    Index cols = 0, depth = 0, kc = 0, mc = 0;
+    std::vector<Index> offsets;  // of each (row block, depth block), row blocks outermost
+    std::unique_ptr<T, AlignedFree> data;
+  };
+
+  // Eigen's sequential GEMM loop (GeneralMatrixMatrix.h) with the left-hand side already packed.
+  void xwt_packed(const T* x, T* y, Index rows, Level3& b) {
+    const Pack& p = *pack_;
+    const Index nc = std::min(rows, b.nc());
+    const RhsMapper rhs(x, p.depth);
+    const ResMapper res(y, p.cols);
+    PackRhs pack_rhs;
+    Kernel gebp;
+    std::size_t block = 0;
+    for (Index i2 = 0; i2 < p.cols; i2 += p.mc) {
+      const Index mc = std::min(p.mc, p.cols - i2);
+      for (Index k2 = 0; k2 < p.depth; k2 += p.kc) {
+        const Index kc = std::min(p.kc, p.depth - k2);
+        const T* block_a = p.data.get() + p.offsets[block++];
+        for (Index j2 = 0; j2 < rows; j2 += nc) {
+          const Index n = std::min(nc, rows - j2);
+          pack_rhs(b.blockB(), rhs.getSubMapper(k2, j2), kc, n);
+          gebp(res.getSubMapper(i2, j2), block_a, b.blockB(), mc, kc, n, T(1));
+        }
+      }
+    }
+  }
 
   // Blocking sizes as Eigen's gemm_blocking_space<RowMajor, T, T, Dynamic, Dynamic, Dynamic>
   // (rows, cols, depth, 1, true) computes them, over buffers it does not own.
@@ -132,6 +225,7 @@ class GemmWorkspace {
   }
 
   Blocking blocking_;
+  std::unique_ptr<Pack> pack_;
   bool configured_ = false;
   Index rows_ = 0, cols_ = 0, depth_ = 0;
 };

@@ -51,12 +51,21 @@ class Dense final : public Layer<T> {
   std::size_t in_features() const noexcept { return in_; }  ///< input width
   std::size_t out_features() const noexcept { return out_; }  ///< output width
   /// Weights, row-major {out, in} like torch.nn.Linear, so batch 1 streams each row once.
-  Tensor<T>& weight() noexcept { return weight_; }
+  /// Mutable access drops packed weights (pack_weights()).
+  Tensor<T>& weight() noexcept {
+    gemm_.drop_pack();
+    return weight_;
+  }
   /// Weights, row-major {out, in}.
   const Tensor<T>& weight() const noexcept { return weight_; }
   Tensor<T>& bias() noexcept { return bias_; }  ///< bias, {out}
   const Tensor<T>& bias() const noexcept { return bias_; }  ///< bias, {out}
   std::size_t parameter_count() const override { return weight_.size() + bias_.size(); }
+  /// Packs W once for batched forward passes (GemmWorkspace::pack); see Layer::pack_weights().
+  void pack_weights() override {
+    gemm_.pack(weight_.data(), static_cast<Eigen::Index>(out_), static_cast<Eigen::Index>(in_));
+  }
+  bool weights_packed() const noexcept { return gemm_.packed(); }  ///< true while a pack is held
 
   void zero_grad() override {
     weight_grad_.resize(weight_.shape());
@@ -86,6 +95,7 @@ class Dense final : public Layer<T> {
 
   void backward_impl(TensorView<const T> in, TensorView<const T>, TensorView<const T> grad_out,
                      TensorView<T> grad_in) override {
+    gemm_.drop_pack();  // training steps are about to change the weights
     if (weight_grad_.shape() != weight_.shape()) zero_grad();
     using Index = Eigen::Index;
     const auto batch = static_cast<Index>(in.shape().batch()), out = static_cast<Index>(out_),
@@ -102,6 +112,7 @@ class Dense final : public Layer<T> {
   }
 
   std::vector<Parameter<T>> parameters_impl() override {
+    gemm_.drop_pack();  // the views may be written through
     return {{"weight", weight_.view(), weight_grad_.view()}, {"bias", bias_.view(), bias_grad_.view()}};
   }
 

@@ -98,6 +98,13 @@ class Layer {
   /// Sets every parameter gradient to zero, allocating gradient storage the first time.
   virtual void zero_grad() {}
 
+  /// Prepares the weights for serving: a Dense packs them once into its GEMM kernel's layout,
+  /// so batched forward passes stop re-packing them. For weights that stay fixed, as a server's
+  /// copy of a tail does: the pack is dropped by anything that hands out the weights for writing
+  /// (parameters(), Dense::weight(), backward), but not by writes through views taken earlier.
+  /// The default does nothing.
+  virtual void pack_weights() {}
+
   /// Training mode changes what some layers do (Dropout); inference is the default.
   void set_training(bool on) noexcept { training_ = on; }
   bool training() const noexcept { return training_; }  ///< true in training mode

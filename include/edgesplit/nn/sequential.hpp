@@ -173,6 +173,10 @@ class Sequential {
   void zero_grad() {
     for (auto& l : layers_) l->zero_grad();
   }
+  /// Layer::pack_weights() on every layer: for a model whose weights stay fixed while it serves.
+  void pack_weights() {
+    for (auto& l : layers_) l->pack_weights();
+  }
   /// Training or inference mode for every layer (Dropout cares).
   void set_training(bool on) noexcept {
     for (auto& l : layers_) l->set_training(on);

@@ -609,7 +609,10 @@ class CloudServer {
       return;
     }
     auto& slot = models[batch.front().key];
-    if (slot.first != entry->generation) slot = {entry->generation, entry->model};  // copy: one version per batch
+    if (slot.first != entry->generation) {
+      slot = {entry->generation, entry->model};  // copy: one version per batch
+      slot.second.pack_weights();  // this copy's weights stay fixed until the next generation
+    }
     const std::size_t width = batch.front().features.shape().features();
     input.resize(Shape{rows, width});
     std::size_t at = 0;
