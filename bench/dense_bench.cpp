@@ -1,8 +1,10 @@
 // bench/dense_bench.cpp - Dense and a small MLP through edgesplit, beside raw Eigen doing the same
 // products on the same shapes in the same process.
 //
-// Three variants of every case:
+// Four variants of every case:
 //   edgesplit     Dense<float>::forward / Sequential<float>::forward, the public API
+//   es_packed     the same after pack_weights() (weights packed once, as a CloudServer worker's
+//                 copy of a tail is; batch 1 is the same GEMV)
 //   eigen_rowmaj  raw Eigen the way edgesplit does it: row-major {out, in} weights, batch-major X,
 //                 Y = X W^T then Y.rowwise() += b; batch 1 as a row-major GEMV y = W x + b.
 //                 It maps edgesplit's own weight and input buffers (same data, same alignment).
@@ -15,10 +17,11 @@
 //       one variant each; counters items_per_second (= samples/s) and FLOP/s (the FLOP count of
 //       Layer::flops / Sequential::flops, 2 in out + out per sample and Dense layer, for all variants)
 //   Dense/paired/...  and  MLP/paired/...
-//       the three variants in alternating blocks of calls (each block ~2 ms and at least 3 calls,
+//       the four variants in alternating blocks of calls (each block ~2 ms and at least 3 calls,
 //       its first call dropped as a warm-up; the variant that starts rotates), every call timed on
 //       its own with a wall clock; counters are the median per-call times (us_*) and the ratios
-//       edgesplit / raw Eigen of the medians (es_over_rowmaj, es_over_colmaj). These ratios are
+//       edgesplit / raw Eigen of the medians (es_over_rowmaj, es_over_colmaj, and packed_over_rowmaj,
+//       packed_over_colmaj for es_packed). These ratios are
 //       the figures to quote on a shared, noisy machine: slow phases hit all variants alike, and
 //       the median drops preempted calls (while fewer than half of them are; on a busy machine,
 //       calls of several ms mostly are, and their absolute times mean little).
@@ -30,6 +33,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -102,8 +106,9 @@ class RawDense {
 // The cases. Each holds its inputs, an edgesplit model, and the raw-Eigen equivalents; run(v)
 // computes one forward pass with variant v.
 
-enum Variant : int { edgesplit_v = 0, rowmaj_v = 1, colmaj_v = 2 };
-constexpr std::array<const char*, 3> variant_names = {"edgesplit", "eigen_rowmaj", "eigen_colmaj"};
+enum Variant : int { edgesplit_v = 0, rowmaj_v = 1, colmaj_v = 2, packed_v = 3 };
+constexpr int variants = 4;
+constexpr std::array<const char*, variants> variant_names = {"edgesplit", "eigen_rowmaj", "eigen_colmaj", "es_packed"};
 
 class DenseCase {
  public:
@@ -113,12 +118,15 @@ class DenseCase {
       : batch_(batch), layer_(in, out, rng_), x_(Shape{batch, in}), y_(Shape{batch, out}), raw_(layer_) {
     fill_uniform(layer_.bias().span(), rng_);
     fill_uniform(x_.span(), rng_);
+    packed_ = std::make_unique<Dense<float>>(layer_);
+    packed_->pack_weights();
   }
   std::size_t batch() const { return batch_; }
   std::uint64_t flops() const { return layer_.flops(x_.shape()); }
   void run(int v) {
     switch (v) {
       case edgesplit_v: layer_.forward(x_.cview(), y_.view()); break;
+      case packed_v: packed_->forward(x_.cview(), y_.view()); break;
       case rowmaj_v: raw_.rowmajor(x_.data(), y_.data(), batch_); break;
       default: raw_.colmajor(x_.data(), y_.data(), batch_); break;
     }
@@ -130,6 +138,7 @@ class DenseCase {
   Rng rng_{seed};
   std::size_t batch_;
   Dense<float> layer_;
+  std::unique_ptr<Dense<float>> packed_;  // a copy of layer_ with packed weights
   Tensor<float> x_, y_;
   RawDense raw_;
 };
@@ -151,6 +160,8 @@ class MlpCase {
       if (i + 2 < widths.size()) model_.add<edgesplit::ReLU<float>>();
     }
     fill_uniform(x_.span(), rng);
+    packed_ = model_;
+    packed_.pack_weights();
   }
   std::size_t batch() const { return batch_; }
   std::uint64_t flops() const { return model_.flops(x_.shape()); }
@@ -158,6 +169,8 @@ class MlpCase {
     const float* out = nullptr;
     if (v == edgesplit_v) {
       out = model_.forward(x_.cview()).data();
+    } else if (v == packed_v) {
+      out = packed_.forward(x_.cview()).data();
     } else {
       const float* in = x_.data();
       for (std::size_t i = 0; i < raw_.size(); ++i) {
@@ -181,6 +194,7 @@ class MlpCase {
  private:
   std::size_t batch_;
   Sequential<float> model_;
+  Sequential<float> packed_;  // a copy of model_ with packed weights
   std::vector<RawDense> raw_;   // over the weights of model_'s Dense layers
   std::vector<Tensor<float>> acts_;
   Tensor<float> x_;
@@ -218,35 +232,37 @@ void run_paired(benchmark::State& state, Case& c) {
   };
   // Block length: ~2 ms of calls, from one warm call of each variant.
   double slowest = 0;
-  for (int v = 0; v < 3; ++v) {
+  for (int v = 0; v < variants; ++v) {
     time_call(v);
     slowest = std::max(slowest, time_call(v));
   }
   const int block = std::clamp(static_cast<int>(2000.0 / std::max(slowest, 1e-3)), 3, 200);
-  std::array<std::vector<double>, 3> t;
+  std::array<std::vector<double>, variants> t;
   int first = 0;
   for (auto _ : state) {
-    for (int j = 0; j < 3; ++j) {
-      const int v = (first + j) % 3;
+    for (int j = 0; j < variants; ++j) {
+      const int v = (first + j) % variants;
       for (int i = 0; i < block; ++i) {
         const double us = time_call(v);
         if (i > 0) t[static_cast<std::size_t>(v)].push_back(us);
       }
     }
-    first = (first + 1) % 3;
+    first = (first + 1) % variants;
   }
-  std::array<double, 3> med{};
-  for (std::size_t v = 0; v < 3; ++v) {
+  std::array<double, variants> med{};
+  for (std::size_t v = 0; v < variants; ++v) {
     med[v] = median(t[v]);
     state.counters[std::string("us_") + variant_names[v]] = med[v];
   }
   state.counters["es_over_rowmaj"] = med[0] / med[1];
   state.counters["es_over_colmaj"] = med[0] / med[2];
+  state.counters["packed_over_rowmaj"] = med[3] / med[1];
+  state.counters["packed_over_colmaj"] = med[3] / med[2];
   state.counters["calls"] = static_cast<double>(t[0].size());
 }
 
-// v = 0, 1, 2: that variant alone; v = paired_v: the three alternating.
-constexpr int paired_v = 3;
+// v = 0 .. variants - 1: that variant alone; v = paired_v: all of them alternating.
+constexpr int paired_v = variants;
 
 template <class MakeCase>
 void add(const std::string& name, int v, MakeCase make) {
