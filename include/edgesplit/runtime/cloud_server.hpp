@@ -285,10 +285,12 @@ class CloudServer {
   // retires the batch's jobs. Outboxes go back to a free list, keeping their capacity, so a
   // steady stream of batches allocates nothing.
   struct Outbox {
+    /// One reply: where its frame lies in `bytes` and whom it goes to.
     struct Item {
-      std::shared_ptr<Connection> conn;
-      std::size_t offset = 0, size = 0;
-      bool response = false;  // a RESPONSE (counted in ServerStats::responses), else an ERROR
+      std::shared_ptr<Connection> conn;  ///< the edge it answers
+      std::size_t offset = 0;            ///< of its frame in `bytes`
+      std::size_t size = 0;              ///< of its frame
+      bool response = false;  ///< a RESPONSE (counted in ServerStats::responses), else an ERROR
     };
     std::vector<std::byte> bytes;  // every reply's frame, one after another
     std::vector<Item> items;       // one per job of the batch, in batch order
