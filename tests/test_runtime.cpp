@@ -383,6 +383,44 @@ TEST_CASE("Bad peers lose only their own connection", "[runtime]") {
   CHECK(r.path == AnswerPath::cloud);
 }
 
+TEST_CASE("A peer that never reads its replies loses its connection, not the others' answers", "[runtime]") {
+  // The rogue's connection holds at most 4 unread messages, and the rogue sends 120 requests
+  // and reads nothing: the reply thread waits send_timeout once, with nothing written (a TCP
+  // socket would have closed itself after half a frame, this transport does not), and must then
+  // drop the connection. Waiting again for each of its other replies would hold up the good
+  // client's answers for 116 x 300 ms, past their 5 s deadlines.
+  auto s = make_split(29);
+  ServerOptions so;
+  so.send_timeout = 300ms;
+  CloudServer server(so);
+  server.register_model(kModel, s.tail);
+  InProcOptions bounded;
+  bounded.max_queued_messages = 4;
+  auto [rogue, server_end] = InProcTransport::make_pair(bounded);
+  server.serve(std::move(server_end));
+  std::vector<std::byte> frame;
+  CodecConfig cfg;
+  cfg.bits = wire::raw_f32_bits;
+  FeatureCodec codec(cfg);
+  wire::encode_infer(frame, 1, {kModel.model_id, kModel.split, 0}, codec, random_input(1, kHidden, 4).cview());
+  for (int i = 0; i < 120; ++i) {
+    try {
+      rogue.send(frame, deadline_after(5s));
+    } catch (const error& e) {  // dropped while still sending: what the server must do
+      CHECK(e.code() == errc::unreachable);
+      break;
+    }
+  }
+
+  EdgeClient good(s.head, inproc_connector(server), edge_options());
+  for (int i = 0; i < 5; ++i) {
+    const InferResult r = good.infer(random_input(1, kIn, 50 + i).cview(), deadline_after(5s));
+    CHECK(r.path == AnswerPath::cloud);
+  }
+  for (int i = 0; i < 500 && server.stats().connections_dropped == 0; ++i) std::this_thread::sleep_for(10ms);
+  CHECK(server.stats().connections_dropped == 1);
+}
+
 TEST_CASE("Deadlines: expired work is not computed and the edge falls back", "[runtime]") {
   auto s = make_split(19);
   Sequential<float> slow_tail;

@@ -38,7 +38,8 @@ struct ServerOptions {
   std::chrono::microseconds max_queue_delay{1000};
   std::size_t queue_capacity = 1024;  ///< queued requests before new ones get `overloaded`
   std::chrono::milliseconds stall_timeout{5000};  ///< a peer stuck inside a frame this long is dropped
-  std::chrono::milliseconds send_timeout{5000};   ///< for writing one reply
+  /// For writing one reply; a peer that takes none within it is dropped (it is not reading).
+  std::chrono::milliseconds send_timeout{5000};
   int response_bits = wire::raw_f32_bits;  ///< replies carry exact floats unless told otherwise
   wire::DecodeLimits limits{};      ///< caps on every incoming frame
 };
@@ -567,8 +568,13 @@ class CloudServer {
         try {
           item.conn->channel.send(std::span(box.bytes).subspan(item.offset, item.size), deadline_after(opt_.send_timeout));
           sent += item.response ? 1 : 0;
-        } catch (const error&) {
-          // the edge is gone; its connection's reader ends it
+        } catch (const error& e) {
+          // Gone: its connection's reader ends it. Not reading (send_timeout passed): drop it, or
+          // each further reply to it would hold up every other edge's answers for as long again.
+          if (e.code() == errc::timeout) {
+            item.conn->channel.close();
+            count(&ServerStats::connections_dropped);
+          }
         }
       }
       if (sent) count(&ServerStats::responses, sent);
