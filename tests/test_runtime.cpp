@@ -59,6 +59,17 @@ EdgeOptions edge_options(int bits = wire::raw_f32_bits) {
   return o;
 }
 
+// An INFER frame (request id 1, no deadline) for kModel's tail, fp32 features of one sample,
+// for tests that play a raw peer.
+std::vector<std::byte> raw_infer_frame(std::uint64_t seed) {
+  CodecConfig cfg;
+  cfg.bits = wire::raw_f32_bits;
+  FeatureCodec codec(cfg);
+  std::vector<std::byte> frame;
+  wire::encode_infer(frame, 1, {kModel.model_id, kModel.split, 0}, codec, random_input(1, kHidden, seed).cview());
+  return frame;
+}
+
 // A connector over an in-process pair whose server end is handed to `server`.
 EdgeClient::Connector inproc_connector(CloudServer& server) {
   return [&server] {
@@ -332,11 +343,7 @@ TEST_CASE("Bad peers lose only their own connection", "[runtime]") {
   server.listen(std::move(listener));
   EdgeClient good(s.head, [port] { return Channel(TcpTransport::connect("127.0.0.1", port)); }, edge_options());
 
-  std::vector<std::byte> frame;
-  CodecConfig cfg;
-  cfg.bits = wire::raw_f32_bits;
-  FeatureCodec codec(cfg);
-  wire::encode_infer(frame, 1, {"toy", 2, 0}, codec, random_input(1, kHidden, 3).cview());
+  const std::vector<std::byte> frame = raw_infer_frame(3);
 
   SECTION("random garbage") {
     auto t = TcpTransport::connect("127.0.0.1", port);
@@ -398,11 +405,7 @@ TEST_CASE("A peer that never reads its replies loses its connection, not the oth
   bounded.max_queued_messages = 4;
   auto [rogue, server_end] = InProcTransport::make_pair(bounded);
   server.serve(std::move(server_end));
-  std::vector<std::byte> frame;
-  CodecConfig cfg;
-  cfg.bits = wire::raw_f32_bits;
-  FeatureCodec codec(cfg);
-  wire::encode_infer(frame, 1, {kModel.model_id, kModel.split, 0}, codec, random_input(1, kHidden, 4).cview());
+  const std::vector<std::byte> frame = raw_infer_frame(4);
   for (int i = 0; i < 120; ++i) {
     try {
       rogue.send(frame, deadline_after(5s));
