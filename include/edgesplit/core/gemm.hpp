@@ -3,7 +3,6 @@
 
 #include <cstddef>
 #include <memory>
-#include <vector>
 
 #include <Eigen/Core>
 
@@ -89,20 +88,13 @@ class GemmWorkspace {
     p->kc = probe.kc();
     p->mc = std::min(cols, probe.mc());
     Index total = 0;
-    for (Index i2 = 0; i2 < cols; i2 += p->mc)
-      for (Index k2 = 0; k2 < depth; k2 += p->kc) {
-        p->offsets.push_back(total);
-        // Each block starts on a 64-byte boundary: the kernel reads packed blocks with aligned loads.
-        total += (std::min(p->mc, cols - i2) * std::min(p->kc, depth - k2) + 15) / 16 * 16;
-      }
+    p->for_each_block([&](Index, Index, Index, Index, Index end) { total = end; });
     p->data.reset(static_cast<T*>(Eigen::internal::aligned_malloc(static_cast<std::size_t>(total) * sizeof(T))));
     PackLhs pack_lhs;
     const LhsMapper lhs(w, depth);
-    std::size_t block = 0;
-    for (Index i2 = 0; i2 < cols; i2 += p->mc)
-      for (Index k2 = 0; k2 < depth; k2 += p->kc)
-        pack_lhs(p->data.get() + p->offsets[block++], lhs.getSubMapper(i2, k2), std::min(p->kc, depth - k2),
-                 std::min(p->mc, cols - i2));
+    p->for_each_block([&](Index i2, Index k2, Index mc, Index kc, Index end) {
+      pack_lhs(p->data.get() + end - Pack::stored(mc, kc), lhs.getSubMapper(i2, k2), kc, mc);
+    });
     pack_ = std::move(p);
   }
   /// Forgets the packed weights (their source changed or is going away).
@@ -142,8 +134,23 @@ class GemmWorkspace {
   struct Pack {
     const T* w = nullptr;  // the weights it was made from
     Index cols = 0, depth = 0, kc = 0, mc = 0;
-    std::vector<Index> offsets;  // of each (row block, depth block), row blocks outermost
-    std::unique_ptr<T, AlignedFree> data;
+    std::unique_ptr<T, AlignedFree> data;  // the blocks, in for_each_block's order
+
+    // Floats a block of mc x kc takes in `data`: each block starts on a 64-byte boundary, as the
+    // kernel reads packed blocks with aligned loads.
+    static Index stored(Index mc, Index kc) { return (mc * kc + 15) / 16 * 16; }
+    // Calls f(i2, k2, mc, kc, end) for each (row block, depth block) as Eigen's loop visits them,
+    // row blocks outermost; `end` is where the block ends in `data`.
+    template <class F>
+    void for_each_block(F f) const {
+      Index end = 0;
+      for (Index i2 = 0; i2 < cols; i2 += mc)
+        for (Index k2 = 0; k2 < depth; k2 += kc) {
+          const Index m = std::min(mc, cols - i2), k = std::min(kc, depth - k2);
+          end += stored(m, k);
+          f(i2, k2, m, k, end);
+        }
+    }
   };
 
   // Eigen's sequential GEMM loop (GeneralMatrixMatrix.h) with the left-hand side already packed.
@@ -154,19 +161,14 @@ class GemmWorkspace {
     const ResMapper res(y, p.cols);
     PackRhs pack_rhs;
     Kernel gebp;
-    std::size_t block = 0;
-    for (Index i2 = 0; i2 < p.cols; i2 += p.mc) {
-      const Index mc = std::min(p.mc, p.cols - i2);
-      for (Index k2 = 0; k2 < p.depth; k2 += p.kc) {
-        const Index kc = std::min(p.kc, p.depth - k2);
-        const T* block_a = p.data.get() + p.offsets[block++];
-        for (Index j2 = 0; j2 < rows; j2 += nc) {
-          const Index n = std::min(nc, rows - j2);
-          pack_rhs(b.blockB(), rhs.getSubMapper(k2, j2), kc, n);
-          gebp(res.getSubMapper(i2, j2), block_a, b.blockB(), mc, kc, n, T(1));
-        }
+    p.for_each_block([&](Index i2, Index k2, Index mc, Index kc, Index end) {
+      const T* block_a = p.data.get() + end - Pack::stored(mc, kc);
+      for (Index j2 = 0; j2 < rows; j2 += nc) {
+        const Index n = std::min(nc, rows - j2);
+        pack_rhs(b.blockB(), rhs.getSubMapper(k2, j2), kc, n);
+        gebp(res.getSubMapper(i2, j2), block_a, b.blockB(), mc, kc, n, T(1));
       }
-    }
+    });
   }
 
   // Blocking sizes as Eigen's gemm_blocking_space<RowMajor, T, T, Dynamic, Dynamic, Dynamic>
