@@ -603,17 +603,18 @@ class CloudServer {
     for (auto& j : batch) {
       if (now > j.deadline) {
         count(&ServerStats::expired);
+        fail_job(j, errc::timeout, "deadline passed while queued");
         j.expired = true;
         continue;
       }
       rows += j.features.shape().batch();
       ++live;
     }
-    const auto entry = live ? find(batch.front().key) : nullptr;
+    if (live == 0) return;
+    const auto entry = find(batch.front().key);
     if (!entry) {
       for (auto& j : batch)
-        j.expired ? fail_job(j, errc::timeout, "deadline passed while queued")
-                  : fail_job(j, errc::unsupported, "model was removed");
+        if (!j.expired) fail_job(j, errc::unsupported, "model was removed");
       return;
     }
     auto& slot = models[batch.front().key];
@@ -635,17 +636,14 @@ class CloudServer {
       y = slot.second.forward(input.cview());
     } catch (const error& e) {
       for (auto& j : batch)
-        j.expired ? fail_job(j, errc::timeout, "deadline passed while queued") : fail_job(j, e.code(), e.what());
+        if (!j.expired) fail_job(j, e.code(), e.what());
       return;
     }
     const auto compute_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
     count(&ServerStats::batches);
     at = 0;
     for (auto& j : batch) {
-      if (j.expired) {
-        fail_job(j, errc::timeout, "deadline passed while queued");
-        continue;
-      }
+      if (j.expired) continue;
       const std::size_t n = j.features.shape().batch();
       wire::InferResponse resp;
       resp.queue_us = static_cast<std::uint32_t>(
