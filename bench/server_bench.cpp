@@ -1,7 +1,7 @@
 // Cloud server throughput and latency with 1, 8 and 64 concurrent edge clients, with and without
 // dynamic batching, for the tails of the Fashion-MNIST cloud MLP (784-512-256-10).
 //
-// BM_Server: each iteration is one closed-loop run; every client sends `requests_per_client`
+// BM_Server: each iteration is one closed-loop run; every client sends `requests_per_client(N)`
 // single-sample requests one after another through the whole runtime (EdgeClient -> in-process
 // transport -> CloudServer -> reply), one server worker. BM_ServerRaw: the same server (1 or 2
 // workers) under a light load generator that sends pre-encoded frames and reads replies on the
@@ -52,22 +52,37 @@ Sequential<float> cloud_mlp() {
   return m;
 }
 
+// The server both BM_Server and BM_ServerRaw run: batching mode as above, `workers` threads,
+// the tail after `split` registered under model_id(split).
+ServerOptions server_options(std::int64_t mode, std::size_t workers) {
+  ServerOptions so;
+  so.workers = workers;
+  so.max_batch = mode != 0 ? 64 : 1;
+  so.max_queue_delay = std::chrono::microseconds(mode == 1 ? 500 : 0);
+  so.queue_capacity = 4096;
+  return so;
+}
+wire::ModelIdentity model_id(std::size_t split) {
+  return {"fmnist-mlp", 1, 0, static_cast<std::uint16_t>(split)};
+}
+// Long enough runs that ramp-up and ramp-down weigh little.
+std::size_t requests_per_client(std::size_t clients) { return std::max<std::size_t>(64, 4096 / clients); }
+// Counters of both: samples/s, CPU per request since cpu0, mean batch size.
+void set_server_counters(benchmark::State& state, const CloudServer& server, std::size_t done, double cpu0) {
+  state.counters["cpu_us"] = (process_cpu_us() - cpu0) / double(done);
+  state.SetItemsProcessed(static_cast<std::int64_t>(done));
+  const auto st = server.stats();
+  state.counters["mean_batch"] = st.batches ? double(st.responses) / double(st.batches) : 0;
+}
+
 // state.range(0): clients; range(1): batching mode (above); range(2): split point.
 void BM_Server(benchmark::State& state) {
   const auto clients = static_cast<std::size_t>(state.range(0));
-  const auto mode = state.range(1);
-  const bool batching = mode != 0;
   const auto split = static_cast<std::size_t>(state.range(2));
-  const std::size_t requests_per_client = std::max<std::size_t>(64, 4096 / clients);
+  const std::size_t per_client = requests_per_client(clients);
   auto [head, tail] = cloud_mlp().split(split);
-
-  ServerOptions so;
-  so.workers = 1;  // one core for the server, the other for the clients
-  so.max_batch = batching ? 64 : 1;
-  so.max_queue_delay = std::chrono::microseconds(mode == 1 ? 500 : 0);
-  so.queue_capacity = 4096;
-  CloudServer server(so);
-  const wire::ModelIdentity id{"fmnist-mlp", 1, 0, static_cast<std::uint16_t>(split)};
+  CloudServer server(server_options(state.range(1), 1));  // one core for the server, one for the clients
+  const wire::ModelIdentity id = model_id(split);
   server.register_model(id, std::move(tail));
   EdgeOptions eo;
   eo.model = id;
@@ -93,8 +108,8 @@ void BM_Server(benchmark::State& state) {
     for (std::size_t c = 0; c < clients; ++c)
       threads.emplace_back([&, c] {
         name_this_thread("bench-client");
-        per[c].reserve(requests_per_client);
-        for (std::size_t i = 0; i < requests_per_client; ++i) {
+        per[c].reserve(per_client);
+        for (std::size_t i = 0; i < per_client; ++i) {
           const auto t0 = std::chrono::steady_clock::now();
           const InferResult r = edge[c]->infer(x.cview(), deadline_after(std::chrono::seconds(30)));
           if (r.path != AnswerPath::cloud) std::abort();
@@ -103,15 +118,12 @@ void BM_Server(benchmark::State& state) {
       });
     for (auto& t : threads) t.join();
     for (auto& v : per) latencies.insert(latencies.end(), v.begin(), v.end());
-    done += clients * requests_per_client;
+    done += clients * per_client;
   }
-  state.counters["cpu_us"] = (process_cpu_us() - cpu0) / double(done);
+  set_server_counters(state, server, done, cpu0);
   std::sort(latencies.begin(), latencies.end());
-  state.SetItemsProcessed(static_cast<std::int64_t>(done));
   state.counters["p50_us"] = latencies[latencies.size() / 2];
   state.counters["p99_us"] = latencies[latencies.size() * 99 / 100];
-  const auto st = server.stats();
-  state.counters["mean_batch"] = st.batches ? double(st.responses) / double(st.batches) : 0;
 }
 
 // The same server under a light load generator: each client thread sends a pre-encoded INFER
@@ -119,17 +131,11 @@ void BM_Server(benchmark::State& state) {
 // receiver thread), so more of the machine goes to the server.
 void BM_ServerRaw(benchmark::State& state) {
   const auto clients = static_cast<std::size_t>(state.range(0));
-  const auto mode = state.range(1);
   const auto split = static_cast<std::size_t>(state.range(2));
-  const std::size_t requests_per_client = std::max<std::size_t>(64, 4096 / clients);
+  const std::size_t per_client = requests_per_client(clients);
   auto [head, tail] = cloud_mlp().split(split);
-  ServerOptions so;
-  so.workers = static_cast<std::size_t>(state.range(3));
-  so.max_batch = mode != 0 ? 64 : 1;
-  so.max_queue_delay = std::chrono::microseconds(mode == 1 ? 500 : 0);
-  so.queue_capacity = 4096;
-  CloudServer server(so);
-  const wire::ModelIdentity id{"fmnist-mlp", 1, 0, static_cast<std::uint16_t>(split)};
+  CloudServer server(server_options(state.range(1), static_cast<std::size_t>(state.range(3))));
+  const wire::ModelIdentity id = model_id(split);
   server.register_model(id, std::move(tail));
   Tensor<float> x(Shape{1, 784}, 0.5f);
   CodecConfig cfg;
@@ -151,18 +157,15 @@ void BM_ServerRaw(benchmark::State& state) {
       threads.emplace_back([&, c] {
         name_this_thread("bench-client");
         Message m;
-        for (std::size_t i = 0; i < requests_per_client; ++i) {
+        for (std::size_t i = 0; i < per_client; ++i) {
           ends[c].send(frame, no_deadline);
           if (!ends[c].receive(no_deadline, m) || wire::peek(m.view()).type != wire::MessageType::response) std::abort();
         }
       });
     for (auto& t : threads) t.join();
-    done += clients * requests_per_client;
+    done += clients * per_client;
   }
-  state.counters["cpu_us"] = (process_cpu_us() - cpu0) / double(done);
-  state.SetItemsProcessed(static_cast<std::int64_t>(done));
-  const auto st = server.stats();
-  state.counters["mean_batch"] = st.batches ? double(st.responses) / double(st.batches) : 0;
+  set_server_counters(state, server, done, cpu0);
 }
 
 // The ceiling for the ratio above: the tail alone on one core, one forward pass of `batch` samples
