@@ -24,6 +24,9 @@ enum class errc {
   unreachable,        ///< the peer cannot be reached
   overloaded,         ///< the peer refused work because its queue is full
   io_error,           ///< the operating system refused an operation
+  non_finite,         ///< a computation produced NaN or infinity (e.g. features so large the outputs overflow)
+  internal,           ///< the peer failed on a request for a reason that is not the request's fault (out of memory, a layer's own exception)
+  quarantined,        ///< a request refused for good: the workers that ran it died twice (never re-sent)
 };
 
 /// Stable short name of a code, for logs and wire error messages.
@@ -41,6 +44,9 @@ constexpr std::string_view to_string(errc c) noexcept {
     case errc::unreachable: return "unreachable";
     case errc::overloaded: return "overloaded";
     case errc::io_error: return "io_error";
+    case errc::non_finite: return "non_finite";
+    case errc::internal: return "internal";
+    case errc::quarantined: return "quarantined";
   }
   return "unknown";
 }
