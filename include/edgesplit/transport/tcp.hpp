@@ -703,6 +703,9 @@ class TcpListener {
   std::uint16_t port() const { return state().port; }
   /// The bound address as "address:port".
   const std::string& address() const { return state().address; }
+  /// The listening socket's descriptor (non-blocking), -1 when none: for event loops that accept
+  /// on it themselves. It stays owned by the listener.
+  int native_handle() const noexcept { return s_ ? s_->fd.get() : -1; }
 
  private:
   struct State {
