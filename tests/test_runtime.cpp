@@ -70,6 +70,13 @@ std::vector<std::byte> raw_infer_frame(std::uint64_t seed) {
   return frame;
 }
 
+// The HELLO a raw peer must send first, for kModel.
+std::vector<std::byte> hello_frame() {
+  std::vector<std::byte> frame;
+  wire::encode_hello(frame, kModel);
+  return frame;
+}
+
 // A connector over an in-process pair whose server end is handed to `server`.
 EdgeClient::Connector inproc_connector(CloudServer& server) {
   return [&server] {
@@ -358,19 +365,34 @@ TEST_CASE("Bad peers lose only their own connection", "[runtime]") {
   }
   SECTION("a flipped bit (CRC mismatch)") {
     auto t = TcpTransport::connect("127.0.0.1", port);
+    Message m;
+    t.send(hello_frame());
+    REQUIRE(t.receive(deadline_after(5s), m));
+    CHECK(wire::peek(m.view()).type == wire::MessageType::hello);
     auto bad = frame;
     bad[bad.size() - 3] ^= std::byte{0x10};
     t.send(bad);
-    Message m;
     REQUIRE(t.receive(deadline_after(5s), m));
     CHECK(wire::decode_error(m.view()).code == errc::checksum_mismatch);
   }
   SECTION("truncated frame inside a whole transport message") {
     auto t = TcpTransport::connect("127.0.0.1", port);
-    t.send(std::span(frame.data(), frame.size() - 5));
     Message m;
+    t.send(hello_frame());
+    REQUIRE(t.receive(deadline_after(5s), m));
+    t.send(std::span(frame.data(), frame.size() - 5));
     REQUIRE(t.receive(deadline_after(5s), m));
     CHECK(wire::decode_error(m.view()).code == errc::corrupt_frame);
+  }
+  SECTION("a request before HELLO") {
+    auto t = TcpTransport::connect("127.0.0.1", port);
+    t.send(frame);
+    Message m;
+    REQUIRE(t.receive(deadline_after(5s), m));
+    const auto e = wire::decode_error(m.view());
+    CHECK(e.code == errc::unsupported);
+    CHECK(e.message.find("HELLO must come first") != std::string::npos);
+    expect_errc(errc::unreachable, [&] { (void)t.receive(deadline_after(5s), m); });
   }
   SECTION("length prefix over the cap, a stall mid-message, an abrupt disconnect") {
     {
@@ -392,20 +414,18 @@ TEST_CASE("Bad peers lose only their own connection", "[runtime]") {
 
 TEST_CASE("A peer that never reads its replies loses its connection, not the others' answers", "[runtime]") {
   // The rogue's connection holds at most 4 unread messages, and the rogue sends 120 requests
-  // and reads nothing: the reply thread waits send_timeout once, with nothing written (a TCP
-  // socket would have closed itself after half a frame, this transport does not), and must then
-  // drop the connection. Waiting again for each of its other replies would hold up the good
-  // client's answers for 116 x 300 ms, past their 5 s deadlines.
+  // and reads nothing: a reply that the transport cannot take at once means the peer is not
+  // reading, and the connection is dropped there and then. Waiting for it (even send_timeout
+  // once per reply) would hold up the workers and with them the good client's answers.
   auto s = make_split(29);
-  ServerOptions so;
-  so.send_timeout = 300ms;
-  CloudServer server(so);
+  CloudServer server;
   server.register_model(kModel, s.tail);
   InProcOptions bounded;
   bounded.max_queued_messages = 4;
   auto [rogue, server_end] = InProcTransport::make_pair(bounded);
   server.serve(std::move(server_end));
   const std::vector<std::byte> frame = raw_infer_frame(4);
+  rogue.send(hello_frame());
   for (int i = 0; i < 120; ++i) {
     try {
       rogue.send(frame, deadline_after(5s));

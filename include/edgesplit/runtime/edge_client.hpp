@@ -1,6 +1,7 @@
 // edgesplit/runtime/edge_client.hpp - the edge side: run the head, ship features, await answers.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -22,6 +23,7 @@
 #include "edgesplit/nn/sequential.hpp"
 #include "edgesplit/plan/link.hpp"
 #include "edgesplit/runtime/channel.hpp"
+#include "edgesplit/runtime/model_registry.hpp"
 #include "edgesplit/wire/feature_codec.hpp"
 #include "edgesplit/wire/protocol.hpp"
 
@@ -37,6 +39,17 @@ struct EdgeOptions {
   std::size_t max_in_flight = 8;  ///< requests on the wire at once; submit() waits beyond
   wire::DecodeLimits limits{};  ///< caps on every reply decoded
   LinkModel link_prior{};         ///< starting point of the link estimate
+  /// A PING after this long without sending, so that the server's idle timeout does not close
+  /// a connection the edge still wants (0: never).
+  std::chrono::milliseconds keepalive{std::chrono::seconds(30)};
+  /// The per-sample shape of the model's input (no batch dimension), e.g. {784}. Optional: the
+  /// edge works out the shape of the features it sends from the head's first layer when that
+  /// layer declares its input width (Dense does); give it for a head that does not, or for an
+  /// empty head (split 0), so that the cloud can check it at HELLO.
+  std::vector<std::size_t> input_shape;
+  /// The tail the edge expects the cloud to serve, as model_fingerprint() of it (0: do not
+  /// check). A cloud serving another architecture, input shape or major version refuses the HELLO.
+  std::uint64_t tail_fingerprint = 0;
 };
 
 /// Who answered a request.
@@ -82,9 +95,10 @@ struct Fallback {
 struct EdgeStats {
   ///@{
   /// Requests submitted; answered by the cloud; by the fallback; reconnections; failed connects;
-  /// weight pushes applied; replies that came after their fallback (dropped).
+  /// weight pushes applied; weight pushes refused (names or shapes that are not the head's);
+  /// replies that came after their fallback (dropped).
   std::size_t submitted = 0, cloud_answers = 0, fallbacks = 0, reconnects = 0, connect_failures = 0,
-              weight_updates = 0, late_replies = 0;
+              weight_updates = 0, weights_refused = 0, late_replies = 0;
   ///@}
 };
 
@@ -118,6 +132,8 @@ class EdgeClient {
         estimator_(opt_.link_prior) {
     if (!connector_) fail(errc::invalid_argument, "EdgeClient needs a connector");
     if (opt_.max_in_flight == 0) fail(errc::invalid_argument, "EdgeClient max_in_flight must be >= 1");
+    check_.fingerprint = opt_.tail_fingerprint;
+    check_.signature = feature_signature();
     try_connect();
     receiver_ = std::thread([this] {
       name_this_thread("es-edge-recv");
@@ -162,11 +178,11 @@ class EdgeClient {
       std::lock_guard lock(pending_mutex_);
       ++stats_.submitted;
       if (channel_) ch = channel_;
-      p.sent_at = Clock::now();
+      p.sent_at = last_sent_ = Clock::now();
       pending_.emplace(id, std::move(p));
     }
     if (!ch) {
-      resolve_fallback(id, errc::unreachable, "not connected to the cloud");
+      resolve_fallback(id, errc::unreachable, "not connected to the cloud" + last_error_suffix());
       return fut;
     }
     try {
@@ -223,6 +239,15 @@ class EdgeClient {
     std::lock_guard lock(pending_mutex_);
     return cloud_id_;
   }
+  /// What the cloud said when it last refused this edge (its HELLO refusal, a connection-level
+  /// ERROR), or why the last connection attempt failed; empty when nothing went wrong.
+  std::string last_error() const {
+    std::lock_guard lock(pending_mutex_);
+    return last_error_;
+  }
+  /// The per-sample shape of the features this edge sends, as told to the cloud in HELLO
+  /// (empty when the head does not declare it and EdgeOptions::input_shape was not given).
+  std::vector<std::size_t> feature_shape() const { return check_.signature; }
 
   /// Answers every pending request by fallback, closes the connection and stops the receiver.
   void close() {
@@ -269,7 +294,42 @@ class EdgeClient {
     auto params = head_.parameters();
     for (const auto& t : staged)
       for (auto& p : params)
-        if (p.name == t.name && p.value.shape() == t.value.shape()) copy(t.value.cview(), p.value);
+        if (p.name == t.name) copy(t.value.cview(), p.value);  // names and shapes checked on receipt
+  }
+
+  // Why a weights push does not fit the head ("" when it does): every tensor must name a
+  // parameter of the head and have its shape.
+  std::string weights_mismatch(const std::vector<wire::NamedTensor>& tensors) {
+    std::lock_guard lock(head_mutex_);
+    auto params = head_.parameters();
+    for (const auto& t : tensors) {
+      auto it = std::find_if(params.begin(), params.end(), [&](const auto& p) { return p.name == t.name; });
+      if (it == params.end()) return "the head has no parameter '" + t.name + "'";
+      if (!(it->value.shape() == t.value.shape()))
+        return "parameter '" + t.name + "' is " + it->value.shape().str() + ", the push has " + t.value.shape().str();
+    }
+    return "";
+  }
+
+  // The per-sample shape of the features the head sends, when it can be known before any input.
+  std::vector<std::size_t> feature_signature() const {
+    try {
+      std::optional<Shape> in;
+      if (!opt_.input_shape.empty())
+        in = Shape(std::span<const std::size_t>(opt_.input_shape));
+      else if (!head_.empty())
+        in = input_signature(head_);
+      if (!in) return {};
+      const Shape out = head_.empty() ? *in : output_signature(head_, *in);
+      return {out.dims().begin(), out.dims().end()};
+    } catch (const error& e) {
+      fail(errc::shape_mismatch, std::string("EdgeOptions::input_shape does not fit the head: ") + e.what());
+    }
+  }
+
+  std::string last_error_suffix() const {
+    std::lock_guard lock(pending_mutex_);
+    return last_error_.empty() ? std::string() : " (" + last_error_ + ")";
   }
 
   void wake_receiver() { pending_cv_.notify_all(); }
@@ -279,7 +339,7 @@ class EdgeClient {
     try {
       Channel ch = connector_();
       std::vector<std::byte> frame;
-      wire::encode_hello(frame, opt_.model);
+      wire::encode_hello(frame, opt_.model, 0, check_);
       const Deadline d = deadline_after(opt_.connect_timeout);
       ch.send(frame, d);
       Message m;
@@ -289,8 +349,19 @@ class EdgeClient {
         const auto e = wire::decode_error(m.view(), opt_.limits);
         fail(e.code, "cloud refused HELLO: " + e.message);
       }
-      const wire::ModelIdentity id = wire::decode_hello(m.view(), opt_.limits);
-      if (id.major != opt_.model.major) fail(errc::version_mismatch, "cloud serves another major version");
+      const wire::Hello hello = wire::decode_hello_check(m.view(), opt_.limits);
+      const wire::ModelIdentity& id = hello.id;
+      if (id.major != opt_.model.major)
+        fail(errc::version_mismatch, "cloud serves major version " + std::to_string(id.major) + " of '" + id.model_id +
+                                         "', the edge speaks " + std::to_string(opt_.model.major));
+      // An older cloud does not check: check what it says it takes ourselves.
+      if (!check_.signature.empty() && !hello.check.signature.empty() && hello.check.signature != check_.signature)
+        fail(errc::shape_mismatch, "the cloud's tail takes features of shape " +
+                                       Shape(std::span<const std::size_t>(hello.check.signature)).str() +
+                                       " per sample, the head produces " +
+                                       Shape(std::span<const std::size_t>(check_.signature)).str());
+      if (check_.fingerprint != 0 && hello.check.fingerprint != 0 && hello.check.fingerprint != check_.fingerprint)
+        fail(errc::version_mismatch, "the cloud serves another tail (fingerprint differs)");
       std::lock_guard lock(pending_mutex_);
       if (closed_) {
         ch.close();
@@ -299,11 +370,13 @@ class EdgeClient {
       channel_ = std::move(ch);
       cloud_id_ = id;
       backoff_ = opt_.backoff_initial;
+      last_sent_ = Clock::now();
       return true;
     } catch (const error& e) {
       std::lock_guard lock(pending_mutex_);
       ++stats_.connect_failures;
       last_connect_error_ = e.code();
+      last_error_ = e.what();
       next_attempt_ = Clock::now() + backoff_;
       backoff_ = std::min(backoff_ * 2, opt_.backoff_max);
       return false;
@@ -398,6 +471,7 @@ class EdgeClient {
         continue;
       }
       try {
+        keepalive(*ch);
         if (!ch->receive(next_wake(), m)) continue;
         handle(m, decoder);
       } catch (const error&) {
@@ -405,6 +479,19 @@ class EdgeClient {
         drop_connection(*ch);
       }
     }
+  }
+
+  // A PING when nothing was sent for `keepalive`, so that an idle connection stays open.
+  void keepalive(Channel& ch) {
+    if (opt_.keepalive.count() <= 0) return;
+    {
+      std::lock_guard lock(pending_mutex_);
+      if (Clock::now() - last_sent_ < opt_.keepalive) return;
+      last_sent_ = Clock::now();
+    }
+    std::vector<std::byte> frame;
+    wire::encode_ping(frame, 0, static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
+    ch.send(frame, deadline_after(opt_.connect_timeout));
   }
 
   Deadline next_wake_locked() const {
@@ -448,13 +535,39 @@ class EdgeClient {
       }
       case wire::MessageType::error: {
         const auto e = wire::decode_error(m.view(), opt_.limits);
+        if (h.request_id == 0) {  // about the connection, not a request: keep it for last_error()
+          std::lock_guard lock(pending_mutex_);
+          last_error_ = "cloud: " + std::string(to_string(e.code)) + ": " + e.message;
+        }
         resolve_fallback(h.request_id, e.code, "cloud: " + e.message);
         return;
       }
       case wire::MessageType::weights: {
         std::vector<wire::NamedTensor> tensors;
         const auto id = wire::decode_weights(m.view(), tensors, opt_.limits);
-        if (id.model_id != opt_.model.model_id || id.major != opt_.model.major) return;
+        std::string why;
+        if (id.model_id != opt_.model.model_id || id.major != opt_.model.major)
+          why = "weights for '" + id.model_id + "' major " + std::to_string(id.major) + ", the edge runs '" +
+                opt_.model.model_id + "' major " + std::to_string(opt_.model.major);
+        else
+          why = weights_mismatch(tensors);
+        if (!why.empty()) {
+          // Refused loudly: counted, kept for last_error(), and reported to the cloud.
+          {
+            std::lock_guard lock(pending_mutex_);
+            ++stats_.weights_refused;
+            last_error_ = "weights push refused: " + why;
+          }
+          std::vector<std::byte> frame;
+          wire::encode_error(frame, 0, errc::shape_mismatch, "weights push refused: " + why);
+          std::optional<Channel> ch;
+          {
+            std::lock_guard lock(pending_mutex_);
+            if (channel_) ch = channel_;
+          }
+          if (ch) ch->send(frame, deadline_after(opt_.connect_timeout));
+          return;
+        }
         std::lock_guard lock(pending_mutex_);
         staged_weights_ = std::move(tensors);
         ++stats_.weight_updates;
@@ -491,6 +604,9 @@ class EdgeClient {
   std::chrono::milliseconds backoff_{opt_.backoff_initial};
   Clock::time_point next_attempt_{};
   std::optional<errc> last_connect_error_;
+  std::string last_error_;
+  Clock::time_point last_sent_{};
+  wire::ModelCheck check_;  // what HELLO tells the cloud to check
   bool closed_ = false;
   std::atomic<std::uint32_t> next_id_{1};
   std::thread receiver_;

@@ -6,11 +6,12 @@
 // broker falls silent for `liveness` intervals (or says DISCONNECT) a fresh socket and READY
 // again, after a back-off that doubles up to a maximum.
 //
-// Requests reach the CloudServer over an in-process connection, so batching, deadlines and the
-// model registry are the CloudServer's. Requests of different clients may carry the same request
-// id: the worker relabels each with an id of its own (re-sealing the frame's CRC after checking
-// it) and puts the client's id back on the reply. Every request is decoded here first, so a
-// malformed one is answered with ERROR at once and never reaches the server.
+// Requests go straight into the batcher of a CloudServer of its own, so batching, deadlines, the
+// memory budget and the model registry are the CloudServer's. Each client of the broker is a
+// source of its own in the batcher (its own queue, its share of every batch, its replies back
+// under its own request ids); a malformed request is answered with ERROR at once and never
+// queued. The broker admits clients and sees their HELLO first, so the worker takes their
+// requests in any order.
 #pragma once
 
 #include <atomic>
@@ -30,7 +31,6 @@
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/thread_name.hpp"
 #include "edgesplit/runtime/cloud_server.hpp"
-#include "edgesplit/transport/inproc.hpp"
 #include "edgesplit/transport/zmq.hpp"
 #include "edgesplit/transport/zmq_curve.hpp"
 #include "edgesplit/wire/cluster_protocol.hpp"
@@ -57,7 +57,7 @@ struct WorkerOptions {
 struct WorkerStats {
   std::size_t requests = 0;      ///< requests taken from the broker
   std::size_t replies = 0;       ///< replies sent to the broker
-  std::size_t rejected = 0;      ///< malformed requests answered with ERROR here
+  std::size_t rejected = 0;      ///< malformed or refused requests answered with ERROR here
   std::size_t malformed = 0;     ///< unreadable messages from the broker, dropped
   std::size_t reconnects = 0;    ///< fresh sockets after silence or DISCONNECT
   std::size_t broker_silences = 0;  ///< times the broker fell silent for `liveness` heartbeats
@@ -91,11 +91,6 @@ class ZmqWorker {
   /// Connects to the broker and starts taking work.
   void start() {
     if (loop_.joinable()) return;
-    new_channel();
-    replies_ = std::thread([this] {
-      name_this_thread("es-zmq-replies");
-      reply_loop();
-    });
     loop_ = std::thread([this] {
       name_this_thread("es-zmq-worker");
       run();
@@ -118,10 +113,14 @@ class ZmqWorker {
 
  private:
   using Clock = std::chrono::steady_clock;
-  struct Pending {
+
+  // Where one broker client's replies go: the worker's outbox, under the client's id.
+  struct ClientSink final : ReplySink {
+    ZmqWorker* worker = nullptr;
     std::string client_id;
-    std::uint32_t request_id = 0;
-    std::vector<std::byte> frame;  // relabelled, for re-submission on a new channel
+    void deliver(std::span<const std::byte> frame, MemoryBudget::Reservation) override {
+      worker->post(client_id, frame);
+    }
   };
 
   void halt(bool graceful) {
@@ -129,62 +128,43 @@ class ZmqWorker {
     stop_.store(true, std::memory_order_release);
     wake_.wake();
     if (loop_.joinable()) loop_.join();
-    {
-      std::lock_guard lock(mutex_);
-      if (channel_) channel_->close();
-    }
-    if (replies_.joinable()) replies_.join();
     server_.shutdown(graceful ? std::chrono::milliseconds(1000) : std::chrono::milliseconds(0));
+    sessions_.clear();
   }
 
-  // A new in-process connection to the server; requests still pending go again on it.
-  void new_channel() {
-    auto [ours, theirs] = InProcTransport::make_pair();
-    server_.serve(std::move(theirs));
-    auto ch = std::make_shared<InProcTransport>(std::move(ours));
-    std::vector<std::vector<std::byte>> again;
+  // A reply for the broker (any thread): sent by the loop at its next turn.
+  void post(const std::string& client_id, std::span<const std::byte> frame) {
     {
       std::lock_guard lock(mutex_);
-      channel_ = ch;
-      for (auto& [id, p] : pending_) again.push_back(p.frame);
+      outbox_.emplace_back(client_id, std::vector<std::byte>(frame.begin(), frame.end()));
     }
-    for (auto& f : again) {
-      try {
-        ch->send(f);
-      } catch (const error&) {
-      }
-    }
+    wake_.wake();
   }
 
-  void reply_loop() {
-    Message m;
-    while (!stop_.load(std::memory_order_acquire)) {
-      std::shared_ptr<InProcTransport> ch;
-      {
-        std::lock_guard lock(mutex_);
-        ch = channel_;
+  // The session of a broker client: a batcher source of its own, made on its first request. At
+  // most 4 x capacity are kept; those with nothing pending make room for new ones.
+  Session& session_for(const std::string& client_id) {
+    auto it = sessions_.find(client_id);
+    if (it != sessions_.end()) return it->second;
+    if (sessions_.size() >= 4 * std::size_t{opt_.capacity}) {
+      for (auto i = sessions_.begin(); i != sessions_.end();) {
+        if (server_.batcher().pending(i->second.source) == 0) {
+          server_.batcher().close_source(i->second.source);
+          i = sessions_.erase(i);
+        } else {
+          ++i;
+        }
       }
-      try {
-        if (!ch->receive(deadline_after(std::chrono::milliseconds(50)), m)) continue;
-      } catch (const error&) {
-        if (!stop_.load(std::memory_order_acquire)) new_channel();  // the server dropped us
-        continue;
-      }
-      std::lock_guard lock(mutex_);
-      try {
-        const auto h = wire::peek(m.view());
-        const auto it = pending_.find(h.request_id);
-        if (it == pending_.end()) continue;  // answered already (a re-submission's twin)
-        wire::cluster::relabel(m.bytes, it->second.request_id);
-        outbox_.emplace_back(std::move(it->second.client_id), std::move(m.bytes));
-        pending_.erase(it);
-      } catch (const error&) {
-        continue;  // our own server's frame: cannot happen, and must not stop the worker
-      }
-      wake_.wake();
     }
+    auto sink = std::make_shared<ClientSink>();
+    sink->worker = this;
+    sink->client_id = client_id;
+    Session s;
+    s.source = server_.batcher().open_source(std::move(sink));
+    s.peer = "broker client";
+    s.greeted = true;  // the broker saw its HELLO (or its requests fail on their own merits)
+    return sessions_.emplace(client_id, std::move(s)).first->second;
   }
-
   zmq::socket_t connect() {
     zmq::socket_t s(*ctx_, zmq::socket_type::dealer);
     detail::zmq::configure_common(s, opt_.max_message_bytes, 10000);
@@ -202,43 +182,13 @@ class ZmqWorker {
     ++(stats_.*field);
   }
 
-  // A REQUEST: decode it fully (so the server never sees a bad frame), relabel, submit.
+  // A REQUEST: validated, decoded and queued by the server's handler, or answered ERROR.
   void on_request(const std::string& client_id, std::span<const std::byte> body) {
     count(&WorkerStats::requests);
-    std::vector<std::byte> frame(body.begin(), body.end());
-    wire::FrameHeader h;
-    bool have_header = false;
-    try {
-      h = wire::peek(frame, opt_.server.limits);
-      have_header = true;
-      switch (h.type) {
-        case wire::MessageType::hello: (void)wire::decode_hello(frame, opt_.server.limits); break;
-        case wire::MessageType::infer: (void)wire::decode_infer(frame, codec_, scratch_); break;
-        case wire::MessageType::ping: (void)wire::decode_ping(frame, opt_.server.limits); break;
-        default: fail(errc::unsupported, "a worker does not take " + std::string(wire::to_string(h.type)) + " frames");
-      }
-    } catch (const error& e) {
+    Session& s = session_for(client_id);
+    if (server_.handler().handle(s, body, codec_) == RequestHandler::Verdict::close) {
       count(&WorkerStats::rejected);
-      std::vector<std::byte> err;
-      wire::encode_error(err, have_header ? h.request_id : 0, e.code(), e.what());
-      std::lock_guard lock(mutex_);
-      outbox_.emplace_back(client_id, std::move(err));
-      return;
-    }
-    std::shared_ptr<InProcTransport> ch;
-    std::vector<std::byte> copy;
-    {
-      std::lock_guard lock(mutex_);
-      const std::uint32_t local = next_local_++;
-      wire::cluster::relabel(frame, local, opt_.server.limits);
-      copy = frame;
-      pending_.emplace(local, Pending{client_id, h.request_id, std::move(frame)});
-      ch = channel_;
-    }
-    try {
-      ch->send(copy);
-    } catch (const error&) {
-      // the channel is being replaced: new_channel() re-submits everything pending
+      s.greeted = true;  // a refused HELLO ends nothing here: the broker client may try again
     }
   }
 
@@ -349,19 +299,16 @@ class ZmqWorker {
   WorkerOptions opt_;
   std::shared_ptr<zmq::context_t> ctx_;
   CloudServer server_;
-  FeatureCodec codec_;     // loop thread: validates INFER frames
-  Tensor<float> scratch_;  // loop thread
+  FeatureCodec codec_;  // loop thread: decodes requests
+  std::map<std::string, Session> sessions_;  // loop thread: one per broker client
   detail::zmq::WakePipe wake_;
   std::atomic<bool> stop_{false}, graceful_{true}, frozen_{false};
 
   mutable std::mutex mutex_;  // everything below
-  std::shared_ptr<InProcTransport> channel_;
-  std::map<std::uint32_t, Pending> pending_;
   std::deque<std::pair<std::string, std::vector<std::byte>>> outbox_;
-  std::uint32_t next_local_ = 1;
   WorkerStats stats_;
 
-  std::thread loop_, replies_;
+  std::thread loop_;
 };
 
 }  // namespace edgesplit

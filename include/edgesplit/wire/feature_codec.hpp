@@ -153,8 +153,17 @@ class FeatureCodec {
   }
 
   /// Reads one tensor payload from `r` into `out` (the decode path without the frame).
-  void read_tensor(wire::ByteReader& r, Tensor<float>& out) {
-    const wire::TensorHeader h = wire::read_tensor_header(r, config_.limits, decoded_params_);
+  void read_tensor(wire::ByteReader& r, Tensor<float>& out) { decode_tensor_data(read_tensor_header(r), out); }
+
+  /// The first half of read_tensor: validates a tensor header (see wire::read_tensor_header) and
+  /// takes its data bytes from `r`, keeping the quantization parameters for decode_tensor_data.
+  /// Nothing is allocated for the tensor yet: a receiver can check that it has room first.
+  wire::TensorHeader read_tensor_header(wire::ByteReader& r) {
+    return wire::read_tensor_header(r, config_.limits, decoded_params_);
+  }
+  /// The second half: decompresses, unpacks and dequantizes the data of the header the latest
+  /// read_tensor_header call returned into `out`.
+  void decode_tensor_data(const wire::TensorHeader& h, Tensor<float>& out) {
     std::span<const std::byte> data = h.data;
     if (h.lossless == wire::Lossless::zstd) {
       wire::ZstdStage::check_frame(data, h.decoded_bytes, config_.limits.max_decompressed_bytes);

@@ -4,6 +4,7 @@
 // request. Payload layouts (little-endian; docs/wire-format.md is the specification):
 //
 //   HELLO     string model_id, u32 model_major, u32 model_minor, u16 split
+//             [u64 fingerprint, u8 rank, rank x u32 dims]   (optional: the model check)
 //   INFER     string model_id, u16 split, u32 deadline_us (0: none), tensor
 //   RESPONSE  u8 status (0 = ok), u32 queue_us, u32 compute_us, tensor
 //   ERROR     u8 code (edgesplit::errc value), string message
@@ -49,6 +50,23 @@ struct ModelIdentity {
   std::uint32_t major = 1;  ///< major version: must match
   std::uint32_t minor = 0;  ///< minor version: informational
   std::uint16_t split = 0;  ///< the first layer the cloud runs
+};
+
+/// What a HELLO says beyond the identity, so that a head and a tail that do not fit are refused at
+/// connect time rather than on every request. Both fields are optional (0 and rank 0: unknown).
+/// The edge sends the fingerprint it expects and the per-sample shape its head produces; the
+/// cloud answers with the fingerprint it serves and the per-sample shape its tail takes.
+struct ModelCheck {
+  std::uint64_t fingerprint = 0;  ///< runtime/model_registry.hpp's model_fingerprint of the tail; 0: none
+  std::vector<std::size_t> signature;  ///< per-sample feature shape (no batch dimension); empty: unknown
+  /// True when there is nothing to check.
+  bool empty() const noexcept { return fingerprint == 0 && signature.empty(); }
+};
+
+/// A decoded HELLO: identity and the optional check.
+struct Hello {
+  ModelIdentity id;  ///< model, versions, split
+  ModelCheck check;  ///< fingerprint and signature, when sent
 };
 
 /// The fields of an INFER message besides the tensor.
@@ -121,22 +139,55 @@ inline FrameHeader peek(std::span<const std::byte> bytes, const DecodeLimits& li
 
 // --- HELLO -----------------------------------------------------------------------------------
 
-/// A HELLO frame naming the model and split the edge will ask for.
+/// A HELLO frame naming the model and split the edge will ask for (or, from the cloud, the one it
+/// serves), with the model check when `check` is not empty. errc::invalid_argument for a
+/// signature of rank over 8 or a dimension of 0 or over 2^32 - 1.
 inline std::span<const std::byte> encode_hello(std::vector<std::byte>& out, const ModelIdentity& id,
-                                               std::uint32_t request_id = 0) {
+                                               std::uint32_t request_id = 0, const ModelCheck& check = {}) {
   begin_frame(out, MessageType::hello, request_id);
   ByteWriter w(out);
   detail::write_identity(w, id);
+  if (!check.empty()) {
+    if (check.signature.size() > Shape::max_rank)
+      fail(errc::invalid_argument, "hello signature of rank " + std::to_string(check.signature.size()));
+    w.u32(static_cast<std::uint32_t>(check.fingerprint));
+    w.u32(static_cast<std::uint32_t>(check.fingerprint >> 32));
+    w.u8(static_cast<std::uint8_t>(check.signature.size()));
+    for (std::size_t d : check.signature) {
+      if (d == 0 || !fits_u32(d)) fail(errc::invalid_argument, "hello signature dimension " + std::to_string(d));
+      w.u32(static_cast<std::uint32_t>(d));
+    }
+  }
   return finish_frame(out);
 }
 
-/// Validates a HELLO frame and returns the model it names; typed errors for every malformed field.
-inline ModelIdentity decode_hello(std::span<const std::byte> bytes, const DecodeLimits& limits = {}) {
+/// Validates a HELLO frame, with or without the model check; typed errors for every malformed
+/// field (a signature of rank over 8 or with a zero dimension is errc::corrupt_frame).
+inline Hello decode_hello_check(std::span<const std::byte> bytes, const DecodeLimits& limits = {}) {
   const Frame f = detail::expect(bytes, MessageType::hello, limits);
   ByteReader r(f.payload);
-  ModelIdentity id = detail::read_identity(r);
+  Hello h;
+  h.id = detail::read_identity(r);
+  if (r.remaining() != 0) {
+    const std::uint64_t lo = r.u32("model fingerprint");
+    const std::uint64_t hi = r.u32("model fingerprint");
+    h.check.fingerprint = lo | (hi << 32);
+    const std::size_t rank = r.u8("signature rank");
+    if (rank > Shape::max_rank) fail(errc::corrupt_frame, "hello signature of rank " + std::to_string(rank));
+    for (std::size_t i = 0; i < rank; ++i) {
+      const std::uint32_t d = r.u32("signature dimension");
+      if (d == 0) fail(errc::corrupt_frame, "hello signature dimension " + std::to_string(i) + " is zero");
+      h.check.signature.push_back(d);
+    }
+  }
   r.expect_end("hello payload");
-  return id;
+  return h;
+}
+
+/// Validates a HELLO frame and returns the model it names (the model check, if any, is read and
+/// validated but not returned: see decode_hello_check).
+inline ModelIdentity decode_hello(std::span<const std::byte> bytes, const DecodeLimits& limits = {}) {
+  return decode_hello_check(bytes, limits).id;
 }
 
 // --- INFER -----------------------------------------------------------------------------------
@@ -154,19 +205,43 @@ inline std::span<const std::byte> encode_infer(std::vector<std::byte>& out, std:
   return finish_frame(out);
 }
 
+/// An INFER frame validated up to its tensor data: what a server needs to decide whether it has
+/// room for the request before it decodes (and allocates for) the features.
+struct InferHeader {
+  std::uint32_t request_id = 0;  ///< the frame's request id
+  InferRequest request;  ///< model, split, deadline
+  TensorHeader tensor;  ///< the features' validated header; its data is a view into the frame
+};
+
+/// Validates an INFER frame (frame, CRC, fields, the tensor header against the codec's limits,
+/// no trailing bytes) without decoding the tensor data; `codec` keeps the quantization parameters
+/// for decode_infer_features. The result views `bytes`, which must outlive it.
+inline InferHeader read_infer(std::span<const std::byte> bytes, FeatureCodec& codec) {
+  const Frame f = detail::expect(bytes, MessageType::infer, codec.config().limits);
+  ByteReader r(f.payload);
+  InferHeader h;
+  h.request_id = f.header.request_id;
+  detail::read_string(r, h.request.model_id, max_model_id_bytes, "model id");
+  h.request.split = r.u16("split point");
+  h.request.deadline_us = r.u32("deadline");
+  h.tensor = codec.read_tensor_header(r);
+  r.expect_end("infer payload");
+  return h;
+}
+
+/// Decodes the features of an INFER frame read by read_infer with the same codec (nothing may be
+/// read with it in between) into `features` (its capacity is reused).
+inline void decode_infer_features(const InferHeader& h, FeatureCodec& codec, Tensor<float>& features) {
+  codec.decode_tensor_data(h.tensor, features);
+}
+
 /// Decodes an INFER frame; the features go into `features` (its capacity is reused).
 inline InferRequest decode_infer(std::span<const std::byte> bytes, FeatureCodec& codec, Tensor<float>& features,
                                  std::uint32_t* request_id = nullptr) {
-  const Frame f = detail::expect(bytes, MessageType::infer, codec.config().limits);
-  ByteReader r(f.payload);
-  InferRequest req;
-  detail::read_string(r, req.model_id, max_model_id_bytes, "model id");
-  req.split = r.u16("split point");
-  req.deadline_us = r.u32("deadline");
-  codec.read_tensor(r, features);
-  r.expect_end("infer payload");
-  if (request_id) *request_id = f.header.request_id;
-  return req;
+  InferHeader h = read_infer(bytes, codec);
+  decode_infer_features(h, codec, features);
+  if (request_id) *request_id = h.request_id;
+  return std::move(h.request);
 }
 
 // --- RESPONSE --------------------------------------------------------------------------------

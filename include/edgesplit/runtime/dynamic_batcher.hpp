@@ -1,0 +1,549 @@
+// edgesplit/runtime/dynamic_batcher.hpp - merges requests from many sources into forward passes.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "edgesplit/core/error.hpp"
+#include "edgesplit/core/tensor.hpp"
+#include "edgesplit/core/thread_name.hpp"
+#include "edgesplit/nn/sequential.hpp"
+#include "edgesplit/runtime/memory_budget.hpp"
+#include "edgesplit/runtime/model_registry.hpp"
+#include "edgesplit/runtime/server_options.hpp"
+#include "edgesplit/transport/clock.hpp"
+#include "edgesplit/wire/feature_codec.hpp"
+#include "edgesplit/wire/protocol.hpp"
+
+namespace edgesplit {
+
+/// Where the answers to one source's requests go: a front end's connection.
+class ReplySink {
+ public:
+  virtual ~ReplySink() = default;
+  /// Takes one RESPONSE or ERROR frame. Called from worker threads, one reply at a time per
+  /// sink; must not wait for the peer (queue the bytes, or drop a peer that does not read).
+  /// `held` is the memory the request held under the server's budget: keep what the frame
+  /// needs while it waits to be written (`held.shrink_to`), release the rest. May throw; the
+  /// batcher counts that as a reply lost with its connection.
+  virtual void deliver(std::span<const std::byte> frame, MemoryBudget::Reservation held) = 0;
+};
+
+/// One decoded request, as a front end hands it to the batcher.
+struct BatchRequest {
+  std::uint32_t request_id = 0;  ///< echoed in the reply
+  ModelRegistry::Key key;  ///< the tail to run
+  Tensor<float> features;  ///< {rows, ...}: rows are batched with other requests' rows
+  Clock::time_point deadline = Clock::time_point::max();  ///< on the batcher's clock; past it the request is answered `timeout` unrun
+  /// Memory held for the request (its features and its reply); released once it is answered.
+  MemoryBudget::Reservation held;
+};
+
+/// Counters of a batcher's life so far.
+struct BatcherStats {
+  std::size_t requests = 0;   ///< requests accepted into the queue
+  std::size_t responses = 0;  ///< RESPONSE frames delivered
+  std::size_t batches = 0;    ///< forward passes run
+  std::size_t rejected_overloaded = 0;  ///< refused: queue, source cap or shutting down
+  std::size_t expired = 0;    ///< answered `timeout`: their deadline passed while queued
+  std::size_t request_errors = 0;  ///< answered ERROR by a worker (non-finite output, a failing layer, a removed model)
+  std::size_t isolated_reruns = 0;  ///< requests run again alone after their batch failed
+  std::size_t queue_depth = 0;  ///< requests waiting now
+};
+
+/// The batching scheduler any front end feeds (TCP and TLS connections, in-process channels, a
+/// ZeroMQ worker). Each *source* (a connection, a broker client) has its own queue; a batch is
+/// seeded from the sources in turn and filled round-robin across them with requests for the same
+/// tail and feature width, up to `max_batch` requests and `max_batch_bytes`, waiting at most
+/// `max_queue_delay` for company and only while some source is quiet (could still send). One
+/// source may have at most `max_pending_per_source` requests queued or running.
+///
+/// Nothing a request causes ends a worker: a forward pass that fails is run again request by
+/// request, so only the request at fault gets the ERROR; outputs with NaN or infinities are
+/// answered ERROR `non_finite`; any exception, typed or not, is answered and counted.
+///
+/// Time is read on the Clock given to the constructor. With `workers == 0` no thread is started
+/// and the owner calls run_ready() to run whatever is due: deterministic tests on a VirtualClock.
+class DynamicBatcher {
+ public:
+  struct SourceState;
+
+ private:
+  struct Job {
+    BatchRequest req;
+    std::shared_ptr<SourceState> source;
+    Clock::time_point enqueued;
+    bool done = false;  // answered inside run_batch
+  };
+
+ public:
+  /// A producer of requests: a connection, or one client of a broker. Opaque to front ends.
+  struct SourceState {
+    std::shared_ptr<ReplySink> sink;  ///< where its replies go
+    std::vector<Job> queue;      // oldest first; guarded by the batcher's mutex, like everything below
+    std::size_t pending = 0;     // queued + running
+    bool open = true;
+    bool in_ring = false;
+  };
+  /// A handle on a source, to submit its requests and to close it.
+  using Source = std::shared_ptr<SourceState>;
+
+  /// errc::invalid_argument for zero max_batch, queue capacity or per-source cap; starts
+  /// `options.workers` worker threads (none: the owner calls run_ready()).
+  DynamicBatcher(ModelRegistry& registry, ServerOptions options, const Clock& clock = SteadyClock::instance())
+      : registry_(registry), opt_(std::move(options)), clock_(clock) {
+    if (opt_.max_batch == 0 || opt_.queue_capacity == 0 || opt_.max_pending_per_source == 0)
+      fail(errc::invalid_argument, "DynamicBatcher needs max_batch, queue_capacity and max_pending_per_source >= 1");
+    for (std::size_t i = 0; i < opt_.workers; ++i)
+      workers_.emplace_back([this] {
+        name_this_thread("es-worker");
+        work();
+      });
+  }
+  DynamicBatcher(const DynamicBatcher&) = delete;
+  DynamicBatcher& operator=(const DynamicBatcher&) = delete;
+  ~DynamicBatcher() { stop(std::chrono::milliseconds(0)); }
+
+  /// A new source whose replies go to `sink`.
+  Source open_source(std::shared_ptr<ReplySink> sink) {
+    auto s = std::make_shared<SourceState>();
+    s->sink = std::move(sink);
+    std::lock_guard lock(mutex_);
+    ++quiet_;
+    return s;
+  }
+  /// Ends a source: its queued requests are dropped unanswered (nobody is left to read them) and
+  /// their memory released; replies of running ones still go to its sink. Idempotent.
+  void close_source(const Source& s) {
+    std::vector<Job> dropped;
+    {
+      std::lock_guard lock(mutex_);
+      if (!s->open) return;
+      if (s->pending == 0) --quiet_;
+      s->open = false;
+      queued_ -= s->queue.size();
+      s->pending -= s->queue.size();
+      dropped.swap(s->queue);
+      if (s->in_ring) {
+        std::erase(ring_, s);
+        s->in_ring = false;
+      }
+      if (quiet_ == 0) fill_cv_.notify_all();
+      if (queued_ == 0 && busy_ == 0) idle_cv_.notify_all();
+    }
+  }
+
+  /// Queues a request of `s`. Returns false when it was refused, after answering it ERROR
+  /// `overloaded` through the source's sink: the queue is full, the source has its cap of
+  /// requests pending, or the batcher is stopping.
+  bool submit(const Source& s, BatchRequest req) {
+    std::unique_lock lock(mutex_);
+    const char* refusal = draining_ ? "server shutting down"
+                          : !s->open ? "connection closed"
+                          : queued_ >= opt_.queue_capacity ? "server queue full"
+                          : s->pending >= opt_.max_pending_per_source ? "too many requests of this connection pending"
+                                                                      : nullptr;
+    if (refusal) {
+      ++stats_.rejected_overloaded;
+      lock.unlock();
+      answer_error(*s, std::move(req), errc::overloaded, refusal);
+      return false;
+    }
+    if (s->pending++ == 0) --quiet_;
+    s->queue.push_back(Job{std::move(req), s, clock_.now()});
+    ++queued_;
+    ++stats_.requests;
+    if (!s->in_ring) {
+      s->in_ring = true;
+      ring_.push_back(s);
+    }
+    // A worker filling a batch is woken when waiting could no longer help: the queue could fill
+    // its batch, or no source is quiet. Waking it for less costs a context switch per request.
+    const bool wake_filler = filling_ != 0 && (queued_ >= opt_.max_batch || quiet_ == 0);
+    const bool wake_idle = idle_workers_ != 0;
+    lock.unlock();
+    if (wake_idle) work_cv_.notify_one();
+    if (wake_filler) fill_cv_.notify_all();
+    return true;
+  }
+
+  /// A tensor to decode a request's features into: one that an answered request left behind
+  /// when there is one, so that steady-state serving allocates nothing.
+  Tensor<float> take_tensor() {
+    std::lock_guard lock(mutex_);
+    if (spare_tensors_.empty()) return {};
+    Tensor<float> t = std::move(spare_tensors_.back());
+    spare_tensors_.pop_back();
+    spare_bytes_ -= t.capacity() * sizeof(float);
+    return t;
+  }
+
+  /// Runs on the calling thread every batch that is due now (full, waited long enough, or with no
+  /// quiet source left) without waiting; returns how many ran. For owners without workers.
+  std::size_t run_ready() {
+    if (!manual_) manual_ = std::make_unique<WorkerState>(opt_);
+    WorkerState& w = *manual_;
+    std::size_t n = 0;
+    std::vector<Job> batch;
+    while (true) {
+      {
+        std::unique_lock lock(mutex_);
+        if (!take_batch(lock, batch, /*may_wait=*/false)) return n;
+      }
+      execute(batch, w);
+      ++n;
+    }
+  }
+
+  /// A snapshot of the counters.
+  BatcherStats stats() const {
+    std::lock_guard lock(mutex_);
+    BatcherStats s = stats_;
+    s.queue_depth = queued_;
+    return s;
+  }
+  /// Requests of `s` queued or running now.
+  std::size_t pending(const Source& s) const {
+    std::lock_guard lock(mutex_);
+    return s->pending;
+  }
+  /// Open sources with nothing queued or running (they could still send: batches wait for them).
+  std::size_t quiet_sources() const {
+    std::lock_guard lock(mutex_);
+    return quiet_;
+  }
+
+  /// Refuses new requests, lets the workers answer what is queued for at most `drain`, then
+  /// stops them and answers what is left `overloaded`. Idempotent.
+  void stop(std::chrono::milliseconds drain) {
+    {
+      std::unique_lock lock(mutex_);
+      if (stopped_) return;
+      draining_ = true;
+      work_cv_.notify_all();
+      fill_cv_.notify_all();
+      if (!workers_.empty())
+        idle_cv_.wait_for(lock, drain, [&] { return queued_ == 0 && busy_ == 0; });
+      stop_ = true;
+      work_cv_.notify_all();
+      fill_cv_.notify_all();
+    }
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+    std::vector<Job> left;
+    {
+      std::lock_guard lock(mutex_);
+      stopped_ = true;
+      for (auto& s : ring_) {
+        for (auto& j : s->queue) left.push_back(std::move(j));
+        s->pending -= s->queue.size();
+        s->queue.clear();
+        s->in_ring = false;
+      }
+      ring_.clear();
+      queued_ = 0;
+    }
+    for (auto& j : left) answer_error(*j.source, std::move(j.req), errc::overloaded, "server shut down before running it");
+  }
+
+ private:
+  // What a worker keeps between batches: its own copy of each tail (one version per batch), the
+  // merged input, and the reply encoder.
+  struct WorkerState {
+    explicit WorkerState(const ServerOptions& o) : codec(response_codec(o)) {}
+    std::map<ModelRegistry::Key, std::pair<std::uint64_t, Sequential<float>>> models;
+    Tensor<float> input;
+    FeatureCodec codec;
+    std::vector<std::byte> out;
+  };
+  static CodecConfig response_codec(const ServerOptions& o) {
+    CodecConfig cfg;
+    cfg.bits = o.response_bits;
+    return cfg;
+  }
+
+  static bool compatible(const Job& a, const Job& b) {
+    return a.req.key == b.req.key && a.req.features.shape().features() == b.req.features.shape().features();
+  }
+
+  // Forms the next batch into `batch` when one is due, waiting for company when `may_wait`;
+  // false when there is nothing to run (queue empty, or stopping). Caller holds `lock`.
+  bool take_batch(std::unique_lock<std::mutex>& lock, std::vector<Job>& batch, bool may_wait) {
+    batch.clear();
+    while (true) {
+      if (stop_ || ring_.empty()) return false;
+      const Job& seed = ring_.front()->queue.front();
+      const Clock::time_point until = seed.enqueued + opt_.max_queue_delay;
+      std::size_t available = 0, bytes = 0;
+      for (const auto& s : ring_)
+        for (const auto& j : s->queue)
+          if (compatible(j, seed) && available < opt_.max_batch && bytes < opt_.max_batch_bytes) {
+            ++available;
+            bytes += j.req.features.bytes();
+          }
+      const bool full = available >= opt_.max_batch || bytes >= opt_.max_batch_bytes;
+      if (full || draining_ || quiet_ == 0 || clock_.now() >= until) break;
+      if (!may_wait) return false;
+      ++filling_;
+      if (clock_.is_virtual())
+        fill_cv_.wait_for(lock, std::chrono::milliseconds(1));  // virtual time moves without notice
+      else
+        fill_cv_.wait_until(lock, until);
+      --filling_;
+    }
+    // Seed from the first source in turn, then one request per source per pass, round-robin.
+    const auto seed_source = ring_.front();
+    batch.push_back(std::move(seed_source->queue.front()));
+    seed_source->queue.erase(seed_source->queue.begin());
+    std::size_t bytes = batch.front().req.features.bytes();
+    std::rotate(ring_.begin(), ring_.begin() + 1, ring_.end());  // the seed's source goes last
+    for (bool took = true; took && batch.size() < opt_.max_batch && bytes < opt_.max_batch_bytes;) {
+      took = false;
+      for (auto& s : ring_) {
+        if (batch.size() >= opt_.max_batch || bytes >= opt_.max_batch_bytes) break;
+        auto it = std::find_if(s->queue.begin(), s->queue.end(), [&](const Job& j) { return compatible(j, batch.front()); });
+        if (it == s->queue.end()) continue;
+        bytes += it->req.features.bytes();
+        batch.push_back(std::move(*it));
+        s->queue.erase(it);
+        took = true;
+      }
+    }
+    std::erase_if(ring_, [](const Source& s) {
+      if (!s->queue.empty()) return false;
+      s->in_ring = false;
+      return true;
+    });
+    queued_ -= batch.size();
+    ++busy_;
+    return true;
+  }
+
+  void work() {
+    WorkerState w(opt_);
+    std::vector<Job> batch;
+    while (true) {
+      {
+        std::unique_lock lock(mutex_);
+        while (!take_batch(lock, batch, /*may_wait=*/true)) {
+          if (stop_) return;
+          ++idle_workers_;
+          work_cv_.wait(lock);
+          --idle_workers_;
+        }
+      }
+      execute(batch, w);
+    }
+  }
+
+  // Runs one batch and retires it; nothing escapes.
+  void execute(std::vector<Job>& batch, WorkerState& w) {
+    try {
+      run_batch(batch, w);
+    } catch (...) {
+      // Only the bookkeeping around the forward passes can get here (e.g. out of memory while
+      // copying a tail): whatever was not answered yet is answered now.
+      for (auto& j : batch)
+        if (!j.done) fail_job(j, w, errc::internal, "the server failed while running the batch");
+    }
+    std::lock_guard lock(mutex_);
+    for (auto& j : batch) {
+      SourceState& s = *j.source;
+      if (--s.pending == 0 && s.open) ++quiet_;
+      keep_tensor(std::move(j.req.features));
+    }
+    --busy_;
+    if (queued_ == 0 && busy_ == 0) idle_cv_.notify_all();
+    batch.clear();
+  }
+
+  // Keeps an answered request's features tensor for take_tensor(), up to a fixed number of
+  // bytes (caller holds mutex_): a fixed overhead, outside the memory budget.
+  void keep_tensor(Tensor<float> t) {
+    const std::size_t b = t.capacity() * sizeof(float);
+    if (b == 0 || b > spare_bytes_max / 16 || spare_bytes_ + b > spare_bytes_max) return;
+    spare_bytes_ += b;
+    spare_tensors_.push_back(std::move(t));
+  }
+
+  void run_batch(std::vector<Job>& batch, WorkerState& w) {
+    const auto now = clock_.now();
+    std::size_t live = 0;
+    for (auto& j : batch) {
+      if (now > j.req.deadline) {
+        count(&BatcherStats::expired);
+        fail_job(j, w, errc::timeout, "deadline passed while queued");
+      } else {
+        ++live;
+      }
+    }
+    if (live == 0) return;
+    const auto entry = registry_.find(batch.front().req.key);
+    if (!entry) {
+      for (auto& j : batch)
+        if (!j.done) fail_job(j, w, errc::unsupported, "model was removed");
+      return;
+    }
+    auto& slot = w.models[batch.front().req.key];
+    if (slot.first != entry->generation) {
+      slot = {entry->generation, entry->model};  // copy: one version per batch
+      slot.second.pack_weights();  // this copy's weights stay fixed until the next generation
+    }
+    Sequential<float>& model = slot.second;
+    if (live > 1) {
+      const auto t0 = clock_.now();
+      TensorView<const float> y;
+      bool ok = false;
+      try {
+        y = model.forward(merge(batch, w.input));
+        ok = true;
+      } catch (...) {
+        // Some request broke the pass (a layer's exception, out of memory): run each alone below,
+        // so only the one at fault is answered with the error.
+      }
+      if (ok) {
+        count(&BatcherStats::batches);
+        const auto compute = clock_.now() - t0;
+        std::size_t at = 0;
+        for (auto& j : batch) {
+          if (j.done) continue;
+          const std::size_t n = j.req.features.shape().batch();
+          answer(j, w, y.batch(at, at + n), t0, compute);
+          at += n;
+        }
+        return;
+      }
+      for (auto& j : batch)
+        if (!j.done) count(&BatcherStats::isolated_reruns);
+    }
+    for (auto& j : batch) {
+      if (j.done) continue;
+      const auto t0 = clock_.now();
+      try {
+        const TensorView<const float> y = model.forward(j.req.features.cview());
+        count(&BatcherStats::batches);
+        answer(j, w, y, t0, clock_.now() - t0);
+      } catch (const error& e) {
+        fail_job(j, w, e.code(), e.what());
+      } catch (const std::bad_alloc&) {
+        fail_job(j, w, errc::internal, "out of memory while running the tail");
+      } catch (const std::exception& e) {
+        fail_job(j, w, errc::internal, std::string("the tail failed: ") + e.what());
+      } catch (...) {
+        fail_job(j, w, errc::internal, "the tail failed");
+      }
+    }
+  }
+
+  // The live requests' features, one after another, as one {rows, ...} input.
+  static TensorView<const float> merge(const std::vector<Job>& batch, Tensor<float>& input) {
+    std::size_t rows = 0;
+    const Job* first = nullptr;
+    for (const auto& j : batch)
+      if (!j.done) rows += j.req.features.shape().batch(), first = first ? first : &j;
+    input.resize(first->req.features.shape().with_batch(rows));
+    float* at = input.data();
+    for (const auto& j : batch)
+      if (!j.done) at = std::copy_n(j.req.features.data(), j.req.features.size(), at);
+    return input.cview();
+  }
+
+  // Answers `j` with its rows `y` of a forward pass that started at t0 and took `compute`.
+  void answer(Job& j, WorkerState& w, TensorView<const float> y, Clock::time_point t0, Clock::duration compute) {
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) bad += !std::isfinite(y.data()[i]);
+    if (bad) {
+      fail_job(j, w, errc::non_finite,
+               "the tail's output holds " + std::to_string(bad) + " NaN or infinite values (features out of range?)");
+      return;
+    }
+    wire::InferResponse resp;
+    resp.queue_us = micros(t0 - j.enqueued);
+    resp.compute_us = micros(compute);
+    std::span<const std::byte> frame;
+    try {
+      frame = wire::encode_response(w.out, j.req.request_id, resp, w.codec, y);
+    } catch (const error& e) {
+      fail_job(j, w, e.code(), std::string("encoding the reply: ") + e.what());
+      return;
+    }
+    j.done = true;
+    if (deliver(*j.source, frame, std::move(j.req.held))) count(&BatcherStats::responses);
+  }
+
+  void fail_job(Job& j, WorkerState& w, errc code, const std::string& what) {
+    j.done = true;
+    if (code != errc::timeout) count(&BatcherStats::request_errors);
+    try {
+      deliver(*j.source, wire::encode_error(w.out, j.req.request_id, code, what), std::move(j.req.held));
+    } catch (...) {
+    }
+  }
+
+  // Answers a request that never entered the queue.
+  void answer_error(SourceState& s, BatchRequest req, errc code, const char* what) {
+    try {
+      std::vector<std::byte> frame;
+      wire::encode_error(frame, req.request_id, code, what);
+      deliver(s, frame, std::move(req.held));
+    } catch (...) {
+    }
+  }
+
+  // Hands a reply to its source's sink; false when the sink refused it (its connection is gone).
+  static bool deliver(SourceState& s, std::span<const std::byte> frame, MemoryBudget::Reservation held) {
+    try {
+      s.sink->deliver(frame, std::move(held));
+      return true;
+    } catch (...) {
+      return false;
+    }
+  }
+
+  static std::uint32_t micros(Clock::duration d) {
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+    return static_cast<std::uint32_t>(std::clamp<long long>(us, 0, UINT32_MAX));
+  }
+  void count(std::size_t BatcherStats::*field) {
+    std::lock_guard lock(mutex_);
+    ++(stats_.*field);
+  }
+
+  ModelRegistry& registry_;
+  const ServerOptions opt_;
+  const Clock& clock_;
+
+  mutable std::mutex mutex_;  // everything below, and every SourceState's queue and counters
+  std::condition_variable work_cv_;  // idle workers: the queue was empty
+  std::condition_variable fill_cv_;  // a worker waiting for its batch to fill
+  std::condition_variable idle_cv_;  // stop(): the queue drained
+  std::vector<Source> ring_;  // sources with queued requests, in turn
+  std::size_t queued_ = 0;   // requests queued, all sources
+  std::size_t quiet_ = 0;    // open sources with nothing pending
+  std::size_t busy_ = 0;     // batches running
+  std::size_t filling_ = 0;  // workers waiting on fill_cv_
+  std::size_t idle_workers_ = 0;
+  bool draining_ = false, stop_ = false, stopped_ = false;
+  BatcherStats stats_;
+  std::vector<std::thread> workers_;
+  std::unique_ptr<WorkerState> manual_;  // run_ready()'s worker state
+  static constexpr std::size_t spare_bytes_max = std::size_t{8} << 20;
+  std::vector<Tensor<float>> spare_tensors_;  // features of answered requests, for take_tensor()
+  std::size_t spare_bytes_ = 0;
+};
+
+}  // namespace edgesplit

@@ -1,0 +1,174 @@
+// edgesplit/runtime/model_registry.hpp - the tails a server runs, by (model id, split), with
+// versions a batch can pin, and the fingerprint an edge checks at connect time.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "edgesplit/core/error.hpp"
+#include "edgesplit/core/shape.hpp"
+#include "edgesplit/nn/sequential.hpp"
+#include "edgesplit/wire/protocol.hpp"
+
+namespace edgesplit {
+
+/// The per-sample shape a model takes (its input shape without the batch dimension), when the
+/// model itself says: the first layer that declares an input width ("in" in its LayerSpec, as
+/// Dense does), provided every layer before it keeps shapes (activations) and the model accepts
+/// that width. Empty for an empty model or one that declares no width.
+inline std::optional<Shape> input_signature(const Sequential<float>& model) {
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    const LayerSpec spec = model[i].spec();
+    const auto in = spec.integers.find("in");
+    if (in == spec.integers.end() || in->second == 0) continue;
+    try {
+      (void)model.output_shape(Shape{1, static_cast<std::size_t>(in->second)});
+      return Shape{static_cast<std::size_t>(in->second)};
+    } catch (const error&) {
+      return std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+/// The per-sample shape `model` produces from per-sample input `signature`.
+inline Shape output_signature(const Sequential<float>& model, const Shape& signature) {
+  std::vector<std::size_t> dims{1};
+  for (std::size_t d : signature.dims()) dims.push_back(d);
+  const Shape out = model.output_shape(Shape(std::span<const std::size_t>(dims)));
+  return Shape(out.dims().subspan(1));
+}
+
+/// A 64-bit fingerprint of a served model part: its architecture (every layer's kind and
+/// settings, in order), the per-sample input shape it takes, and the major version of its
+/// weights. Two parts with equal fingerprints accept the same features and compute the same kind
+/// of answer; a minor version (a compatible weights update) does not change it. Never 0.
+inline std::uint64_t model_fingerprint(const Sequential<float>& model, const std::optional<Shape>& signature,
+                                       std::uint32_t major) {
+  std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, 64 bits
+  const auto mix = [&](const void* p, std::size_t n) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  };
+  const auto mix_u64 = [&](std::uint64_t v) {
+    unsigned char b[8];
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(v >> (8 * i));
+    mix(b, 8);
+  };
+  const auto mix_str = [&](const std::string& s) {
+    mix_u64(s.size());
+    mix(s.data(), s.size());
+  };
+  mix_u64(major);
+  mix_u64(signature ? signature->rank() : 0);
+  if (signature)
+    for (std::size_t d : signature->dims()) mix_u64(d);
+  mix_u64(model.size());
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    const LayerSpec spec = model[i].spec();
+    mix_str(spec.type);
+    for (const auto& [k, v] : spec.integers) mix_str(k), mix_u64(v);
+    for (const auto& [k, v] : spec.reals) {
+      std::uint64_t bits;
+      std::memcpy(&bits, &v, 8);
+      mix_str(k), mix_u64(bits);
+    }
+  }
+  return h == 0 ? 1 : h;
+}
+
+/// "Dense(16 -> 12) ReLU Dense(12 -> 5)": a model's layers, for messages that say what differs.
+inline std::string describe_layers(const Sequential<float>& model) {
+  std::string s;
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    if (i) s.push_back(' ');
+    s.append(model[i].describe());  // append, not operator+: GCC 12 warns falsely (-Wrestrict) on the latter
+  }
+  return s.empty() ? "(no layers)" : s;
+}
+
+/// The tails a server runs, keyed by (model id, split). Registering or updating a tail publishes
+/// a new immutable version (an `Entry` with a higher generation); a batch pins the version it
+/// started on, so it never sees half-updated weights. Thread-safe.
+class ModelRegistry {
+ public:
+  /// (model id, split point): what an INFER names.
+  using Key = std::pair<std::string, std::uint16_t>;
+  /// One published version of a tail.
+  struct Entry {
+    wire::ModelIdentity id;  ///< model id, versions, split
+    Sequential<float> model;  ///< the tail
+    std::optional<Shape> signature;  ///< per-sample input shape, when the tail declares it
+    std::uint64_t fingerprint = 0;  ///< model_fingerprint(model, signature, id.major)
+    std::uint64_t generation = 0;  ///< increases with every registration or update, server-wide
+  };
+
+  /// Registers (or replaces) the tail served under (id.model_id, id.split).
+  /// errc::invalid_argument for an empty or over-long model id.
+  void add(const wire::ModelIdentity& id, Sequential<float> tail) {
+    if (id.model_id.empty() || id.model_id.size() > wire::max_model_id_bytes)
+      fail(errc::invalid_argument, "model id must be 1.." + std::to_string(wire::max_model_id_bytes) + " bytes");
+    auto e = std::make_shared<Entry>();
+    e->id = id;
+    e->model = std::move(tail);
+    e->signature = input_signature(e->model);
+    e->fingerprint = model_fingerprint(e->model, e->signature, id.major);
+    publish(std::move(e));
+  }
+
+  /// Replaces parameters of a registered tail and sets its minor version. Refuses the whole
+  /// update, changing nothing, when a tensor names no parameter (errc::invalid_argument) or has
+  /// another shape than the parameter it names (errc::shape_mismatch); the message names it.
+  void update_weights(const std::string& model_id, std::uint16_t split, std::uint32_t minor,
+                      std::span<const wire::NamedTensor> tensors) {
+    std::shared_ptr<const Entry> old = find({model_id, split});
+    if (!old) fail(errc::invalid_argument, "no model '" + model_id + "' at split " + std::to_string(split));
+    auto e = std::make_shared<Entry>(*old);
+    auto params = e->model.parameters();
+    for (const auto& t : tensors) {
+      auto it = std::find_if(params.begin(), params.end(), [&](const auto& p) { return p.name == t.name; });
+      if (it == params.end())
+        fail(errc::invalid_argument, "weights update for '" + model_id + "': the tail has no parameter '" + t.name + "'");
+      if (!(it->value.shape() == t.value.shape()))
+        fail(errc::shape_mismatch, "weights update for '" + model_id + "': parameter '" + t.name + "' is " +
+                                       it->value.shape().str() + ", the update has " + t.value.shape().str());
+      copy(t.value.cview(), it->value);
+    }
+    e->id.minor = minor;
+    publish(std::move(e));
+  }
+
+  /// The current version of a tail, or null.
+  std::shared_ptr<const Entry> find(const Key& key) const {
+    std::lock_guard lock(mutex_);
+    const auto it = entries_.find(key);
+    return it == entries_.end() ? nullptr : it->second;
+  }
+  /// True while no tail is registered.
+  bool empty() const {
+    std::lock_guard lock(mutex_);
+    return entries_.empty();
+  }
+
+ private:
+  void publish(std::shared_ptr<Entry> e) {
+    std::lock_guard lock(mutex_);
+    e->generation = ++generation_;
+    Key key{e->id.model_id, e->id.split};
+    entries_[std::move(key)] = std::move(e);
+  }
+
+  mutable std::mutex mutex_;
+  std::map<Key, std::shared_ptr<const Entry>> entries_;
+  std::uint64_t generation_ = 0;
+};
+
+}  // namespace edgesplit
