@@ -244,6 +244,37 @@ inline void check_options(const TcpOptions& o) {
   }
 }
 
+/// A connected socket (blocking) to `host`:`port`, trying each address the name resolves to until
+/// one answers: TcpTransport::connect without the transport. `timeout` if the deadline passes,
+/// `unreachable` if refused.
+inline Socket connect_socket(std::string_view host, std::uint16_t port, Deadline deadline) {
+  AddressList addresses;
+  resolve(host, port, false, errc::unreachable, addresses);
+  std::string errors;
+  for (const addrinfo* ai = addresses.head; ai != nullptr; ai = ai->ai_next) {
+    Socket fd = make_socket(ai->ai_family);
+    set_nonblocking(fd.get(), true);  // so that connect() honours the deadline
+    int err = 0;
+    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
+      err = errno;
+      if (err == EINPROGRESS || err == EINTR) {
+        if (!wait_for(fd.get(), POLLOUT, deadline)) {
+          fail(errc::timeout, "TCP: connect to " + format_address(ai->ai_addr) + " timed out");
+        }
+        socklen_t len = sizeof err;
+        if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      }
+    }
+    if (err != 0) {
+      errors += (errors.empty() ? "" : "; ") + format_address(ai->ai_addr) + ": " + errno_text(err);
+      continue;
+    }
+    set_nonblocking(fd.get(), false);
+    return fd;
+  }
+  fail(errc::unreachable, "TCP: cannot connect to " + std::string(host) + ":" + std::to_string(port) + " (" + errors + ")");
+}
+
 }  // namespace detail::tcp
 
 class TcpListener;
@@ -266,33 +297,8 @@ class TcpTransport {
   /// resolves to until one answers. `timeout` if the deadline passes, `unreachable` if refused.
   static TcpTransport connect(std::string_view host, std::uint16_t port,
                               Deadline deadline = deadline_after(std::chrono::seconds(10)), TcpOptions options = {}) {
-    using namespace detail::tcp;
-    check_options(options);
-    AddressList addresses;
-    resolve(host, port, false, errc::unreachable, addresses);
-    std::string errors;
-    for (const addrinfo* ai = addresses.head; ai != nullptr; ai = ai->ai_next) {
-      Socket fd = make_socket(ai->ai_family);
-      set_nonblocking(fd.get(), true);  // so that connect() honours the deadline
-      int err = 0;
-      if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
-        err = errno;
-        if (err == EINPROGRESS || err == EINTR) {
-          if (!wait_for(fd.get(), POLLOUT, deadline)) {
-            fail(errc::timeout, "TCP: connect to " + format_address(ai->ai_addr) + " timed out");
-          }
-          socklen_t len = sizeof err;
-          if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-        }
-      }
-      if (err != 0) {
-        errors += (errors.empty() ? "" : "; ") + format_address(ai->ai_addr) + ": " + errno_text(err);
-        continue;
-      }
-      set_nonblocking(fd.get(), false);
-      return TcpTransport(std::move(fd), options);
-    }
-    fail(errc::unreachable, "TCP: cannot connect to " + std::string(host) + ":" + std::to_string(port) + " (" + errors + ")");
+    detail::tcp::check_options(options);
+    return TcpTransport(detail::tcp::connect_socket(host, port, deadline), options);
   }
 
   /// Moves the connection.
@@ -673,6 +679,17 @@ class TcpListener {
 
   /// The next connection, or nullopt when the deadline passes first. `unreachable` once closed.
   std::optional<TcpTransport> accept(Deadline deadline) {
+    std::optional<detail::tcp::Socket> fd = accept_socket(deadline);
+    if (!fd) return std::nullopt;
+    return TcpTransport(std::move(*fd), state().options);
+  }
+
+ private:
+  friend class TlsListener;  // transport/tls.hpp: puts TLS on the sockets accepted here
+
+  /// accept() without the transport: the next connected socket (blocking), or nullopt when the
+  /// deadline passes first. `unreachable` once closed.
+  std::optional<detail::tcp::Socket> accept_socket(Deadline deadline) {
     using namespace detail::tcp;
     State& s = state();
     for (;;) {
@@ -689,10 +706,11 @@ class TcpListener {
       ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
       set_nonblocking(fd.get(), false);  // BSDs inherit O_NONBLOCK from the listener; Linux does not
       configure_common(fd.get());
-      return TcpTransport(std::move(fd), s.options);
+      return fd;
     }
   }
 
+ public:
   /// Idempotent; wakes a thread blocked in accept().
   void close() noexcept {
     if (s_ && !s_->closed.exchange(true, std::memory_order_acq_rel)) ::shutdown(s_->fd.get(), SHUT_RDWR);
