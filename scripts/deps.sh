@@ -8,6 +8,7 @@ EDGESPLIT_PACKAGES=(
   libeigen3-dev libxsimd-dev
   catch2 libbenchmark-dev
   libzstd-dev nlohmann-json3-dev zlib1g-dev libzmq3-dev cppzmq-dev
+  libssl-dev openssl
   dataset-fashion-mnist
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user
   doxygen

@@ -2,6 +2,7 @@
 
     conan create packaging/conan --build=missing                       # default options
     conan create packaging/conan -o "edgesplit/*:with_zstd=False"      # without zstd
+    conan create packaging/conan -o "edgesplit/*:with_tls=True"        # with TLS (OpenSSL)
 
 The package is what `cmake --install` writes (headers, CMake package, pkg-config file); consumers
 use the CMakeDeps / PkgConfigDeps files Conan generates from package_info(), which name the same
@@ -27,8 +28,9 @@ class EdgesplitConan(ConanFile):
     settings = "os", "arch", "compiler", "build_type"
     # Each optional dependency is used by its own headers only (see the top CMakeLists.txt).
     options = {"with_json": [True, False], "with_zlib": [True, False], "with_zstd": [True, False],
-               "with_zmq": [True, False]}
-    default_options = {"with_json": True, "with_zlib": True, "with_zstd": True, "with_zmq": False}
+               "with_zmq": [True, False], "with_tls": [True, False]}
+    default_options = {"with_json": True, "with_zlib": True, "with_zstd": True, "with_zmq": False,
+                       "with_tls": False}
     no_copy_source = True
 
     def export_sources(self):
@@ -52,6 +54,8 @@ class EdgesplitConan(ConanFile):
             self.requires("zstd/[>=1.5 <2]")
         if self.options.with_zmq:
             self.requires("cppzmq/[>=4.7 <5]")
+        if self.options.with_tls:
+            self.requires("openssl/[>=1.1.1 <4]")
 
     def package_id(self):
         # Nothing is compiled: the package is the same for every compiler, OS and build type.
@@ -72,6 +76,7 @@ class EdgesplitConan(ConanFile):
         tc.cache_variables["EDGESPLIT_WITH_ZLIB"] = bool(self.options.with_zlib)
         tc.cache_variables["EDGESPLIT_WITH_ZSTD"] = bool(self.options.with_zstd)
         tc.cache_variables["EDGESPLIT_WITH_ZMQ"] = bool(self.options.with_zmq)
+        tc.cache_variables["EDGESPLIT_WITH_TLS"] = bool(self.options.with_tls)
         tc.generate()
         CMakeDeps(self).generate()
 
@@ -102,5 +107,8 @@ class EdgesplitConan(ConanFile):
             self.cpp_info.defines.append("EDGESPLIT_HAS_ZSTD=1")
         if self.options.with_zmq:
             self.cpp_info.requires.append("cppzmq::cppzmq")
+        if self.options.with_tls:
+            self.cpp_info.requires.extend(["openssl::ssl", "openssl::crypto"])
+            self.cpp_info.defines.append("EDGESPLIT_HAS_TLS=1")
         if self.settings.os in ("Linux", "FreeBSD"):
             self.cpp_info.system_libs = ["pthread"]

@@ -17,6 +17,7 @@ vcpkg_check_features(OUT_FEATURE_OPTIONS FEATURE_OPTIONS
     zlib EDGESPLIT_WITH_ZLIB
     zstd EDGESPLIT_WITH_ZSTD
     zmq EDGESPLIT_WITH_ZMQ
+    tls EDGESPLIT_WITH_TLS
 )
 
 vcpkg_cmake_configure(
