@@ -22,6 +22,7 @@
 
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -241,6 +242,7 @@ inline void configure_curve_server(zmq::socket_t& s, const CurveServerKeys& k) {
 struct ZapStats {
   std::size_t allowed = 0;  ///< handshakes admitted
   std::size_t denied = 0;   ///< handshakes refused (key not on the domain's list, or not CURVE)
+  std::size_t errors = 0;   ///< exceptions (out of memory, ...) caught in the handler; that handshake is refused
 };
 
 /// The ZAP handler (ZeroMQ RFC 27) of one ZeroMQ context: admits a CURVE client only when its
@@ -265,7 +267,11 @@ class ZapAuthenticator {
     }
     thread_ = std::thread([this] {
       name_this_thread("es-zap");
-      run();
+      try {
+        run();
+      } catch (...) {
+        // run() catches per turn; this is the last line against std::terminate.
+      }
     });
   }
   ZapAuthenticator(const ZapAuthenticator&) = delete;
@@ -280,27 +286,68 @@ class ZapAuthenticator {
   /// Decisions so far.
   ZapStats stats() const {
     std::lock_guard lock(mutex_);
-    return stats_;
+    ZapStats s = stats_;
+    s.errors = errors_.load(std::memory_order_relaxed);
+    return s;
   }
 
  private:
   using Key = std::array<std::uint8_t, curve_key_bytes>;
 
+  // Whatever a turn throws (std::bad_alloc, say), the handler counts it, refuses the handshake it
+  // was answering (a REP socket must answer before it can take the next request) and goes on.
   void run() {
     std::vector<zmq::message_t> frames;
     while (!stop_.load(std::memory_order_acquire)) {
-      zmq_pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
-      if (zmq_poll(&item, 1, 50) <= 0 || !(item.revents & ZMQ_POLLIN)) continue;
-      frames.clear();
-      bool more = true;
-      while (more) {
-        zmq::message_t m;
-        if (!socket_.recv(m, zmq::recv_flags::dontwait)) break;
-        more = m.more();
-        frames.push_back(std::move(m));
+      try {
+        if (state_ != State::idle) {
+          refuse_unanswered();
+          continue;
+        }
+        zmq_pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+        const int n = zmq_poll(&item, 1, 50);
+        if (n < 0 && zmq_errno() == ETERM) return;  // the context is gone: nothing left to guard
+        if (n <= 0 || !(item.revents & ZMQ_POLLIN)) continue;
+        frames.clear();
+        state_ = State::receiving;
+        sent_parts_ = 0;
+        bool more = true;
+        while (more) {
+          zmq::message_t m;
+          if (!socket_.recv(m, zmq::recv_flags::dontwait)) break;
+          more = m.more();
+          frames.push_back(std::move(m));
+        }
+        state_ = State::replying;
+        reply(frames);
+        state_ = State::idle;
+      } catch (const zmq::error_t& e) {
+        if (e.num() == ETERM) return;
+        if (e.num() == EFSM) state_ = State::idle;  // the socket is not where we thought: it waits for a request
+        errors_.fetch_add(1, std::memory_order_relaxed);
+      } catch (...) {
+        errors_.fetch_add(1, std::memory_order_relaxed);
       }
-      reply(frames);
     }
+  }
+
+  // After an exception: reads what is left of the request, or completes a reply cut short, then
+  // answers "500" (libzmq refuses the handshake).
+  void refuse_unanswered() {
+    if (state_ == State::receiving) {
+      while (socket_.get(zmq::sockopt::rcvmore)) {
+        zmq::message_t rest;
+        if (!socket_.recv(rest, zmq::recv_flags::dontwait)) break;
+      }
+      state_ = State::replying;
+    }
+    // libzmq numbers every ZAP request "1".
+    static const char* const refusal[] = {"1.0", "1", "500", "internal error", "", ""};
+    for (std::size_t i = sent_parts_; i < 6; ++i) {
+      (void)socket_.send(zmq::buffer(refusal[i], std::strlen(refusal[i])), i < 5 ? zmq::send_flags::sndmore : zmq::send_flags::none);
+      sent_parts_ = i + 1;
+    }
+    state_ = State::idle;
   }
 
   // Request: version, request id, domain, address, routing id, mechanism, credentials...
@@ -321,13 +368,20 @@ class ZapAuthenticator {
     }
     // A REP socket must answer even a malformed request, or it cannot take the next one.
     const std::string parts[] = {"1.0", text(1), ok ? "200" : "400", ok ? "OK" : "client key not allowed", user, ""};
-    for (std::size_t i = 0; i < 6; ++i)
+    for (std::size_t i = 0; i < 6; ++i) {
       (void)socket_.send(zmq::buffer(parts[i]), i < 5 ? zmq::send_flags::sndmore : zmq::send_flags::none);
+      sent_parts_ = i + 1;
+    }
   }
+
+  enum class State { idle, receiving, replying };  // where in the REP cycle (handler thread only)
 
   zmq::socket_t socket_;
   std::map<std::string, std::set<Key>> allowed_;
   std::atomic<bool> stop_{false};
+  State state_ = State::idle;
+  std::size_t sent_parts_ = 0;  // parts of the current reply already sent
+  std::atomic<std::size_t> errors_{0};
   mutable std::mutex mutex_;
   ZapStats stats_;
   std::thread thread_;
