@@ -15,8 +15,17 @@
 //   per request: the first; later answers to the same request are counted and dropped. A client
 //   that sends a request again gets the cached answer (byte for byte) if it was answered, nothing
 //   more if it is pending; the same id with other contents is refused.
+// - Quarantine: a request that was held by a worker when it died is a suspect. A suspect goes to
+//   a worker holding nothing else, and nothing else goes to that worker while it holds it, so the
+//   next death is the suspect's own doing; a request whose workers died twice is answered
+//   `quarantined` and never sent again. One poison request costs at most two workers.
+// - Fairness: each client (client id) has its own queue, served round-robin, and a cap on its
+//   queued and in-flight requests; a client over its cap is answered `overloaded`, its neighbours
+//   are not.
 // - Frames from outside are validated (frame header, size, CRC) before anything is queued;
 //   a malformed one is answered with ERROR and counted, and hurts no one else.
+// - The broker's thread catches whatever a turn of its loop throws (out of memory included),
+//   counts it and goes on serving.
 #pragma once
 
 #include <algorithm>
@@ -56,7 +65,12 @@ struct BrokerOptions {
   std::vector<std::string> worker_keys;  ///< public keys of admitted workers (with curve)
   std::chrono::milliseconds heartbeat_interval{1000};  ///< heartbeats to each worker, and expected from it
   int liveness = 3;  ///< heartbeat intervals of silence after which a worker is dead
-  std::size_t queue_capacity = 10000;  ///< requests waiting for a worker before `overloaded`
+  std::size_t queue_capacity = 10000;  ///< requests waiting for a worker (all clients) before `overloaded`
+  /// Requests one client (one client id: CURVE key and connection) may have queued or held by
+  /// workers at once; beyond it that client alone is answered `overloaded`. The default is far
+  /// above an EdgeClient's window (`EdgeOptions::max_in_flight`, 8) and far below
+  /// `queue_capacity`, so that one flooding client cannot fill the queue for everyone.
+  std::size_t max_queued_per_client = 256;
   std::size_t answered_cache = 1 << 16;  ///< answered requests remembered for retries
   /// A request that found no worker for this long is answered `timeout`.
   std::chrono::milliseconds max_request_age{60000};
@@ -68,24 +82,30 @@ struct BrokerOptions {
 /// Counters of a broker's life so far (a snapshot, taken once per turn of its loop).
 struct BrokerStats {
   std::size_t requests = 0;            ///< distinct requests accepted from clients
-  std::size_t replies = 0;             ///< answers forwarded to clients (at most one per request)
+  std::size_t replies = 0;             ///< answers sent to clients, `quarantined` included (at most one per request)
   std::size_t dispatched = 0;          ///< requests sent to workers, re-sends included
-  std::size_t resent = 0;              ///< requests taken back from a dead or leaving worker
+  std::size_t resent = 0;              ///< requests taken back from a dead or leaving worker and queued again
   std::size_t duplicate_requests = 0;  ///< a request sent again while pending: dropped
   std::size_t replayed = 0;            ///< a request sent again after its answer: answer re-sent
   std::size_t conflicting_requests = 0;  ///< a known request id with other contents: refused
   std::size_t duplicate_replies = 0;   ///< another answer to an answered request: dropped
   std::size_t stale_replies = 0;       ///< an answer to no known request: dropped
-  std::size_t rejected_overloaded = 0;  ///< refused with `overloaded`: the queue was full
+  std::size_t rejected_overloaded = 0;  ///< refused with `overloaded`: the queue or the client's share was full
+  std::size_t client_overloaded = 0;   ///< of which: the client had max_queued_per_client requests already
   std::size_t expired = 0;             ///< waited longer than max_request_age for a worker
   std::size_t malformed_client = 0;    ///< messages from clients refused with ERROR
   std::size_t malformed_worker = 0;    ///< messages from workers dropped
+  std::size_t suspects = 0;     ///< requests held by a worker that died: re-sent alone to one worker
+  std::size_t quarantined = 0;  ///< suspects whose second worker died too: answered `quarantined`
+  std::size_t internal_errors = 0;  ///< exceptions (out of memory, ...) caught in the broker's loop
   std::size_t workers_joined = 0;   ///< READY from a worker not known yet
   std::size_t workers_expired = 0;  ///< declared dead: silent for `liveness` heartbeats
   std::size_t workers_left = 0;     ///< said DISCONNECT
   std::size_t workers_lost = 0;     ///< their connection was gone when the broker sent to them
   std::size_t workers = 0;          ///< registered now
-  std::size_t queue_depth = 0;      ///< requests waiting for a worker now
+  std::size_t queue_depth = 0;      ///< requests waiting for a worker now (suspects included)
+  std::size_t suspects_waiting = 0;  ///< of which: suspects waiting for a worker to hold them alone
+  std::size_t clients = 0;          ///< clients with requests queued or in flight now
   std::size_t in_flight = 0;        ///< requests held by workers now
   std::size_t handshakes = 0;          ///< connections that completed the security handshake
   std::size_t auth_failures = 0;       ///< refused by the ZAP handler (key not allowed)
@@ -100,8 +120,10 @@ class ZmqBroker {
  public:
   /// Binds and starts; errc::io_error (or invalid_argument) when an endpoint cannot be bound.
   explicit ZmqBroker(BrokerOptions options) : opt_(std::move(options)), ctx_(std::make_shared<zmq::context_t>(1)) {
-    if (opt_.liveness < 1 || opt_.heartbeat_interval.count() <= 0 || opt_.queue_capacity == 0)
-      fail(errc::invalid_argument, "ZmqBroker needs liveness >= 1, a heartbeat interval and a queue");
+    if (opt_.liveness < 1 || opt_.heartbeat_interval.count() <= 0 || opt_.queue_capacity == 0 ||
+        opt_.max_queued_per_client == 0)
+      fail(errc::invalid_argument,
+           "ZmqBroker needs liveness >= 1, a heartbeat interval, a queue and a per-client share of at least 1");
     try {
       if (opt_.curve) {
         zap_ = std::make_unique<ZapAuthenticator>(
@@ -119,7 +141,12 @@ class ZmqBroker {
     }
     thread_ = std::thread([this] {
       name_this_thread("es-zmq-broker");
-      run();
+      try {
+        run();
+      } catch (...) {
+        // run() catches per turn; this is the last line against std::terminate (the sockets
+        // then close when the broker is destroyed).
+      }
     });
   }
   ZmqBroker(const ZmqBroker&) = delete;
@@ -148,23 +175,39 @@ class ZmqBroker {
  private:
   using Clock = std::chrono::steady_clock;
 
+  // Where a request is: in its client's queue, in the suspects' queue, held by a worker, or
+  // nowhere (taken out of a queue a moment before it is answered or sent).
+  enum class Where : std::uint8_t { queued, suspect, worker, nowhere };
+
   struct Request {
     std::string client_id, routing_id;
     std::vector<std::byte> bytes;
     std::uint32_t crc = 0;
     wire::MessageType type{};
     Clock::time_point received;
-    std::string worker;  // empty while queued
+    std::string worker;  // the worker holding it, when where == worker
+    Where where = Where::nowhere;
+    int deaths = 0;  // workers that died (expired or lost, not left) while holding it
   };
   struct Worker {
     std::uint32_t capacity = 1;
     std::vector<std::string> in_flight;  // request keys
     Clock::time_point expiry;
+    bool isolating = false;  // holds one suspect and nothing else: takes nothing more
+    bool reserved = false;   // set aside for a waiting suspect: takes no new ordinary work
+  };
+  struct Client {
+    std::deque<std::string> queue;  // keys of its ordinary requests waiting for a worker
+    std::size_t outstanding = 0;    // its requests queued, suspect or held by a worker
+    bool in_ring = false;           // listed in ring_
   };
   struct Answer {
     std::vector<std::byte> bytes;
     std::uint32_t request_crc = 0;
+    bool quarantined = false;  // remembered for every request type, not only INFER
   };
+  using Requests = std::unordered_map<std::string, Request>;
+  using Workers = std::unordered_map<std::string, Worker>;
 
   zmq::socket_t make_router(const std::string& endpoint, const char* domain) {
     zmq::socket_t s(*ctx_, zmq::socket_type::router);
@@ -191,6 +234,7 @@ class ZmqBroker {
     for (int i = 0; i < 4; ++i) k.push_back(static_cast<char>((id >> (8 * i)) & 0xFF));
     return k;
   }
+  static std::uint32_t request_id_of(const Request& r) { return wire::load_le32(r.bytes.data() + 16); }
 
   // Reads one whole multi-part message; false when none is waiting.
   static bool read(zmq::socket_t& s, std::vector<zmq::message_t>& parts) {
@@ -269,8 +313,10 @@ class ZmqBroker {
       }
       return;
     }
-    if (h.type == wire::MessageType::infer) {
-      if (const auto a = answered_.find(key); a != answered_.end()) {
+    // INFER answers are remembered; so is `quarantined`, for any request, so that a poison
+    // HELLO or PING sent again cannot kill two more workers.
+    if (const auto a = answered_.find(key); a != answered_.end()) {
+      if (h.type == wire::MessageType::infer || (a->second.quarantined && a->second.request_crc == h.crc)) {
         if (a->second.request_crc != h.crc) {
           ++st_.conflicting_requests;
           reply_error(routing, h.request_id, errc::invalid_argument, "request id already used by another request");
@@ -281,21 +327,56 @@ class ZmqBroker {
         return;
       }
     }
-    if (queue_.size() >= opt_.queue_capacity) {
+    const auto c = clients_.find(client_id);
+    if (c != clients_.end() && c->second.outstanding >= opt_.max_queued_per_client) {
+      ++st_.rejected_overloaded;
+      ++st_.client_overloaded;
+      reply_error(routing, h.request_id, errc::overloaded, "this client has too many requests queued or in flight");
+      return;
+    }
+    if (queued_ >= opt_.queue_capacity) {
       ++st_.rejected_overloaded;
       reply_error(routing, h.request_id, errc::overloaded, "broker queue full");
       return;
     }
     Request r;
-    r.client_id = std::move(client_id);
+    r.client_id = client_id;
     r.routing_id = routing;
     r.bytes.assign(body.begin(), body.end());
     r.crc = h.crc;
     r.type = h.type;
     r.received = Clock::now();
-    requests_.emplace(key, std::move(r));
-    queue_.push_back(key);
+    enqueue(key, std::move(r));
     ++st_.requests;
+  }
+
+  // Adds a new request at the back of its client's queue. All or nothing: if memory runs out
+  // half-way, what was added is taken back, so that no request is known but never sent.
+  void enqueue(const std::string& key, Request r) {
+    const std::string client_id = r.client_id;
+    Client& c = clients_[client_id];
+    auto it = requests_.end();
+    bool queued = false;
+    try {
+      it = requests_.emplace(key, std::move(r)).first;
+      c.queue.push_back(key);
+      queued = true;
+      if (!c.in_ring) ring_.push_back(client_id);
+    } catch (...) {
+      if (queued) c.queue.pop_back();
+      if (it != requests_.end()) requests_.erase(it);
+      drop_client_if_idle(clients_.find(client_id));
+      throw;
+    }
+    c.in_ring = true;
+    it->second.where = Where::queued;
+    ++c.outstanding;
+    ++queued_;
+  }
+
+  void drop_client_if_idle(std::unordered_map<std::string, Client>::iterator c) {
+    if (c != clients_.end() && c->second.outstanding == 0 && !c->second.in_ring && c->second.queue.empty())
+      clients_.erase(c);
   }
 
   // --- back end: workers -------------------------------------------------------------------
@@ -342,7 +423,7 @@ class ZmqBroker {
         return;
       case wire::cluster::Command::disconnect:
         if (w != workers_.end()) {
-          remove_worker(w);
+          remove_worker(w, /*died=*/false);
           ++st_.workers_left;
         }
         return;
@@ -386,9 +467,8 @@ class ZmqBroker {
       if (it == requests_.end()) continue;
       (void)send(front_, {bytes_of(routing), body});
       ++st_.replies;
-      if (!it->second.worker.empty()) release(it->second.worker, key);
       if (candidates[i] == T::infer) remember(key, body, it->second.crc);
-      requests_.erase(it);  // a queued copy of the key, if re-sent, is skipped by dispatch
+      forget(it);
       return;
     }
     if (answered_.count(key_of(cid, T::infer, h.request_id)))
@@ -397,14 +477,44 @@ class ZmqBroker {
       ++st_.stale_replies;
   }
 
-  void remember(const std::string& key, std::span<const std::byte> reply, std::uint32_t request_crc) {
+  void remember(const std::string& key, std::span<const std::byte> reply, std::uint32_t request_crc,
+                bool quarantined = false) {
     if (opt_.answered_cache == 0) return;
-    answered_[key] = Answer{std::vector<std::byte>(reply.begin(), reply.end()), request_crc};
+    answered_[key] = Answer{std::vector<std::byte>(reply.begin(), reply.end()), request_crc, quarantined};
     answered_order_.push_back(key);
     while (answered_order_.size() > opt_.answered_cache) {
       answered_.erase(answered_order_.front());
       answered_order_.pop_front();
     }
+  }
+
+  static void erase_key(std::deque<std::string>& q, const std::string& key) {
+    if (const auto it = std::find(q.begin(), q.end(), key); it != q.end()) q.erase(it);
+  }
+
+  // Forgets an answered (or given up) request: takes it out of the queue or worker that has it
+  // and out of its client's count.
+  void forget(Requests::iterator r) {
+    const std::string& key = r->first;
+    Request& q = r->second;
+    const auto c = clients_.find(q.client_id);
+    switch (q.where) {
+      case Where::worker: release(q.worker, key); break;
+      case Where::suspect:
+        erase_key(suspects_, key);
+        --queued_;
+        break;
+      case Where::queued:
+        if (c != clients_.end()) erase_key(c->second.queue, key);
+        --queued_;
+        break;
+      case Where::nowhere: break;
+    }
+    if (c != clients_.end()) {
+      if (c->second.outstanding > 0) --c->second.outstanding;
+      drop_client_if_idle(c);
+    }
+    requests_.erase(r);
   }
 
   void release(const std::string& wid, const std::string& key) {
@@ -415,63 +525,235 @@ class ZmqBroker {
       *it = std::move(v.back());
       v.pop_back();
     }
+    if (v.empty()) w->second.isolating = false;
   }
 
-  // Takes a worker out and puts the requests it held back at the front of the queue.
-  void remove_worker(std::unordered_map<std::string, Worker>::iterator w) {
-    for (auto& key : w->second.in_flight) {
-      const auto r = requests_.find(key);
-      if (r == requests_.end()) continue;
-      r->second.worker.clear();
-      queue_.push_front(key);
-      ++st_.resent;
-    }
+  // Answers a request whose workers died twice with `quarantined`, remembered like any answer so
+  // that a retry gets the same bytes, and never sends it again.
+  void quarantine(Requests::iterator r) {
+    Request& q = r->second;
+    ++st_.quarantined;
+    wire::encode_error(scratch_, request_id_of(q), errc::quarantined,
+                       "the workers that ran this request died twice; it is not sent again");
+    (void)send(front_, {bytes_of(q.routing_id), scratch_});
+    ++st_.replies;
+    remember(r->first, scratch_, q.crc, /*quarantined=*/true);
+    forget(r);
+  }
+
+  // Takes a worker out. What it held goes back: to the front of its client's queue if the
+  // worker left in good order; if it died, each request counts the death, becomes a suspect
+  // (sent again alone) or, at its second death, is quarantined.
+  void remove_worker(Workers::iterator w, bool died) {
+    std::vector<std::string> held = std::move(w->second.in_flight);
     workers_.erase(w);
+    // Backwards, so that the requests pushed to a queue's front keep the order they were sent in.
+    for (auto k = held.rbegin(); k != held.rend(); ++k) {
+      const auto r = requests_.find(*k);
+      if (r == requests_.end() || r->second.where != Where::worker) continue;
+      Request& q = r->second;
+      q.where = Where::nowhere;
+      q.worker.clear();
+      if (died) ++q.deaths;
+      if (q.deaths >= 2) {
+        quarantine(r);
+        continue;
+      }
+      ++st_.resent;
+      if (q.deaths == 1) {
+        if (died) {
+          ++st_.suspects;
+          suspects_.push_back(*k);
+        } else {
+          suspects_.push_front(*k);  // a suspect whose worker left: it has waited already
+        }
+        q.where = Where::suspect;
+        ++queued_;
+        continue;
+      }
+      Client& c = clients_[q.client_id];
+      c.queue.push_front(*k);
+      q.where = Where::queued;
+      ++queued_;
+      if (!c.in_ring) {
+        ring_.push_front(q.client_id);
+        c.in_ring = true;
+      }
+    }
   }
 
-  void dispatch(Clock::time_point now) {
-    while (!queue_.empty()) {
+  // Sends request `r` to worker `w`; on success records it there. The zmq error number otherwise
+  // (EHOSTUNREACH: the worker is gone; EAGAIN: its pipe is full).
+  int send_to(Workers::iterator w, Requests::iterator r) {
+    const auto h = wire::cluster::header(wire::cluster::Command::request);
+    const int err = send(back_, {bytes_of(w->first), h, bytes_of(r->second.client_id), r->second.bytes});
+    if (err != 0) return err;
+    w->second.in_flight.push_back(r->first);
+    r->second.worker = w->first;
+    r->second.where = Where::worker;
+    ++st_.dispatched;
+    return 0;
+  }
+
+  // A request that waited longer than max_request_age is answered `timeout` instead of sent.
+  bool expire_if_old(Requests::iterator r, Clock::time_point now) {
+    if (now - r->second.received <= opt_.max_request_age) return false;
+    ++st_.expired;
+    reply_error(r->second.routing_id, request_id_of(r->second), errc::timeout, "no worker took the request in time");
+    forget(r);
+    return true;
+  }
+
+  // Workers that may be set aside for suspects at once: half of them, at least one, so that
+  // ordinary work keeps the other half while suspects are tried one by one.
+  std::size_t suspect_worker_limit() const { return std::max<std::size_t>(1, workers_.size() / 2); }
+
+  // Suspects first: each goes to a worker that holds nothing, and that worker takes nothing else
+  // until it has answered. While suspects wait and no worker is idle, workers are reserved (no
+  // new ordinary work) until they drain.
+  void dispatch_suspects(Clock::time_point now) {
+    while (!suspects_.empty()) {
+      std::size_t set_aside = 0;
+      for (const auto& [id, w] : workers_) set_aside += (w.isolating || w.reserved) ? 1 : 0;
+      const bool ordinary_waiting = queued_ > suspects_.size();
+      auto idle = workers_.end();
+      for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+        const Worker& w = it->second;
+        if (w.isolating || !w.in_flight.empty()) continue;
+        if (w.reserved || set_aside < suspect_worker_limit() || !ordinary_waiting) {
+          idle = it;
+          if (w.reserved) break;  // the ones set aside first
+        }
+      }
+      if (idle == workers_.end()) break;
+      const auto r = requests_.find(suspects_.front());
+      if (r == requests_.end()) {  // cannot happen (forget() takes answered ones out); be safe
+        suspects_.pop_front();
+        continue;
+      }
+      suspects_.pop_front();
+      r->second.where = Where::nowhere;
+      --queued_;
+      if (expire_if_old(r, now)) continue;
+      const int err = send_to(idle, r);
+      if (err != 0) {
+        suspects_.push_front(r->first);
+        r->second.where = Where::suspect;
+        ++queued_;
+        if (err == EHOSTUNREACH) {
+          remove_worker(idle, /*died=*/true);  // it held nothing: no request counts this death
+          ++st_.workers_lost;
+          continue;
+        }
+        break;  // its pipe is full: try again on the next turn
+      }
+      idle->second.isolating = true;
+      idle->second.reserved = false;
+    }
+    // Reserve (or free) workers so that as many as the suspects need, within the limit, drain.
+    std::size_t isolating = 0, reserved = 0;
+    for (const auto& [id, w] : workers_) {
+      isolating += w.isolating ? 1 : 0;
+      reserved += w.reserved ? 1 : 0;
+    }
+    const std::size_t room = suspect_worker_limit() > isolating ? suspect_worker_limit() - isolating : 0;
+    const std::size_t want = std::min(suspects_.size(), room);
+    while (reserved > want) {
+      for (auto& [id, w] : workers_)
+        if (w.reserved) {
+          w.reserved = false;
+          break;
+        }
+      --reserved;
+    }
+    while (reserved < want) {
+      auto pick = workers_.end();
+      for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+        const Worker& w = it->second;
+        if (w.isolating || w.reserved) continue;
+        if (pick == workers_.end() || w.in_flight.size() < pick->second.in_flight.size()) pick = it;
+      }
+      if (pick == workers_.end()) break;
+      pick->second.reserved = true;
+      ++reserved;
+    }
+  }
+
+  // Ordinary requests: one from each client with work queued in turn (round-robin), each to the
+  // worker with the most free capacity among those not set aside for suspects.
+  void dispatch_ordinary() {
+    while (!ring_.empty()) {
       auto best = workers_.end();
       std::size_t best_free = 0;
       for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+        if (it->second.isolating || it->second.reserved) continue;
         const std::size_t used = it->second.in_flight.size();
         const std::size_t free = it->second.capacity > used ? it->second.capacity - used : 0;
         if (free > best_free) best = it, best_free = free;
       }
       if (best == workers_.end()) return;
-      const std::string key = std::move(queue_.front());
-      queue_.pop_front();
-      const auto r = requests_.find(key);
-      if (r == requests_.end() || !r->second.worker.empty()) continue;  // answered meanwhile
-      if (now - r->second.received > opt_.max_request_age) {
-        ++st_.expired;
-        reply_error(r->second.routing_id, wire::load_le32(r->second.bytes.data() + 16), errc::timeout,
-                    "no worker took the request in time");
-        requests_.erase(r);
+      const auto c = clients_.find(ring_.front());
+      if (c == clients_.end() || c->second.queue.empty()) {  // its queue was emptied by answers
+        ring_.pop_front();
+        if (c != clients_.end()) {
+          c->second.in_ring = false;
+          drop_client_if_idle(c);
+        }
         continue;
       }
-      const auto h = wire::cluster::header(wire::cluster::Command::request);
-      const int err = send(back_, {bytes_of(best->first), h, bytes_of(r->second.client_id), r->second.bytes});
-      if (err != 0) {
-        queue_.push_front(key);
-        if (err == EHOSTUNREACH) {
-          remove_worker(best);
-          ++st_.workers_lost;
-          continue;
-        }
-        return;  // the worker's pipe is full: try again on the next turn
+      Client& client = c->second;
+      const auto r = requests_.find(client.queue.front());
+      if (r == requests_.end()) {  // cannot happen (forget() takes answered ones out); be safe
+        client.queue.pop_front();
+        continue;
       }
-      r->second.worker = best->first;
-      best->second.in_flight.push_back(key);
-      ++st_.dispatched;
+      const int err = send_to(best, r);
+      if (err == 0) {
+        client.queue.pop_front();
+        --queued_;
+        std::string id = std::move(ring_.front());  // this client has had its turn
+        ring_.pop_front();
+        client.in_ring = false;
+        if (!client.queue.empty()) {
+          ring_.push_back(std::move(id));
+          client.in_ring = true;
+        }
+        continue;
+      }
+      if (err == EHOSTUNREACH) {
+        remove_worker(best, /*died=*/true);
+        ++st_.workers_lost;
+        continue;
+      }
+      return;  // the worker's pipe is full: try again on the next turn
     }
+  }
+
+  // Answers `timeout` for requests that waited longer than max_request_age for a worker; only
+  // while workers exist (without any, requests wait for the first to join). Requests held by no
+  // worker and in no queue (left so by an exception half-way through moving them) end here too.
+  void expire_queued(Clock::time_point now) {
+    if (workers_.empty() || now < next_expiry_scan_) return;
+    next_expiry_scan_ = now + std::min<Clock::duration>(opt_.heartbeat_interval, std::chrono::milliseconds(100));
+    std::vector<std::string> old;
+    for (const auto& [key, r] : requests_)
+      if ((r.where != Where::worker || workers_.count(r.worker) == 0) && now - r.received > opt_.max_request_age)
+        old.push_back(key);
+    for (const auto& key : old)
+      if (const auto r = requests_.find(key); r != requests_.end()) (void)expire_if_old(r, now);
+  }
+
+  void dispatch(Clock::time_point now) {
+    expire_queued(now);
+    dispatch_suspects(now);
+    dispatch_ordinary();
   }
 
   void heartbeat_and_expire(Clock::time_point now) {
     for (auto it = workers_.begin(); it != workers_.end();) {
       if (now > it->second.expiry) {
         auto dead = it++;
-        remove_worker(dead);
+        remove_worker(dead, /*died=*/true);
         ++st_.workers_expired;
       } else {
         ++it;
@@ -483,7 +765,7 @@ class ZmqBroker {
     for (auto it = workers_.begin(); it != workers_.end();) {
       if (send(back_, {bytes_of(it->first), h}) == EHOSTUNREACH) {
         auto gone = it++;
-        remove_worker(gone);
+        remove_worker(gone, /*died=*/true);
         ++st_.workers_lost;
       } else {
         ++it;
@@ -519,44 +801,80 @@ class ZmqBroker {
     std::lock_guard lock(stats_mutex_);
     published_ = st_;
     published_.workers = workers_.size();
-    published_.queue_depth = queue_.size();
+    published_.queue_depth = queued_;
+    published_.suspects_waiting = suspects_.size();
+    published_.clients = clients_.size();
     published_.in_flight = in_flight;
+  }
+
+  // One turn of the loop: wait for messages (or the next heartbeat), read them, send what can
+  // be sent. False when the ZeroMQ context is gone.
+  bool turn(std::vector<zmq::message_t>& parts) {
+    zmq_pollitem_t items[5] = {{back_.handle(), 0, ZMQ_POLLIN, 0},
+                               {front_.handle(), 0, ZMQ_POLLIN, 0},
+                               {front_mon_.handle(), 0, ZMQ_POLLIN, 0},
+                               {back_mon_.handle(), 0, ZMQ_POLLIN, 0},
+                               wake_.item()};
+    const auto until = next_heartbeat_ - Clock::now();
+    const long timeout = std::clamp<long>(
+        static_cast<long>(std::chrono::ceil<std::chrono::milliseconds>(until).count()), 0, 100);
+    try {
+      detail::zmq::poll(items, 5, timeout);
+    } catch (const error&) {
+      return false;  // the context is gone
+    }
+    if (items[4].revents & ZMQ_POLLIN) wake_.drain();
+    auto now = Clock::now();
+    // Workers first: their replies free capacity for the requests read next.
+    for (int i = 0; i < 1024 && read(back_, parts); ++i) guarded([&] { on_worker(parts, now); });
+    for (int i = 0; i < 1024 && read(front_, parts); ++i) guarded([&] { on_client(parts); });
+    on_monitor(front_mon_);
+    on_monitor(back_mon_);
+    now = Clock::now();
+    heartbeat_and_expire(now);
+    dispatch(now);
+    publish();
+    return true;
+  }
+
+  // Handles one message; what it throws (out of memory, say) is counted and costs that message
+  // alone.
+  template <typename F>
+  void guarded(F&& handle) {
+    try {
+      handle();
+    } catch (...) {
+      ++st_.internal_errors;
+    }
   }
 
   void run() {
     std::vector<zmq::message_t> parts;
     next_heartbeat_ = Clock::now() + opt_.heartbeat_interval;
     while (!stop_.load(std::memory_order_acquire)) {
-      zmq_pollitem_t items[5] = {{back_.handle(), 0, ZMQ_POLLIN, 0},
-                                 {front_.handle(), 0, ZMQ_POLLIN, 0},
-                                 {front_mon_.handle(), 0, ZMQ_POLLIN, 0},
-                                 {back_mon_.handle(), 0, ZMQ_POLLIN, 0},
-                                 wake_.item()};
-      const auto until = next_heartbeat_ - Clock::now();
-      const long timeout = std::clamp<long>(
-          static_cast<long>(std::chrono::ceil<std::chrono::milliseconds>(until).count()), 0, 100);
       try {
-        detail::zmq::poll(items, 5, timeout);
-      } catch (const error&) {
-        break;  // the context is gone
+        if (!turn(parts)) break;
+      } catch (...) {
+        // Whatever a turn throws (std::bad_alloc, a zmq::error_t), the broker goes on serving:
+        // drop a message half read, then wait a moment so that a failure that repeats every
+        // turn does not spin.
+        ++st_.internal_errors;
+        try {
+          detail::zmq::discard_more(front_);
+          detail::zmq::discard_more(back_);
+        } catch (...) {
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
-      if (items[4].revents & ZMQ_POLLIN) wake_.drain();
-      auto now = Clock::now();
-      // Workers first: their replies free capacity for the requests read next.
-      for (int i = 0; i < 1024 && read(back_, parts); ++i) on_worker(parts, now);
-      for (int i = 0; i < 1024 && read(front_, parts); ++i) on_client(parts);
-      on_monitor(front_mon_);
-      on_monitor(back_mon_);
-      now = Clock::now();
-      heartbeat_and_expire(now);
-      dispatch(now);
-      publish();
     }
-    for (auto* s : {&front_, &back_}) zmq_socket_monitor(s->handle(), nullptr, 0);
-    front_mon_.close();
-    back_mon_.close();
-    front_.close();
-    back_.close();
+    try {
+      for (auto* s : {&front_, &back_}) zmq_socket_monitor(s->handle(), nullptr, 0);
+      front_mon_.close();
+      back_mon_.close();
+      front_.close();
+      back_.close();
+    } catch (...) {
+    }
   }
 
   BrokerOptions opt_;
@@ -568,13 +886,16 @@ class ZmqBroker {
   std::atomic<bool> stop_{false};
 
   // Broker thread only.
-  std::unordered_map<std::string, Request> requests_;
-  std::deque<std::string> queue_;
-  std::unordered_map<std::string, Worker> workers_;
+  Requests requests_;
+  std::unordered_map<std::string, Client> clients_;  // clients with requests queued or in flight
+  std::deque<std::string> ring_;      // clients with ordinary requests queued, in round-robin order
+  std::deque<std::string> suspects_;  // keys of suspects waiting for a worker of their own
+  std::size_t queued_ = 0;            // requests queued (ordinary and suspects)
+  Workers workers_;
   std::unordered_map<std::string, Answer> answered_;
   std::deque<std::string> answered_order_;
   std::vector<std::byte> scratch_;
-  Clock::time_point next_heartbeat_{};
+  Clock::time_point next_heartbeat_{}, next_expiry_scan_{};
   BrokerStats st_;
 
   mutable std::mutex stats_mutex_;
