@@ -11,17 +11,23 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <future>
 #include <map>
+#include <mutex>
 #include <set>
+#include <span>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "edgesplit/edgesplit.hpp"
@@ -924,4 +930,486 @@ TEST_CASE("Cluster protocol: command headers, capacities and client ids are vali
   CHECK(wire::parse_frame(f).header.request_id == 99);
   f[30] ^= std::byte{1};
   expect_errc(errc::checksum_mismatch, [&] { (void)relabel(f, 100); });
+}
+
+namespace {
+
+// --- Quarantine and fairness --------------------------------------------------------------------
+
+// The features of a poison request: every value 666. The fake workers below die on it.
+constexpr float kPoison = 666.0f;
+
+CodecConfig raw_codec() {
+  CodecConfig cfg;
+  cfg.bits = wire::raw_f32_bits;
+  return cfg;
+}
+
+// INFER frame `id` carrying the head's output for input `seed` (or, poisoned, the same shape
+// filled with kPoison).
+std::vector<std::byte> request_frame(Sequential<float>& head, std::uint32_t id, std::uint64_t seed, bool poison = false) {
+  FeatureCodec codec(raw_codec());
+  const auto x = random_input(1, kIn, seed);
+  const TensorView<const float> f = head.forward(x.cview());
+  std::vector<std::byte> out;
+  if (poison) {
+    const Tensor<float> p(f.shape(), kPoison);
+    wire::encode_infer(out, id, {kModel.model_id, kModel.split, 0}, codec, p.cview());
+  } else {
+    wire::encode_infer(out, id, {kModel.model_id, kModel.split, 0}, codec, f);
+  }
+  return out;
+}
+
+// A worker of the test's own making: a raw DEALER socket speaking the cluster protocol (READY,
+// heartbeats, REQUEST in, REPLY out with the tail computed here). It dies as a crashed process
+// does, its socket closed at once and no DISCONNECT said, when a poison request reaches it.
+// While `gated`, it answers a request only when release() allows one more (oldest first), so
+// that it holds what it took; otherwise it answers each at once.
+class FakeWorker {
+ public:
+  FakeWorker(const Keys& k, const std::string& backend, const Split& s, std::uint32_t capacity, bool gated)
+      : tail_(s.tail), gated_(gated) {
+    thread_ = std::thread([this, &k, backend, capacity] { run(k, backend, capacity); });
+  }
+  FakeWorker(const FakeWorker&) = delete;
+  FakeWorker& operator=(const FakeWorker&) = delete;
+  ~FakeWorker() {
+    stop_ = true;
+    thread_.join();
+  }
+
+  void release(int n) { allowance_ += n; }
+  bool dead() const { return dead_; }
+  int received() const { return received_; }
+  int answered() const { return answered_; }
+  // Requests the worker had taken and not answered when it died (the poison included): what the
+  // broker had given it.
+  int held_at_death() const { return held_at_death_; }
+  int poisons_seen() const { return poisons_; }
+  // Whether the worker's own code failed (a test error, not a death).
+  bool failed() const { return failed_; }
+  // (client id, request id) of every request received, in order.
+  std::vector<std::pair<std::string, std::uint32_t>> log() const {
+    std::lock_guard lock(mutex_);
+    return log_;
+  }
+
+ private:
+  struct Held {
+    std::string client_id;
+    std::vector<std::byte> frame;
+  };
+
+  static void send_parts(zmq::socket_t& s, std::initializer_list<std::span<const std::byte>> parts) {
+    std::size_t i = 0;
+    for (const auto& p : parts)
+      (void)s.send(zmq::buffer(p.data(), p.size()), ++i < parts.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+  }
+
+  // Reads one multi-part message (empty when none waits).
+  static std::vector<zmq::message_t> read(zmq::socket_t& s) {
+    std::vector<zmq::message_t> parts;
+    for (;;) {
+      zmq::message_t m;
+      if (!s.recv(m, zmq::recv_flags::dontwait)) return parts;
+      const bool more = m.more();
+      parts.push_back(std::move(m));
+      if (!more) return parts;
+    }
+  }
+
+  void answer(zmq::socket_t& s, const Held& h) {
+    FeatureCodec codec(raw_codec());
+    Tensor<float> features;
+    std::uint32_t id = 0;
+    (void)wire::decode_infer(h.frame, codec, features, &id);
+    const Tensor<float> y = tail_.predict(features.cview());
+    std::vector<std::byte> out;
+    wire::encode_response(out, id, wire::InferResponse{}, codec, y.cview());
+    const auto hdr = wire::cluster::header(wire::cluster::Command::reply);
+    send_parts(s, {hdr, std::as_bytes(std::span(h.client_id)), out});
+    ++answered_;
+  }
+
+  static bool poisoned(std::span<const std::byte> frame) {
+    FeatureCodec codec(raw_codec());
+    Tensor<float> features;
+    (void)wire::decode_infer(frame, codec, features);
+    return features.size() > 0 && features[0] == kPoison;
+  }
+
+  void run(const Keys& k, const std::string& backend, std::uint32_t capacity) {
+    try {
+      zmq::context_t ctx(1);
+      zmq::socket_t s(ctx, zmq::socket_type::dealer);
+      s.set(zmq::sockopt::linger, 0);
+      configure_curve_client(s, CurveClientKeys{k.worker, k.broker.public_key});
+      s.connect(backend);
+      const auto ready = wire::cluster::header(wire::cluster::Command::ready);
+      send_parts(s, {ready, wire::cluster::encode_capacity(capacity)});
+      const auto heartbeat = wire::cluster::header(wire::cluster::Command::heartbeat);
+      auto next_heartbeat = std::chrono::steady_clock::now();
+      std::deque<Held> held;
+      while (!stop_) {
+        if (std::chrono::steady_clock::now() >= next_heartbeat) {
+          send_parts(s, {heartbeat});
+          next_heartbeat = std::chrono::steady_clock::now() + kHeartbeat;
+        }
+        zmq_pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+        (void)zmq_poll(&item, 1, 5);
+        for (auto parts = read(s); !parts.empty(); parts = read(s)) {
+          const auto cmd = wire::cluster::parse_header({static_cast<const std::byte*>(parts[0].data()), parts[0].size()});
+          if (cmd != wire::cluster::Command::request) continue;  // heartbeats
+          Held h{parts[1].to_string(), {}};
+          const auto* b = static_cast<const std::byte*>(parts[2].data());
+          h.frame.assign(b, b + parts[2].size());
+          ++received_;
+          {
+            std::lock_guard lock(mutex_);
+            log_.emplace_back(wire::cluster::routing_id_of(std::as_bytes(std::span(h.client_id))),
+                              wire::peek(h.frame).request_id);
+          }
+          if (poisoned(h.frame)) {
+            ++poisons_;
+            // Count what else the broker had sent along (nothing, if it isolated the suspect),
+            // then die: no DISCONNECT, the socket closed with nothing lingering.
+            int others = 0;
+            std::this_thread::sleep_for(20ms);
+            for (auto more = read(s); !more.empty(); more = read(s))
+              if (wire::cluster::parse_header({static_cast<const std::byte*>(more[0].data()), more[0].size()}) ==
+                  wire::cluster::Command::request)
+                ++others;
+            held_at_death_ = static_cast<int>(held.size()) + 1 + others;
+            s.close();
+            dead_ = true;
+            return;
+          }
+          held.push_back(std::move(h));
+        }
+        while (!held.empty() && (!gated_ || allowance_ > 0)) {
+          if (gated_) --allowance_;
+          answer(s, held.front());
+          held.pop_front();
+        }
+      }
+    } catch (...) {
+      failed_ = true;  // checked through dead()/answered() by the test: no Catch macros here
+    }
+  }
+
+  Sequential<float> tail_;
+  const bool gated_;
+  std::atomic<bool> stop_{false}, dead_{false}, failed_{false};
+  std::atomic<int> allowance_{0}, received_{0}, answered_{0}, held_at_death_{0}, poisons_{0};
+  mutable std::mutex mutex_;
+  std::vector<std::pair<std::string, std::uint32_t>> log_;
+  std::thread thread_;
+};
+
+// What one pipelining client saw. answers[id] counts every message that answered request id.
+struct Tally {
+  std::vector<int> answers;  // index: request id (1-based; [0] unused)
+  std::atomic<int> good{0}, wrong{0}, overloaded{0}, other_errors{0}, unknown{0};
+  std::atomic<bool> done{false};
+  std::string routing_id;
+};
+
+// Sends requests 1..total, at most `window` unanswered at once, checking each answer against the
+// whole model; once every request has an answer, listens 200 ms more for answers sent twice.
+// Runs on a thread of its own (no Catch macros): the caller reads the tally.
+void pipelined_client(const std::string& endpoint, const CurveClientKeys& keys, const Split& s, std::uint32_t total,
+                      std::size_t window, std::uint64_t seed, Tally& t, std::chrono::milliseconds limit = 60s) {
+  t.answers.assign(total + 1, 0);
+  try {
+    Sequential<float> head = s.head, whole = s.whole;
+    FeatureCodec codec(raw_codec());
+    zmq::context_t ctx(1);
+    zmq::socket_t sock(ctx, zmq::socket_type::dealer);
+    sock.set(zmq::sockopt::linger, 0);
+    t.routing_id = detail::zmq::random_routing_id();
+    sock.set(zmq::sockopt::routing_id, t.routing_id);
+    configure_curve_client(sock, keys);
+    sock.connect(endpoint);
+    const auto until = std::chrono::steady_clock::now() + limit;
+    std::uint32_t next = 1, answered = 0;
+    std::size_t open = 0;
+    Tensor<float> y;
+    auto quiet_until = std::chrono::steady_clock::time_point::max();
+    while (std::chrono::steady_clock::now() < std::min(until, quiet_until)) {
+      while (next <= total && open < window) {
+        const auto f = request_frame(head, next, seed + next);
+        sock.send(zmq::buffer(f.data(), f.size()), zmq::send_flags::none);
+        ++next;
+        ++open;
+      }
+      zmq_pollitem_t item{sock.handle(), 0, ZMQ_POLLIN, 0};
+      if (zmq_poll(&item, 1, 20) <= 0) continue;
+      zmq::message_t m;
+      while (sock.recv(m, zmq::recv_flags::dontwait)) {
+        const std::span<const std::byte> b{static_cast<const std::byte*>(m.data()), m.size()};
+        const auto h = wire::peek(b);
+        if (h.request_id == 0 || h.request_id >= next) {
+          ++t.unknown;
+          continue;
+        }
+        if (t.answers[h.request_id]++ == 0) {
+          ++answered;
+          --open;
+        }
+        if (h.type == wire::MessageType::response) {
+          (void)wire::decode_response(b, codec, y);
+          const auto x = random_input(1, kIn, seed + h.request_id);
+          (close_to(y, whole.predict(x.cview())) ? t.good : t.wrong)++;
+        } else if (wire::decode_error(b).code == errc::overloaded) {
+          ++t.overloaded;
+        } else {
+          ++t.other_errors;
+        }
+      }
+      if (answered == total && quiet_until == std::chrono::steady_clock::time_point::max())
+        quiet_until = std::chrono::steady_clock::now() + 200ms;
+    }
+  } catch (...) {
+    ++t.other_errors;
+  }
+  t.done = true;
+}
+
+// How many requests of a tally were answered exactly once, and how many more than once.
+std::pair<int, int> once_and_twice(const Tally& t) {
+  int once = 0, twice = 0;
+  for (std::size_t i = 1; i < t.answers.size(); ++i) {
+    once += t.answers[i] == 1;
+    twice += t.answers[i] > 1;
+  }
+  return {once, twice};
+}
+
+}  // namespace
+
+TEST_CASE("Quarantine: a poison request kills at most two workers, is answered 'quarantined', and no innocent is",
+          "[zmq]") {
+  const Keys k;
+  Split s = make_split();
+  BrokerOptions bo = broker_options(k);
+  bo.liveness = 10;  // deaths here are crashes (connections gone); a slow heartbeat must not count as one
+  ZmqBroker broker(bo);
+  const auto real_worker = [&] {
+    WorkerOptions wo = worker_options(k, broker, 4);
+    wo.liveness = 10;
+    auto w = std::make_unique<ZmqWorker>(wo);
+    w->register_model(kModel, s.tail);
+    w->start();
+    return w;
+  };
+  auto r1 = real_worker(), r2 = real_worker();
+  REQUIRE(eventually([&] { return broker.stats().workers == 2; }));
+
+  // Normal traffic: three clients (two keys; two connections share one), 4 requests in flight each.
+  constexpr int clients = 3;
+  constexpr std::uint32_t per_client = 150;
+  constexpr std::size_t window = 4;
+  std::array<Tally, clients> tallies;
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c)
+    threads.emplace_back([&, c] {
+      pipelined_client(broker.frontend_endpoint(), CurveClientKeys{c == 1 ? k.client2 : k.client, k.broker.public_key}, s,
+                       per_client, window, 10000u * static_cast<unsigned>(c), tallies[c]);
+    });
+  const auto good = [&] {
+    int n = 0;
+    for (const auto& t : tallies) n += t.good;
+    return n;
+  };
+  REQUIRE(eventually([&] { return good() >= 60; }));  // through the real workers
+
+  // The real workers leave (in good order: no death) and a worker that dies on the poison takes
+  // over. It holds every request it takes, so that it dies holding all 12 of the clients' and
+  // the poison: 12 innocents on a dying worker.
+  auto f1 = std::make_unique<FakeWorker>(k, broker.backend_endpoint(), s, 64, /*gated=*/true);
+  REQUIRE(eventually([&] { return broker.stats().workers == 3; }));
+  r1->stop();
+  r2->stop();
+  REQUIRE(eventually([&] { return broker.stats().workers == 1; }));
+  REQUIRE(eventually([&] { return f1->received() == clients * static_cast<int>(window); }));
+  CHECK(broker.stats().suspects == 0);
+
+  RawClient poisoner(broker.frontend_endpoint(), CurveClientKeys{k.client, k.broker.public_key});
+  const auto poison = request_frame(s.head, 4242, 1, /*poison=*/true);
+  poisoner.send(poison);
+  REQUIRE(eventually([&] { return f1->dead(); }));
+  CHECK(f1->held_at_death() == clients * static_cast<int>(window) + 1);
+  // Every request it held is a suspect now; a replacement takes them one at a time.
+  REQUIRE(eventually([&] { return broker.stats().suspects >= 1 && broker.stats().workers == 0; }));
+  auto f2 = std::make_unique<FakeWorker>(k, broker.backend_endpoint(), s, 64, /*gated=*/false);
+  REQUIRE(eventually([&] { return f2->dead(); }));
+  CHECK(f2->held_at_death() == 1);  // the suspect alone: nothing else was sent along with it
+  // The poison's second death: it is answered 'quarantined' and sent nowhere again. A
+  // replacement and a real worker take the rest.
+  auto f3 = std::make_unique<FakeWorker>(k, broker.backend_endpoint(), s, 64, /*gated=*/false);
+  auto r3 = real_worker();
+  const auto verdict = poisoner.receive(15s);
+  REQUIRE(verdict);
+  CHECK(wire::peek(*verdict).request_id == 4242);
+  CHECK(wire::decode_error(*verdict).code == errc::quarantined);
+
+  for (auto& t : threads) t.join();
+  CHECK_FALSE(poisoner.receive(200ms));  // answered exactly once
+  // A retry of the poison gets the same answer, byte for byte, and reaches no worker.
+  poisoner.send(poison);
+  const auto again = poisoner.receive(10s);
+  REQUIRE(again);
+  CHECK(*again == *verdict);
+
+  int normal_once = 0, normal_twice = 0;
+  for (const auto& t : tallies) {
+    INFO("good " << t.good << " wrong " << t.wrong << " overloaded " << t.overloaded << " errors " << t.other_errors
+                 << " unknown " << t.unknown);
+    CHECK(t.done);
+    CHECK(t.good == static_cast<int>(per_client));  // every normal request answered, correctly
+    CHECK(t.wrong == 0);
+    CHECK(t.overloaded == 0);
+    CHECK(t.other_errors == 0);  // none quarantined, none lost to an error
+    CHECK(t.unknown == 0);
+    const auto [once, twice] = once_and_twice(t);
+    normal_once += once;
+    normal_twice += twice;
+  }
+  CHECK(normal_once == clients * static_cast<int>(per_client));
+  CHECK(normal_twice == 0);
+  CHECK(f1->poisons_seen() + f2->poisons_seen() == 2);
+  CHECK_FALSE(f1->failed());
+  CHECK_FALSE(f2->failed());
+  CHECK_FALSE(f3->failed());
+  CHECK_FALSE(f3->dead());
+  CHECK(f3->poisons_seen() == 0);  // never sent a third time
+  REQUIRE(eventually([&] { return broker.stats().replayed == 1; }));
+  const BrokerStats st = broker.stats();
+  INFO("suspects " << st.suspects << " resent " << st.resent << " lost " << st.workers_lost << " expired "
+                   << st.workers_expired);
+  CHECK(st.quarantined == 1);
+  CHECK(st.suspects == static_cast<std::size_t>(clients * window + 1));  // what f1 held; f2 held the poison alone
+  CHECK(st.workers_lost + st.workers_expired == 2);  // f1 and f2: the poison's two deaths
+  CHECK(st.workers_left == 2);                        // r1 and r2, in good order
+  CHECK(st.requests == static_cast<std::size_t>(clients * per_client + 1));
+  CHECK(st.replies == st.requests);
+  CHECK(st.internal_errors == 0);
+  CHECK(st.suspects_waiting == 0);
+  CHECK(st.clients == 0);
+  CHECK(r3->stats().replies + static_cast<std::size_t>(f2->answered() + f3->answered()) > 0);
+}
+
+TEST_CASE("Fairness: a client over its share is refused 'overloaded' alone, and clients are served in turn", "[zmq]") {
+  const Keys k;
+  Split s = make_split();
+  BrokerOptions bo = broker_options(k);
+  bo.max_queued_per_client = 8;
+  bo.liveness = 10;  // the gated worker must not be taken for dead while it holds its request
+  ZmqBroker broker(bo);
+  // One worker that takes one request at a time and answers only when let: the broker's queues
+  // hold everything else, and the order in which they are served shows.
+  FakeWorker gate(k, broker.backend_endpoint(), s, 1, /*gated=*/true);
+  REQUIRE(eventually([&] { return broker.stats().workers == 1; }));
+
+  // The flooder pipelines 100 requests: 8 are taken (1 at the worker, 7 queued), 92 refused at
+  // once, and nothing it sends makes room for more while none is answered.
+  RawClient flooder(broker.frontend_endpoint(), CurveClientKeys{k.client, k.broker.public_key});
+  constexpr std::uint32_t flood = 100, share = 8;
+  for (std::uint32_t id = 1; id <= flood; ++id) flooder.send(request_frame(s.head, id, id));
+  std::set<std::uint32_t> refused;
+  while (refused.size() < flood - share) {
+    const auto r = flooder.receive(10s);
+    REQUIRE(r);
+    REQUIRE(wire::decode_error(*r).code == errc::overloaded);
+    refused.insert(wire::peek(*r).request_id);
+  }
+  CHECK(*refused.begin() == share + 1);  // the first 8 were taken, every later one refused
+  CHECK(*refused.rbegin() == flood);
+  // A well-behaved client beside it: 4 requests, all taken.
+  RawClient polite(broker.frontend_endpoint(), CurveClientKeys{k.client2, k.broker.public_key});
+  for (std::uint32_t id = 1; id <= 4; ++id) polite.send(request_frame(s.head, id, 1000 + id));
+  REQUIRE(eventually([&] { return broker.stats().requests == share + 4; }));
+  CHECK(gate.received() == 1);
+
+  // Let the worker answer one at a time: the queues take turns, one request each.
+  for (int i = 1; i < static_cast<int>(share) + 4; ++i) {
+    gate.release(1);
+    REQUIRE(eventually([&] { return gate.received() == i + 1; }));
+  }
+  gate.release(1);
+  const auto log = gate.log();
+  REQUIRE(log.size() == share + 4);
+  std::string order;
+  for (const auto& [routing, id] : log) order += routing == log[0].first ? 'F' : 'P';
+  CHECK(order == "FFPFPFPFPFFF");  // with one queue for all: FFFFFFFFPPPP
+
+  int polite_good = 0, flooder_good = 0;
+  for (int i = 0; i < 4; ++i) {
+    const auto r = polite.receive(10s);
+    REQUIRE(r);
+    polite_good += wire::peek(*r).type == wire::MessageType::response;
+  }
+  for (std::uint32_t i = 0; i < share; ++i) {
+    const auto r = flooder.receive(10s);
+    REQUIRE(r);
+    flooder_good += wire::peek(*r).type == wire::MessageType::response;
+  }
+  CHECK(polite_good == 4);
+  CHECK(flooder_good == static_cast<int>(share));
+  CHECK_FALSE(polite.receive(100ms));
+  CHECK_FALSE(flooder.receive(100ms));
+  REQUIRE(eventually([&] { return broker.stats().replies == share + 4; }));
+  const BrokerStats st = broker.stats();
+  CHECK(st.client_overloaded == flood - share);
+  CHECK(st.rejected_overloaded == flood - share);  // all of them the flooder's own share
+  CHECK(st.clients == 0);
+  CHECK_FALSE(gate.failed());
+  BrokerOptions none = broker_options(k);
+  none.max_queued_per_client = 0;
+  expect_errc(errc::invalid_argument, [&] { ZmqBroker b(none); });
+}
+
+TEST_CASE("Fairness under load: a flooding client gets 'overloaded', its neighbour all its answers", "[zmq]") {
+  const Keys k;
+  Split s = make_split(1ms);
+  BrokerOptions bo = broker_options(k);
+  bo.queue_capacity = 64;  // one queue for all would be full after the flooder's first 64
+  bo.max_queued_per_client = 16;
+  ZmqBroker broker(bo);
+  auto w = start_worker(k, broker, s, 4);
+  REQUIRE(eventually([&] { return broker.stats().workers == 1; }));
+
+  // The well-behaved client keeps 4 requests in flight, 120 in all, while the flooder sends 600
+  // without waiting for answers.
+  constexpr std::uint32_t polite_total = 120, flood = 600;
+  Tally polite;
+  std::thread polite_thread([&] {
+    pipelined_client(broker.frontend_endpoint(), CurveClientKeys{k.client2, k.broker.public_key}, s, polite_total, 4, 500,
+                     polite);
+  });
+  REQUIRE(eventually([&] { return polite.good >= 10; }));
+  Tally flooder;
+  std::thread flooder_thread([&] {
+    pipelined_client(broker.frontend_endpoint(), CurveClientKeys{k.client, k.broker.public_key}, s, flood, flood, 7000,
+                     flooder);
+  });
+  polite_thread.join();
+  flooder_thread.join();
+
+  CHECK(polite.good == static_cast<int>(polite_total));
+  CHECK(polite.overloaded == 0);
+  CHECK(polite.wrong + polite.other_errors + polite.unknown == 0);
+  CHECK(once_and_twice(polite) == std::pair<int, int>{static_cast<int>(polite_total), 0});
+  // The flooder: every request answered exactly once, the excess with 'overloaded'.
+  CHECK(once_and_twice(flooder) == std::pair<int, int>{static_cast<int>(flood), 0});
+  CHECK(flooder.good + flooder.overloaded == static_cast<int>(flood));
+  CHECK(flooder.overloaded > 0);
+  CHECK(flooder.good >= 16);
+  CHECK(flooder.wrong + flooder.other_errors + flooder.unknown == 0);
+  REQUIRE(eventually([&] { return broker.stats().replies == broker.stats().requests; }));
+  const BrokerStats st = broker.stats();
+  CHECK(st.client_overloaded == static_cast<std::size_t>(flooder.overloaded.load()));
+  CHECK(st.rejected_overloaded == st.client_overloaded);  // the global queue never filled
+  CHECK(st.requests == polite_total + static_cast<std::size_t>(flooder.good.load()));
 }
