@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -99,6 +100,18 @@ void write_raw(int fd, std::span<const std::byte> b) {
     REQUIRE(n > 0);
     off += static_cast<std::size_t>(n);
   }
+}
+
+/// write_raw() without assertions, for threads other than the test's (Catch is not thread-safe).
+bool send_all(int fd, std::span<const std::byte> b) {
+  std::size_t off = 0;
+  while (off < b.size()) {
+    const ssize_t n = ::send(fd, b.data() + off, b.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    off += static_cast<std::size_t>(n);
+  }
+  return true;
 }
 
 /// The message of an edgesplit::error thrown by `f`, after checking its code.
@@ -888,10 +901,20 @@ TEST_CASE("TLS: a handshake continues across accept() calls with short deadlines
 
   // And with a real client on another thread, polling accept() every millisecond.
   std::optional<TlsTransport> client;
-  std::thread connector([&] { client = TlsTransport::connect("127.0.0.1", listener.port(), TlsContext::client(pki().client())); });
+  std::exception_ptr connect_error;
+  std::atomic<bool> connect_failed{false};
+  std::thread connector([&] {
+    try {
+      client = TlsTransport::connect("127.0.0.1", listener.port(), TlsContext::client(pki().client()));
+    } catch (...) {
+      connect_error = std::current_exception();
+      connect_failed = true;
+    }
+  });
   std::optional<TlsTransport> second;
-  for (int i = 0; i < 20'000 && !second; ++i) second = listener.accept(deadline_after(1ms));
+  for (int i = 0; i < 20'000 && !second && !connect_failed; ++i) second = listener.accept(deadline_after(1ms));
   connector.join();
+  if (connect_error) std::rethrow_exception(connect_error);
   REQUIRE(second.has_value());
   REQUIRE(client.has_value());
   client->send(hello);
@@ -1112,7 +1135,7 @@ TEST_CASE("TLS: bytes that are not TLS are corrupt_frame on either side", "[tls]
     TcpListener plain = TcpListener::bind("127.0.0.1", 0);
     std::thread talker([&] {
       std::optional<TcpTransport> t = plain.accept(deadline_after(10s));
-      if (t) write_raw(t->native_handle(), text_bytes("220 smtp.example ESMTP ready, not TLS at all\r\n"));
+      if (t) (void)send_all(t->native_handle(), text_bytes("220 smtp.example ESMTP ready, not TLS at all\r\n"));
       std::this_thread::sleep_for(200ms);
     });
     expect_errc(errc::corrupt_frame, [&] {

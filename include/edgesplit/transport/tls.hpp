@@ -55,6 +55,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -1089,12 +1090,28 @@ class TlsListener {
   /// (see the class comment); `unreachable` once the listener is closed.
   std::optional<TlsTransport> accept(Deadline deadline) {
     State& s = state();
-    std::unique_lock lock(s.accept_mutex, std::defer_lock);
-    if (deadline == no_deadline) {
-      lock.lock();
-    } else if (!lock.try_lock_until(deadline)) {
-      return std::nullopt;
+    {
+      // One accept() at a time; the others wait their turn within their deadline. (A condition
+      // variable rather than std::timed_mutex, whose timed lock ThreadSanitizer cannot follow.)
+      std::unique_lock turn(s.turn_mutex);
+      const auto free = [&s] { return !s.accepting; };
+      if (deadline == no_deadline) {
+        s.turn_cv.wait(turn, free);
+      } else if (!s.turn_cv.wait_until(turn, deadline, free)) {
+        return std::nullopt;
+      }
+      s.accepting = true;
     }
+    struct Release {
+      State& s;
+      ~Release() {
+        {
+          std::lock_guard lock(s.turn_mutex);
+          s.accepting = false;
+        }
+        s.turn_cv.notify_one();
+      }
+    } release{s};
     for (;;) {
       if (!s.tcp.is_open()) {
         s.pending.clear();
@@ -1184,8 +1201,10 @@ class TlsListener {
     TlsContext context;
     const TcpOptions options;
     const Clock::duration handshake_timeout;
-    std::timed_mutex accept_mutex;
-    // Guarded by accept_mutex.
+    std::mutex turn_mutex;
+    std::condition_variable turn_cv;
+    bool accepting = false;  // an accept() is running; guarded by turn_mutex
+    // Owned by the running accept().
     std::vector<Pending> pending;
     std::vector<pollfd> fds;
     std::atomic<std::size_t> in_progress{0};
