@@ -829,10 +829,18 @@ TEST_CASE("TLS: receive deadlines return false and keep a half-received message"
 
   const Bytes payload = random_bytes(50'000, 21);
   const Bytes frame = framed(payload);
+  // Each piece is waited for on the socket first, so that the short receive deadline surely
+  // passes with the piece in hand and not before it arrived.
+  const auto arrived = [&server] {
+    pollfd p{server.native_handle(), POLLIN, 0};
+    return ::poll(&p, 1, 10'000) == 1;
+  };
   raw.send_plain(std::span(frame).first(2));  // half the length prefix
+  REQUIRE(arrived());
   CHECK_FALSE(server.receive(deadline_after(30ms), m));
   CHECK(server.mid_message());
   raw.send_plain(std::span(frame).subspan(2, 20'000));  // the rest of it and part of the payload
+  REQUIRE(arrived());
   CHECK_FALSE(server.receive(deadline_after(30ms), m));
   CHECK(server.mid_message());
   raw.send_plain(std::span(frame).subspan(20'002));
