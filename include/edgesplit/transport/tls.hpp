@@ -229,8 +229,6 @@ struct SslFree {
 
 }  // namespace detail::tls
 
-class TlsSession;
-
 /// The shared TLS configuration of one side (its certificate, key, trust and verification rules),
 /// built once from TlsOptions and used for any number of connections. Cheap to copy: copies share
 /// one OpenSSL `SSL_CTX`. Thread-safe once built.
