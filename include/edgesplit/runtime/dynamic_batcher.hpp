@@ -94,10 +94,10 @@ class DynamicBatcher {
   /// A producer of requests: a connection, or one client of a broker. Opaque to front ends.
   struct SourceState {
     std::shared_ptr<ReplySink> sink;  ///< where its replies go
-    std::vector<Job> queue;      // oldest first; guarded by the batcher's mutex, like everything below
-    std::size_t pending = 0;     // queued + running
-    bool open = true;
-    bool in_ring = false;
+    std::vector<Job> queue;      ///< its queued requests, oldest first (guarded by the batcher, as the rest)
+    std::size_t pending = 0;     ///< requests queued or running
+    bool open = true;            ///< false once closed: nothing more is queued for it
+    bool in_ring = false;        ///< has requests queued: takes part in the round-robin
   };
   /// A handle on a source, to submit its requests and to close it.
   using Source = std::shared_ptr<SourceState>;
