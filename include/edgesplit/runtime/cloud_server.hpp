@@ -97,6 +97,10 @@ class CloudServer {
     c->channel = std::move(channel);
     c->send_timeout = opt_.send_timeout;
     c->session.peer = "channel";
+    c->session.on_hello = [raw = c.get()](const wire::ModelIdentity& id) {
+      std::lock_guard lock(raw->hello_mutex);
+      raw->greeted_model = id.model_id;
+    };
     std::lock_guard lock(channels_mutex_);
     if (stopping_) {
       c->channel.close();
@@ -124,6 +128,17 @@ class CloudServer {
     if (!front_) front_ = std::make_unique<SocketFrontEnd>(handler_, batcher_, budget_, opt_);
     front_->add_listener(std::move(listener));
   }
+
+#if EDGESPLIT_HAS_TLS
+  /// Accepts TLS connections on `listener` until shutdown, with `tls` (a server context: its
+  /// certificate, and with TlsOptions::require_client_certificate the client CAs it admits).
+  void listen(TcpListener listener, TlsContext tls) {
+    std::lock_guard lock(channels_mutex_);
+    if (stopping_) return;
+    if (!front_) front_ = std::make_unique<SocketFrontEnd>(handler_, batcher_, budget_, opt_);
+    front_->add_listener(std::move(listener), std::move(tls));
+  }
+#endif
 
   /// Sends WEIGHTS (the edge model's updated parameters) to every edge whose HELLO named
   /// `id.model_id`: the parameter sync of collaborative training. Returns how many it went to.
@@ -239,7 +254,7 @@ class CloudServer {
     std::chrono::milliseconds send_timeout{};
     Session session;  // the reader thread's
     std::mutex hello_mutex;
-    std::string greeted_model;  // copied from the session after each message, for push_weights
+    std::string greeted_model;  // set by the session's on_hello, for push_weights
     std::atomic<std::size_t>* dropped = nullptr;
 
     std::string hello_model() {
@@ -304,12 +319,7 @@ class CloudServer {
           continue;
         }
         stalled = false;
-        const auto verdict = handler_.handle(c->session, m.view(), codec);
-        if (c->session.greeted) {
-          std::lock_guard lock(c->hello_mutex);
-          if (c->greeted_model != c->session.model.model_id) c->greeted_model = c->session.model.model_id;
-        }
-        if (verdict == RequestHandler::Verdict::close) break;
+        if (handler_.handle(c->session, m.view(), codec) == RequestHandler::Verdict::close) break;
       }
       if (!readers_stop_ && c->open) channels_dropped_.fetch_add(1);
     } catch (...) {

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -30,6 +31,9 @@ struct Session {
   std::string peer;               ///< who it is, for the log ("127.0.0.1:50312", "in-process")
   bool greeted = false;           ///< a HELLO was accepted: requests may follow
   wire::ModelIdentity model;      ///< what the HELLO asked for
+  /// Called with the accepted HELLO's identity before it is answered, for a front end that
+  /// other threads ask which model a connection serves (weight pushes).
+  std::function<void(const wire::ModelIdentity&)> on_hello;
 };
 
 /// Counters of the conversations so far.
@@ -164,6 +168,7 @@ class RequestHandler {
     wire::encode_hello(out, e->id, request_id, want.check.empty() ? wire::ModelCheck{} : mine);
     s.greeted = true;
     s.model = want.id;
+    if (s.on_hello) s.on_hello(s.model);
     count(&HandlerStats::hellos);
     send(s, out);
     return Verdict::keep;

@@ -38,6 +38,9 @@
 #include "edgesplit/runtime/server_options.hpp"
 #include "edgesplit/transport/poller.hpp"
 #include "edgesplit/transport/tcp.hpp"
+#if EDGESPLIT_HAS_TLS
+#include "edgesplit/transport/tls.hpp"
+#endif
 #include "edgesplit/wire/byte_io.hpp"
 #include "edgesplit/wire/feature_codec.hpp"
 
@@ -90,17 +93,35 @@ class SocketFrontEnd {
   ~SocketFrontEnd() { finish(std::chrono::milliseconds(0)); }
 
   /// Accepts connections on `listener` (kept open by this front end) from now on.
-  void add_listener(TcpListener listener) {
+  void add_listener(TcpListener listener) { add(std::move(listener), {}); }
+#if EDGESPLIT_HAS_TLS
+  /// Accepts connections on `listener` and speaks TLS on them with `tls` (a server context):
+  /// the handshake runs on the loop like everything else, within handshake_timeout.
+  void add_listener(TcpListener listener, TlsContext tls) {
+    if (!tls.is_server()) fail(errc::invalid_argument, "SocketFrontEnd: a TLS listener needs a server context");
+    add(std::move(listener), std::move(tls));
+  }
+#endif
+
+ private:
+#if EDGESPLIT_HAS_TLS
+  using TlsConfig = std::optional<TlsContext>;
+#else
+  struct TlsConfig {};
+#endif
+  void add(TcpListener listener, TlsConfig tls) {
     auto l = std::make_unique<Listener>();
     l->fd = listener.native_handle();
     l->address = listener.address();
     l->socket.emplace(std::move(listener));
+    l->tls = std::move(tls);
     std::lock_guard lock(mutex_);
     if (stopping_accept_) return;
     pending_listeners_.push_back(std::move(l));
     poller_.wake();
   }
 
+ public:
   /// Stops accepting; connections stay open. Idempotent.
   void stop_accepting() {
     std::lock_guard lock(mutex_);
@@ -159,6 +180,7 @@ class SocketFrontEnd {
   struct Listener : Watch {
     Listener() : Watch{Kind::listener} {}
     std::optional<TcpListener> socket;
+    TlsConfig tls;  // set: connections accepted here speak TLS
     int fd = -1;
     std::string address;
     Clock::time_point paused_until{};  // after an accept error that would repeat at once
@@ -194,6 +216,11 @@ class SocketFrontEnd {
     std::vector<std::byte> out;  // bytes queued for the socket, from out_pos on
     std::size_t out_pos = 0;
     MemoryBudget::Reservation out_held;
+#if EDGESPLIT_HAS_TLS
+    std::unique_ptr<TlsSession> tls;  // with a TLS listener; used under `mutex` by both sides
+    std::vector<std::byte> cipher;    // its output, on the way to the socket
+    bool tls_named = false;           // the peer's certificate subject is in session.peer
+#endif
 
     void deliver(std::span<const std::byte> frame_bytes, MemoryBudget::Reservation held) override {
       owner.write(*this, frame_bytes, std::move(held));
@@ -214,27 +241,45 @@ class SocketFrontEnd {
     const auto n = static_cast<std::uint32_t>(frame.size());
     const std::byte prefix[4] = {std::byte(n & 0xFF), std::byte((n >> 8) & 0xFF), std::byte((n >> 16) & 0xFF),
                                  std::byte(n >> 24)};
-    std::size_t sent = 0;
-    const std::size_t total = 4 + frame.size();
     std::lock_guard lock(c.mutex);
     if (c.closed) return;
+#if EDGESPLIT_HAS_TLS
+    if (c.tls) {
+      try {
+        c.tls->write(prefix);
+        c.tls->write(frame);
+        c.cipher.clear();
+        c.tls->take_output(c.cipher);
+      } catch (const error&) {
+        close_locked(c);
+        return;
+      }
+      send_locked(c, c.cipher, {}, std::move(held));
+      return;
+    }
+#endif
+    send_locked(c, prefix, frame, std::move(held));
+  }
+
+  // Writes `a` then `b` to the socket, straight from here when nothing is queued before them,
+  // and queues what the socket does not take for the loop (c.mutex held).
+  void send_locked(Connection& c, std::span<const std::byte> a, std::span<const std::byte> b, MemoryBudget::Reservation held) {
+    std::size_t sent = 0;
+    const std::size_t total = a.size() + b.size();
+    if (total == 0) return;
     if (c.out_pos == c.out.size()) {
       // Nothing queued: write straight from here, without waking the loop.
-      iovec iov[2] = {{const_cast<std::byte*>(prefix), 4}, {const_cast<std::byte*>(frame.data()), frame.size()}};
       while (sent < total) {
-        iovec* v = iov;
-        int count = 2;
-        if (sent >= 4) {
-          v = &iov[1];
-          count = 1;
-          iov[1].iov_base = const_cast<std::byte*>(frame.data()) + (sent - 4);
-          iov[1].iov_len = frame.size() - (sent - 4);
+        iovec iov[2];
+        int count = 0;
+        if (sent < a.size()) {
+          iov[count++] = {const_cast<std::byte*>(a.data()) + sent, a.size() - sent};
+          if (!b.empty()) iov[count++] = {const_cast<std::byte*>(b.data()), b.size()};
         } else {
-          iov[0].iov_base = const_cast<std::byte*>(prefix) + sent;
-          iov[0].iov_len = 4 - sent;
+          iov[count++] = {const_cast<std::byte*>(b.data()) + (sent - a.size()), total - sent};
         }
         msghdr msg{};
-        msg.msg_iov = v;
+        msg.msg_iov = iov;
         msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
         const ssize_t w = ::sendmsg(c.fd, &msg, detail::tcp::send_flags | MSG_DONTWAIT);
         if (w > 0) {
@@ -272,9 +317,9 @@ class SocketFrontEnd {
       return;
     }
     c.out_held.absorb(std::move(held));
-    for (std::size_t i = sent; i < 4; ++i) c.out.push_back(prefix[i]);
-    const std::size_t from = sent > 4 ? sent - 4 : 0;
-    c.out.insert(c.out.end(), frame.begin() + static_cast<std::ptrdiff_t>(from), frame.end());
+    if (sent < a.size()) c.out.insert(c.out.end(), a.begin() + static_cast<std::ptrdiff_t>(sent), a.end());
+    const std::size_t from = sent > a.size() ? sent - a.size() : 0;
+    c.out.insert(c.out.end(), b.begin() + static_cast<std::ptrdiff_t>(from), b.end());
     if (!c.want_write) {
       c.want_write = true;
       try {
@@ -450,7 +495,7 @@ class SocketFrontEnd {
         count(&FrontEndStats::refused_limit);
         continue;
       }
-      open_connection(fd);
+      open_connection(fd, l);
     }
   }
 
@@ -472,9 +517,22 @@ class SocketFrontEnd {
     ::close(fd);
   }
 
-  void open_connection(int fd) {
+  void open_connection(int fd, const Listener& l) {
     auto c = std::make_shared<Connection>(*this);
     c->fd = fd;
+#if EDGESPLIT_HAS_TLS
+    if (l.tls) {
+      try {
+        c->tls = std::make_unique<TlsSession>(*l.tls, /*server=*/true);
+      } catch (const error& e) {
+        detail::server_log(opt_, std::string("cannot start TLS: ") + e.what());
+        ::close(fd);
+        return;
+      }
+    }
+#else
+    (void)l;
+#endif
     const int one = 1;
     (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->session.peer = detail::tcp::peer_address(fd);
@@ -523,7 +581,17 @@ class SocketFrontEnd {
       const ssize_t r = ::recv(c.fd, scratch_.data(), scratch_.size(), MSG_DONTWAIT);
       if (r > 0) {
         count_received(static_cast<std::size_t>(r));
-        consume(c, std::span<const std::byte>(scratch_.data(), static_cast<std::size_t>(r)));
+        const std::span<const std::byte> got(scratch_.data(), static_cast<std::size_t>(r));
+#if EDGESPLIT_HAS_TLS
+        if (c.tls) {
+          if (!decrypt(c, got)) return;
+          consume(c, plain_);
+        } else {
+          consume(c, got);
+        }
+#else
+        consume(c, got);
+#endif
         if (static_cast<std::size_t>(r) < scratch_.size()) return;
         continue;
       }
@@ -533,6 +601,45 @@ class SocketFrontEnd {
       return;
     }
   }
+
+#if EDGESPLIT_HAS_TLS
+  // Feeds what the socket gave to the TLS session and takes the plaintext into plain_; sends
+  // what the session has to say (handshake, alerts). False when the connection ended.
+  bool decrypt(Connection& c, std::span<const std::byte> cipher_in) {
+    plain_.clear();
+    bool peer_closed = false;
+    {
+      std::lock_guard lock(c.mutex);
+      if (c.closed) return false;
+      try {
+        c.tls->feed(cipher_in);
+        std::byte chunk[16 * 1024];
+        while (const std::size_t n = c.tls->read(chunk)) plain_.insert(plain_.end(), chunk, chunk + n);
+        if (!c.tls_named && c.tls->handshake_complete()) {
+          c.tls_named = true;
+          const std::string subject = c.tls->peer_subject();
+          if (!subject.empty()) c.session.peer += " (" + subject + ")";
+        }
+        peer_closed = c.tls->peer_closed();
+        c.cipher.clear();
+        c.tls->take_output(c.cipher);
+        send_locked(c, c.cipher, {}, budget_.open());
+      } catch (const error& e) {
+        c.cipher.clear();
+        c.tls->take_output(c.cipher);  // the alert that tells the peer why
+        send_locked(c, c.cipher, {}, budget_.open());
+        detail::server_log(opt_, "TLS with " + c.session.peer + " failed: " + e.what());
+        count(&FrontEndStats::dropped_protocol);
+        close_locked(c);
+      }
+    }
+    if (peer_closed && plain_.empty()) {
+      end(c);
+      return false;
+    }
+    return !c.gone;
+  }
+#endif
 
   // Frames the bytes read from `c` and handles every whole message.
   void consume(Connection& c, std::span<const std::byte> data) {
@@ -731,6 +838,7 @@ class SocketFrontEnd {
   Poller poller_;
   FeatureCodec codec_;  // loop thread: decodes every connection's requests
   std::vector<std::byte> scratch_;  // loop thread: one read's bytes
+  std::vector<std::byte> plain_;    // loop thread: what a TLS connection's read decrypted to
   int spare_fd_ = -1;   // given up to accept (and close) a connection when out of descriptors
 
   // Loop thread only.
