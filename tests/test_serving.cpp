@@ -34,6 +34,10 @@
 #include "edgesplit/wire/protocol.hpp"
 #include "model_fixtures.hpp"
 #include "test_util.hpp"
+#if EDGESPLIT_HAS_TLS
+#include "edgesplit/transport/tls.hpp"
+#include "tls_fixtures.hpp"
+#endif
 
 using namespace edgesplit;
 using namespace std::chrono_literals;
@@ -762,3 +766,52 @@ TEST_CASE("Steady-state serving over TCP allocates nothing on the server", "[run
   CHECK(after - before == 0);
 #endif
 }
+
+#if EDGESPLIT_HAS_TLS
+TEST_CASE("TLS on the event loop: mutual TLS admits certified edges only, answers equal the whole model", "[runtime][tls]") {
+  const auto& pki = edgesplit_test::pki();
+  auto s = make_split(53);
+  LogCapture log;
+  ServerOptions so;
+  so.log = log.sink();
+  CloudServer server(so);
+  server.register_model(kModel, s.tail);
+  auto listener = TcpListener::bind("127.0.0.1", 0);
+  const auto port = listener.port();
+  server.listen(std::move(listener), TlsContext::server(pki.server(/*mutual=*/true)));
+
+  const TlsContext certified = TlsContext::client(pki.client(/*with_certificate=*/true));
+  EdgeClient edge(s.head, [&] { return Channel(TlsTransport::connect("127.0.0.1", port, certified)); }, edge_options());
+  REQUIRE(edge.connected());
+  for (int i = 0; i < 20; ++i) {
+    const auto x = random_input(1 + i % 3, kIn, 100 + i);
+    const InferResult r = edge.infer(x.cview(), deadline_after(5s));
+    REQUIRE(r.path == AnswerPath::cloud);
+    const Tensor<float> want = s.whole.predict(x.cview());
+    for (std::size_t j = 0; j < want.size(); ++j) CHECK(std::abs(r.output[j] - want[j]) <= 1e-5f * (1 + std::abs(want[j])));
+  }
+
+  // Without a certificate: TLS 1.3 lets the client finish its handshake, the server refuses it,
+  // and the edge never gets its HELLO answered.
+  const TlsContext anonymous = TlsContext::client(pki.client(/*with_certificate=*/false));
+  EdgeClient stranger(s.head, [&] { return Channel(TlsTransport::connect("127.0.0.1", port, anonymous)); }, edge_options());
+  CHECK_FALSE(stranger.connected());
+  CHECK_FALSE(stranger.last_error().empty());
+  // Plain TCP to the TLS port: not TLS, dropped.
+  auto plain = TcpTransport::connect("127.0.0.1", port);
+  std::vector<std::byte> hello;
+  wire::encode_hello(hello, kModel);
+  plain.send(hello);
+  Message m;
+  try {
+    while (plain.receive(deadline_after(3s), m)) {
+    }
+    FAIL("the server kept a plain-TCP peer on its TLS port");
+  } catch (const error& e) {
+    CHECK((e.code() == errc::unreachable || e.code() == errc::corrupt_frame || e.code() == errc::too_large));
+  }
+  CHECK(eventually([&] { return log.has("TLS with"); }));
+  CHECK(server.front_end_stats().dropped_protocol >= 2);
+  CHECK(edge.infer(random_input(1, kIn, 7).cview(), deadline_after(5s)).path == AnswerPath::cloud);
+}
+#endif
