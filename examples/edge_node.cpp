@@ -6,6 +6,10 @@
 //
 //   edge_node [--model FILE] [--split K] [--host 127.0.0.1] [--port 7000] [--bits 8]
 //             [--limit 1000] [--timeout-ms 500] [--data DIR]
+//             [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
+//
+// With --tls-ca it speaks TLS 1.3 and accepts only a server certificate of that CA for --host;
+// --tls-cert and --tls-key present a client certificate (for a cloud node that asks for one).
 #include <algorithm>
 #include <cstdio>
 #include <vector>
@@ -13,6 +17,9 @@
 #include <edgesplit/io/idx.hpp>
 #include <edgesplit/runtime/edge_client.hpp>
 #include <edgesplit/transport/tcp.hpp>
+#if EDGESPLIT_HAS_TLS
+#include <edgesplit/transport/tls.hpp>
+#endif
 
 #include "node_common.hpp"
 
@@ -24,7 +31,13 @@ int main(int argc, char** argv) {
     o = node::parse_options(argc, argv,
                             {{"model", node::default_model}, {"split", "2"}, {"host", "127.0.0.1"}, {"port", "7000"},
                              {"bits", "8"}, {"limit", "1000"}, {"timeout-ms", "500"}, {"data", fashion_mnist_dir.string()},
-                             {"model-id", "fmnist-mlp"}});
+                             {"model-id", "fmnist-mlp"}, {"tls-ca", ""}, {"tls-cert", ""}, {"tls-key", ""}});
+    if (o["tls-cert"].empty() != o["tls-key"].empty())
+      fail(errc::invalid_argument, "--tls-cert and --tls-key go together");
+    if (!o["tls-cert"].empty() && o["tls-ca"].empty()) fail(errc::invalid_argument, "--tls-cert needs --tls-ca");
+#if !EDGESPLIT_HAS_TLS
+    if (!o["tls-ca"].empty()) fail(errc::unsupported, "this build has no TLS (EDGESPLIT_WITH_TLS)");
+#endif
     const std::size_t bits = cli::number<std::size_t>(o["bits"], "--bits", 2, 32);
     if (bits != 2 && bits != 4 && bits != 8 && bits != 32) fail(errc::invalid_argument, "--bits must be 32, 8, 4 or 2");
   } catch (const error& e) {
@@ -46,9 +59,21 @@ int main(int argc, char** argv) {
     eo.model = {o["model-id"], 1, 0, static_cast<std::uint16_t>(split)};
     eo.codec.bits = static_cast<int>(cli::number<std::size_t>(o["bits"], "--bits", 2, 32));
     const std::string host = o["host"];
-    EdgeClient client(
-        head, [host, port] { return Channel(TcpTransport::connect(host, port, deadline_after(std::chrono::seconds(2)))); },
-        eo, Fallback{model, Fallback::Input::input});
+    EdgeClient::Connector connector = [host, port] {
+      return Channel(TcpTransport::connect(host, port, deadline_after(std::chrono::seconds(2))));
+    };
+#if EDGESPLIT_HAS_TLS
+    if (!o["tls-ca"].empty()) {
+      TlsOptions tls;
+      tls.ca_file = o["tls-ca"];
+      tls.certificate_file = o["tls-cert"];
+      tls.private_key_file = o["tls-key"];
+      connector = [host, port, ctx = TlsContext::client(tls)] {
+        return Channel(TlsTransport::connect(host, port, ctx, deadline_after(std::chrono::seconds(2))));
+      };
+    }
+#endif
+    EdgeClient client(head, connector, eo, Fallback{model, Fallback::Input::input});
 
     const auto data = load_fashion_mnist<float>(o["data"]);
     const Dataset<float>& test = data.second;  // a reference, not a binding: lambdas capture it
@@ -77,6 +102,7 @@ int main(int argc, char** argv) {
     std::sort(ms.begin(), ms.end());
     std::printf("edge_node: %zu images, accuracy %.2f%%, %zu answered by the cloud, %zu by the local fallback\n", n,
                 100.0 * double(correct) / double(n), cloud, n - cloud);
+    if (!client.last_error().empty()) std::printf("edge_node: the cloud said: %s\n", client.last_error().c_str());
     std::printf("edge_node: latency p50 %.2f ms, p99 %.2f ms\n", ms[ms.size() / 2], ms[ms.size() * 99 / 100]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "edge_node: %s\n", e.what());
