@@ -95,6 +95,16 @@ TEST_CASE("Protocol: every message round-trips and malformed payloads are refuse
   CHECK(id.model_id == "toy");
   CHECK(id.split == 2);
   CHECK(wire::peek(buf).request_id == 9);
+  CHECK(wire::decode_hello_check(buf).check.empty());  // a 1.0 HELLO: nothing to check
+
+  // The model check: fingerprint and per-sample signature round-trip; malformed ones are refused.
+  wire::encode_hello(buf, kModel, 9, {0x0123456789abcdefULL, {16, 3}});
+  const wire::Hello hc = wire::decode_hello_check(buf);
+  CHECK(hc.id.model_id == "toy");
+  CHECK(hc.check.fingerprint == 0x0123456789abcdefULL);
+  CHECK(hc.check.signature == std::vector<std::size_t>{16, 3});
+  expect_errc(errc::invalid_argument, [&] { wire::encode_hello(buf, kModel, 1, {1, {4, 0}}); });
+  expect_errc(errc::invalid_argument, [&] { wire::encode_hello(buf, kModel, 1, {1, std::vector<std::size_t>(9, 2)}); });
 
   CodecConfig cfg;
   cfg.bits = wire::raw_f32_bits;
@@ -151,6 +161,38 @@ TEST_CASE("Protocol: every message round-trips and malformed payloads are refuse
   payload.push_back(std::byte{0});
   rebuild(wire::MessageType::hello, payload);
   expect_errc(errc::corrupt_frame, [&] { (void)wire::decode_hello(buf); });
+  // a check whose signature has rank 9, a zero dimension, or ends early
+  const auto with_check = [&](std::uint8_t rank, std::uint32_t dim, std::size_t cut) {
+    std::vector<std::byte> p(buf.begin(), buf.begin());
+    wire::encode_hello(buf, kModel);
+    p.assign(buf.begin() + wire::frame_header_size, buf.end());
+    for (int i = 0; i < 8; ++i) p.push_back(std::byte{0x11});
+    p.push_back(std::byte{rank});
+    for (std::uint8_t i = 0; i < rank; ++i)
+      for (int k = 0; k < 4; ++k) p.push_back(std::byte(static_cast<unsigned char>(dim >> (8 * k))));
+    p.resize(p.size() - cut);
+    rebuild(wire::MessageType::hello, p);
+  };
+  with_check(2, 7, 0);
+  CHECK(wire::decode_hello_check(buf).check.signature == std::vector<std::size_t>{7, 7});
+  with_check(9, 7, 0);
+  expect_errc(errc::corrupt_frame, [&] { (void)wire::decode_hello_check(buf); });
+  with_check(2, 0, 0);
+  expect_errc(errc::corrupt_frame, [&] { (void)wire::decode_hello_check(buf); });
+  with_check(2, 7, 1);
+  expect_errc(errc::corrupt_frame, [&] { (void)wire::decode_hello_check(buf); });
+  // an INFER read in two halves (header, then data: how a server checks room before decoding)
+  // gives the same tensor as one decode
+  {
+    wire::encode_infer(buf, 7, {"toy", 2, 0}, codec, x.cview());
+    const wire::InferHeader ih = wire::read_infer(buf, codec);
+    CHECK(ih.request_id == 7);
+    CHECK(ih.tensor.shape == x.shape());
+    Tensor<float> halves;
+    wire::decode_infer_features(ih, codec, halves);
+    REQUIRE(halves.shape() == x.shape());
+    for (std::size_t i = 0; i < x.size(); ++i) CHECK(halves[i] == x[i]);
+  }
   // truncation at every length is refused with a typed error
   wire::encode_infer(buf, 1, {"toy", 2, 0}, codec, x.cview());
   for (std::size_t n = 0; n < buf.size(); ++n) {
@@ -702,6 +744,12 @@ TEST_CASE("Generate the protocol fuzz seed corpus", "[.generate-protocol-corpus]
   const auto x = random_input(2, 6, 1);
   wire::encode_hello(b, kModel, 1);
   save("valid-hello");
+  wire::encode_hello(b, kModel, 1, {0xfeedfacecafebeefULL, {16}});
+  save("valid-hello-check");
+  b[b.size() - 4] = std::byte{0};  // a signature dimension of 0
+  b[b.size() - 3] = std::byte{0};
+  wire::finish_frame(b);
+  save("bad-hello-check-zero-dim");
   wire::encode_infer(b, 2, {"toy", 2, 5000}, raw, x.cview());
   save("valid-infer-f32");
   wire::encode_infer(b, 3, {"toy", 2, 0}, int4, x.cview());

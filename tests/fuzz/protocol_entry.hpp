@@ -31,8 +31,11 @@ inline bool decode_message(std::span<const std::byte> bytes) {
     const w::FrameHeader h = w::peek(bytes, fuzz_limits());
     switch (h.type) {
       case w::MessageType::hello: {
-        const auto id = w::decode_hello(bytes, fuzz_limits());
-        if (id.model_id.size() > w::max_model_id_bytes) std::abort();
+        const auto hello = w::decode_hello_check(bytes, fuzz_limits());
+        if (hello.id.model_id.size() > w::max_model_id_bytes) std::abort();
+        if (hello.check.signature.size() > edgesplit::Shape::max_rank) std::abort();
+        for (std::size_t d : hello.check.signature)
+          if (d == 0) std::abort();
         return true;
       }
       case w::MessageType::infer:
