@@ -168,6 +168,49 @@ void BM_ServerRaw(benchmark::State& state) {
   set_server_counters(state, server, done, cpu0);
 }
 
+// One edge, one request at a time, batch 1, split 2, from the caller's view: the head and tail
+// run directly on the calling thread (path 0, the baseline), or the whole runtime (EdgeClient,
+// codec, server, reply) over connect_in_process() (path 1: the server half runs on the caller's
+// thread) or over an in-process pair served by a reader thread (path 2). Compare each path's time
+// with path 0's in the same run: the runtime's cost beyond the compute, mostly thread hand-offs.
+void BM_InProcRoundTrip(benchmark::State& state) {
+  const auto path = state.range(0);
+  auto whole = cloud_mlp();
+  auto [head, tail] = whole.split(2);
+  head.pack_weights();
+  tail.pack_weights();
+  Tensor<float> x(Shape{1, 784}, 0.5f);
+  ServerOptions so;
+  so.workers = 1;
+  CloudServer server(so);
+  const wire::ModelIdentity id = model_id(2);
+  server.register_model(id, tail);
+  EdgeOptions eo;
+  eo.model = id;
+  eo.codec.bits = wire::raw_f32_bits;
+  std::unique_ptr<EdgeClient> edge;
+  if (path == 1) edge = std::make_unique<EdgeClient>(head, [&server] { return server.connect_in_process(); }, eo);
+  if (path == 2)
+    edge = std::make_unique<EdgeClient>(
+        head,
+        [&server] {
+          auto [a, b] = InProcTransport::make_pair();
+          server.serve(std::move(b));
+          return Channel(std::move(a));
+        },
+        eo);
+  for (auto _ : state) {
+    if (path == 0) {
+      benchmark::DoNotOptimize(tail.forward(head.forward(x.cview())).data());
+    } else {
+      const InferResult r = edge->infer(x.cview(), deadline_after(std::chrono::seconds(30)));
+      if (r.path != AnswerPath::cloud) std::abort();
+      benchmark::DoNotOptimize(r.output.data());
+    }
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
 // The ceiling for the ratio above: the tail alone on one core, one forward pass of `batch` samples
 // (no transport, no threads). Server throughput with batching over without it cannot exceed
 // this pass's samples/s at batch 64 over batch 1 unless the unbatched server pays more per
@@ -185,6 +228,7 @@ void BM_TailForward(benchmark::State& state) {
 
 }  // namespace
 
+BENCHMARK(BM_InProcRoundTrip)->ArgName("path")->DenseRange(0, 2)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_TailForward)
     ->ArgNames({"batch", "split", "packed"})
     ->ArgsProduct({{1, 16, 32, 64}, {0, 2}, {0, 1}})->Unit(benchmark::kMicrosecond);

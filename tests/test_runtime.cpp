@@ -238,6 +238,15 @@ TEST_CASE("Split inference over in-process, simulated and TCP transports equals 
     check_split_equals_whole(client, s.whole, 6);
     CHECK(client.stats().cloud_answers == 6);
   }
+  SECTION("in-process, the server half on the sending thread") {
+    EdgeClient client(s.head, [&server] { return server.connect_in_process(); }, edge_options());
+    check_split_equals_whole(client, s.whole, 6);
+    CHECK(client.stats().cloud_answers == 6);
+    CHECK(server.stats().batches == 6);
+    CHECK(server.stats().connections_open == 1);
+    client.close();
+    CHECK(server.stats().connections_open == 0);
+  }
   SECTION("simulated LTE link") {
     EdgeClient client(
         s.head,
@@ -512,6 +521,22 @@ TEST_CASE("Deadlines: expired work is not computed and the edge falls back", "[r
   CHECK(ids.size() == 4);
   server.shutdown(2s);
   CHECK(server.stats().expired >= 2);  // queued behind the first, their budget ran out unrun
+}
+
+TEST_CASE("In-process connections end with the server: later sends are unreachable, the edge falls back", "[runtime]") {
+  auto s = make_split(21);
+  auto server = std::make_unique<CloudServer>();
+  server->register_model(kModel, s.tail);
+  Channel ch = server->connect_in_process();
+  std::vector<std::byte> hello;
+  wire::encode_hello(hello, kModel);
+  ch.send(hello, deadline_after(1s));
+  Message m;
+  REQUIRE(ch.receive(deadline_after(1s), m));
+  CHECK(wire::peek(m.view()).type == wire::MessageType::hello);
+  server.reset();  // shut down and destroyed while the edge still holds its end
+  expect_errc(errc::unreachable, [&] { ch.send(hello, deadline_after(1s)); });
+  expect_errc(errc::unreachable, [&] { (void)ch.receive(deadline_after(1s), m); });
 }
 
 TEST_CASE("Server killed mid-run: every request is answered exactly once", "[runtime]") {

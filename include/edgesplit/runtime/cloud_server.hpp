@@ -17,6 +17,7 @@
 #include "edgesplit/nn/sequential.hpp"
 #include "edgesplit/runtime/channel.hpp"
 #include "edgesplit/runtime/dynamic_batcher.hpp"
+#include "edgesplit/runtime/local_connection.hpp"
 #include "edgesplit/runtime/memory_budget.hpp"
 #include "edgesplit/runtime/model_registry.hpp"
 #include "edgesplit/runtime/request_handler.hpp"
@@ -121,6 +122,24 @@ class CloudServer {
     serve(Channel(std::move(transport)));
   }
 
+  /// A connection from this process whose server half runs on the thread that sends: a batch
+  /// that is due at once (no other connection could join it) runs inside send(), and the reply
+  /// waits for the edge's receive(). The in-process connection with the fewest thread hand-offs;
+  /// use it as an EdgeClient's connector when edge and cloud share a process.
+  /// `unreachable` after shutdown.
+  Channel connect_in_process() {
+    auto st = std::make_shared<LocalConnection::State>(handler_, batcher_, opt_);
+    st->session.peer = "in-process";
+    st->session.run_inline = true;
+    std::lock_guard lock(channels_mutex_);
+    if (stopping_) fail(errc::unreachable, "the server has shut down");
+    std::erase_if(locals_, [](const std::weak_ptr<LocalConnection::State>& w) { return w.expired(); });
+    st->session.source = batcher_.open_source(st);
+    locals_.push_back(st);
+    ++channels_total_;
+    return Channel(LocalConnection(st));
+  }
+
   /// Accepts TCP connections on `listener` until shutdown, on the server's event loop.
   void listen(TcpListener listener) {
     std::lock_guard lock(channels_mutex_);
@@ -147,12 +166,22 @@ class CloudServer {
     wire::encode_weights(frame, 0, id, tensors);
     std::size_t sent = 0;
     std::vector<std::shared_ptr<ChannelConnection>> targets;
+    std::vector<std::shared_ptr<LocalConnection::State>> locals;
     SocketFrontEnd* front = nullptr;
     {
       std::lock_guard lock(channels_mutex_);
       for (auto& c : channels_)
         if (c->open && c->hello_model() == id.model_id) targets.push_back(c);
+      for (auto& w : locals_)
+        if (auto l = w.lock()) locals.push_back(std::move(l));
       front = front_.get();  // lives as long as the server
+    }
+    for (auto& l : locals) {
+      std::lock_guard lock(l->send_mutex);
+      if (l->handler && l->session.greeted && l->session.model.model_id == id.model_id) {
+        l->deliver(frame, {});
+        ++sent;
+      }
     }
     if (front) sent += front->broadcast(id.model_id, frame);
     for (auto& c : targets) {
@@ -182,6 +211,11 @@ class CloudServer {
     s.memory_peak = budget_.peak();
     std::lock_guard lock(channels_mutex_);
     for (const auto& c : channels_) s.connections_open += c->open ? 1 : 0;
+    for (const auto& w : locals_)
+      if (auto l = w.lock()) {
+        std::lock_guard ll(l->mutex);
+        s.connections_open += l->closed ? 0 : 1;
+      }
     s.connections_total = channels_total_;
     s.connections_dropped = channels_dropped_.load();
     if (front_) {
@@ -243,6 +277,16 @@ class CloudServer {
     for (auto& c : conns) c->channel.close();
     for (auto& c : conns)
       if (c->reader.joinable()) c->reader.join();
+    std::vector<std::weak_ptr<LocalConnection::State>> locals;
+    {
+      std::lock_guard lock(channels_mutex_);
+      locals.swap(locals_);
+    }
+    for (auto& w : locals)
+      if (auto l = w.lock()) {
+        std::lock_guard lock(l->send_mutex);  // waits for a send in progress, then none can start
+        l->detach();
+      }
   }
 
  private:
@@ -341,6 +385,7 @@ class CloudServer {
   mutable std::mutex channels_mutex_;
   std::unique_ptr<SocketFrontEnd> front_;
   std::vector<std::shared_ptr<ChannelConnection>> channels_;
+  std::vector<std::weak_ptr<LocalConnection::State>> locals_;  // connect_in_process()
   std::size_t channels_total_ = 0;
   std::atomic<std::size_t> channels_dropped_{0};
   std::atomic<bool> stopping_{false}, readers_stop_{false};

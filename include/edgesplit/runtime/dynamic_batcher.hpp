@@ -150,7 +150,12 @@ class DynamicBatcher {
   /// Queues a request of `s`. Returns false when it was refused, after answering it ERROR
   /// `overloaded` through the source's sink: the queue is full, the source has its cap of
   /// requests pending, or the batcher is stopping.
-  bool submit(const Source& s, BatchRequest req) {
+  ///
+  /// With `run_here`, a batch that is due at once (full, or no source left that could add to
+  /// it) runs on the calling thread before submit returns, instead of waking a worker: one thread
+  /// hand-off less per request, for a front end whose caller waits for the answer anyway (an
+  /// in-process connection). A batch that should wait for company is left to the workers.
+  bool submit(const Source& s, BatchRequest req, bool run_here = false) {
     std::unique_lock lock(mutex_);
     const char* refusal = draining_ ? "server shutting down"
                           : !s->open ? "connection closed"
@@ -173,6 +178,16 @@ class DynamicBatcher {
     }
     // A worker filling a batch is woken when waiting could no longer help: the queue could fill
     // its batch, or no source is quiet. Waking it for less costs a context switch per request.
+    if (run_here && filling_ == 0) {
+      std::vector<Job> batch;
+      if (take_batch(lock, batch, /*may_wait=*/false)) {
+        if (!inline_state_) inline_state_ = std::make_unique<WorkerStates>(opt_);
+        WorkerStates& states = *inline_state_;  // lives as long as the batcher
+        lock.unlock();
+        states.run(*this, batch);
+        return true;
+      }
+    }
     const bool wake_filler = filling_ != 0 && (queued_ >= opt_.max_batch || quiet_ == 0);
     const bool wake_idle = idle_workers_ != 0;
     lock.unlock();
@@ -270,6 +285,32 @@ class DynamicBatcher {
     FeatureCodec codec;
     std::vector<std::byte> out;
   };
+  // Worker states for batches run by submitting threads: one per thread at a time, taken from a
+  // pool (a thread that finds none free makes one), so submitters never share a tail's workspace.
+  class WorkerStates {
+   public:
+    explicit WorkerStates(const ServerOptions& o) : opt_(o) {}
+    void run(DynamicBatcher& b, std::vector<Job>& batch) {
+      std::unique_ptr<WorkerState> w;
+      {
+        std::lock_guard lock(mutex_);
+        if (!free_.empty()) {
+          w = std::move(free_.back());
+          free_.pop_back();
+        }
+      }
+      if (!w) w = std::make_unique<WorkerState>(opt_);
+      b.execute(batch, *w);
+      std::lock_guard lock(mutex_);
+      free_.push_back(std::move(w));
+    }
+
+   private:
+    const ServerOptions& opt_;
+    std::mutex mutex_;
+    std::vector<std::unique_ptr<WorkerState>> free_;
+  };
+
   static CodecConfig response_codec(const ServerOptions& o) {
     CodecConfig cfg;
     cfg.bits = o.response_bits;
@@ -541,6 +582,7 @@ class DynamicBatcher {
   BatcherStats stats_;
   std::vector<std::thread> workers_;
   std::unique_ptr<WorkerState> manual_;  // run_ready()'s worker state
+  std::unique_ptr<WorkerStates> inline_state_;  // created under mutex_, used by submitting threads
   static constexpr std::size_t spare_bytes_max = std::size_t{8} << 20;
   std::vector<Tensor<float>> spare_tensors_;  // features of answered requests, for take_tensor()
   std::size_t spare_bytes_ = 0;

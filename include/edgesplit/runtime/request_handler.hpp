@@ -30,6 +30,11 @@ struct Session {
   DynamicBatcher::Source source;  ///< its queue in the batcher, and its reply sink
   std::string peer;               ///< who it is, for the log ("127.0.0.1:50312", "in-process")
   bool greeted = false;           ///< a HELLO was accepted: requests may follow
+  /// The thread that hands this session's messages to the handler runs a batch that is due at
+  /// once itself (see DynamicBatcher::submit). For an in-process caller that waits for its answer
+  /// anyway; not for a connection's reader, which would stop reading while it computes and leave
+  /// requests queued in the transport, unseen by the server's limits and deadlines.
+  bool run_inline = false;
   wire::ModelIdentity model;      ///< what the HELLO asked for
   /// Called with the accepted HELLO's identity before it is answered, for a front end that
   /// other threads ask which model a connection serves (weight pushes).
@@ -207,7 +212,7 @@ class RequestHandler {
     wire::decode_infer_features(h, codec, req.features);
     if (h.request.deadline_us != 0) req.deadline = clock_.now() + std::chrono::microseconds(h.request.deadline_us);
     req.held = std::move(held);
-    batcher_.submit(s.source, std::move(req));
+    batcher_.submit(s.source, std::move(req), s.run_inline);
     return Verdict::keep;
   }
 
