@@ -75,15 +75,25 @@ void set_server_counters(benchmark::State& state, const CloudServer& server, std
   state.counters["mean_batch"] = st.batches ? double(st.responses) / double(st.batches) : 0;
 }
 
-// state.range(0): clients; range(1): batching mode (above); range(2): split point.
+// state.range(0): clients; range(1): batching mode (above); range(2): split point; range(3):
+// connection: 0 = in-process pair served by a reader thread each, 1 = connect_in_process() (the
+// server half on the client's thread when a batch is due at once), 2 = TCP on 127.0.0.1 (the
+// server's event loop).
 void BM_Server(benchmark::State& state) {
   const auto clients = static_cast<std::size_t>(state.range(0));
   const auto split = static_cast<std::size_t>(state.range(2));
+  const auto connection = state.range(3);
   const std::size_t per_client = requests_per_client(clients);
   auto [head, tail] = cloud_mlp().split(split);
   CloudServer server(server_options(state.range(1), 1));  // one core for the server, one for the clients
   const wire::ModelIdentity id = model_id(split);
   server.register_model(id, std::move(tail));
+  std::uint16_t port = 0;
+  if (connection == 2) {
+    auto listener = TcpListener::bind("127.0.0.1", 0);
+    port = listener.port();
+    server.listen(std::move(listener));
+  }
   EdgeOptions eo;
   eo.model = id;
   eo.codec.bits = wire::raw_f32_bits;
@@ -91,7 +101,9 @@ void BM_Server(benchmark::State& state) {
   for (std::size_t c = 0; c < clients; ++c)
     edge.push_back(std::make_unique<EdgeClient>(
         head,
-        [&server] {
+        [&server, connection, port] {
+          if (connection == 1) return server.connect_in_process();
+          if (connection == 2) return Channel(TcpTransport::connect("127.0.0.1", port));
           auto [a, b] = InProcTransport::make_pair();
           server.serve(std::move(b));
           return Channel(std::move(a));
@@ -238,8 +250,8 @@ BENCHMARK(BM_ServerRaw)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Server)
-    ->ArgNames({"clients", "batching", "split"})
-    ->ArgsProduct({{1, 8, 64}, {0, 1, 2}, {0, 2}})
+    ->ArgNames({"clients", "batching", "split", "conn"})
+    ->ArgsProduct({{1, 8, 64}, {0, 1, 2}, {0, 2}, {0, 1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -152,9 +152,10 @@ class DynamicBatcher {
   /// requests pending, or the batcher is stopping.
   ///
   /// With `run_here`, a batch that is due at once (full, or no source left that could add to
-  /// it) runs on the calling thread before submit returns, instead of waking a worker: one thread
-  /// hand-off less per request, for a front end whose caller waits for the answer anyway (an
-  /// in-process connection). A batch that should wait for company is left to the workers.
+  /// it) runs on the calling thread before submit returns when no other batch is running, instead
+  /// of waking a worker: one thread hand-off less per request at light load, for a front end
+  /// whose caller waits for the answer anyway (an in-process connection). Under load, and for a
+  /// batch that should wait for company, the workers take it as usual.
   bool submit(const Source& s, BatchRequest req, bool run_here = false) {
     std::unique_lock lock(mutex_);
     const char* refusal = draining_ ? "server shutting down"
@@ -178,7 +179,10 @@ class DynamicBatcher {
     }
     // A worker filling a batch is woken when waiting could no longer help: the queue could fill
     // its batch, or no source is quiet. Waking it for less costs a context switch per request.
-    if (run_here && filling_ == 0) {
+    // Inline only while nothing else runs: under load the request waits for a worker instead,
+    // which batches it with what queues meanwhile (running each caller's request alone on its
+    // own thread would end batching exactly when it pays).
+    if (run_here && filling_ == 0 && busy_ == 0) {
       std::vector<Job> batch;
       if (take_batch(lock, batch, /*may_wait=*/false)) {
         if (!inline_state_) inline_state_ = std::make_unique<WorkerStates>(opt_);
