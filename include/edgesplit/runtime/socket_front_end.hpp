@@ -414,6 +414,8 @@ class SocketFrontEnd {
     }
     if (finishing && (Clock::now() >= finish_by || nothing_to_write())) return false;
     const auto now = Clock::now();
+    for (auto& l : listeners_)  // a paused listener is watched again when its pause ends
+      if (!l->watching) next_sweep = std::min(next_sweep, l->paused_until);
     const int timeout = static_cast<int>(std::clamp<long long>(
         std::chrono::ceil<std::chrono::milliseconds>(next_sweep - now).count(), 0, finishing ? 5 : 1000));
     const std::size_t n = poller_.wait(events, timeout);
@@ -478,12 +480,14 @@ class SocketFrontEnd {
           ::close(spare_fd_);
           spare_fd_ = -1;
           fd = ::accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+          const int again = fd < 0 ? errno : 0;
           if (fd >= 0) {
             ::close(fd);
             count(&FrontEndStats::refused_descriptors);
           }
           spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
           if (fd >= 0) continue;
+          if (again == EAGAIN || again == EWOULDBLOCK) return;  // nobody was waiting after all
         }
         // Nothing to do but wait: stop watching the listener for a moment instead of spinning.
         detail::server_log(opt_, "accept on " + l.address + ": " + detail::tcp::errno_text(err) + "; pausing 100 ms");
