@@ -350,6 +350,8 @@ class DynamicBatcher {
         fill_cv_.wait_until(lock, until);
       --filling_;
     }
+    // Room first, so that nothing below can fail half-way through moving requests.
+    batch.reserve(std::min(opt_.max_batch, queued_));
     // Seed from the first source in turn, then one request per source per pass, round-robin.
     const auto seed_source = ring_.front();
     batch.push_back(std::move(seed_source->queue.front()));
@@ -378,7 +380,20 @@ class DynamicBatcher {
     return true;
   }
 
+  // A worker's thread: nothing ends it but stop(). A failure outside a batch (out of memory
+  // while setting up) starts it over after a pause.
   void work() {
+    while (true) {
+      try {
+        work_loop();
+        return;
+      } catch (...) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+  }
+
+  void work_loop() {
     WorkerState w(opt_);
     std::vector<Job> batch;
     while (true) {

@@ -61,6 +61,7 @@ struct WorkerStats {
   std::size_t malformed = 0;     ///< unreadable messages from the broker, dropped
   std::size_t reconnects = 0;    ///< fresh sockets after silence or DISCONNECT
   std::size_t broker_silences = 0;  ///< times the broker fell silent for `liveness` heartbeats
+  std::size_t internal_errors = 0;  ///< failures the loop could not absorb (it started over with a fresh socket)
 };
 
 /// A worker process's (or thread's) side of the cluster: register tails, start(), and it serves
@@ -214,7 +215,22 @@ class ZmqWorker {
     (void)s;
   }
 
+  // The loop's thread: nothing ends it but stop() or kill(). A failure a turn cannot absorb (out
+  // of memory) starts the loop over with a fresh socket after a pause; the broker re-sends what
+  // the old connection held.
   void run() {
+    while (!stop_.load(std::memory_order_acquire)) {
+      try {
+        run_loop();
+        return;
+      } catch (...) {
+        count(&WorkerStats::internal_errors);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+  }
+
+  void run_loop() {
     zmq::socket_t s = connect();
     const auto silence = opt_.heartbeat_interval * opt_.liveness;
     auto last_heard = Clock::now();
