@@ -205,7 +205,14 @@ class SocketFrontEnd {
     std::size_t discard = 0;  // bytes of a frame refused for the budget still to skip
     std::array<std::byte, wire::frame_header_size> discard_head{};  // its header, for the request id
     std::size_t discard_head_n = 0;
-    Clock::time_point accepted{}, frame_started{}, last_activity{};
+    Clock::time_point accepted{}, frame_started{};
+    // When a message last came in or a reply last went out completely: written by the loop and
+    // by workers, read by the sweep.
+    std::atomic<Clock::rep> last_activity{0};
+    void touch() noexcept { last_activity.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed); }
+    Clock::time_point active() const noexcept {
+      return Clock::time_point(Clock::duration(last_activity.load(std::memory_order_relaxed)));
+    }
     bool gone = false;  // closed by the loop; events for it are ignored
     bool closing = false;  // no more reading: closed once its last replies are written
 
@@ -293,7 +300,7 @@ class SocketFrontEnd {
       }
       count_sent(sent);
       if (sent == total) {
-        c.last_activity = Clock::now();
+        c.touch();
         return;
       }
       c.out.clear();
@@ -346,7 +353,7 @@ class SocketFrontEnd {
       close_locked(c);
       return;
     }
-    c.last_activity = Clock::now();
+    c.touch();
     c.out_held.release();
     if (c.out.capacity() > keep_buffer_bytes) std::vector<std::byte>().swap(c.out);
     c.out.clear();
@@ -540,7 +547,8 @@ class SocketFrontEnd {
     const int one = 1;
     (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->session.peer = detail::tcp::peer_address(fd);
-    c->accepted = c->last_activity = Clock::now();
+    c->accepted = Clock::now();
+    c->touch();
     c->frame_held = budget_.open();
     c->out_held = budget_.open();
     try {
@@ -738,7 +746,7 @@ class SocketFrontEnd {
   }
 
   void message(Connection& c, std::span<const std::byte> bytes) {
-    c.last_activity = Clock::now();
+    c.touch();
     c.frame_started = {};
     if (handler_.handle(c.session, bytes, codec_) == RequestHandler::Verdict::close)
       drop(c, &FrontEndStats::dropped_protocol, "");
@@ -778,7 +786,7 @@ class SocketFrontEnd {
       Connection& c = *cp;
       const bool mid_frame = c.prefix_n != 0 || c.have_length || c.discard != 0;
       if (c.closing) {
-        if (now - c.last_activity > opt_.stall_timeout) late.push_back({&c, &FrontEndStats::dropped_unread, ""});
+        if (now - c.active() > opt_.stall_timeout) late.push_back({&c, &FrontEndStats::dropped_unread, ""});
       } else if (mid_frame) {
         const double allowed = std::chrono::duration<double>(opt_.stall_timeout).count() +
                                static_cast<double>(c.length) / min_receive_rate;
@@ -786,7 +794,7 @@ class SocketFrontEnd {
           late.push_back({&c, &FrontEndStats::dropped_stalled, "stalled inside a frame"});
       } else if (!c.session.greeted && now - c.accepted > opt_.handshake_timeout) {
         late.push_back({&c, &FrontEndStats::dropped_idle, "no HELLO within the handshake timeout"});
-      } else if (now - c.last_activity > opt_.idle_timeout && written(c)) {
+      } else if (now - c.active() > opt_.idle_timeout && written(c)) {
         late.push_back({&c, &FrontEndStats::dropped_idle, "idle past the idle timeout"});
       }
     }
