@@ -15,6 +15,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "alloc_counter.hpp"
+#include "fuzz/server_entry.hpp"
 #include "edgesplit/edgesplit.hpp"
 #include "edgesplit/runtime/cloud_server.hpp"
 #include "edgesplit/runtime/dynamic_batcher.hpp"
@@ -815,3 +818,85 @@ TEST_CASE("TLS on the event loop: mutual TLS admits certified edges only, answer
   CHECK(edge.infer(random_input(1, kIn, 7).cview(), deadline_after(5s)).path == AnswerPath::cloud);
 }
 #endif
+
+// --- the server fuzz target's seed corpus ------------------------------------------------------
+
+namespace {
+// A connection's byte stream: each message behind its 4-byte length, as the front end frames them.
+std::vector<std::byte> stream(std::initializer_list<std::vector<std::byte>> messages) {
+  std::vector<std::byte> out;
+  for (const auto& m : messages) {
+    const auto n = static_cast<std::uint32_t>(m.size());
+    for (int i = 0; i < 4; ++i) out.push_back(std::byte(static_cast<unsigned char>(n >> (8 * i))));
+    out.insert(out.end(), m.begin(), m.end());
+  }
+  return out;
+}
+// The seeds, by name, with the RESPONSEs each must get (the fuzz server serves "toy" at split 2,
+// 6 features per sample).
+std::vector<std::pair<std::string, std::pair<std::vector<std::byte>, std::size_t>>> server_seeds() {
+  const wire::ModelIdentity toy{"toy", 1, 0, 2};
+  std::vector<std::byte> hello, hello_check_bad, hello_other, ping;
+  wire::encode_hello(hello, toy, 1);
+  wire::encode_hello(hello_check_bad, toy, 1, {0, {7}});
+  wire::encode_hello(hello_other, {"other", 1, 0, 2}, 1);
+  wire::encode_ping(ping, 9, 1234);
+  CodecConfig raw;
+  raw.bits = wire::raw_f32_bits;
+  CodecConfig int4;
+  int4.bits = 4;
+  CodecConfig bomb;
+  bomb.bits = wire::raw_f32_bits;
+  bomb.lossless = wire::Lossless::zstd;
+  bomb.limits = edgesplit_fuzz::fuzz_limits();
+  const auto infer = [&](std::uint32_t id, const Tensor<float>& x, CodecConfig cfg) {
+    FeatureCodec c(cfg);
+    std::vector<std::byte> f;
+    wire::encode_infer(f, id, {"toy", 2, 0}, c, x.cview());
+    return f;
+  };
+  const auto x = random_input(2, 6, 1);
+  std::vector<std::pair<std::string, std::pair<std::vector<std::byte>, std::size_t>>> seeds;
+  seeds.push_back({"hello-infer-ping", {stream({hello, infer(2, x, raw), infer(3, x, int4), ping}), 2}});
+  seeds.push_back({"infer-before-hello", {stream({infer(2, x, raw), hello}), 0}});
+  seeds.push_back({"hello-unknown-model", {stream({hello_other, infer(2, x, raw)}), 0}});
+  seeds.push_back({"hello-wrong-shape", {stream({hello_check_bad, infer(2, x, raw)}), 0}});
+  seeds.push_back({"infer-overflow", {stream({hello, infer(2, Tensor<float>(Shape{1, 6}, 3e38f), raw), infer(3, x, raw)}), 1}});
+  seeds.push_back({"infer-wrong-width", {stream({hello, infer(2, random_input(1, 5, 2), raw), infer(3, x, raw)}), 1}});
+  seeds.push_back({"infer-zstd-4mib", {stream({hello, infer(2, Tensor<float>(Shape{(1u << 20) / 6, 6}, 0.0f), bomb)}), 1}});
+  std::vector<std::byte> garbage(64);
+  Rng rng(5);
+  for (auto& b : garbage) b = std::byte(rng.below(256));
+  seeds.push_back({"hello-garbage", {stream({hello, garbage, infer(3, x, raw)}), 0}});
+  return seeds;
+}
+}  // namespace
+
+TEST_CASE("The server fuzz corpus replays through the fuzzer's entry point", "[runtime][fuzz]") {
+  namespace fs = std::filesystem;
+  const auto seeds = server_seeds();
+  std::size_t replayed = 0;
+  for (const auto& e : fs::directory_iterator(EDGESPLIT_SERVER_CORPUS_DIR)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    const std::vector<char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto o = edgesplit_fuzz::serve_connection(std::as_bytes(std::span(raw)));
+    ++replayed;
+    const std::string name = e.path().filename().string();
+    INFO(name);
+    for (const auto& [seed, expect] : seeds)
+      if (seed == name) CHECK(o.responses == expect.second);
+  }
+  CHECK(replayed >= seeds.size());
+}
+
+// Writes the seed corpus; run by hand after a protocol change:
+//   edgesplit_tests "[.generate-server-corpus]"
+TEST_CASE("Generate the server fuzz seed corpus", "[.generate-server-corpus]") {
+  namespace fs = std::filesystem;
+  const fs::path dir = EDGESPLIT_SERVER_CORPUS_DIR;
+  fs::create_directories(dir);
+  for (const auto& [name, seed] : server_seeds())
+    std::ofstream(dir / name, std::ios::binary)
+        .write(reinterpret_cast<const char*>(seed.first.data()), static_cast<std::streamsize>(seed.first.size()));
+}
