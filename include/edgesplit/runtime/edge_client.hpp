@@ -24,6 +24,7 @@
 #include "edgesplit/plan/link.hpp"
 #include "edgesplit/runtime/channel.hpp"
 #include "edgesplit/runtime/model_registry.hpp"
+#include "edgesplit/transport/clock.hpp"
 #include "edgesplit/wire/feature_codec.hpp"
 #include "edgesplit/wire/protocol.hpp"
 
@@ -33,7 +34,10 @@ namespace edgesplit {
 struct EdgeOptions {
   wire::ModelIdentity model;  ///< what the cloud must serve: model id, version, split point
   CodecConfig codec{};        ///< how features are encoded for the link
-  std::chrono::milliseconds connect_timeout{1000};  ///< connect + HELLO exchange
+  /// Connect + HELLO exchange, on the client's clock. On a virtual clock the wait for HELLO also
+  /// ends after this much real time, so that a client whose clock nobody advances cannot wait
+  /// forever for a peer that never answers.
+  std::chrono::milliseconds connect_timeout{1000};
   std::chrono::milliseconds backoff_initial{50};    ///< first wait before reconnecting
   std::chrono::milliseconds backoff_max{2000};      ///< the wait doubles up to this
   std::size_t max_in_flight = 8;  ///< requests on the wire at once; submit() waits beyond
@@ -59,6 +63,10 @@ enum class AnswerPath { cloud, fallback };
 inline const char* to_string(AnswerPath p) noexcept { return p == AnswerPath::cloud ? "cloud" : "fallback"; }
 
 /// Where the time of one request went (seconds).
+///
+/// The edge's own work (head, encode, decode, fallback) is this machine's compute, timed on the
+/// steady clock whatever the client's clock is; the round trip is read on the client's clock
+/// (EdgeClient's `clock`), the server's share on the server's.
 struct RequestTimings {
   double head = 0;            ///< edge: head forward
   double encode = 0;          ///< edge: quantize, pack, compress, frame
@@ -113,18 +121,28 @@ struct EdgeStats {
 /// after its fallback is counted and dropped. Lost connections are re-established in the
 /// background with exponential backoff. WEIGHTS pushed by the cloud replace the head's
 /// parameters between two requests, never during one.
+///
+/// Time (deadlines, round trips, the link estimate, reconnection backoff, keepalive) is read on
+/// the Clock given to the constructor, the steady clock by default. A VirtualClock never moves by
+/// itself and never wakes anyone: on one the client waits in bounded slices of real time and
+/// looks again, polls its connection without waiting (a SimulatedLink on the same clock hands
+/// out what is due by then), and never moves the clock itself; whoever drives the simulation
+/// does (a test, or the peer's blocking receive on its SimulatedLink). A clock that is not
+/// virtual is read as the steady clock's time line.
 class EdgeClient {
-  using Clock = std::chrono::steady_clock;
+  using steady = std::chrono::steady_clock;
 
  public:
   /// Opens a new connection to the cloud (throws a typed error when it cannot).
   using Connector = std::function<Channel()>;
 
   /// Runs `head` on the caller's thread and connects through `connector` (called again to reconnect);
-  /// `fallback`, when given, answers what the cloud cannot.
+  /// `fallback`, when given, answers what the cloud cannot. Time is read on `clock`, which must
+  /// outlive the client.
   EdgeClient(Sequential<float> head, Connector connector, EdgeOptions options,
-             std::optional<Fallback> fallback = std::nullopt)
-      : head_(std::move(head)),
+             std::optional<Fallback> fallback = std::nullopt, const Clock& clock = SteadyClock::instance())
+      : clock_(clock),
+        head_(std::move(head)),
         connector_(std::move(connector)),
         opt_(std::move(options)),
         fallback_(std::move(fallback)),
@@ -144,14 +162,20 @@ class EdgeClient {
   EdgeClient& operator=(const EdgeClient&) = delete;
   ~EdgeClient() { close(); }
 
-  /// Starts one request. The deadline is on the steady clock (see `deadline_after`).
+  /// Starts one request. The deadline is on the client's clock (`deadline_after(d, client.clock())`;
+  /// with the steady clock, `deadline_after(d)`).
   std::future<InferResult> submit(TensorView<const float> x, Deadline deadline) {
     Pending p;
     p.deadline = deadline;
     std::future<InferResult> fut = p.promise.get_future();
     {
       std::unique_lock lock(pending_mutex_);
-      pending_cv_.wait_until(lock, deadline, [&] { return pending_.size() < opt_.max_in_flight || closed_; });
+      const auto room = [&] { return pending_.size() < opt_.max_in_flight || closed_; };
+      if (!clock_.is_virtual()) {
+        pending_cv_.wait_until(lock, deadline, room);
+      } else {
+        while (!room() && clock_.now() < deadline) pending_cv_.wait_for(lock, virtual_poll);
+      }
       if (closed_) fail(errc::unreachable, "EdgeClient is closed");
     }
     const std::uint32_t id = next_id_++;
@@ -159,9 +183,9 @@ class EdgeClient {
     {
       std::lock_guard lock(head_mutex_);
       apply_staged_weights();
-      const auto t0 = Clock::now();
+      const auto t0 = steady::now();
       const TensorView<const float> features = head_.forward(x);
-      const auto t1 = Clock::now();
+      const auto t1 = steady::now();
       if (fallback_) {  // kept only when a fallback may need to answer from it
         const TensorView<const float> keep = fallback_->on == Fallback::Input::input ? x : features;
         p.fallback_input = Tensor<float>(keep.shape());
@@ -170,7 +194,7 @@ class EdgeClient {
       wire::InferRequest req{opt_.model.model_id, opt_.model.split, budget_us(deadline)};
       wire::encode_infer(p.frame, id, req, encoder_, features);
       p.result.timings.head = seconds(t1 - t0);
-      p.result.timings.encode = seconds(Clock::now() - t1);
+      p.result.timings.encode = seconds(steady::now() - t1);
       p.result.bytes_sent = p.frame.size();
     }
     std::optional<Channel> ch;
@@ -178,7 +202,7 @@ class EdgeClient {
       std::lock_guard lock(pending_mutex_);
       ++stats_.submitted;
       if (channel_) ch = channel_;
-      p.sent_at = last_sent_ = Clock::now();
+      p.sent_at = last_sent_ = clock_.now();
       pending_.emplace(id, std::move(p));
     }
     if (!ch) {
@@ -213,9 +237,9 @@ class EdgeClient {
     }
     if (!ch) return;
     std::vector<std::byte> frame;
-    wire::encode_ping(frame, 0, static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
+    wire::encode_ping(frame, 0, static_cast<std::uint64_t>(clock_.now().time_since_epoch().count()));
     try {
-      ch->send(frame, deadline_after(opt_.connect_timeout));
+      ch->send(frame, deadline_after(opt_.connect_timeout, clock_));
     } catch (const error&) {
     }
   }
@@ -248,6 +272,8 @@ class EdgeClient {
   /// The per-sample shape of the features this edge sends, as told to the cloud in HELLO
   /// (empty when the head does not declare it and EdgeOptions::input_shape was not given).
   std::vector<std::size_t> feature_shape() const { return check_.signature; }
+  /// The clock deadlines, round trips and the client's timers are read on.
+  const Clock& clock() const noexcept { return clock_; }
 
   /// Answers every pending request by fallback, closes the connection and stops the receiver.
   void close() {
@@ -277,10 +303,13 @@ class EdgeClient {
     Clock::time_point sent_at;
   };
 
+  // How long a wait on a virtual clock lasts in real time before the client looks at it again.
+  static constexpr std::chrono::milliseconds virtual_poll{1};
+
   static double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-  static std::uint32_t budget_us(Deadline d) {
+  std::uint32_t budget_us(Deadline d) const {
     if (d == no_deadline) return 0;
-    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(d - Clock::now()).count();
+    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(d - clock_.now()).count();
     return static_cast<std::uint32_t>(std::clamp<long long>(left, 1, UINT32_MAX));
   }
 
@@ -340,10 +369,10 @@ class EdgeClient {
       Channel ch = connector_();
       std::vector<std::byte> frame;
       wire::encode_hello(frame, opt_.model, 0, check_);
-      const Deadline d = deadline_after(opt_.connect_timeout);
+      const Deadline d = deadline_after(opt_.connect_timeout, clock_);
       ch.send(frame, d);
       Message m;
-      if (!ch.receive(d, m)) fail(errc::timeout, "no HELLO from the cloud");
+      if (!receive_hello(ch, d, m)) fail(errc::timeout, "no HELLO from the cloud");
       const auto h = wire::peek(m.view(), opt_.limits);
       if (h.type == wire::MessageType::error) {
         const auto e = wire::decode_error(m.view(), opt_.limits);
@@ -370,14 +399,14 @@ class EdgeClient {
       channel_ = std::move(ch);
       cloud_id_ = id;
       backoff_ = opt_.backoff_initial;
-      last_sent_ = Clock::now();
+      last_sent_ = clock_.now();
       return true;
     } catch (const error& e) {
       std::lock_guard lock(pending_mutex_);
       ++stats_.connect_failures;
       last_connect_error_ = e.code();
       last_error_ = e.what();
-      next_attempt_ = Clock::now() + backoff_;
+      next_attempt_ = clock_.now() + backoff_;
       backoff_ = std::min(backoff_ * 2, opt_.backoff_max);
       return false;
     }
@@ -389,7 +418,7 @@ class EdgeClient {
     {
       std::lock_guard lock(pending_mutex_);
       channel_.reset();
-      next_attempt_ = Clock::now() + backoff_;
+      next_attempt_ = clock_.now() + backoff_;
       for (auto& [id, p] : pending_) ids.push_back(id);
     }
     for (auto id : ids) resolve_fallback(id, errc::unreachable, "connection to the cloud lost");
@@ -416,9 +445,9 @@ class EdgeClient {
     }
     try {
       std::lock_guard lock(fallback_mutex_);
-      const auto t0 = Clock::now();
+      const auto t0 = steady::now();
       p.result.output = fallback_->model.predict(p.fallback_input.cview());
-      p.result.timings.fallback = seconds(Clock::now() - t0);
+      p.result.timings.fallback = seconds(steady::now() - t0);
       p.promise.set_value(std::move(p.result));
     } catch (...) {
       p.promise.set_exception(std::current_exception());
@@ -429,7 +458,7 @@ class EdgeClient {
     std::vector<std::uint32_t> late;
     {
       std::lock_guard lock(pending_mutex_);
-      const auto now = Clock::now();
+      const auto now = clock_.now();
       for (auto& [id, p] : pending_)
         if (p.deadline <= now) late.push_back(id);
     }
@@ -438,7 +467,7 @@ class EdgeClient {
 
   Deadline next_wake() {
     std::lock_guard lock(pending_mutex_);
-    Deadline d = Clock::now() + std::chrono::milliseconds(20);
+    Deadline d = clock_.now() + std::chrono::milliseconds(20);
     for (auto& [id, p] : pending_) d = std::min(d, p.deadline);
     return d;
   }
@@ -461,8 +490,11 @@ class EdgeClient {
         bool attempt;
         {
           std::unique_lock lock(pending_mutex_);
-          attempt = Clock::now() >= next_attempt_;
-          if (!attempt) pending_cv_.wait_until(lock, std::min(next_attempt_, next_wake_locked()));
+          attempt = clock_.now() >= next_attempt_;
+          if (!attempt && !clock_.is_virtual())
+            pending_cv_.wait_until(lock, std::min(next_attempt_, next_wake_locked()));
+          else if (!attempt)
+            pending_cv_.wait_for(lock, virtual_poll);  // a virtual clock moves without notice
         }
         if (attempt && try_connect()) {
           std::lock_guard lock(pending_mutex_);
@@ -472,7 +504,7 @@ class EdgeClient {
       }
       try {
         keepalive(*ch);
-        if (!ch->receive(next_wake(), m)) continue;
+        if (!poll(*ch, m)) continue;
         handle(m, decoder);
       } catch (const error&) {
         // closed, reset, or a malformed reply: this connection is done; requests fall back
@@ -486,29 +518,53 @@ class EdgeClient {
     if (opt_.keepalive.count() <= 0) return;
     {
       std::lock_guard lock(pending_mutex_);
-      if (Clock::now() - last_sent_ < opt_.keepalive) return;
-      last_sent_ = Clock::now();
+      if (clock_.now() - last_sent_ < opt_.keepalive) return;
+      last_sent_ = clock_.now();
     }
     std::vector<std::byte> frame;
-    wire::encode_ping(frame, 0, static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
-    ch.send(frame, deadline_after(opt_.connect_timeout));
+    wire::encode_ping(frame, 0, static_cast<std::uint64_t>(clock_.now().time_since_epoch().count()));
+    ch.send(frame, deadline_after(opt_.connect_timeout, clock_));
+  }
+
+  // The receiver's wait for the next message. On the steady clock: until the next deadline or
+  // 20 ms. On a virtual clock: what is due now (a deadline of now: a SimulatedLink on this clock
+  // neither waits nor moves the clock), else a bounded real-time wait that submit() and close()
+  // cut short.
+  bool poll(Channel& ch, Message& m) {
+    if (!clock_.is_virtual()) return ch.receive(next_wake(), m);
+    if (ch.receive(clock_.now(), m)) return true;
+    std::unique_lock lock(pending_mutex_);
+    if (!closed_) pending_cv_.wait_for(lock, virtual_poll);
+    return false;
+  }
+
+  // Waits for the answer to HELLO until `d` (on the client's clock), polling on a virtual clock;
+  // there also for at most connect_timeout of real time.
+  bool receive_hello(Channel& ch, Deadline d, Message& m) {
+    if (!clock_.is_virtual()) return ch.receive(d, m);
+    const auto real_limit = steady::now() + opt_.connect_timeout;
+    while (true) {
+      if (ch.receive(clock_.now(), m)) return true;
+      if (clock_.now() >= d || steady::now() >= real_limit) return false;
+      std::this_thread::sleep_for(virtual_poll);
+    }
   }
 
   Deadline next_wake_locked() const {
-    Deadline d = Clock::now() + std::chrono::milliseconds(20);
+    Deadline d = clock_.now() + std::chrono::milliseconds(20);
     for (auto& [id, p] : pending_) d = std::min(d, p.deadline);
     return d;
   }
 
   void handle(const Message& m, FeatureCodec& decoder) {
-    const auto received = Clock::now();
+    const auto received = clock_.now();
     const auto h = wire::peek(m.view(), opt_.limits);
     switch (h.type) {
       case wire::MessageType::response: {
         Tensor<float> y;
-        const auto t0 = Clock::now();
+        const auto t0 = steady::now();
         const auto resp = wire::decode_response(m.view(), decoder, y);
-        const double decode_s = seconds(Clock::now() - t0);
+        const double decode_s = seconds(steady::now() - t0);
         Pending p;
         {
           std::lock_guard lock(pending_mutex_);
@@ -565,7 +621,7 @@ class EdgeClient {
             std::lock_guard lock(pending_mutex_);
             if (channel_) ch = channel_;
           }
-          if (ch) ch->send(frame, deadline_after(opt_.connect_timeout));
+          if (ch) ch->send(frame, deadline_after(opt_.connect_timeout, clock_));
           return;
         }
         std::lock_guard lock(pending_mutex_);
@@ -575,7 +631,7 @@ class EdgeClient {
       }
       case wire::MessageType::pong: {
         const std::uint64_t t = wire::decode_ping(m.view(), opt_.limits);
-        const auto sent = Clock::time_point(Clock::duration(static_cast<Clock::rep>(t)));
+        const auto sent = Clock::time_point(Clock::duration(static_cast<Clock::duration::rep>(t)));
         std::lock_guard lock(pending_mutex_);
         estimator_.observe_rtt(seconds(received - sent));
         return;
@@ -585,6 +641,7 @@ class EdgeClient {
     }
   }
 
+  const Clock& clock_;
   std::mutex head_mutex_;  // head_, encoder_: one request's head pass and encoding at a time
   Sequential<float> head_;
   Connector connector_;
