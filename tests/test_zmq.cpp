@@ -1413,3 +1413,110 @@ TEST_CASE("Fairness under load: a flooding client gets 'overloaded', its neighbo
   CHECK(st.rejected_overloaded == st.client_overloaded);  // the global queue never filled
   CHECK(st.requests == polite_total + static_cast<std::size_t>(flooder.good.load()));
 }
+
+namespace {
+
+// --- The broker on a virtual clock -------------------------------------------------------------
+
+// A worker that says only what the test makes it say, over a raw DEALER socket: READY, then a
+// REPLY when told. It sends no heartbeats, so to the broker it is silent from READY on.
+struct SilentWorker {
+  zmq::context_t ctx{1};
+  zmq::socket_t s{ctx, zmq::socket_type::dealer};
+
+  SilentWorker(const Keys& k, const std::string& backend) {
+    s.set(zmq::sockopt::linger, 0);
+    configure_curve_client(s, CurveClientKeys{k.worker, k.broker.public_key});
+    s.connect(backend);
+  }
+  void send(std::initializer_list<std::span<const std::byte>> parts) {
+    std::size_t i = 0;
+    for (const auto& p : parts)
+      REQUIRE(s.send(zmq::buffer(p.data(), p.size()), ++i < parts.size() ? zmq::send_flags::sndmore : zmq::send_flags::none));
+  }
+  void ready(std::uint32_t capacity) {
+    send({wire::cluster::header(wire::cluster::Command::ready), wire::cluster::encode_capacity(capacity)});
+  }
+  // The next message carrying command `want` (others are skipped); empty when none came in `wait`.
+  std::vector<zmq::message_t> next(wire::cluster::Command want, std::chrono::milliseconds wait) {
+    const auto until = std::chrono::steady_clock::now() + wait;
+    while (std::chrono::steady_clock::now() < until) {
+      zmq_pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+      if (zmq_poll(&item, 1, 5) <= 0) continue;
+      std::vector<zmq::message_t> parts;
+      for (bool more = true; more;) {
+        zmq::message_t m;
+        if (!s.recv(m, zmq::recv_flags::dontwait)) break;
+        more = m.more();
+        parts.push_back(std::move(m));
+      }
+      if (!parts.empty() &&
+          wire::cluster::parse_header({static_cast<const std::byte*>(parts[0].data()), parts[0].size()}) == want)
+        return parts;
+    }
+    return {};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("ZmqBroker on a virtual clock: heartbeats and worker expiry follow the clock, not real time", "[zmq]") {
+  // Liveness 3 x 1 s: a silent worker is dead after 3 s of the broker's clock. The clock is
+  // virtual and moved by the test, so the worker dies when the test says, without 3 s of waiting.
+  const Keys k;
+  Split s = make_split();
+  BrokerOptions bo = broker_options(k);
+  bo.heartbeat_interval = 1000ms;
+  bo.liveness = 3;
+  VirtualClock clock;
+  ZmqBroker broker(bo, clock);
+  SilentWorker a(k, broker.backend_endpoint());
+  a.ready(1);  // at virtual time 0: dead after 3 s
+  REQUIRE(eventually([&] { return broker.stats().workers == 1; }));
+
+  // Heartbeats go out as the clock passes each interval.
+  clock.advance_by(1000ms);
+  CHECK_FALSE(a.next(wire::cluster::Command::heartbeat, 10s).empty());
+
+  // At 2.9 s the worker is alive: a request goes to it (and it keeps it, unanswered).
+  clock.advance_by(1900ms);
+  RawClient client(broker.frontend_endpoint(), CurveClientKeys{k.client, k.broker.public_key});
+  client.send(infer_frame(7, 70));
+  const auto held = a.next(wire::cluster::Command::request, 10s);
+  REQUIRE(held.size() == 3);
+  CHECK(broker.stats().workers_expired == 0);
+
+  // At 3.1 s it is dead: declared so on the broker's next turn, its request a suspect.
+  clock.advance_by(200ms);
+  REQUIRE(eventually([&] { return broker.stats().workers_expired == 1; }));
+  BrokerStats st = broker.stats();
+  CHECK(st.workers == 0);
+  CHECK(st.suspects == 1);
+  CHECK(st.resent == 1);
+
+  // A new worker gets the suspect alone and answers it: the client gets the whole model's answer.
+  SilentWorker b(k, broker.backend_endpoint());
+  b.ready(1);
+  const auto again = b.next(wire::cluster::Command::request, 10s);
+  REQUIRE(again.size() == 3);
+  CodecConfig cfg;
+  cfg.bits = wire::raw_f32_bits;
+  FeatureCodec codec(cfg);
+  Tensor<float> features, y;
+  std::uint32_t id = 0;
+  (void)wire::decode_infer({static_cast<const std::byte*>(again[2].data()), again[2].size()}, codec, features, &id);
+  CHECK(id == 7);
+  std::vector<std::byte> out;
+  wire::encode_response(out, id, wire::InferResponse{}, codec, s.tail.predict(features.cview()).cview());
+  b.send({wire::cluster::header(wire::cluster::Command::reply),
+          {static_cast<const std::byte*>(again[1].data()), again[1].size()}, out});
+  const auto answer = client.receive(10s);
+  REQUIRE(answer);
+  (void)wire::decode_response(*answer, codec, y);
+  CHECK(close_to(y, s.whole.predict(random_input(1, kIn, 70).cview())));
+  REQUIRE(eventually([&] { return broker.stats().replies == 1; }));
+  st = broker.stats();
+  CHECK(st.workers_expired == 1);
+  CHECK(st.dispatched == 2);
+  CHECK(st.quarantined == 0);
+}

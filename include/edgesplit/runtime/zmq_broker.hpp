@@ -47,6 +47,7 @@
 
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/thread_name.hpp"
+#include "edgesplit/transport/clock.hpp"
 #include "edgesplit/transport/zmq.hpp"
 #include "edgesplit/transport/zmq_curve.hpp"
 #include "edgesplit/wire/cluster_protocol.hpp"
@@ -116,10 +117,16 @@ struct BrokerStats {
 
 /// The broker: binds both ROUTER sockets (and, with CURVE, its ZAP handler) in the constructor,
 /// then runs its loop on a thread of its own until stop() or destruction.
+///
+/// Heartbeats, worker expiry and request ages are read on the Clock given to the constructor
+/// (the steady clock by default). The loop's waits stay in real time, at most 100 ms each, so on
+/// a VirtualClock the broker sees time advanced by someone else within 100 ms of real time.
 class ZmqBroker {
  public:
   /// Binds and starts; errc::io_error (or invalid_argument) when an endpoint cannot be bound.
-  explicit ZmqBroker(BrokerOptions options) : opt_(std::move(options)), ctx_(std::make_shared<zmq::context_t>(1)) {
+  /// `clock` must outlive the broker.
+  explicit ZmqBroker(BrokerOptions options, const Clock& clock = SteadyClock::instance())
+      : opt_(std::move(options)), clock_(clock), ctx_(std::make_shared<zmq::context_t>(1)) {
     if (opt_.liveness < 1 || opt_.heartbeat_interval.count() <= 0 || opt_.queue_capacity == 0 ||
         opt_.max_queued_per_client == 0)
       fail(errc::invalid_argument,
@@ -173,8 +180,6 @@ class ZmqBroker {
   }
 
  private:
-  using Clock = std::chrono::steady_clock;
-
   // Where a request is: in its client's queue, in the suspects' queue, held by a worker, or
   // nowhere (taken out of a queue a moment before it is answered or sent).
   enum class Where : std::uint8_t { queued, suspect, worker, nowhere };
@@ -345,7 +350,7 @@ class ZmqBroker {
     r.bytes.assign(body.begin(), body.end());
     r.crc = h.crc;
     r.type = h.type;
-    r.received = Clock::now();
+    r.received = clock_.now();
     enqueue(key, std::move(r));
     ++st_.requests;
   }
@@ -815,7 +820,7 @@ class ZmqBroker {
                                {front_mon_.handle(), 0, ZMQ_POLLIN, 0},
                                {back_mon_.handle(), 0, ZMQ_POLLIN, 0},
                                wake_.item()};
-    const auto until = next_heartbeat_ - Clock::now();
+    const auto until = next_heartbeat_ - clock_.now();
     const long timeout = std::clamp<long>(
         static_cast<long>(std::chrono::ceil<std::chrono::milliseconds>(until).count()), 0, 100);
     try {
@@ -824,13 +829,13 @@ class ZmqBroker {
       return false;  // the context is gone
     }
     if (items[4].revents & ZMQ_POLLIN) wake_.drain();
-    auto now = Clock::now();
+    auto now = clock_.now();
     // Workers first: their replies free capacity for the requests read next.
     for (int i = 0; i < 1024 && read(back_, parts); ++i) guarded([&] { on_worker(parts, now); });
     for (int i = 0; i < 1024 && read(front_, parts); ++i) guarded([&] { on_client(parts); });
     on_monitor(front_mon_);
     on_monitor(back_mon_);
-    now = Clock::now();
+    now = clock_.now();
     heartbeat_and_expire(now);
     dispatch(now);
     publish();
@@ -850,7 +855,7 @@ class ZmqBroker {
 
   void run() {
     std::vector<zmq::message_t> parts;
-    next_heartbeat_ = Clock::now() + opt_.heartbeat_interval;
+    next_heartbeat_ = clock_.now() + opt_.heartbeat_interval;
     while (!stop_.load(std::memory_order_acquire)) {
       try {
         if (!turn(parts)) break;
@@ -878,6 +883,7 @@ class ZmqBroker {
   }
 
   BrokerOptions opt_;
+  const Clock& clock_;
   std::shared_ptr<zmq::context_t> ctx_;  // first in, last out: every socket closes before it ends
   std::unique_ptr<ZapAuthenticator> zap_;
   zmq::socket_t front_, back_, front_mon_, back_mon_;  // used by the broker thread only
