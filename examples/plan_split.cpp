@@ -10,8 +10,9 @@
 //    large that this machine's timing noise, multiplied, would swamp the comparison).
 // 3. Measures every (split, codec) candidate on held-out test images: INFER frame bytes,
 //    accuracy drop against float, encode and decode time.
-// 4. For each link preset and edge board: plans, then runs every (split, codec) end to end over
-//    a SimulatedLink on a virtual clock (edge compute measured and scaled, network exact) and
+// 4. For each link preset and edge board: plans, then runs every (split, codec) end to end
+//    through the runtime (EdgeClient, the server's request handler and batcher) over a
+//    SimulatedLink on a virtual clock (edge compute measured and scaled, network exact) and
 //    prints a Neurosurgeon-style table: all-edge, all-cloud, the planner's pick, the best
 //    measured, speedups, and whether the pick is within 5% of the best measured and its
 //    predicted latency within 10% of measured.
@@ -35,10 +36,10 @@
 #include <vector>
 
 #include <edgesplit/edgesplit.hpp>
+#include <edgesplit/eval/ground_truth.hpp>
 #include <edgesplit/io/idx.hpp>
 #include <edgesplit/io/safetensors.hpp>
 #include <edgesplit/plan/candidates.hpp>
-#include <edgesplit/plan/ground_truth.hpp>
 #include <edgesplit/plan/planner.hpp>
 #include <edgesplit/plan/profile.hpp>
 

@@ -1,26 +1,34 @@
-// Tests for planning against ground truth: measured codec candidates, the end-to-end harness on
-// a virtual-time link, the planner's pick and predictions checked against measured latencies,
-// and re-planning (PlanSelector hysteresis, AdaptiveClient over a link whose bandwidth drops).
+// Tests for planning against ground truth: measured codec candidates, the end-to-end harness
+// (eval/: the runtime over a virtual-time link, compute charged through a MeteredClock) and the
+// EdgeClient on a virtual clock it relies on, the planner's pick and predictions checked against
+// measured latencies, and re-planning (PlanSelector hysteresis, AdaptiveClient over a link whose
+// bandwidth drops).
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <deque>
 #include <future>
+#include <initializer_list>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "edgesplit/edgesplit.hpp"
+#include "edgesplit/eval/ground_truth.hpp"
+#include "edgesplit/eval/metered_clock.hpp"
 #include "edgesplit/plan/candidates.hpp"
-#include "edgesplit/plan/ground_truth.hpp"
 #include "edgesplit/plan/planner.hpp"
 #include "edgesplit/plan/profile.hpp"
 #include "edgesplit/runtime/adaptive_client.hpp"
 #include "edgesplit/runtime/cloud_server.hpp"
 #include "edgesplit/transport/inproc.hpp"
 #include "edgesplit/transport/simulated_link.hpp"
+#include "model_fixtures.hpp"
 #include "test_util.hpp"
 
 using namespace edgesplit;
@@ -58,6 +66,17 @@ CalibrationSet self_labelled(Sequential<float>& m, std::size_t n, std::size_t fe
 }
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Polls `done` until it holds or 10 s of real time pass (a bound on a wait, not a measurement).
+template <class F>
+bool eventually(F done) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return done();
+}
 
 }  // namespace
 
@@ -158,6 +177,9 @@ TEST_CASE("Ground truth on a virtual-time link: transfers are exact, the planner
         if (specs[i % specs.size()].config.lossless == wire::Lossless::none) {
           CHECK(r.uplink_s == Approx(r.bytes * 8 / link.bandwidth_bps + seconds(link.latency)).margin(1e-8));
           CHECK(r.bytes == cand.bytes_per_sample[r.split]);
+          // The reply, as the server's batcher encoded it, crosses the same way.
+          CHECK(r.downlink_s ==
+                Approx(set.response_bytes * 8 / link.bandwidth_bps + seconds(link.latency)).margin(1e-8));
         } else {
           CHECK(r.bytes == Approx(cand.bytes_per_sample[r.split]).epsilon(0.1));
         }
@@ -185,6 +207,192 @@ TEST_CASE("Ground truth on a virtual-time link: transfers are exact, the planner
   }
   // Wi-Fi (20 ms RTT) sends the input to the cloud; LTE (60 ms) and 3G (150 ms) stay on the edge.
   CHECK(picks == std::vector<std::size_t>{0, 5, 5});
+}
+
+TEST_CASE("Ground truth: an emulated board's charges add up exactly, the runtime's answers are the model's",
+          "[planning]") {
+  // Every edge charge from the profile and the codec costs: then a request's latency is exactly
+  // head + encode + uplink + cloud + downlink + reply decode, each part taken from the same run.
+  Sequential<float> m = small_mlp(51);
+  const CalibrationSet cal = self_labelled(m, 40, 64, 52);
+  const std::vector<CodecSpec> specs{find_codec(standard_codecs(false), "int8")};
+  const CandidateSet set = measure_candidates(m, cal.x.cview(), cal.y, specs, {"mlp", 32});
+  const DeviceProfile edge = analytic_profile(m, 64, {1}, 1e-3, "emulated board");
+  const auto costs = scale_codec_costs(set.codecs, 1000);
+  GroundTruthOptions gt;
+  gt.requests = 3;
+  gt.warmup = 1;
+  gt.edge_profile = &edge;
+  gt.edge_codec_costs = &costs;
+  gt.model_id = "mlp";
+  const LinkProfile link = LinkProfile::lte();
+  for (const std::size_t k : std::initializer_list<std::size_t>{0, 2, 4}) {
+    INFO("k = " << k);
+    const Measured r = measure_end_to_end(m, k, specs[0], cal.x.cview(), link, link, gt);
+    CHECK(r.edge_s == Approx(edge.seconds(0, k, 1)).epsilon(1e-12));
+    CHECK(r.encode_s == Approx(costs[0].encode_seconds[k]).epsilon(1e-12));
+    CHECK(r.uplink_s == Approx(r.bytes * 8 / link.bandwidth_bps + seconds(link.latency)).margin(1e-8));
+    CHECK(r.cloud_s > 0);
+    CHECK(r.decode_reply_s >= 0);
+    // The medians of the parts sum to the median latency within the spread of the measured parts
+    // (cloud and reply decode: microseconds; the rest is exact).
+    const double sum = r.edge_s + r.encode_s + r.uplink_s + r.cloud_s + r.downlink_s + r.decode_reply_s;
+    CHECK(r.latency_s == Approx(sum).margin(1e-3));
+  }
+  // A lossy link would leave a request unanswered: refused up front.
+  LinkProfile lossy = link;
+  lossy.loss = 0.1;
+  expect_errc(errc::invalid_argument, [&] { (void)measure_end_to_end(m, 1, specs[0], cal.x.cview(), lossy, link, gt); });
+  expect_errc(errc::out_of_range, [&] { (void)measure_end_to_end(m, 6, specs[0], cal.x.cview(), link, link, gt); });
+}
+
+TEST_CASE("MeteredClock: a metered thread's compute moves the clock, other threads' readings do not", "[planning]") {
+  using namespace std::chrono_literals;
+  MeteredClock clock;
+  REQUIRE(clock.is_virtual());
+  const Clock::time_point zero{};
+  std::this_thread::sleep_for(2ms);
+  CHECK(clock.now() == zero);  // no meter: reading costs nothing, however long the thread took
+  Clock::time_point t;
+  {
+    MeteredClock::Meter meter(clock, 100);
+    REQUIRE(meter.running());
+    std::this_thread::sleep_for(2ms);
+    t = clock.now();  // charges this thread's time since the meter started, x 100
+    CHECK(t - zero >= 200ms);
+    CHECK(t - zero == meter.charged());
+    // Another thread's reading charges nothing, and sees what was charged.
+    Clock::time_point other{};
+    std::thread([&] { other = clock.now(); }).join();
+    CHECK(other == t);
+    expect_errc(errc::invalid_argument, [&] { MeteredClock::Meter second(clock, 1); });  // one per thread
+    std::this_thread::sleep_for(1ms);
+    meter.stop();
+    CHECK_FALSE(meter.running());
+    CHECK(clock.now() == t);  // the time after the last reading is not charged
+  }
+  {
+    MeteredClock::Meter free(clock, 0);  // factor 0: readings charge nothing
+    std::this_thread::sleep_for(1ms);
+    CHECK(clock.now() == t);
+    CHECK(free.charged() == Clock::duration::zero());
+  }
+  clock.advance_by(1s);
+  clock.sleep_until(t);  // never backwards
+  CHECK(clock.now() == t + 1s);
+  clock.advance_by_seconds(0.5);
+  CHECK(clock.now() == t + 1500ms);
+  expect_errc(errc::invalid_argument, [&] { MeteredClock::Meter bad(clock, -1); });
+  expect_errc(errc::invalid_argument, [&] { MeteredClock::Meter bad(clock, std::nan("")); });
+}
+
+TEST_CASE("EdgeClient on a virtual clock: deadlines, round trips and reconnection follow the clock",
+          "[planning][runtime]") {
+  using namespace std::chrono_literals;
+  // The cloud is played by hand over an in-process pair, so that nothing answers unless the test
+  // says so; time moves only when the test advances the clock. The short real-time waits below
+  // check that nothing happens while virtual time stands still.
+  Sequential<float> whole = edgesplit_test::mlp({6, 5, 4}, 41);
+  const auto parts = whole.split(1);
+  const Sequential<float>& head = parts.first;
+  Sequential<float> tail = parts.second;
+  const wire::ModelIdentity id{"virtual", 1, 0, 1};
+  const Tensor<float> x = edgesplit_test::random_input(1, 6, 42);
+  const Tensor<float> want = whole.predict(x.cview());
+  VirtualClock clock;
+  auto ends = InProcTransport::make_pair();
+  InProcTransport& cloud_end = ends.second;
+  std::atomic<bool> hello_ok{false};
+  std::thread hello([&] {
+    Message m;
+    if (!cloud_end.receive(deadline_after(10s), m) || wire::peek(m.view()).type != wire::MessageType::hello) return;
+    std::vector<std::byte> out;
+    wire::encode_hello(out, id, wire::peek(m.view()).request_id);
+    cloud_end.send(out, deadline_after(10s));
+    hello_ok = true;
+  });
+  std::atomic<int> connects{0};
+  std::optional<InProcTransport> first(std::move(ends.first));
+  EdgeOptions eo;
+  eo.model = id;
+  eo.codec.bits = wire::raw_f32_bits;
+  eo.backoff_initial = 100ms;
+  eo.keepalive = 0ms;
+  EdgeClient client(
+      head,
+      [&]() -> Channel {
+        ++connects;
+        if (!first) fail(errc::unreachable, "no cloud any more");
+        Channel c(std::move(*first));
+        first.reset();
+        return c;
+      },
+      eo, Fallback{tail, Fallback::Input::features}, clock);
+  hello.join();
+  REQUIRE(hello_ok);
+  REQUIRE(client.connected());
+  CHECK(&client.clock() == &clock);
+
+  CodecConfig raw;
+  raw.bits = wire::raw_f32_bits;
+  FeatureCodec codec(raw);
+  Message m;
+
+  // A deadline 50 ms ahead on the virtual clock: the request waits, unanswered, for as long as
+  // the clock stands still, and falls back `timeout` once the clock passes it.
+  auto late = client.submit(x.cview(), clock.now() + 50ms);
+  REQUIRE(cloud_end.receive(deadline_after(10s), m));  // sent; the cloud never answers it
+  CHECK(late.wait_for(50ms) == std::future_status::timeout);
+  clock.advance_by(50ms);
+  REQUIRE(late.wait_for(10s) == std::future_status::ready);
+  const InferResult fell = late.get();
+  CHECK(fell.path == AnswerPath::fallback);
+  CHECK(fell.fallback_reason == errc::timeout);
+  for (std::size_t j = 0; j < 4; ++j) CHECK(fell.output[j] == Approx(want[j]).margin(1e-5));
+
+  // The round trip is read on the clock: 7 ms of virtual time, exactly, however long it took.
+  auto answered = client.submit(x.cview(), no_deadline);
+  REQUIRE(cloud_end.receive(deadline_after(10s), m));
+  Tensor<float> features;
+  std::uint32_t request_id = 0;
+  (void)wire::decode_infer(m.view(), codec, features, &request_id);
+  const Tensor<float> y = tail.predict(features.cview());
+  std::vector<std::byte> reply;
+  wire::InferResponse resp;
+  resp.queue_us = 1000;
+  resp.compute_us = 2000;
+  wire::encode_response(reply, request_id, resp, codec, y.cview());
+  clock.advance_by(7ms);
+  cloud_end.send(reply, deadline_after(10s));
+  REQUIRE(answered.wait_for(10s) == std::future_status::ready);
+  const InferResult got = answered.get();
+  CHECK(got.path == AnswerPath::cloud);
+  CHECK(got.timings.round_trip == Approx(0.007).margin(1e-12));
+  CHECK(got.timings.network() == Approx(0.004).margin(1e-12));
+  for (std::size_t j = 0; j < 4; ++j) CHECK(got.output[j] == Approx(want[j]).margin(1e-5));
+
+  // The cloud goes away: the client tries again after its backoff on the virtual clock (100 ms,
+  // 100 ms, then doubling: 200 ms), whatever real time passes.
+  cloud_end.close();
+  REQUIRE(eventually([&] { return !client.connected(); }));
+  std::this_thread::sleep_for(50ms);
+  CHECK(connects == 1);
+  clock.advance_by(100ms);
+  REQUIRE(eventually([&] { return client.stats().connect_failures == 1; }));
+  CHECK(connects == 2);
+  clock.advance_by(50ms);
+  std::this_thread::sleep_for(50ms);
+  CHECK(connects == 2);
+  clock.advance_by(50ms);
+  REQUIRE(eventually([&] { return client.stats().connect_failures == 2; }));
+  CHECK(connects == 3);
+  clock.advance_by(150ms);
+  std::this_thread::sleep_for(50ms);
+  CHECK(connects == 3);  // the backoff doubled
+  clock.advance_by(50ms);
+  REQUIRE(eventually([&] { return client.stats().connect_failures == 3; }));
+  CHECK(connects == 4);
+  client.close();
 }
 
 namespace {

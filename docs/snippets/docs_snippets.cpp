@@ -8,6 +8,7 @@
 //   docs_snippets           runs every snippet that needs no data set, checking its results
 //   docs_snippets --list    the snippet functions
 #include <edgesplit/edgesplit.hpp>
+#include <edgesplit/eval/ground_truth.hpp>
 #include <edgesplit/plan/candidates.hpp>
 #include <edgesplit/plan/planner.hpp>
 #include <edgesplit/plan/profile.hpp>
@@ -287,6 +288,16 @@ void planning() {
               best.latency_s * 1e3, best.bytes);
   // [end]
   check(!plans.empty() && best.latency_s <= plans.back().latency_s, "planning: plans ranked by latency");
+
+  // [snippet planning-ground-truth]
+  GroundTruthOptions gt;
+  gt.edge_slowdown = 50;                      // the board above: this machine's compute x50
+  const CodecSpec spec = best.split < model.size() ? find_codec(standard_codecs(), best.codec) : standard_codecs().front();
+  const Measured m = measure_end_to_end(model, best.split, spec, data.inputs, LinkProfile::lte(), LinkProfile::lte(), gt);
+  std::printf("measured end to end: %.2f ms (uplink %.2f ms, cloud %.3f ms)\n", m.latency_s * 1e3, m.uplink_s * 1e3,
+              m.cloud_s * 1e3);
+  // [end]
+  check(m.split == best.split && m.latency_s > 0, "planning: the best plan measured end to end");
 }
 
 // docs/boards.md: which SIMD instruction set this build's kernels use.
