@@ -273,7 +273,9 @@ class SimulatedLink {
   /// The next delivered message, or nullopt at the deadline (read on the link's clock).
   std::optional<Message> receive(Deadline deadline) { return detail::receive_new(*this, deadline); }
   /// Returns the next message once the link clock reaches its delivery time; `deadline` is read
-  /// on the link clock. Messages the peer sent before closing are still delivered, on time.
+  /// on the link clock. Messages the peer sent before closing are still delivered, on time; so are
+  /// those received before a failure of the inner transport (a stream ending inside a message, a
+  /// message over its cap) or a message without a link trailer, whose error is thrown after them.
   bool receive(Deadline deadline, Message& into) {
     State& s = state();
     std::lock_guard lock(s.rx_mutex);
@@ -295,20 +297,21 @@ class SimulatedLink {
         }
         if (now >= deadline) return false;
         // Wait for the due time, or for a message that may overtake it.
-        if (s.peer_gone) {
+        if (s.peer_gone || s.failure) {
           s.clock->sleep_until(std::min(due, deadline));
         } else {
           pull(s, std::min(due, deadline));
         }
         continue;
       }
+      if (s.failure) std::rethrow_exception(std::exchange(s.failure, nullptr));
       if (s.peer_gone) std::rethrow_exception(s.peer_gone);
       if (now >= deadline) return false;
       if (!s.clock->is_virtual()) {
         pull(s, deadline);
       } else if (deadline == no_deadline) {
         pull(s, no_deadline);
-      } else if (!pull(s, std::chrono::steady_clock::now() + s.options.idle_wait) && !s.peer_gone) {
+      } else if (!pull(s, std::chrono::steady_clock::now() + s.options.idle_wait) && !s.peer_gone && !s.failure) {
         s.clock->sleep_until(deadline);
         return false;
       }
@@ -373,6 +376,7 @@ class SimulatedLink {
     Message incoming;                         // the inner transport receives into this
     std::vector<std::vector<std::byte>> spare;  // buffers handed back by receive(), reused
     std::exception_ptr peer_gone;             // the inner transport's `unreachable`, kept for later
+    std::exception_ptr failure;  // another error of the inner transport or trailer, thrown once after what came before it
   };
 
   State& state() const {
@@ -449,24 +453,27 @@ class SimulatedLink {
   }
 
   /// Takes one message from the inner transport into the heap; false if none came by `deadline`
-  /// (a real-clock time) or the peer is gone.
+  /// (a real-clock time), the peer is gone or the inner transport failed. Failures wait in
+  /// peer_gone (for good) or failure (once) until the messages received before them are delivered.
   static bool pull(State& s, Deadline deadline) {
-    if (s.peer_gone) return false;
+    if (s.peer_gone || s.failure) return false;
+    Message& m = s.incoming;
+    std::int64_t sent = 0, due = 0;
     try {
-      if (!s.inner.receive(deadline, s.incoming)) return false;
+      if (!s.inner.receive(deadline, m)) return false;
+      if (m.bytes.size() < trailer_bytes) {
+        fail(errc::corrupt_frame, "SimulatedLink: a message of " + std::to_string(m.bytes.size()) +
+                                      " bytes has no link trailer (is the peer a SimulatedLink?)");
+      }
+      const std::byte* t = m.bytes.data() + m.bytes.size() - trailer_bytes;
+      sent = get_i64(t);
+      due = get_i64(t + 8);
+      if (due < sent) fail(errc::corrupt_frame, "SimulatedLink: a message delivered before it was sent");
     } catch (const error& e) {
-      if (e.code() != errc::unreachable || s.closed.load()) throw;
-      s.peer_gone = std::current_exception();
+      if (s.closed.load()) throw;
+      (e.code() == errc::unreachable ? s.peer_gone : s.failure) = std::current_exception();
       return false;
     }
-    Message& m = s.incoming;
-    if (m.bytes.size() < trailer_bytes) {
-      fail(errc::corrupt_frame, "SimulatedLink: a message of " + std::to_string(m.bytes.size()) +
-                                    " bytes has no link trailer (is the peer a SimulatedLink?)");
-    }
-    const std::byte* t = m.bytes.data() + m.bytes.size() - trailer_bytes;
-    const std::int64_t sent = get_i64(t), due = get_i64(t + 8);
-    if (due < sent) fail(errc::corrupt_frame, "SimulatedLink: a message delivered before it was sent");
     m.bytes.resize(m.bytes.size() - trailer_bytes);
     m.sent_at = Clock::time_point(Clock::duration(sent));
     m.delivered_at = Clock::time_point(Clock::duration(due));
