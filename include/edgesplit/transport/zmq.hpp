@@ -223,9 +223,12 @@ class ZmqTransport {
       const int err = zmq_errno();
       if (err == EINTR) continue;
       if (err != EAGAIN) detail::zmq::fail_zmq("ZeroMQ: send to " + s.endpoint, err);
+      // Wait for room 50 ms at a time (without deadline too: -1 would wait for ever), so that a
+      // close() from another thread, which sets `closed` and then waits for this mutex, is seen.
+      const long left = detail::zmq::poll_timeout_ms(deadline);
       zmq_pollitem_t item{s.socket.handle(), 0, ZMQ_POLLOUT, 0};
-      if (detail::zmq::poll(&item, 1, std::min(detail::zmq::poll_timeout_ms(deadline), 50L)) == 0 &&
-          deadline != no_deadline && std::chrono::steady_clock::now() >= deadline)
+      if (detail::zmq::poll(&item, 1, left < 0 ? 50L : std::min(left, 50L)) == 0 && deadline != no_deadline &&
+          std::chrono::steady_clock::now() >= deadline)
         fail(errc::timeout, "ZeroMQ: send to " + s.endpoint + " timed out (peer absent or queue full)");
       throw_if_closed(s);
     }
