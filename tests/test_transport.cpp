@@ -1,10 +1,14 @@
-// Tests for transport/: the same exchange over every transport, each transport's failure paths,
-// and the simulated link's timing on virtual time. Loopback only; no test asserts a wall-clock
-// duration (waits in real time only bound how long a failing test can hang).
+// Tests for transport/: the conformance suite (transport_conformance.hpp: one check per clause of
+// the Transport contract) over the in-process pair, simulated links (over in-process on the steady
+// and on a virtual clock, over TCP on the steady clock) and TCP over IPv4 and IPv6; then what is
+// particular to each transport (its options, listeners, signals, the simulated link's timing on
+// virtual time). Loopback only; no test asserts a wall-clock duration (waits in real time only
+// bound how long a failing test can hang).
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -30,24 +34,16 @@
 #include "edgesplit/transport/simulated_link.hpp"
 #include "edgesplit/transport/tcp.hpp"
 #include "test_util.hpp"
+#include "transport_conformance.hpp"
 
 using namespace edgesplit;
 using namespace std::chrono_literals;
 using edgesplit_test::expect_errc;
 using Bytes = std::vector<std::byte>;
+using edgesplit_test::conformance::random_bytes;
+namespace conf = edgesplit_test::conformance;
 
 namespace {
-
-Bytes random_bytes(std::size_t n, std::uint64_t seed) {
-  Rng rng(seed);
-  Bytes b(n);
-  for (auto& x : b) x = static_cast<std::byte>(rng.next());
-  return b;
-}
-
-Bytes header_of(std::uint32_t n) {
-  return {std::byte(n & 0xff), std::byte((n >> 8) & 0xff), std::byte((n >> 16) & 0xff), std::byte(n >> 24)};
-}
 
 /// Writes raw bytes on a socket, bypassing the framing (to feed a receiver broken streams).
 void write_raw(int fd, std::span<const std::byte> b) {
@@ -80,47 +76,6 @@ bool ipv6_loopback_available() {
   }
 }
 
-/// The generic check every transport goes through: `client` sends each message, `server` echoes
-/// it from another thread (so large messages can never fill both directions' buffers at once),
-/// and the echoes come back in order. Deadlines are read on `clock`. Returns what came back.
-template <Transport T>
-std::vector<Bytes> echo_round_trips(T& client, T& server, const Clock& clock, const std::vector<Bytes>& messages) {
-  std::exception_ptr echo_error, main_error;
-  std::thread echo([&] {
-    try {
-      Message m;
-      for (std::size_t i = 0; i < messages.size(); ++i) {
-        if (!server.receive(deadline_after(30s, clock), m)) throw std::runtime_error("echo: receive timed out");
-        server.send(m.view());
-      }
-    } catch (...) {
-      echo_error = std::current_exception();
-    }
-  });
-  std::vector<Bytes> back;
-  try {
-    for (const Bytes& m : messages) {
-      client.send(m);
-      std::optional<Message> r = client.receive(deadline_after(30s, clock));
-      if (!r) throw std::runtime_error("client: receive timed out");
-      back.push_back(std::move(r->bytes));
-    }
-  } catch (...) {
-    main_error = std::current_exception();
-    client.close();
-    server.close();
-  }
-  echo.join();
-  if (main_error) std::rethrow_exception(main_error);
-  if (echo_error) std::rethrow_exception(echo_error);
-  return back;
-}
-
-std::vector<Bytes> test_messages() {
-  return {Bytes{}, random_bytes(1, 1), random_bytes(1024, 2), random_bytes(64 * 1024 + 3, 3),
-          random_bytes(1 << 20, 4), Bytes{}, random_bytes(100, 5)};
-}
-
 /// Two ends of an in-process link on one virtual clock, each shaping its own outgoing direction.
 struct VirtualLink {
   VirtualClock clock;
@@ -144,114 +99,185 @@ std::int64_t ns(Clock::duration d) { return std::chrono::duration_cast<std::chro
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// One exchange, every transport: the same bytes must come back from each.
+// The conformance suite over every transport of this file: one pair factory per transport.
 
-TEST_CASE("Transports: every transport returns the same messages (A vs B)", "[transport]") {
-  const std::vector<Bytes> messages = test_messages();
-  std::vector<std::pair<std::string, std::vector<Bytes>>> results;
+namespace {
 
-  {
-    auto ab_ends = InProcTransport::make_pair();
-    auto& a = ab_ends.first;
-    auto& b = ab_ends.second;
-    results.emplace_back("inproc", echo_round_trips(a, b, SteadyClock::instance(), messages));
-  }
-  {
-    auto cs_ends = tcp_pair("127.0.0.1");
-    auto& c = cs_ends.first;
-    auto& s = cs_ends.second;
-    CHECK(c.peer_address().rfind("127.0.0.1:", 0) == 0);
-    results.emplace_back("tcp/ipv4", echo_round_trips(c, s, SteadyClock::instance(), messages));
-  }
-  if (ipv6_loopback_available()) {
-    auto cs_ends = tcp_pair("::1");
-    auto& c = cs_ends.first;
-    auto& s = cs_ends.second;
-    CHECK(c.peer_address().rfind("[::1]:", 0) == 0);
-    results.emplace_back("tcp/ipv6", echo_round_trips(c, s, SteadyClock::instance(), messages));
-  } else {
-    WARN("IPv6 loopback unavailable: TCP over ::1 not tested");
-  }
-  {
-    // Virtual time with the peer in another thread: receive() must wait in real time for it.
-    LinkProfile p = LinkProfile::lte();
-    p.jitter = 5ms;
-    VirtualLink link(p, 7, SimulatedLinkOptions{30s});
-    results.emplace_back("simulated/inproc/virtual", echo_round_trips(link.up, link.down, link.clock, messages));
-    CHECK(link.up.stats().delivered == messages.size());
-    CHECK(link.down.stats().delivered == messages.size());
-  }
-  {
-    // Real time over TCP: a fast link so that the test stays quick.
-    LinkProfile p = mbps(2000, 200us);
-    auto cs_ends = tcp_pair("127.0.0.1");
-    auto& c = cs_ends.first;
-    auto& s = cs_ends.second;
-    SimulatedLink<TcpTransport> lc(std::move(c), p, 1), ls(std::move(s), p, 2);
-    results.emplace_back("simulated/tcp/real", echo_round_trips(lc, ls, SteadyClock::instance(), messages));
-  }
-
-  for (const auto& [name, back] : results) {
-    INFO(name);
-    REQUIRE(back.size() == messages.size());
-    for (std::size_t i = 0; i < messages.size(); ++i) CHECK(back[i] == results.front().second[i]);
-    CHECK(back == messages);
-  }
+/// InProcOptions for a pair: one cap for both ends; a queue of 2 messages when sends must block.
+InProcOptions inproc_options(std::size_t cap, bool bounded) {
+  InProcOptions o;
+  o.max_message_bytes = cap;
+  if (bounded) o.max_queued_messages = 2;
+  return o;
 }
+
+/// The inner cap under a link whose messages may have `cap` bytes: each carries a timing trailer.
+std::size_t link_inner_cap(std::size_t cap) { return cap + SimulatedLink<InProcTransport>::trailer_bytes; }
+
+/// A fast link on real time, so that the suite stays quick: 4 Gbit/s, 200 +- 100 us, in order.
+LinkProfile fast_link() {
+  LinkProfile p = mbps(4000, 200us);
+  p.jitter = 100us;
+  return p;
+}
+
+/// An LTE uplink with jitter (kept in order), for virtual time.
+LinkProfile lte_with_jitter() {
+  LinkProfile p = LinkProfile::lte();
+  p.jitter = 5ms;
+  return p;
+}
+
+struct InProc {
+  static constexpr const char* name = "in-process";
+  static constexpr conf::Traits traits{.caps_per_end = false};
+  static bool available() { return true; }
+  explicit InProc(const conf::PairOptions& o) : InProc(InProcTransport::make_pair(inproc_options(o.a_max, o.bounded))) {}
+  const Clock& clock() const { return SteadyClock::instance(); }
+  InProcTransport a, b;
+
+ private:
+  explicit InProc(std::pair<InProcTransport, InProcTransport> ends) : a(std::move(ends.first)), b(std::move(ends.second)) {}
+};
+
+struct SimulatedSteady {
+  static constexpr const char* name = "simulated link over in-process, steady clock";
+  static constexpr conf::Traits traits{.caps_per_end = false};
+  static bool available() { return true; }
+  explicit SimulatedSteady(const conf::PairOptions& o)
+      : SimulatedSteady(InProcTransport::make_pair(inproc_options(link_inner_cap(o.a_max), o.bounded))) {}
+  const Clock& clock() const { return SteadyClock::instance(); }
+  SimulatedLink<InProcTransport> a, b;
+
+ private:
+  explicit SimulatedSteady(std::pair<InProcTransport, InProcTransport> ends)
+      : a(std::move(ends.first), fast_link(), 1), b(std::move(ends.second), fast_link(), 2) {}
+};
+
+struct SimulatedVirtual {
+  static constexpr const char* name = "simulated link over in-process, virtual clock";
+  static constexpr conf::Traits traits{.caps_per_end = false};
+  static bool available() { return true; }
+  // Driven from one thread, a receive with nothing in flight moves the clock to its deadline at
+  // once; with a peer in another thread it first waits (in real time) for the peer to send.
+  explicit SimulatedVirtual(const conf::PairOptions& o)
+      : SimulatedVirtual(InProcTransport::make_pair(inproc_options(link_inner_cap(o.a_max), o.bounded)),
+                         SimulatedLinkOptions{o.threads ? Clock::duration(10s) : Clock::duration::zero()}) {}
+  const Clock& clock() const { return virtual_clock; }
+  VirtualClock virtual_clock;  // before the links, which read it
+  SimulatedLink<InProcTransport> a, b;
+
+ private:
+  SimulatedVirtual(std::pair<InProcTransport, InProcTransport> ends, SimulatedLinkOptions lo)
+      : a(std::move(ends.first), lte_with_jitter(), 7, virtual_clock, lo),
+        b(std::move(ends.second), lte_with_jitter(), 8, virtual_clock, lo) {}
+};
+
+/// A raw writer on one end of a TCP connection and a receiver on the other (a conformance Stall).
+struct TcpStall {
+  explicit TcpStall(const char* host) : ends(tcp_pair(host)) {}
+  TcpTransport& receiver() { return ends.second; }
+  static Bytes frame(std::span<const std::byte> payload) { return conf::framed(payload); }
+  void write(std::span<const std::byte> bytes) { write_raw(ends.first.native_handle(), bytes); }
+  bool arrived() {
+    pollfd p{ends.second.native_handle(), POLLIN, 0};
+    return ::poll(&p, 1, 10'000) == 1;
+  }
+  void end() { ends.first.close(); }
+  bool mid_message() { return ends.second.mid_message(); }
+  std::pair<TcpTransport, TcpTransport> ends;  // first: the raw writer's
+};
+
+/// TCP over `Host`: the client is end a, the accepted connection end b, each with its own cap.
+template <const char* Host>
+struct TcpOn {
+  static constexpr conf::Traits traits{};
+  static bool available() { return Host[0] != ':' || ipv6_loopback_available(); }
+  explicit TcpOn(const conf::PairOptions& o) : TcpOn(tcp_pair(Host, caps(o.b_max), caps(o.a_max))) {}
+  const Clock& clock() const { return SteadyClock::instance(); }
+  TcpTransport a, b;
+  struct Stall : TcpStall {
+    Stall() : TcpStall(Host) {}
+  };
+  static TcpOptions caps(std::size_t cap) {
+    TcpOptions t;
+    t.max_message_bytes = cap;
+    return t;
+  }
+
+ private:
+  explicit TcpOn(std::pair<TcpTransport, TcpTransport> ends) : a(std::move(ends.first)), b(std::move(ends.second)) {}
+};
+
+constexpr char ipv4_loopback[] = "127.0.0.1";
+constexpr char ipv6_loopback[] = "::1";
+
+struct TcpIPv4 : TcpOn<ipv4_loopback> {
+  static constexpr const char* name = "TCP over IPv4";
+  using TcpOn::TcpOn;
+};
+struct TcpIPv6 : TcpOn<ipv6_loopback> {
+  static constexpr const char* name = "TCP over IPv6";
+  using TcpOn::TcpOn;
+};
+
+/// A link's message as it goes on a TCP stream: the payload and the link's trailer (sent and due
+/// now, on the steady clock), framed.
+Bytes link_frame(std::span<const std::byte> payload) {
+  Bytes inner(payload.begin(), payload.end());
+  const auto now = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  for (int k = 0; k < 2; ++k) {
+    for (int i = 0; i < 8; ++i) inner.push_back(static_cast<std::byte>(now >> (8 * i)));
+  }
+  return conf::framed(inner);
+}
+
+struct SimulatedOverTcp {
+  static constexpr const char* name = "simulated link over TCP, steady clock";
+  static constexpr conf::Traits traits{};
+  static bool available() { return true; }
+  explicit SimulatedOverTcp(const conf::PairOptions& o)
+      : SimulatedOverTcp(tcp_pair("127.0.0.1", TcpIPv4::caps(link_inner_cap(o.b_max)), TcpIPv4::caps(link_inner_cap(o.a_max)))) {}
+  const Clock& clock() const { return SteadyClock::instance(); }
+  SimulatedLink<TcpTransport> a, b;
+  struct Stall {
+    Stall() : ends(tcp_pair("127.0.0.1")), link(std::move(ends.second), fast_link(), 3) {}
+    SimulatedLink<TcpTransport>& receiver() { return link; }
+    static Bytes frame(std::span<const std::byte> payload) { return link_frame(payload); }
+    void write(std::span<const std::byte> bytes) { write_raw(ends.first.native_handle(), bytes); }
+    bool arrived() {
+      pollfd p{link.inner().native_handle(), POLLIN, 0};
+      return ::poll(&p, 1, 10'000) == 1;
+    }
+    void end() { ends.first.close(); }
+    bool mid_message() { return link.inner().mid_message(); }
+    std::pair<TcpTransport, TcpTransport> ends;  // first: the raw writer's; second: moved into the link
+    SimulatedLink<TcpTransport> link;
+  };
+
+ private:
+  explicit SimulatedOverTcp(std::pair<TcpTransport, TcpTransport> ends)
+      : a(std::move(ends.first), fast_link(), 1), b(std::move(ends.second), fast_link(), 2) {}
+};
+
+}  // namespace
+
+EDGESPLIT_TRANSPORT_CONFORMANCE("", InProc, SimulatedSteady, SimulatedVirtual, SimulatedOverTcp, TcpIPv4, TcpIPv6)
 
 // ---------------------------------------------------------------------------------------------
 // InProcTransport
 
-TEST_CASE("InProc: deadlines, caps and closing", "[transport][inproc]") {
-  InProcOptions o;
-  o.max_message_bytes = 16;
-  auto ab_ends = InProcTransport::make_pair(o);
-  auto& a = ab_ends.first;
-  auto& b = ab_ends.second;
-
-  CHECK_FALSE(b.receive(deadline_after(10ms)).has_value());  // nothing sent: the deadline passes
-  CHECK_FALSE(b.receive(Deadline{}).has_value());            // a past deadline only polls
-
-  a.send(Bytes(16, std::byte{1}));
-  expect_errc(errc::too_large, [&] { a.send(Bytes(17)); });
-  std::optional<Message> m = b.receive(deadline_after(1s));
-  REQUIRE(m);
-  CHECK(m->bytes.size() == 16);
-
-  // What was sent before close() still arrives; then the closed peer is reported.
-  a.send(Bytes(3, std::byte{7}));
-  a.close();
-  a.close();  // idempotent
-  CHECK_FALSE(a.is_open());
-  CHECK(b.is_open());
-  m = b.receive(deadline_after(1s));
-  REQUIRE(m);
-  CHECK(m->bytes == Bytes(3, std::byte{7}));
-  expect_errc(errc::unreachable, [&] { b.receive(deadline_after(1s)); });
-  expect_errc(errc::unreachable, [&] { b.send(Bytes(1)); });
-  expect_errc(errc::unreachable, [&] { a.send(Bytes(1)); });
-  expect_errc(errc::unreachable, [&] { a.receive(deadline_after(1s)); });
-
-  InProcTransport moved = std::move(b);
-  expect_errc(errc::unreachable, [&] { b.send(Bytes(1)); });  // NOLINT(bugprone-use-after-move): tested on purpose
-}
-
-TEST_CASE("InProc: close() wakes a receiver blocked without deadline", "[transport][inproc]") {
+TEST_CASE("InProc: is_open() and a moved-from end", "[transport][inproc]") {
   auto ab_ends = InProcTransport::make_pair();
   auto& a = ab_ends.first;
   auto& b = ab_ends.second;
-  std::atomic<int> code{-1};
-  std::thread t([&] {
-    try {
-      (void)b.receive(no_deadline);
-    } catch (const edgesplit::error& e) {
-      code = static_cast<int>(e.code());
-    }
-  });
-  std::this_thread::sleep_for(20ms);  // most likely blocked by now; either order must end the same
   a.close();
-  t.join();
-  CHECK(code == static_cast<int>(errc::unreachable));
+  CHECK_FALSE(a.is_open());
+  CHECK(b.is_open());  // the peer closing does not change it
+  InProcTransport moved = std::move(b);
+  CHECK_FALSE(b.is_open());                                    // NOLINT(bugprone-use-after-move): tested on purpose
+  expect_errc(errc::unreachable, [&] { b.send(Bytes(1)); });  // NOLINT(bugprone-use-after-move): tested on purpose
+  expect_errc(errc::unreachable, [&] { (void)b.receive(Deadline{}); });  // NOLINT(bugprone-use-after-move)
 }
 
 TEST_CASE("InProc: a bounded queue makes send() wait until its deadline", "[transport][inproc]") {
@@ -303,56 +329,20 @@ TEST_CASE("InProc: several threads sending at once lose nothing and keep each on
 }
 
 // ---------------------------------------------------------------------------------------------
-// Steady state allocates nothing (where allocations can be counted).
-
-TEST_CASE("Transports: steady-state send/receive into a reused Message allocates nothing", "[transport][alloc]") {
-  if (edgesplit_test::allocations() < 0) {
-    WARN("allocation counting unavailable in this build");
-    return;
-  }
-  const Bytes payload = random_bytes(1024, 9);
-  const auto count_loop = [&](auto& a, auto& b) {
-    Message m;
-    for (int i = 0; i < 4; ++i) {  // warm-up: buffers and spares reach their steady sizes
-      a.send(payload);
-      REQUIRE(b.receive(no_deadline, m));
-    }
-    const long long before = edgesplit_test::allocations();
-    bool ok = true;
-    for (int i = 0; i < 200; ++i) {
-      a.send(payload);
-      ok = ok && b.receive(no_deadline, m) && m.bytes.size() == payload.size();
-    }
-    const long long used = edgesplit_test::allocations() - before;
-    CHECK(ok);
-    CHECK(used == 0);
-  };
-  {
-    auto ab_ends = InProcTransport::make_pair();
-    auto& a = ab_ends.first;
-    auto& b = ab_ends.second;
-    count_loop(a, b);
-  }
-  {
-    VirtualLink link(LinkProfile::wifi());
-    count_loop(link.up, link.down);
-  }
-  {
-    auto cs_ends = tcp_pair("127.0.0.1");
-    auto& c = cs_ends.first;
-    auto& s = cs_ends.second;
-    count_loop(c, s);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // TcpTransport and TcpListener
 
-TEST_CASE("TCP: deadlines on receive and accept, refused connections, bad arguments", "[transport][tcp]") {
-  auto ends = tcp_pair("127.0.0.1");
-  TcpTransport& s = ends.second;
-  CHECK_FALSE(s.receive(deadline_after(20ms)).has_value());
-  CHECK_FALSE(s.mid_message());
+TEST_CASE("TCP: peer addresses, deadlines on accept, refused connections, bad arguments", "[transport][tcp]") {
+  {
+    auto ends = tcp_pair("127.0.0.1");
+    CHECK(ends.first.peer_address().rfind("127.0.0.1:", 0) == 0);
+    CHECK_FALSE(ends.second.mid_message());
+  }
+  if (ipv6_loopback_available()) {
+    auto ends = tcp_pair("::1");
+    CHECK(ends.first.peer_address().rfind("[::1]:", 0) == 0);
+  } else {
+    WARN("IPv6 loopback unavailable: the peer address over ::1 is not checked");
+  }
 
   TcpListener listener = TcpListener::bind("127.0.0.1", 0);
   CHECK_FALSE(listener.accept(deadline_after(20ms)).has_value());
@@ -400,133 +390,24 @@ TEST_CASE("TCP: connect honours its deadline", "[transport][tcp]") {
   CHECK(queued.size() <= 2);
 }
 
-TEST_CASE("TCP: a length prefix over the cap closes the connection before allocating", "[transport][tcp]") {
-  TcpOptions small;
-  small.max_message_bytes = 1024;
-  auto cs_ends = tcp_pair("127.0.0.1", small);
-  auto& c = cs_ends.first;
-  auto& s = cs_ends.second;
-  write_raw(c.native_handle(), header_of(1024));
-  write_raw(c.native_handle(), Bytes(1024, std::byte{5}));
-  REQUIRE(s.receive(deadline_after(5s)));  // exactly the cap is fine
-
-  write_raw(c.native_handle(), header_of(1025));
-  Message m;
-  expect_errc(errc::too_large, [&] { (void)s.receive(deadline_after(5s), m); });
-  CHECK(m.bytes.capacity() == 0);
-  CHECK_FALSE(s.is_open());
-  expect_errc(errc::unreachable, [&] { (void)s.receive(deadline_after(1s)); });
-
-  // The largest length a prefix can hold, against the default cap.
-  auto c2s2_ends = tcp_pair("127.0.0.1");
-  auto& c2 = c2s2_ends.first;
-  auto& s2 = c2s2_ends.second;
-  write_raw(c2.native_handle(), header_of(0xffffffffu));
-  expect_errc(errc::too_large, [&] { (void)s2.receive(deadline_after(5s)); });
-
-  // The sender refuses too: nothing is sent and the connection stays usable.
-  auto c3s3_ends = tcp_pair("127.0.0.1", {}, small);
-  auto& c3 = c3s3_ends.first;
-  auto& s3 = c3s3_ends.second;
-  expect_errc(errc::too_large, [&] { c3.send(Bytes(1025)); });
-  c3.send(Bytes(1024));
-  REQUIRE(s3.receive(deadline_after(5s)));
-}
-
-TEST_CASE("TCP: the peer closing is unreachable between messages, corrupt_frame inside one", "[transport][tcp]") {
-  SECTION("clean close between messages") {
-    auto cs_ends = tcp_pair("127.0.0.1");
-    auto& c = cs_ends.first;
-    auto& s = cs_ends.second;
-    c.send(Bytes(10));
-    c.close();
-    REQUIRE(s.receive(deadline_after(5s)));  // sent before the close: still delivered
-    expect_errc(errc::unreachable, [&] { (void)s.receive(deadline_after(5s)); });
-  }
-  SECTION("close inside the payload") {
-    auto cs_ends = tcp_pair("127.0.0.1");
-    auto& c = cs_ends.first;
-    auto& s = cs_ends.second;
-    write_raw(c.native_handle(), header_of(100));
-    write_raw(c.native_handle(), Bytes(10));
-    c.close();
-    expect_errc(errc::corrupt_frame, [&] { (void)s.receive(deadline_after(5s)); });
-    CHECK_FALSE(s.is_open());
-  }
-  SECTION("close inside the length prefix") {
-    auto cs_ends = tcp_pair("127.0.0.1");
-    auto& c = cs_ends.first;
-    auto& s = cs_ends.second;
-    write_raw(c.native_handle(), Bytes(2));
-    c.close();
-    expect_errc(errc::corrupt_frame, [&] { (void)s.receive(deadline_after(5s)); });
-  }
-  SECTION("close() from another thread wakes a blocked receive") {
-    auto ends = tcp_pair("127.0.0.1");
-    TcpTransport& s = ends.second;
-    std::atomic<int> code{-1};
-    std::thread t([&s = s, &code] {
-      try {
-        (void)s.receive(no_deadline);
-      } catch (const edgesplit::error& e) {
-        code = static_cast<int>(e.code());
-      }
-    });
-    std::this_thread::sleep_for(20ms);
-    s.close();
-    t.join();
-    CHECK(code == static_cast<int>(errc::unreachable));
-  }
-  SECTION("writing to a closed peer fails with unreachable, without SIGPIPE") {
-    auto cs_ends = tcp_pair("127.0.0.1");
-    auto& c = cs_ends.first;
-    auto& s = cs_ends.second;
-    s.close();
-    // The first writes may still be buffered; the peer's reset then makes one fail (EPIPE or
-    // ECONNRESET). Without MSG_NOSIGNAL the process would die here.
-    bool failed = false;
-    for (int i = 0; i < 1000 && !failed; ++i) {
-      try {
-        c.send(Bytes(1024));
-        std::this_thread::sleep_for(1ms);
-      } catch (const edgesplit::error& e) {
-        CHECK(e.code() == errc::unreachable);
-        failed = true;
-      }
-    }
-    CHECK(failed);
-  }
-}
-
-TEST_CASE("TCP: a writer stalling mid-frame makes receive time out, and the message resumes", "[transport][tcp]") {
+TEST_CASE("TCP: writing to a closed peer fails with unreachable, without SIGPIPE", "[transport][tcp]") {
   auto cs_ends = tcp_pair("127.0.0.1");
   auto& c = cs_ends.first;
   auto& s = cs_ends.second;
-  const Bytes payload = random_bytes(100'000, 11);
-  // Half a length prefix, then a deadline.
-  const Bytes header = header_of(100'000);
-  write_raw(c.native_handle(), std::span(header).first(2));
-  Message m;
-  CHECK_FALSE(s.receive(deadline_after(20ms), m));
-  CHECK(s.mid_message());
-  // The rest of the prefix and part of the payload, then a deadline (into another Message).
-  write_raw(c.native_handle(), std::span(header).subspan(2));
-  write_raw(c.native_handle(), std::span(payload).first(70'000));
-  Message other;
-  const auto deadline = deadline_after(30ms);
-  while (s.receive(deadline, other)) FAIL("a message cannot be complete yet");
-  CHECK(s.mid_message());
-  // A farther deadline takes the other waiting path (the socket's receive timeout, then poll).
-  CHECK_FALSE(s.receive(deadline_after(150ms), other));
-  CHECK(s.mid_message());
-  // The rest: the message resumes where it stopped, whichever Message receives it.
-  write_raw(c.native_handle(), std::span(payload).subspan(70'000));
-  REQUIRE(s.receive(deadline_after(5s), m));
-  CHECK(m.bytes == payload);
-  CHECK_FALSE(s.mid_message());
-  c.send(Bytes(3, std::byte{9}));
-  REQUIRE(s.receive(deadline_after(5s), m));
-  CHECK(m.bytes == Bytes(3, std::byte{9}));
+  s.close();
+  // The first writes may still be buffered; the peer's reset then makes one fail (EPIPE or
+  // ECONNRESET). Without MSG_NOSIGNAL the process would die here.
+  bool failed = false;
+  for (int i = 0; i < 1000 && !failed; ++i) {
+    try {
+      c.send(Bytes(1024));
+      std::this_thread::sleep_for(1ms);
+    } catch (const edgesplit::error& e) {
+      CHECK(e.code() == errc::unreachable);
+      failed = true;
+    }
+  }
+  CHECK(failed);
 }
 
 TEST_CASE("TCP: messages of changing sizes arrive intact whatever the reads", "[transport][tcp]") {
@@ -667,21 +548,6 @@ TEST_CASE("SimulatedLink: messages queue behind each other, the token bucket bur
   bursty.clock.advance_by(10s);
   const auto t3 = bursty.clock.now();
   CHECK(ns(*bursty.up.send(Bytes(250'000)) - t3) == 1'005'000'000);  // half credit, half at line rate
-}
-
-TEST_CASE("SimulatedLink: deadlines on virtual time", "[transport][simlink]") {
-  VirtualLink link(mbps(10, 20ms));
-  const auto t0 = link.clock.now();
-  const auto due = link.up.send(Bytes(1'000'000));
-  Message m;
-  CHECK_FALSE(link.down.receive(t0 + 100ms, m));  // in flight until t0 + 820 ms
-  CHECK(link.clock.now() == t0 + 100ms);           // waited until the deadline, in virtual time
-  REQUIRE(link.down.receive(t0 + 1s, m));
-  CHECK(m.delivered_at == *due);
-  CHECK_FALSE(link.down.receive(link.clock.now() + 250ms, m));  // nothing in flight
-  CHECK(link.clock.now() == *due + 250ms);
-  CHECK_FALSE(link.down.receive(Deadline{}, m));  // a past deadline does not move the clock
-  CHECK(link.clock.now() == *due + 250ms);
 }
 
 TEST_CASE("SimulatedLink: latency and jitter follow their distribution", "[transport][simlink]") {
