@@ -22,6 +22,7 @@
 #include "edgesplit/wire/protocol.hpp"
 #include "fuzz/protocol_entry.hpp"
 #include "model_fixtures.hpp"
+#include "runtime_fixtures.hpp"
 #include "test_util.hpp"
 
 using namespace edgesplit;
@@ -34,30 +35,12 @@ using edgesplit_test::mlp;
 using edgesplit_test::random_input;
 using edgesplit_test::Sleep;
 
-constexpr std::size_t kIn = 24, kHidden = 16, kOut = 5;
-const wire::ModelIdentity kModel{"toy", 1, 0, 2};  // split after Dense + ReLU
-
-struct Split {
-  Sequential<float> whole, head, tail;
-};
-Split make_split(std::uint64_t seed = 7) {
-  Split s;
-  s.whole = mlp({kIn, kHidden, 12, kOut}, seed);
-  auto [h, t] = s.whole.split(kModel.split);
-  s.head = std::move(h);
-  s.tail = std::move(t);
-  return s;
-}
-
-EdgeOptions edge_options(int bits = wire::raw_f32_bits) {
-  EdgeOptions o;
-  o.model = kModel;
-  o.codec.bits = bits;
-  o.connect_timeout = 2000ms;
-  o.backoff_initial = 10ms;
-  o.backoff_max = 100ms;
-  return o;
-}
+using edgesplit_test::edge_options;
+using edgesplit_test::kHidden;
+using edgesplit_test::kIn;
+using edgesplit_test::kModel;
+using edgesplit_test::kOut;
+using edgesplit_test::make_split;
 
 // An INFER frame (request id 1, no deadline) for kModel's tail, fp32 features of one sample,
 // for tests that play a raw peer.

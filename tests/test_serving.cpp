@@ -36,6 +36,7 @@
 #include "edgesplit/transport/tcp.hpp"
 #include "edgesplit/wire/protocol.hpp"
 #include "model_fixtures.hpp"
+#include "runtime_fixtures.hpp"
 #include "test_util.hpp"
 #if EDGESPLIT_HAS_TLS
 #include "edgesplit/transport/tls.hpp"
@@ -51,30 +52,12 @@ using edgesplit_test::Sleep;
 
 namespace {
 
-constexpr std::size_t kIn = 24, kHidden = 16, kOut = 5;
-const wire::ModelIdentity kModel{"toy", 1, 0, 2};  // split after Dense + ReLU: the tail takes 16
-
-struct Split {
-  Sequential<float> whole, head, tail;
-};
-Split make_split(std::uint64_t seed = 7) {
-  Split s;
-  s.whole = mlp({kIn, kHidden, 12, kOut}, seed);
-  auto [h, t] = s.whole.split(kModel.split);
-  s.head = std::move(h);
-  s.tail = std::move(t);
-  return s;
-}
-
-EdgeOptions edge_options() {
-  EdgeOptions o;
-  o.model = kModel;
-  o.codec.bits = wire::raw_f32_bits;
-  o.connect_timeout = 2000ms;
-  o.backoff_initial = 10ms;
-  o.backoff_max = 100ms;
-  return o;
-}
+using edgesplit_test::edge_options;
+using edgesplit_test::kHidden;
+using edgesplit_test::kIn;
+using edgesplit_test::kModel;
+using edgesplit_test::kOut;
+using edgesplit_test::make_split;
 
 // Collects what a server logs, for tests that check a refusal is reported.
 struct LogCapture {
@@ -110,9 +93,7 @@ struct CollectingSink final : ReplySink {
     const auto h = wire::peek(frame);
     c.request_id = h.request_id;
     if (h.type == wire::MessageType::response) {
-      CodecConfig cfg;
-      cfg.bits = wire::raw_f32_bits;
-      FeatureCodec codec(cfg);
+      FeatureCodec codec(CodecConfig::decoding());
       (void)wire::decode_response(frame, codec, c.output);
       c.response = true;
     } else {
@@ -127,6 +108,21 @@ struct CollectingSink final : ReplySink {
     std::lock_guard lock(mutex);
     return std::exchange(replies, {});
   }
+};
+
+// A batcher without workers, driven by the test with run_ready() on a virtual clock (every
+// step deterministic), serving `tail` as kModel with the options given.
+struct ManualBatcher {
+  ModelRegistry registry;
+  VirtualClock clock;
+  ServerOptions options;
+  std::unique_ptr<DynamicBatcher> batcher;
+  ManualBatcher(const Sequential<float>& tail, ServerOptions o) : options(std::move(o)) {
+    registry.add(kModel, tail);
+    options.workers = 0;
+    batcher = std::make_unique<DynamicBatcher>(registry, options, clock);
+  }
+  DynamicBatcher* operator->() { return batcher.get(); }
 };
 
 BatchRequest request(std::uint32_t id, Tensor<float> features, Clock::time_point deadline = Clock::time_point::max()) {
@@ -206,14 +202,12 @@ bool eventually(F done, std::chrono::milliseconds limit = 5s) {
 
 TEST_CASE("Batcher: a batch waits for a quiet source only max_queue_delay, on virtual time", "[runtime][batcher]") {
   auto s = make_split(3);
-  ModelRegistry registry;
-  registry.add(kModel, s.tail);
   ServerOptions o;
-  o.workers = 0;  // run_ready() drives it: every step below is deterministic
   o.max_batch = 4;
   o.max_queue_delay = 1000us;
-  VirtualClock clock;
-  DynamicBatcher b(registry, o, clock);
+  ManualBatcher mb(s.tail, o);
+  DynamicBatcher& b = *mb.batcher;
+  VirtualClock& clock = mb.clock;
   auto sink_a = std::make_shared<CollectingSink>(), sink_b = std::make_shared<CollectingSink>();
   auto a = b.open_source(sink_a), q = b.open_source(sink_b);
   CHECK(b.quiet_sources() == 2);
@@ -250,20 +244,18 @@ TEST_CASE("Batcher: a batch waits for a quiet source only max_queue_delay, on vi
 
 TEST_CASE("Batcher: batches are filled round-robin across sources, each source capped", "[runtime][batcher]") {
   auto s = make_split(5);
-  ModelRegistry registry;
-  registry.add(kModel, s.tail);
   ServerOptions o;
-  o.workers = 0;
   o.max_batch = 4;
   o.max_pending_per_source = 8;
-  VirtualClock clock;
   // Every source's replies go into one log, in the order the workers deliver them (declared
   // before the batcher: a batcher answers what it still holds when it is destroyed).
   struct Log {
     std::mutex m;
     std::vector<std::pair<char, Collected>> order;
   } log;
-  DynamicBatcher b(registry, o, clock);
+  ManualBatcher mb(s.tail, o);
+  DynamicBatcher& b = *mb.batcher;
+  VirtualClock& clock = mb.clock;
   struct Tagged final : ReplySink {
     Tagged(Log& l, char t) : log(l), tag(t) {}
     Log& log;
@@ -318,13 +310,10 @@ TEST_CASE("Batcher: a request that breaks its layer is answered alone, its batch
   Sequential<float> tail;
   tail.add<Throws>(42.0f, how);
   for (std::size_t i = 0; i < s.tail.size(); ++i) tail.add(s.tail[i].clone());
-  ModelRegistry registry;
-  registry.add(kModel, tail);
   ServerOptions o;
-  o.workers = 0;
   o.max_batch = 8;
-  VirtualClock clock;
-  DynamicBatcher b(registry, o, clock);
+  ManualBatcher mb(tail, o);
+  DynamicBatcher& b = *mb.batcher;
   auto sink = std::make_shared<CollectingSink>();
   auto src = b.open_source(sink);
   Tensor<float> poison = random_input(1, kHidden, 2);
@@ -354,12 +343,8 @@ TEST_CASE("Batcher: a request that breaks its layer is answered alone, its batch
 
 TEST_CASE("Batcher: features that overflow the tail are answered non_finite, the rest of the batch is served", "[runtime][batcher]") {
   auto s = make_split(11);
-  ModelRegistry registry;
-  registry.add(kModel, s.tail);
-  ServerOptions o;
-  o.workers = 0;
-  VirtualClock clock;
-  DynamicBatcher b(registry, o, clock);
+  ManualBatcher mb(s.tail, {});
+  DynamicBatcher& b = *mb.batcher;
   auto sink = std::make_shared<CollectingSink>();
   auto src = b.open_source(sink);
   Tensor<float> huge(Shape{1, kHidden}, 3e38f);  // finite, but the first Dense overflows
@@ -529,12 +514,24 @@ TEST_CASE("Connections: stalls, silence before HELLO, idleness and the connectio
   auto silent = TcpTransport::connect("127.0.0.1", port);  // never says HELLO
   auto idle = greeted_peer(port);                          // says HELLO, then nothing
   Message m;
+  {
+    // A large message before HELLO: refused from its length prefix, nothing read or held for it.
+    auto eager = TcpTransport::connect("127.0.0.1", port);
+    const std::uint32_t announced = 1u << 20;
+    REQUIRE(::send(eager.native_handle(), &announced, 4, MSG_NOSIGNAL) == 4);  // little-endian host
+    REQUIRE(eager.receive(deadline_after(5s), m));
+    const auto e = wire::decode_error(m.view());
+    CHECK(e.code == errc::unsupported);
+    CHECK(e.message.find("HELLO must come first") != std::string::npos);
+    expect_errc(errc::unreachable, [&] { (void)eager.receive(deadline_after(3s), m); });
+  }
   expect_errc(errc::unreachable, [&] { (void)silent.receive(deadline_after(3s), m); });
   expect_errc(errc::unreachable, [&] { (void)stalled.receive(deadline_after(3s), m); });
   expect_errc(errc::unreachable, [&] { (void)idle.receive(deadline_after(3s), m); });
   const auto f = server.front_end_stats();
   CHECK(f.dropped_stalled == 1);
   CHECK(f.dropped_idle == 2);
+  CHECK(f.dropped_protocol == 1);
   CHECK(log.has("stalled inside a frame"));
   CHECK(log.has("no HELLO within the handshake timeout"));
 
@@ -591,6 +588,44 @@ TEST_CASE("A peer that never reads its replies is dropped, its neighbour's answe
   EdgeClient good(s.head, [port] { return Channel(TcpTransport::connect("127.0.0.1", port)); }, opts);
   for (int i = 0; i < 5; ++i) CHECK(good.infer(random_input(1, kIn, 10 + i).cview(), deadline_after(5s)).path == AnswerPath::cloud);
   CHECK(server.stats().memory_peak <= so.memory_budget);
+}
+
+TEST_CASE("Thousands of messages in one write are handled in turns, every one answered, the neighbours served meanwhile", "[runtime]") {
+  auto s = make_split(33);
+  CloudServer server;
+  server.register_model(kModel, s.tail);
+  auto listener = TcpListener::bind("127.0.0.1", 0);
+  const auto port = listener.port();
+  server.listen(std::move(listener));
+  auto pinger = greeted_peer(port);
+  constexpr int pings = 3000;
+  std::vector<std::byte> burst;
+  for (int i = 0; i < pings; ++i) {
+    std::vector<std::byte> f;
+    wire::encode_ping(f, static_cast<std::uint32_t>(i + 1), static_cast<std::uint64_t>(i));
+    const auto n = static_cast<std::uint32_t>(f.size());
+    for (int k = 0; k < 4; ++k) burst.push_back(std::byte(static_cast<unsigned char>(n >> (8 * k))));
+    burst.insert(burst.end(), f.begin(), f.end());
+  }
+  std::atomic<int> pongs{0};
+  std::thread reader([&] {
+    Message m;
+    for (int i = 0; i < pings; ++i) {
+      if (!pinger.receive(deadline_after(20s), m)) return;
+      if (wire::peek(m.view()).request_id == static_cast<std::uint32_t>(i + 1)) ++pongs;  // in order
+    }
+  });
+  std::size_t sent = 0;
+  while (sent < burst.size()) {
+    const auto w = ::send(pinger.native_handle(), burst.data() + sent, burst.size() - sent, MSG_NOSIGNAL);
+    REQUIRE(w > 0);
+    sent += static_cast<std::size_t>(w);
+  }
+  EdgeClient good(s.head, [port] { return Channel(TcpTransport::connect("127.0.0.1", port)); }, edge_options());
+  for (int i = 0; i < 5; ++i) CHECK(good.infer(random_input(1, kIn, i).cview(), deadline_after(10s)).path == AnswerPath::cloud);
+  reader.join();
+  CHECK(pongs == pings);
+  CHECK(server.front_end_stats().dropped_stalled == 0);
 }
 
 TEST_CASE("One pipelining connection gets overloaded, its well-behaved neighbour does not", "[runtime]") {

@@ -341,11 +341,8 @@ class CloudServer {
 
   void read_loop(const std::shared_ptr<ChannelConnection>& c) {
     c->dropped = &channels_dropped_;
-    CodecConfig cfg;
-    cfg.bits = wire::raw_f32_bits;
-    cfg.limits = opt_.limits;
     try {
-      FeatureCodec codec(cfg);
+      FeatureCodec codec(CodecConfig::decoding(opt_.limits));
       Message m;
       const auto opened = std::chrono::steady_clock::now();
       std::chrono::steady_clock::time_point stalled_since{};

@@ -43,11 +43,18 @@ class ReplySink {
   virtual void deliver(std::span<const std::byte> frame, MemoryBudget::Reservation held) = 0;
 };
 
-/// One decoded request, as a front end hands it to the batcher.
+/// One request, as a front end hands it to the batcher: its features decoded, or still inside
+/// its INFER frame for the worker to decode (so that a front end's thread never spends the time
+/// a large or compressed request takes to decode).
 struct BatchRequest {
   std::uint32_t request_id = 0;  ///< echoed in the reply
   ModelRegistry::Key key;  ///< the tail to run
   Tensor<float> features;  ///< {rows, ...}: rows are batched with other requests' rows
+  /// The whole INFER frame, already validated up to its tensor header (wire::read_infer), when
+  /// the worker is to decode it; empty when `features` holds the decoded features.
+  std::vector<std::byte> frame;
+  /// The features' shape when `frame` holds them (from the validated tensor header).
+  Shape shape;
   Clock::time_point deadline = Clock::time_point::max();  ///< on the batcher's clock; past it the request is answered `timeout` unrun
   /// Memory held for the request (its features and its reply); released once it is answered.
   MemoryBudget::Reservation held;
@@ -62,6 +69,7 @@ struct BatcherStats {
   std::size_t expired = 0;    ///< answered `timeout`: their deadline passed while queued
   std::size_t request_errors = 0;  ///< answered ERROR by a worker (non-finite output, a failing layer, a removed model)
   std::size_t isolated_reruns = 0;  ///< requests run again alone after their batch failed
+  std::size_t decode_errors = 0;  ///< requests whose features did not decode on the worker (answered ERROR)
   std::size_t queue_depth = 0;  ///< requests waiting now
 };
 
@@ -200,15 +208,15 @@ class DynamicBatcher {
     return true;
   }
 
-  /// A tensor to decode a request's features into: one that an answered request left behind
-  /// when there is one, so that steady-state serving allocates nothing.
-  Tensor<float> take_tensor() {
+  /// A buffer to copy a request's frame into (BatchRequest::frame): one that an answered request
+  /// left behind when there is one, so that steady-state serving allocates nothing.
+  std::vector<std::byte> take_buffer() {
     std::lock_guard lock(mutex_);
-    if (spare_tensors_.empty()) return {};
-    Tensor<float> t = std::move(spare_tensors_.back());
-    spare_tensors_.pop_back();
-    spare_bytes_ -= t.capacity() * sizeof(float);
-    return t;
+    if (spare_buffers_.empty()) return {};
+    std::vector<std::byte> b = std::move(spare_buffers_.back());
+    spare_buffers_.pop_back();
+    spare_bytes_ -= b.capacity();
+    return b;
   }
 
   /// Runs on the calling thread every batch that is due now (full, waited long enough, or with no
@@ -283,10 +291,11 @@ class DynamicBatcher {
   // What a worker keeps between batches: its own copy of each tail (one version per batch), the
   // merged input, and the reply encoder.
   struct WorkerState {
-    explicit WorkerState(const ServerOptions& o) : codec(response_codec(o)) {}
+    explicit WorkerState(const ServerOptions& o) : codec(response_codec(o)), decoder(CodecConfig::decoding(o.limits)) {}
     std::map<ModelRegistry::Key, std::pair<std::uint64_t, Sequential<float>>> models;
     Tensor<float> input;
-    FeatureCodec codec;
+    FeatureCodec codec;    // encodes replies
+    FeatureCodec decoder;  // decodes features that arrive still in their frame
     std::vector<std::byte> out;
   };
   // Worker states for batches run by submitting threads: one per thread at a time, taken from a
@@ -321,8 +330,10 @@ class DynamicBatcher {
     return cfg;
   }
 
+  static const Shape& shape_of(const BatchRequest& r) { return r.frame.empty() ? r.features.shape() : r.shape; }
+  static std::size_t bytes_of(const BatchRequest& r) { return shape_of(r).count() * sizeof(float); }
   static bool compatible(const Job& a, const Job& b) {
-    return a.req.key == b.req.key && a.req.features.shape().features() == b.req.features.shape().features();
+    return a.req.key == b.req.key && shape_of(a.req).features() == shape_of(b.req).features();
   }
 
   // Forms the next batch into `batch` when one is due, waiting for company when `may_wait`;
@@ -338,7 +349,7 @@ class DynamicBatcher {
         for (const auto& j : s->queue)
           if (compatible(j, seed) && available < opt_.max_batch && bytes < opt_.max_batch_bytes) {
             ++available;
-            bytes += j.req.features.bytes();
+            bytes += bytes_of(j.req);
           }
       const bool full = available >= opt_.max_batch || bytes >= opt_.max_batch_bytes;
       if (full || draining_ || quiet_ == 0 || clock_.now() >= until) break;
@@ -356,7 +367,7 @@ class DynamicBatcher {
     const auto seed_source = ring_.front();
     batch.push_back(std::move(seed_source->queue.front()));
     seed_source->queue.erase(seed_source->queue.begin());
-    std::size_t bytes = batch.front().req.features.bytes();
+    std::size_t bytes = bytes_of(batch.front().req);
     std::rotate(ring_.begin(), ring_.begin() + 1, ring_.end());  // the seed's source goes last
     for (bool took = true; took && batch.size() < opt_.max_batch && bytes < opt_.max_batch_bytes;) {
       took = false;
@@ -364,7 +375,7 @@ class DynamicBatcher {
         if (batch.size() >= opt_.max_batch || bytes >= opt_.max_batch_bytes) break;
         auto it = std::find_if(s->queue.begin(), s->queue.end(), [&](const Job& j) { return compatible(j, batch.front()); });
         if (it == s->queue.end()) continue;
-        bytes += it->req.features.bytes();
+        bytes += bytes_of(it->req);
         batch.push_back(std::move(*it));
         s->queue.erase(it);
         took = true;
@@ -424,20 +435,67 @@ class DynamicBatcher {
     for (auto& j : batch) {
       SourceState& s = *j.source;
       if (--s.pending == 0 && s.open) ++quiet_;
-      keep_tensor(std::move(j.req.features));
+      keep(std::move(j.req.features), std::move(j.req.frame));
     }
     --busy_;
     if (queued_ == 0 && busy_ == 0) idle_cv_.notify_all();
     batch.clear();
   }
 
-  // Keeps an answered request's features tensor for take_tensor(), up to a fixed number of
-  // bytes (caller holds mutex_): a fixed overhead, outside the memory budget.
-  void keep_tensor(Tensor<float> t) {
-    const std::size_t b = t.capacity() * sizeof(float);
-    if (b == 0 || b > spare_bytes_max / 16 || spare_bytes_ + b > spare_bytes_max) return;
-    spare_bytes_ += b;
-    spare_tensors_.push_back(std::move(t));
+  // Keeps an answered request's frame buffer for take_buffer() and its features tensor for the
+  // next decode, up to a fixed number of bytes (caller holds mutex_): a fixed overhead, outside
+  // the memory budget.
+  void keep(Tensor<float> t, std::vector<std::byte> frame) {
+    const std::size_t tb = t.capacity() * sizeof(float), fb = frame.capacity();
+    if (tb != 0 && tb <= spare_bytes_max / 16 && spare_bytes_ + tb <= spare_bytes_max) {
+      spare_bytes_ += tb;
+      spare_tensors_.push_back(std::move(t));
+    }
+    if (fb != 0 && fb <= spare_bytes_max / 16 && spare_bytes_ + fb <= spare_bytes_max) {
+      frame.clear();
+      spare_bytes_ += fb;
+      spare_buffers_.push_back(std::move(frame));
+    }
+  }
+  Tensor<float> take_tensor() {  // caller holds mutex_
+    if (spare_tensors_.empty()) return {};
+    Tensor<float> t = std::move(spare_tensors_.back());
+    spare_tensors_.pop_back();
+    spare_bytes_ -= t.capacity() * sizeof(float);
+    return t;
+  }
+
+  // Decodes the features of the live requests that still carry their frame, on the worker, into
+  // tensors kept from earlier requests; a request whose data does not decode is answered with the
+  // decoder's error. Returns how many are still live.
+  std::size_t decode(std::vector<Job>& batch, WorkerState& w) {
+    std::size_t live = 0;
+    for (auto& j : batch) {
+      if (j.done) continue;
+      if (!j.req.frame.empty()) {
+        {
+          std::lock_guard lock(mutex_);
+          if (j.req.features.capacity() == 0) j.req.features = take_tensor();
+        }
+        try {
+          const wire::InferHeader h = wire::read_infer(j.req.frame, w.decoder);
+          wire::decode_infer_features(h, w.decoder, j.req.features);
+          if (!(j.req.features.shape() == j.req.shape)) fail(errc::corrupt_frame, "features changed shape");
+          j.req.held.shrink_to(j.req.held.bytes() - std::min(j.req.held.bytes(), j.req.frame.size()));
+        } catch (const error& e) {
+          count(&BatcherStats::decode_errors);
+          fail_job(j, w, e.code(), e.what());
+          continue;
+        } catch (...) {
+          count(&BatcherStats::decode_errors);
+          fail_job(j, w, errc::internal, "the server failed while decoding the features");
+          continue;
+        }
+        j.req.frame.clear();
+      }
+      ++live;
+    }
+    return live;
   }
 
   void run_batch(std::vector<Job>& batch, WorkerState& w) {
@@ -451,7 +509,9 @@ class DynamicBatcher {
         ++live;
       }
     }
-    if (live == 0) return;
+    if (live == 0 || decode(batch, w) == 0) return;
+    live = 0;
+    for (const auto& j : batch) live += !j.done;
     const auto entry = registry_.find(batch.front().req.key);
     if (!entry) {
       for (auto& j : batch)
@@ -603,7 +663,8 @@ class DynamicBatcher {
   std::unique_ptr<WorkerState> manual_;  // run_ready()'s worker state
   std::unique_ptr<WorkerStates> inline_state_;  // created under mutex_, used by submitting threads
   static constexpr std::size_t spare_bytes_max = std::size_t{8} << 20;
-  std::vector<Tensor<float>> spare_tensors_;  // features of answered requests, for take_tensor()
+  std::vector<Tensor<float>> spare_tensors_;  // features of answered requests, for the next decode
+  std::vector<std::vector<std::byte>> spare_buffers_;  // frames of answered requests, for take_buffer()
   std::size_t spare_bytes_ = 0;
 };
 

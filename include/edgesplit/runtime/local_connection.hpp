@@ -38,7 +38,7 @@ class LocalConnection {
  public:
   /// Shared between the edge's end and the server (which closes it at shutdown).
   struct State final : ReplySink {
-    State(RequestHandler& h, DynamicBatcher& b, const ServerOptions& o) : handler(&h), batcher(&b), opt(o), codec(decode_config(o)) {}
+    State(RequestHandler& h, DynamicBatcher& b, const ServerOptions& o) : handler(&h), batcher(&b), opt(o), codec(CodecConfig::decoding(o.limits)) {}
     RequestHandler* handler;  ///< null once the server is gone
     DynamicBatcher* batcher;  ///< likewise
     const ServerOptions& opt;  ///< the server's options (valid while handler is set)
@@ -75,14 +75,6 @@ class LocalConnection {
       std::lock_guard lock(mutex);
       closed = true;
       ready.notify_all();
-    }
-
-   private:
-    static CodecConfig decode_config(const ServerOptions& o) {
-      CodecConfig cfg;
-      cfg.bits = wire::raw_f32_bits;
-      cfg.limits = o.limits;
-      return cfg;
     }
   };
 

@@ -61,7 +61,8 @@ struct HandlerStats {
 ///   per-sample shape than the tail takes (`shape_mismatch`) or another tail fingerprint
 ///   (`version_mismatch`); the refusal is logged and the connection closed.
 /// - An INFER is validated up to its tensor header, checked against the tail's input shape and
-///   the memory budget (features and reply) before its features are decoded, then queued.
+///   the memory budget (frame, features and reply), then queued with its frame: a worker decodes
+///   the features, so the front end's thread spends no time on a large or compressed request.
 /// - A malformed frame is answered with its typed error and the connection closed.
 class RequestHandler {
  public:
@@ -196,8 +197,10 @@ class RequestHandler {
       reply_error(s, h.request_id, err.code(), err.what());
       return Verdict::keep;
     }
-    // Room for the decoded features and for the reply (raw floats at most), before decoding.
-    const std::size_t need = Shape::checked_bytes(h.tensor.shape.count(), sizeof(float)) + reply_bytes(out_shape);
+    // Room for the frame until a worker decodes it, the decoded features and the reply (raw floats
+    // at most), before anything is decoded.
+    const std::size_t need =
+        message.size() + Shape::checked_bytes(h.tensor.shape.count(), sizeof(float)) + reply_bytes(out_shape);
     bool ok = false;
     MemoryBudget::Reservation held = budget_.reserve(need, ok);
     if (!ok) {
@@ -208,8 +211,9 @@ class RequestHandler {
     BatchRequest req;
     req.request_id = h.request_id;
     req.key = {h.request.model_id, h.request.split};
-    req.features = batcher_.take_tensor();
-    wire::decode_infer_features(h, codec, req.features);
+    req.shape = h.tensor.shape;
+    req.frame = batcher_.take_buffer();  // the worker decodes: a large request costs its time, not this thread's
+    req.frame.assign(message.begin(), message.end());
     if (h.request.deadline_us != 0) req.deadline = clock_.now() + std::chrono::microseconds(h.request.deadline_us);
     req.held = std::move(held);
     batcher_.submit(s.source, std::move(req), s.run_inline);

@@ -81,7 +81,7 @@ class SocketFrontEnd {
  public:
   /// Hands messages to `handler`, opens sources on `batcher`, reserves under `budget`.
   SocketFrontEnd(RequestHandler& handler, DynamicBatcher& batcher, MemoryBudget& budget, const ServerOptions& options)
-      : handler_(handler), batcher_(batcher), budget_(budget), opt_(options), codec_(decode_config(options)) {
+      : handler_(handler), batcher_(batcher), budget_(budget), opt_(options), codec_(CodecConfig::decoding(options.limits)) {
     spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     thread_ = std::thread([this] {
       name_this_thread("es-net");
@@ -205,6 +205,12 @@ class SocketFrontEnd {
     std::size_t discard = 0;  // bytes of a frame refused for the budget still to skip
     std::array<std::byte, wire::frame_header_size> discard_head{};  // its header, for the request id
     std::size_t discard_head_n = 0;
+    std::vector<std::byte> backlog;  // bytes read but not handled: more messages came than a turn takes
+    std::size_t backlog_pos = 0;
+    MemoryBudget::Reservation backlog_held;
+    std::uint64_t turn = 0;          // the loop turn turn_messages counts for
+    std::size_t turn_messages = 0;   // messages handled in that turn
+    bool behind = false;             // in the loop's list of connections with a backlog
     Clock::time_point accepted{}, frame_started{};
     // When a message last came in or a reply last went out completely: written by the loop and
     // by workers, read by the sweep.
@@ -234,12 +240,6 @@ class SocketFrontEnd {
     }
   };
 
-  static CodecConfig decode_config(const ServerOptions& o) {
-    CodecConfig cfg;
-    cfg.bits = wire::raw_f32_bits;
-    cfg.limits = o.limits;
-    return cfg;
-  }
   std::size_t max_message_bytes() const { return opt_.limits.max_payload_bytes + wire::frame_header_size + 64; }
 
   // --- writing (any thread) --------------------------------------------------------------------
@@ -425,7 +425,8 @@ class SocketFrontEnd {
       if (!l->watching) next_sweep = std::min(next_sweep, l->paused_until);
     const int timeout = static_cast<int>(std::clamp<long long>(
         std::chrono::ceil<std::chrono::milliseconds>(next_sweep - now).count(), 0, finishing ? 5 : 1000));
-    const std::size_t n = poller_.wait(events, timeout);
+    const std::size_t n = poller_.wait(events, behind_.empty() ? timeout : 0);
+    ++turn_;
     for (std::size_t i = 0; i < n; ++i) {
       Watch* w = static_cast<Watch*>(events[i].tag);
       if (w->kind == Kind::listener) {
@@ -441,6 +442,7 @@ class SocketFrontEnd {
       }
       if ((events[i].ready & Poller::readable) || events[i].hangup) read_from(*c);
     }
+    catch_up();
     graveyard_.clear();  // connections closed this turn: no event of this turn points at them now
     if (Clock::now() >= next_sweep) {
       sweep();
@@ -551,6 +553,7 @@ class SocketFrontEnd {
     c->touch();
     c->frame_held = budget_.open();
     c->out_held = budget_.open();
+    c->backlog_held = budget_.open();
     try {
       poller_.add(fd, static_cast<Watch*>(c.get()), Poller::readable);
     } catch (const error&) {
@@ -578,6 +581,9 @@ class SocketFrontEnd {
     c.session.source.reset();  // the source holds the connection as its sink: no cycle left
     std::vector<std::byte>().swap(c.frame);
     c.frame_held.release();
+    std::vector<std::byte>().swap(c.backlog);
+    c.backlog_pos = 0;
+    c.backlog_held.release();
     auto it = connections_.find(c.fd);
     if (it != connections_.end()) {
       graveyard_.push_back(std::move(it->second));  // alive until the end of this turn
@@ -588,22 +594,25 @@ class SocketFrontEnd {
   }
 
   void read_from(Connection& c) {
-    // Up to 4 reads a turn, so that one busy peer cannot hold the loop.
+    if (!drain_backlog(c)) return;  // still behind: the kernel keeps the rest for later turns
+    // Up to 4 reads a turn, and max_messages_per_turn messages, so that one busy peer cannot
+    // hold the loop.
     for (int i = 0; i < 4 && !c.gone; ++i) {
       const ssize_t r = ::recv(c.fd, scratch_.data(), scratch_.size(), MSG_DONTWAIT);
       if (r > 0) {
         count_received(static_cast<std::size_t>(r));
-        const std::span<const std::byte> got(scratch_.data(), static_cast<std::size_t>(r));
+        std::span<const std::byte> got(scratch_.data(), static_cast<std::size_t>(r));
 #if EDGESPLIT_HAS_TLS
         if (c.tls) {
           if (!decrypt(c, got)) return;
-          consume(c, plain_);
-        } else {
-          consume(c, got);
+          got = plain_;
         }
-#else
-        consume(c, got);
 #endif
+        const std::size_t rest = consume(c, got);
+        if (rest != 0) {
+          stash(c, got.last(rest));
+          return;
+        }
         if (static_cast<std::size_t>(r) < scratch_.size()) return;
         continue;
       }
@@ -612,6 +621,62 @@ class SocketFrontEnd {
       end(c);  // end of stream, reset, or shut down by a writer that gave up on the peer
       return;
     }
+  }
+
+  // Handles what a connection's backlog holds, up to this turn's share; true when it is empty.
+  bool drain_backlog(Connection& c) {
+    if (c.backlog_pos == c.backlog.size()) return true;
+    const std::span<const std::byte> pending(c.backlog.data() + c.backlog_pos, c.backlog.size() - c.backlog_pos);
+    const std::size_t rest = consume(c, pending);
+    if (c.gone) return false;
+    c.backlog_pos = c.backlog.size() - rest;
+    if (rest != 0) return false;
+    c.backlog.clear();
+    c.backlog_pos = 0;
+    if (c.backlog.capacity() > keep_buffer_bytes) std::vector<std::byte>().swap(c.backlog);
+    c.backlog_held.shrink_to(c.backlog.capacity());
+    return true;
+  }
+
+  // Keeps bytes read past this turn's share of messages for the next turns, under the budget.
+  void stash(Connection& c, std::span<const std::byte> rest) {
+    const std::size_t keep = c.backlog.size() - c.backlog_pos;
+    if (c.backlog_pos != 0) {  // drop what was handled, keep what was not
+      std::memmove(c.backlog.data(), c.backlog.data() + c.backlog_pos, keep);
+      c.backlog.resize(keep);
+      c.backlog_pos = 0;
+    }
+    const std::size_t need = keep + rest.size();
+    if (need > c.backlog.capacity()) {
+      const std::size_t cap = std::max(need, c.backlog.capacity() * 2);
+      if (!c.backlog_held.grow(cap - c.backlog_held.bytes())) {
+        std::vector<std::byte> out;
+        wire::encode_error(out, 0, errc::overloaded, "server memory budget full");
+        write(c, out, budget_.open());
+        drop(c, &FrontEndStats::rejected_budget, "more pipelined requests than the memory budget holds");
+        return;
+      }
+      c.backlog.reserve(cap);
+    }
+    c.backlog.insert(c.backlog.end(), rest.begin(), rest.end());
+    if (!c.behind) {
+      c.behind = true;
+      behind_.push_back(connections_.at(c.fd));
+    }
+  }
+
+  // Gives each connection with a backlog its share of this turn.
+  void catch_up() {
+    std::vector<std::shared_ptr<Connection>> still;
+    for (auto& c : behind_) {
+      if (c->gone) continue;
+      if (!drain_backlog(*c) && !c->gone) {
+        still.push_back(c);
+        continue;
+      }
+      c->behind = false;
+    }
+    behind_.swap(still);
   }
 
 #if EDGESPLIT_HAS_TLS
@@ -653,9 +718,12 @@ class SocketFrontEnd {
   }
 #endif
 
-  // Frames the bytes read from `c` and handles every whole message.
-  void consume(Connection& c, std::span<const std::byte> data) {
+  // Frames the bytes read from `c` and handles whole messages, up to this turn's share; returns
+  // how many bytes (at the end of `data`) were left for a later turn.
+  std::size_t consume(Connection& c, std::span<const std::byte> data) {
+    if (c.turn != turn_) c.turn = turn_, c.turn_messages = 0;
     while (!data.empty() && !c.gone) {
+      if (c.turn_messages >= max_messages_per_turn) return data.size();
       if (c.discard) {
         const std::size_t n = std::min(c.discard, data.size());
         for (std::size_t i = 0; i < n && c.discard_head_n < c.discard_head.size(); ++i)
@@ -668,9 +736,19 @@ class SocketFrontEnd {
       if (!c.have_length) {
         if (c.prefix_n == 0) c.frame_started = Clock::now();
         while (c.prefix_n < 4 && !data.empty()) c.prefix[c.prefix_n++] = data.front(), data = data.subspan(1);
-        if (c.prefix_n < 4) return;
+        if (c.prefix_n < 4) return 0;
         c.prefix_n = 0;
         c.length = wire::load_le32(c.prefix.data());
+        if (!c.session.greeted && c.length > max_hello_bytes) {
+          // Only HELLO may come first, and a HELLO is small: a peer announcing more before it
+          // gets nothing read or held for it.
+          std::vector<std::byte> out;
+          wire::encode_error(out, 0, errc::unsupported, "HELLO must come first; got a message of " +
+                                                            std::to_string(c.length) + " bytes");
+          write(c, out, budget_.open());
+          drop(c, &FrontEndStats::dropped_protocol, "announced a large message before HELLO");
+          return 0;
+        }
         if (c.length > max_message_bytes()) {
           std::vector<std::byte> out;
           wire::encode_error(out, 0, errc::too_large,
@@ -678,7 +756,7 @@ class SocketFrontEnd {
                                  std::to_string(max_message_bytes()));
           write(c, out, budget_.open());
           drop(c, &FrontEndStats::dropped_protocol, "announced a message over the cap");
-          return;
+          return 0;
         }
         c.have_length = true;
         if (c.length == 0) {
@@ -713,6 +791,7 @@ class SocketFrontEnd {
         release_frame(c);
       }
     }
+    return 0;
   }
 
   // Room for `size` bytes of frame: capacity grows with what has arrived (doubling, never past
@@ -746,6 +825,7 @@ class SocketFrontEnd {
   }
 
   void message(Connection& c, std::span<const std::byte> bytes) {
+    ++c.turn_messages;
     c.touch();
     c.frame_started = {};
     if (handler_.handle(c.session, bytes, codec_) == RequestHandler::Verdict::close)
@@ -787,14 +867,16 @@ class SocketFrontEnd {
       const bool mid_frame = c.prefix_n != 0 || c.have_length || c.discard != 0;
       if (c.closing) {
         if (now - c.active() > opt_.stall_timeout) late.push_back({&c, &FrontEndStats::dropped_unread, ""});
-      } else if (mid_frame) {
+      } else if (!c.session.greeted && now - c.accepted > opt_.handshake_timeout) {
+        late.push_back({&c, &FrontEndStats::dropped_idle, "no HELLO within the handshake timeout"});
+      } else if (mid_frame && !c.behind && !bytes_waiting(c)) {
+        // Late only if the peer is: bytes already in the kernel, or in the backlog, mean the
+        // loop is behind, not the peer.
         const double allowed = std::chrono::duration<double>(opt_.stall_timeout).count() +
                                static_cast<double>(c.length) / min_receive_rate;
         if (std::chrono::duration<double>(now - c.frame_started).count() > allowed)
           late.push_back({&c, &FrontEndStats::dropped_stalled, "stalled inside a frame"});
-      } else if (!c.session.greeted && now - c.accepted > opt_.handshake_timeout) {
-        late.push_back({&c, &FrontEndStats::dropped_idle, "no HELLO within the handshake timeout"});
-      } else if (now - c.active() > opt_.idle_timeout && written(c)) {
+      } else if (!mid_frame && now - c.active() > opt_.idle_timeout && written(c)) {
         late.push_back({&c, &FrontEndStats::dropped_idle, "idle past the idle timeout"});
       }
     }
@@ -806,6 +888,12 @@ class SocketFrontEnd {
         drop(*l.c, l.why, l.what);
       }
     }
+  }
+
+  // True when the kernel holds bytes from `c` that the loop has not read yet.
+  static bool bytes_waiting(const Connection& c) {
+    char b;
+    return ::recv(c.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
   }
 
   void close_all() {
@@ -842,6 +930,8 @@ class SocketFrontEnd {
   static constexpr std::size_t scratch_bytes = 64 * 1024;
   static constexpr std::size_t keep_buffer_bytes = 64 * 1024;  // buffers above this are freed once used
   static constexpr double min_receive_rate = 64.0 * 1024;       // bytes/s a frame must arrive at, past stall_timeout
+  static constexpr std::size_t max_messages_per_turn = 16;     // per connection: the loop's time is shared
+  static constexpr std::size_t max_hello_bytes = 4096;          // a HELLO with the longest fields is ~230 bytes
 
   RequestHandler& handler_;
   DynamicBatcher& batcher_;
@@ -857,6 +947,8 @@ class SocketFrontEnd {
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::unordered_map<int, std::shared_ptr<Connection>> connections_;
   std::vector<std::shared_ptr<Connection>> graveyard_;
+  std::vector<std::shared_ptr<Connection>> behind_;  // connections with a backlog of bytes read
+  std::uint64_t turn_ = 0;
 
   mutable std::mutex mutex_;  // what other threads hand the loop
   std::vector<std::unique_ptr<Listener>> pending_listeners_;

@@ -73,10 +73,7 @@ class ZmqWorker {
     if (opt_.capacity == 0 || opt_.capacity > wire::cluster::max_capacity || opt_.liveness < 1)
       fail(errc::invalid_argument, "ZmqWorker needs capacity 1..65536 and liveness >= 1");
     ctx_ = opt_.context ? opt_.context : std::make_shared<zmq::context_t>(1);
-    CodecConfig cfg;
-    cfg.bits = wire::raw_f32_bits;
-    cfg.limits = opt_.server.limits;
-    codec_ = FeatureCodec(cfg);
+    codec_ = FeatureCodec(CodecConfig::decoding(opt_.server.limits));
   }
   ZmqWorker(const ZmqWorker&) = delete;
   ZmqWorker& operator=(const ZmqWorker&) = delete;

@@ -32,6 +32,15 @@ struct CodecConfig {
   int zstd_level = 3;  ///< zstd's compression level, within zstd's own range
   wire::DecodeLimits limits{};  ///< caps applied when decoding (and when encoding, as a courtesy)
 
+  /// A configuration for a codec that only decodes: it reads whatever encoding each frame
+  /// declares, so only the caps on what it accepts matter.
+  static CodecConfig decoding(const wire::DecodeLimits& limits = {}) {
+    CodecConfig cfg;
+    cfg.bits = wire::raw_f32_bits;
+    cfg.limits = limits;
+    return cfg;
+  }
+
   /// The quantizer settings this codec implies (8 bits stands in for raw fp32, which is not quantized).
   QuantConfig quant_config() const {
     return {bits == wire::raw_f32_bits ? 8 : bits, granularity, axis, symmetric, calibration};

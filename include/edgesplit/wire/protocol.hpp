@@ -336,10 +336,7 @@ inline ModelIdentity decode_weights(std::span<const std::byte> bytes, std::vecto
   ModelIdentity id = detail::read_identity(r);
   const std::uint32_t count = r.u32("tensor count");
   if (count > max_weight_tensors) fail(errc::too_large, "weights message with " + std::to_string(count) + " tensors");
-  CodecConfig cfg;
-  cfg.bits = raw_f32_bits;
-  cfg.limits = limits;
-  FeatureCodec raw(cfg);  // decodes whatever encoding each tensor declares
+  FeatureCodec raw(CodecConfig::decoding(limits));  // decodes whatever encoding each tensor declares
   tensors.clear();
   for (std::uint32_t i = 0; i < count; ++i) {
     NamedTensor t;
