@@ -108,6 +108,10 @@ struct CollectingSink final : ReplySink {
     std::lock_guard lock(mutex);
     return std::exchange(replies, {});
   }
+  std::size_t size() {
+    std::lock_guard lock(mutex);
+    return replies.size();
+  }
 };
 
 // A batcher without workers, driven by the test with run_ready() on a virtual clock (every
@@ -200,7 +204,7 @@ bool eventually(F done, std::chrono::milliseconds limit = 5s) {
 
 // --- the batcher on a virtual clock ------------------------------------------------------------
 
-TEST_CASE("Batcher: a batch waits for a quiet source only max_queue_delay, on virtual time", "[runtime][batcher]") {
+TEST_CASE("Batcher: a batch waits only for sources that sent recently, and only max_queue_delay, on virtual time", "[runtime][batcher]") {
   auto s = make_split(3);
   ServerOptions o;
   o.max_batch = 4;
@@ -208,12 +212,18 @@ TEST_CASE("Batcher: a batch waits for a quiet source only max_queue_delay, on vi
   ManualBatcher mb(s.tail, o);
   DynamicBatcher& b = *mb.batcher;
   VirtualClock& clock = mb.clock;
-  auto sink_a = std::make_shared<CollectingSink>(), sink_b = std::make_shared<CollectingSink>();
-  auto a = b.open_source(sink_a), q = b.open_source(sink_b);
-  CHECK(b.quiet_sources() == 2);
+  auto sink_a = std::make_shared<CollectingSink>(), sink_b = std::make_shared<CollectingSink>(),
+       sink_idle = std::make_shared<CollectingSink>();
+  auto a = b.open_source(sink_a), q = b.open_source(sink_b), idle = b.open_source(sink_idle);
+  // Sources that never sent (idle connections) hold nothing back: q's request runs at once.
+  CHECK_FALSE(b.waiting_for_company());
+  REQUIRE(b.submit(q, request(9, random_input(1, kHidden, 9))));
+  CHECK(b.run_ready() == 1);
+  REQUIRE(sink_b->take().size() == 1);
+  CHECK(b.waiting_for_company());  // q was just answered: it may send again soon
 
   REQUIRE(b.submit(a, request(1, random_input(1, kHidden, 1))));
-  CHECK(b.run_ready() == 0);  // source q is quiet: it could still join the batch
+  CHECK(b.run_ready() == 0);  // q is quiet and warm: it could still join the batch
   clock.advance_by(999us);
   CHECK(b.run_ready() == 0);
   clock.advance_by(1us);
@@ -226,7 +236,7 @@ TEST_CASE("Batcher: a batch waits for a quiet source only max_queue_delay, on vi
   REQUIRE(b.submit(a, request(2, random_input(1, kHidden, 2))));
   REQUIRE(b.submit(q, request(3, random_input(1, kHidden, 3))));
   CHECK(b.run_ready() == 1);
-  CHECK(b.stats().batches == 2);
+  CHECK(b.stats().batches == 3);
   CHECK(sink_a->take().size() == 1);
   CHECK(sink_b->take().size() == 1);
 
@@ -239,7 +249,51 @@ TEST_CASE("Batcher: a batch waits for a quiet source only max_queue_delay, on vi
   CHECK_FALSE(got[0].response);
   CHECK(got[0].code == errc::timeout);
   CHECK(b.stats().expired == 1);
-  CHECK(b.stats().batches == 2);
+  CHECK(b.stats().batches == 3);
+  // A source quiet for longer than the warm window (100 x max_queue_delay) no longer counts.
+  clock.advance_by(200ms);
+  CHECK_FALSE(b.waiting_for_company());
+  REQUIRE(b.submit(a, request(5, random_input(1, kHidden, 5))));
+  CHECK(b.run_ready() == 1);
+  CHECK(sink_idle->take().empty());
+}
+
+TEST_CASE("Batcher: a worker waiting for company runs the batch as soon as it is full", "[runtime][batcher]") {
+  // max_queue_delay of an hour: a worker that slept it out would miss the 20 s bound below. Two
+  // tails: a slow one keeps the only worker busy while a and b queue a request each, so their
+  // first batch runs with both and both are then warm (answered a moment ago).
+  auto s = make_split(4);
+  Sequential<float> slow;
+  slow.add<Sleep>(300ms);
+  for (std::size_t i = 0; i < s.tail.size(); ++i) slow.add(s.tail[i].clone());
+  ModelRegistry registry;
+  registry.add(kModel, s.tail);
+  registry.add({"slow", 1, 0, 2}, slow);
+  ServerOptions o;
+  o.workers = 1;
+  o.max_batch = 2;
+  o.max_queue_delay = std::chrono::hours(1);
+  DynamicBatcher b(registry, o);
+  auto sink_a = std::make_shared<CollectingSink>(), sink_b = std::make_shared<CollectingSink>(),
+       sink_z = std::make_shared<CollectingSink>();
+  auto a = b.open_source(sink_a), bb = b.open_source(sink_b), z = b.open_source(sink_z);
+  BatchRequest slow_request = request(1, random_input(1, kHidden, 1));
+  slow_request.key = {"slow", 2};
+  REQUIRE(b.submit(z, std::move(slow_request)));
+  CHECK(eventually([&] { return b.stats().batches == 0 && b.stats().queue_depth == 0; }));  // z's batch running
+  REQUIRE(b.submit(a, request(2, random_input(1, kHidden, 2))));
+  REQUIRE(b.submit(bb, request(3, random_input(1, kHidden, 3))));
+  REQUIRE(eventually([&] { return sink_a->size() == 1 && sink_b->size() == 1; }, 20s));
+  CHECK(b.stats().batches == 2);  // z's, then a's and b's together
+  for (int round = 0; round < 3; ++round) {
+    // a's request: b and z are warm and quiet, so the worker waits for company (an hour at
+    // most); b's request fills the batch, and the worker must run it at once.
+    REQUIRE(b.submit(a, request(10 + round, random_input(1, kHidden, 10))));
+    REQUIRE(b.submit(bb, request(20 + round, random_input(1, kHidden, 20))));
+    REQUIRE(eventually([&] { return sink_a->size() == std::size_t(2 + round) && sink_b->size() == std::size_t(2 + round); }, 20s));
+  }
+  CHECK(b.stats().batches == 5);
+  b.stop(0ms);
 }
 
 TEST_CASE("Batcher: batches are filled round-robin across sources, each source capped", "[runtime][batcher]") {

@@ -106,6 +106,7 @@ class DynamicBatcher {
     std::size_t pending = 0;     ///< requests queued or running
     bool open = true;            ///< false once closed: nothing more is queued for it
     bool in_ring = false;        ///< has requests queued: takes part in the round-robin
+    std::uint64_t quiet_stamp = 0;  ///< changes whenever it starts or stops being quiet
   };
   /// A handle on a source, to submit its requests and to close it.
   using Source = std::shared_ptr<SourceState>;
@@ -130,8 +131,6 @@ class DynamicBatcher {
   Source open_source(std::shared_ptr<ReplySink> sink) {
     auto s = std::make_shared<SourceState>();
     s->sink = std::move(sink);
-    std::lock_guard lock(mutex_);
-    ++quiet_;
     return s;
   }
   /// Ends a source: its queued requests are dropped unanswered (nobody is left to read them) and
@@ -141,23 +140,26 @@ class DynamicBatcher {
     {
       std::lock_guard lock(mutex_);
       if (!s->open) return;
-      if (s->pending == 0) --quiet_;
       s->open = false;
+      ++s->quiet_stamp;  // no longer counts as a source that may send
       queued_ -= s->queue.size();
+      if (s->pending != 0 && s->pending == s->queue.size()) --active_;
       s->pending -= s->queue.size();
       dropped.swap(s->queue);
       if (s->in_ring) {
         std::erase(ring_, s);
         s->in_ring = false;
       }
-      if (quiet_ == 0) fill_cv_.notify_all();
+      fill_cv_.notify_all();
       if (queued_ == 0 && busy_ == 0) idle_cv_.notify_all();
     }
   }
 
   /// Queues a request of `s`. Returns false when it was refused, after answering it ERROR
   /// `overloaded` through the source's sink: the queue is full, the source has its cap of
-  /// requests pending, or the batcher is stopping.
+  /// requests pending, the queue is more than half full and the source already has its share of
+  /// the upper half (queue_capacity / 2, split among the sources with requests pending), or the
+  /// batcher is stopping. So a source with little pending always finds room while a few flood.
   ///
   /// With `run_here`, a batch that is due at once (full, or no source left that could add to
   /// it) runs on the calling thread before submit returns when no other batch is running, instead
@@ -166,19 +168,27 @@ class DynamicBatcher {
   /// batch that should wait for company, the workers take it as usual.
   bool submit(const Source& s, BatchRequest req, bool run_here = false) {
     std::unique_lock lock(mutex_);
+    const std::size_t sharing = active_ + (s->pending == 0 ? 1 : 0);
+    const std::size_t share = std::max<std::size_t>(1, opt_.queue_capacity / (2 * sharing));
     const char* refusal = draining_ ? "server shutting down"
                           : !s->open ? "connection closed"
                           : queued_ >= opt_.queue_capacity ? "server queue full"
                           : s->pending >= opt_.max_pending_per_source ? "too many requests of this connection pending"
-                                                                      : nullptr;
+                          : 2 * queued_ >= opt_.queue_capacity && s->pending >= share
+                              ? "server queue busy: this connection has its share of it pending"
+                              : nullptr;
     if (refusal) {
       ++stats_.rejected_overloaded;
       lock.unlock();
       answer_error(*s, std::move(req), errc::overloaded, refusal);
       return false;
     }
-    if (s->pending++ == 0) --quiet_;
-    s->queue.push_back(Job{std::move(req), s, clock_.now()});
+    if (s->pending++ == 0) {
+      ++active_;
+      ++s->quiet_stamp;  // busy now: its entry among the warm sources no longer counts
+    }
+    const auto now = clock_.now();
+    s->queue.push_back(Job{std::move(req), s, now});
     ++queued_;
     ++stats_.requests;
     if (!s->in_ring) {
@@ -186,7 +196,8 @@ class DynamicBatcher {
       ring_.push_back(s);
     }
     // A worker filling a batch is woken when waiting could no longer help: the queue could fill
-    // its batch, or no source is quiet. Waking it for less costs a context switch per request.
+    // its batch, or no source that may send soon is left. Waking it for less costs a context
+    // switch per request.
     // Inline only while nothing else runs: under load the request waits for a worker instead,
     // which batches it with what queues meanwhile (running each caller's request alone on its
     // own thread would end batching exactly when it pays).
@@ -200,7 +211,7 @@ class DynamicBatcher {
         return true;
       }
     }
-    const bool wake_filler = filling_ != 0 && (queued_ >= opt_.max_batch || quiet_ == 0);
+    const bool wake_filler = filling_ != 0 && (queued_ >= opt_.max_batch || !company_may_come(now));
     const bool wake_idle = idle_workers_ != 0;
     lock.unlock();
     if (wake_idle) work_cv_.notify_one();
@@ -248,10 +259,11 @@ class DynamicBatcher {
     std::lock_guard lock(mutex_);
     return s->pending;
   }
-  /// Open sources with nothing queued or running (they could still send: batches wait for them).
-  std::size_t quiet_sources() const {
+  /// True while some source that sent recently has nothing queued or running: it may send soon,
+  /// so a batch that is not full waits for it (up to max_queue_delay).
+  bool waiting_for_company() {
     std::lock_guard lock(mutex_);
-    return quiet_;
+    return company_may_come(clock_.now());
   }
 
   /// Refuses new requests, lets the workers answer what is queued for at most `drain`, then
@@ -277,6 +289,7 @@ class DynamicBatcher {
       stopped_ = true;
       for (auto& s : ring_) {
         for (auto& j : s->queue) left.push_back(std::move(j));
+        if (s->pending != 0 && s->pending == s->queue.size()) --active_;
         s->pending -= s->queue.size();
         s->queue.clear();
         s->in_ring = false;
@@ -330,6 +343,23 @@ class DynamicBatcher {
     return cfg;
   }
 
+  // True while some source that sent within the warm window has nothing queued or running
+  // (caller holds mutex_). Sources that never sent, or went quiet long ago (idle connections,
+  // peers that never said HELLO), do not hold batches back.
+  bool company_may_come(Clock::time_point now) {
+    const auto window = std::clamp<Clock::duration>(opt_.max_queue_delay * 100, std::chrono::milliseconds(10),
+                                                    std::chrono::seconds(60));
+    while (warm_head_ < warm_.size()) {
+      Warm& w = warm_[warm_head_];
+      if (w.stamp == w.source->quiet_stamp && now - w.since <= window) return true;
+      w.source.reset();  // busy again, closed, or quiet too long
+      ++warm_head_;
+    }
+    warm_.clear();  // keeps its capacity: steady serving allocates nothing here
+    warm_head_ = 0;
+    return false;
+  }
+
   static const Shape& shape_of(const BatchRequest& r) { return r.frame.empty() ? r.features.shape() : r.shape; }
   static std::size_t bytes_of(const BatchRequest& r) { return shape_of(r).count() * sizeof(float); }
   static bool compatible(const Job& a, const Job& b) {
@@ -352,7 +382,8 @@ class DynamicBatcher {
             bytes += bytes_of(j.req);
           }
       const bool full = available >= opt_.max_batch || bytes >= opt_.max_batch_bytes;
-      if (full || draining_ || quiet_ == 0 || clock_.now() >= until) break;
+      const auto now = clock_.now();
+      if (full || draining_ || now >= until || !company_may_come(now)) break;
       if (!may_wait) return false;
       ++filling_;
       if (clock_.is_virtual())
@@ -432,9 +463,24 @@ class DynamicBatcher {
         if (!j.done) fail_job(j, w, errc::internal, "the server failed while running the batch");
     }
     std::lock_guard lock(mutex_);
+    const auto now = clock_.now();
     for (auto& j : batch) {
       SourceState& s = *j.source;
-      if (--s.pending == 0 && s.open) ++quiet_;
+      if (--s.pending == 0) {
+        --active_;
+        if (s.open) {  // quiet now, and warm: it sent a moment ago and may send again soon
+          if (warm_head_ != 0 && 2 * warm_head_ >= warm_.size()) {  // drop the consumed front
+            warm_.erase(warm_.begin(), warm_.begin() + static_cast<std::ptrdiff_t>(warm_head_));
+            warm_head_ = 0;
+          }
+          if (warm_.size() - warm_head_ >= warm_compact_at_) {  // entries of sources busy again pile up
+            std::erase_if(warm_, [](const Warm& w) { return !w.source || w.stamp != w.source->quiet_stamp; });
+            warm_head_ = 0;
+            warm_compact_at_ = std::max<std::size_t>(1024, 2 * warm_.size());
+          }
+          warm_.push_back({j.source, ++s.quiet_stamp, now});
+        }
+      }
       keep(std::move(j.req.features), std::move(j.req.frame));
     }
     --busy_;
@@ -653,7 +699,17 @@ class DynamicBatcher {
   std::condition_variable idle_cv_;  // stop(): the queue drained
   std::vector<Source> ring_;  // sources with queued requests, in turn
   std::size_t queued_ = 0;   // requests queued, all sources
-  std::size_t quiet_ = 0;    // open sources with nothing pending
+  // Sources that went quiet, oldest first, each with the stamp it had then: the front entries
+  // whose stamp still matches are quiet since that time (company_may_come drops the others).
+  struct Warm {
+    Source source;
+    std::uint64_t stamp;
+    Clock::time_point since;
+  };
+  std::vector<Warm> warm_;    // from warm_head_ on; entries before it are consumed
+  std::size_t warm_head_ = 0;
+  std::size_t warm_compact_at_ = 1024;
+  std::size_t active_ = 0;   // sources with requests queued or running
   std::size_t busy_ = 0;     // batches running
   std::size_t filling_ = 0;  // workers waiting on fill_cv_
   std::size_t idle_workers_ = 0;

@@ -20,13 +20,18 @@ struct ServerOptions {
   std::size_t workers = 1;     ///< threads running tails
   std::size_t max_batch = 32;  ///< requests merged into one forward pass (1: no batching)
   /// Longest a request waits for company. A worker waits only while some source (connection)
-  /// has no request queued or running (so more could come); when every source already has one
-  /// in the batch or the queue, waiting cannot help and the batch runs at once.
+  /// that sent within the last 100 x max_queue_delay (at least 10 ms, at most a minute) has no
+  /// request queued or running: it was answered a moment ago and may send again. When every such
+  /// source already has one in the batch or the queue, waiting cannot help and the batch runs at
+  /// once; idle connections, and peers that never sent, hold nothing back.
   std::chrono::microseconds max_queue_delay{1000};
   /// A batch stops taking requests once it holds this many bytes of features (a single larger
   /// request runs alone): bounds each worker's working memory.
   std::size_t max_batch_bytes = std::size_t{16} << 20;
-  std::size_t queue_capacity = 1024;  ///< requests queued, all sources together, before `overloaded`
+  /// Requests queued, all sources together, before `overloaded`. Its upper half is shared: once
+  /// it is half full, a source may have at most queue_capacity / 2 split evenly among the sources
+  /// with requests pending, so a source with little pending always finds room.
+  std::size_t queue_capacity = 1024;
   /// Requests one source (a connection; a client of the ZeroMQ broker) may have queued or
   /// running; beyond it that source alone gets `overloaded`. Batches are filled round-robin
   /// across sources, so one source's flood never delays its neighbours' requests for long.

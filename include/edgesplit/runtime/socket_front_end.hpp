@@ -306,7 +306,8 @@ class SocketFrontEnd {
       c.out.clear();
       c.out_pos = 0;
     }
-    // Queue the rest for the loop, holding memory for it under the budget.
+    // Queue the rest for the loop. The queue's storage (its capacity, which is what the process
+    // holds) is reserved under the budget, the request's own reservation counting towards it.
     const std::size_t rest = total - sent;
     if (c.out.size() - c.out_pos + rest > opt_.max_unread_reply_bytes) {
       count(&FrontEndStats::dropped_unread);
@@ -315,15 +316,23 @@ class SocketFrontEnd {
       close_locked(c);
       return;
     }
-    held.shrink_to(rest);
-    if (held.bytes() < rest && !held.grow(rest - held.bytes())) {
-      // No room even for a short control reply: the server is full of unread replies; this peer
-      // is among those not reading.
+    if (c.out_pos != 0 && c.out_pos >= c.out.size() / 2) {  // a slow reader: drop what it took
+      c.out.erase(c.out.begin(), c.out.begin() + static_cast<std::ptrdiff_t>(c.out_pos));
+      c.out_pos = 0;
+    }
+    const std::size_t need = c.out.size() + rest;
+    c.out_held.absorb(std::move(held));
+    const std::size_t cap = need > c.out.capacity() ? std::max(need, c.out.capacity() * 2) : c.out.capacity();
+    if (c.out_held.bytes() < cap && !c.out_held.grow(cap - c.out_held.bytes())) {
+      // No room under the budget even for this: the server is full of unread replies, and this
+      // peer is among those not reading.
       count(&FrontEndStats::dropped_unread);
+      detail::server_log(opt_, "dropped " + c.session.peer + ": its unread replies do not fit the memory budget");
       close_locked(c);
       return;
     }
-    c.out_held.absorb(std::move(held));
+    c.out_held.shrink_to(cap);
+    c.out.reserve(cap);
     if (sent < a.size()) c.out.insert(c.out.end(), a.begin() + static_cast<std::ptrdiff_t>(sent), a.end());
     const std::size_t from = sent > a.size() ? sent - a.size() : 0;
     c.out.insert(c.out.end(), b.begin() + static_cast<std::ptrdiff_t>(from), b.end());
@@ -354,10 +363,10 @@ class SocketFrontEnd {
       return;
     }
     c.touch();
-    c.out_held.release();
     if (c.out.capacity() > keep_buffer_bytes) std::vector<std::byte>().swap(c.out);
     c.out.clear();
     c.out_pos = 0;
+    c.out_held.shrink_to(c.out.capacity());
     c.want_write = false;
     if (c.closing) return;  // the loop ends it now
     try {
