@@ -14,6 +14,9 @@
 // TCP, for trusted networks only. It raises its open-files limit to the hard limit, so that
 // --max-connections can be reached.
 #include <sys/resource.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <csignal>
 #include <cstdio>
@@ -65,6 +68,12 @@ int main(int argc, char** argv) {
     so.memory_budget = cli::number<std::size_t>(o["memory-budget-mib"], "--memory-budget-mib", 64, 1 << 20) << 20;
     so.max_connections = cli::number<std::size_t>(o["max-connections"], "--max-connections", 1, 1 << 20);
     so.idle_timeout = std::chrono::seconds(cli::number<std::size_t>(o["idle-timeout-s"], "--idle-timeout-s", 1, 86400));
+#if defined(__GLIBC__)
+    // Buffers of large requests go back to the system when freed: glibc otherwise raises its
+    // mmap threshold after the first large free and keeps later ones in its heaps, so resident
+    // memory would stay above what the memory budget bounds.
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+#endif
     // Room for the connections asked for: the soft open-files limit up to the hard one.
     rlimit files{};
     if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
