@@ -303,8 +303,9 @@ class EdgeClient {
     Clock::time_point sent_at;
   };
 
-  // How long a wait on a virtual clock lasts in real time before the client looks at it again.
-  static constexpr std::chrono::milliseconds virtual_poll{1};
+  // How long a wait on a virtual clock lasts in real time before the client looks at it again;
+  // the receiver looks more often while requests await their answers.
+  static constexpr std::chrono::microseconds virtual_poll{1000}, virtual_poll_awaiting{100};
 
   static double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
   std::uint32_t budget_us(Deadline d) const {
@@ -529,12 +530,12 @@ class EdgeClient {
   // The receiver's wait for the next message. On the steady clock: until the next deadline or
   // 20 ms. On a virtual clock: what is due now (a deadline of now: a SimulatedLink on this clock
   // neither waits nor moves the clock), else a bounded real-time wait that submit() and close()
-  // cut short.
+  // cut short: 0.1 ms while requests await answers, 1 ms otherwise.
   bool poll(Channel& ch, Message& m) {
     if (!clock_.is_virtual()) return ch.receive(next_wake(), m);
     if (ch.receive(clock_.now(), m)) return true;
     std::unique_lock lock(pending_mutex_);
-    if (!closed_) pending_cv_.wait_for(lock, virtual_poll);
+    if (!closed_) pending_cv_.wait_for(lock, pending_.empty() ? virtual_poll : virtual_poll_awaiting);
     return false;
   }
 
