@@ -16,12 +16,15 @@
 // then SIGKILL). Server side: VmRSS and VmHWM (/proc/<pid>/status), threads, CPU time during
 // the attack (utime + stime of /proc/<pid>/stat, as % of one core), alive or how it died.
 // Attacker side: replies counted by kind (RESPONSE, ERROR code), connections the server closed,
-// bytes. One line per attack on standard output; --csv writes one row per measurement.
+// bytes. Both sides also keep what each RESPONSE says of itself (queue_us, compute_us), so that
+// the well-behaved client's latency splits into the server's queue, the forward pass and the
+// rest (the event loop, the sockets, the client's own thread). One line per attack on standard output; --csv writes one row per measurement.
 //
 // Attacks (each bounded in time, connections, requests and bytes on this side):
 //   poison     INFER with fp32 features of 3e38, and int8 codes at the largest scale 8-bit codes
 //              accept (quant/quant_params.hpp valid_scale), alternately, every 20 ms
 //   prefix     connections that send a length prefix announcing 64 MiB, then 1 byte a second
+//   helloprefix the same after a HELLO (a peer let in, stuck inside a frame it never finishes)
 //   bomb       legal zstd INFER frames (about 600 bytes: 16 Mi int8 codes of 0) that decode to 64 MiB
 //              of fp32 features, pipelined on a few connections that read their answers
 //   noread     clients pipelining INFERs as fast as the socket takes them, never reading
@@ -176,7 +179,7 @@ struct Options {
   double check_budget_mib = 0, check_overhead_mib = 64;
 };
 
-const std::vector<std::string> all_attacks = {"poison", "prefix", "bomb", "noread", "slowread", "idle", "flood", "slowloris"};
+const std::vector<std::string> all_attacks = {"poison", "prefix", "helloprefix", "bomb", "noread", "slowread", "idle", "flood", "slowloris"};
 const std::vector<std::string> extra_attacks = {"noreadhold", "emfile"};
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -335,13 +338,35 @@ std::string frame_kind(const unsigned char* h, std::size_t n) {
   }
 }
 
+/// The server's own account of its RESPONSEs (queue_us, compute_us of the frame), in ms: where a
+/// request's time went inside the server. Keeps at most `cap` samples of each.
+struct ServerTimes {
+  static constexpr std::size_t cap = 200000;
+  std::vector<double> queue_ms, compute_ms;
+  void add(std::uint32_t queue_us, std::uint32_t compute_us) {
+    if (queue_ms.size() >= cap) return;
+    queue_ms.push_back(queue_us / 1000.0);
+    compute_ms.push_back(compute_us / 1000.0);
+  }
+};
+
+/// queue_us and compute_us of a RESPONSE frame from its first 33 bytes (frame header, u8 status,
+/// u32 queue_us, u32 compute_us); false for anything else.
+bool response_times(const unsigned char* h, std::size_t n, std::uint32_t& queue_us, std::uint32_t& compute_us) {
+  constexpr std::size_t at = wire::frame_header_size + 1;
+  if (n < at + 8 || h[6] != 3) return false;
+  queue_us = wire::load_le32(reinterpret_cast<const std::byte*>(h + at));
+  compute_us = wire::load_le32(reinterpret_cast<const std::byte*>(h + at + 4));
+  return true;
+}
+
 /// Counts the frames of a reply stream by kind, keeping only each frame's first bytes: memory
 /// stays constant whatever the server sends.
 class Skimmer {
  public:
-  /// Feeds `n` bytes; counts every completed frame in `counts`; returns the completed frames
-  /// that were not HELLO answers.
-  std::size_t feed(const std::byte* p, std::size_t n, std::map<std::string, std::size_t>& counts) {
+  /// Feeds `n` bytes; counts every completed frame in `counts` (and the server times of each
+  /// RESPONSE in `times`, when given); returns the completed frames that were not HELLO answers.
+  std::size_t feed(const std::byte* p, std::size_t n, std::map<std::string, std::size_t>& counts, ServerTimes* times = nullptr) {
     std::size_t done = 0;
     while (n > 0) {
       if (!in_frame_) {
@@ -359,6 +384,8 @@ class Skimmer {
         in_frame_ = false;
         const std::string kind = frame_kind(head_, head_n_);
         ++counts[kind];
+        std::uint32_t q = 0, c = 0;
+        if (times && response_times(head_, head_n_, q, c)) times->add(q, c);
         if (kind != "HELLO") ++done;
       }
     }
@@ -370,7 +397,7 @@ class Skimmer {
   std::size_t pre_n_ = 0;
   bool in_frame_ = false;
   std::uint32_t len_ = 0, got_ = 0;
-  unsigned char head_[32] = {};
+  unsigned char head_[40] = {};
   std::size_t head_n_ = 0;
 };
 
@@ -433,13 +460,14 @@ Io send_some(int fd, const std::vector<std::byte>& out, std::size_t& pos, std::s
 }
 
 /// Reads everything available into `sk`; `closed` at end of stream or on error.
-Io read_some(int fd, Skimmer& sk, std::map<std::string, std::size_t>& counts, std::size_t& counter, std::size_t* frames = nullptr) {
+Io read_some(int fd, Skimmer& sk, std::map<std::string, std::size_t>& counts, std::size_t& counter, std::size_t* frames = nullptr,
+             ServerTimes* times = nullptr) {
   std::byte buf[64 * 1024];
   for (;;) {
     const ssize_t r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
     if (r > 0) {
       counter += static_cast<std::size_t>(r);
-      const std::size_t f = sk.feed(buf, static_cast<std::size_t>(r), counts);
+      const std::size_t f = sk.feed(buf, static_cast<std::size_t>(r), counts, times);
       if (frames) *frames += f;
       continue;
     }
@@ -715,6 +743,10 @@ class Monitor {
 /// What the well-behaved client saw in one phase.
 struct ClientPhase {
   std::vector<double> ms;  ///< latency of each RESPONSE, and of each timeout (as the timeout)
+  /// Of each RESPONSE: the time the server says it spent on it (queue_us: waiting in its queue
+  /// for a worker, company and the decoding of its batch; compute_us: the forward pass), and the
+  /// rest of the latency (reading, the event loop, writing, this client's own thread).
+  std::vector<double> queue_ms, compute_ms, outside_ms;
   std::size_t sent = 0, answered = 0, errors = 0, timeouts = 0, lost = 0;
   std::map<std::string, std::size_t> codes;  ///< ERROR replies and lost connections, by kind
 };
@@ -793,6 +825,12 @@ class GoodClient {
           if (h.type == wire::MessageType::response) {
             ++ph.answered, ++progress_;
             ph.ms.push_back(ms);
+            const auto v = m.view();
+            std::uint32_t q = 0, c = 0;
+            if (response_times(reinterpret_cast<const unsigned char*>(v.data()), v.size(), q, c)) {
+              ph.queue_ms.push_back(q / 1000.0), ph.compute_ms.push_back(c / 1000.0);
+              ph.outside_ms.push_back(std::max(0.0, ms - (q + c) / 1000.0));
+            }
           } else if (h.type == wire::MessageType::error) {
             ++ph.errors;
             ++ph.codes["ERROR " + std::string(to_string(wire::decode_error(m.view()).code))];
@@ -831,6 +869,7 @@ struct AttackerReport {
   std::size_t bytes_sent = 0, bytes_received = 0;
   std::map<std::string, std::size_t> got;  ///< replies by kind
   std::vector<double> close_after_s;       ///< for each closed connection, how long it had been open
+  ServerTimes times;                       ///< the server's queue and compute times of its RESPONSEs (pipelining attacks)
   std::string note;
 };
 
@@ -971,7 +1010,7 @@ bool service(Pipe& p, short revents, bool reading, AttackerReport& r) {
   }
   if (reading && (revents & (POLLIN | POLLERR | POLLHUP | POLLRDHUP))) {
     std::size_t frames = 0;
-    const Io io = read_some(p.fd, p.sk, r.got, r.bytes_received, &frames);
+    const Io io = read_some(p.fd, p.sk, r.got, r.bytes_received, &frames, &r.times);
     p.in_flight -= std::min(p.in_flight, frames);
     if (io == Io::closed) return false;
   } else if (!reading && (revents & (POLLRDHUP | POLLHUP | POLLERR))) {
@@ -1068,13 +1107,17 @@ AttackerReport attack_poison(AttackContext& ctx) {
   return r;
 }
 
-AttackerReport attack_prefix(AttackContext& ctx) {
+/// Connections that announce a 64 MiB frame and then send one byte a second: before any HELLO
+/// (`after_hello` false), or after a HELLO, as a peer that has been let in (true).
+AttackerReport attack_prefix(AttackContext& ctx, bool after_hello) {
   AttackerReport r;
   const std::uint32_t announce = std::uint32_t{64} << 20;
-  const std::byte prefix[4] = {std::byte(announce & 0xFF), std::byte((announce >> 8) & 0xFF), std::byte((announce >> 16) & 0xFF),
-                               std::byte(announce >> 24)};
-  std::vector<int> fds = connect_many(ctx, ctx.sc.prefix_conns, prefix, r, ctx.sc.setup_timeout_s);
+  std::vector<std::byte> first;
+  if (after_hello) append_framed(first, hello_frame(ctx.target, 1));
+  for (int i = 0; i < 4; ++i) first.push_back(std::byte((announce >> (8 * i)) & 0xFF));
+  std::vector<int> fds = connect_many(ctx, ctx.sc.prefix_conns, first, r, ctx.sc.setup_timeout_s);
   std::vector<SteadyClock::time_point> opened(fds.size(), SteadyClock::now());
+  std::vector<Skimmer> sks(fds.size());
   r.requests = fds.size();
   ctx.steady(ctx.sc.duration_s);
   auto next_byte = SteadyClock::now() + 1s;
@@ -1096,8 +1139,7 @@ AttackerReport attack_prefix(AttackContext& ctx) {
     for (std::size_t k = 0; k < pf.size(); ++k) {
       if (pf[k].revents == 0) continue;
       const std::size_t i = which[k];
-      Skimmer sk;
-      if (read_some(fds[i], sk, r.got, r.bytes_received) == Io::closed || (pf[k].revents & (POLLHUP | POLLERR))) {
+      if (read_some(fds[i], sks[i], r.got, r.bytes_received) == Io::closed || (pf[k].revents & (POLLHUP | POLLERR))) {
         ::close(fds[i]);
         fds[i] = -1;
         ++r.closed_by_server;
@@ -1105,9 +1147,12 @@ AttackerReport attack_prefix(AttackContext& ctx) {
       }
     }
   }
+  std::size_t open_at_end = 0;
   for (int fd : fds)
-    if (fd >= 0) ::close(fd);
-  r.note = "each announced a 64 MiB frame before any HELLO, then sent one byte a second";
+    if (fd >= 0) ::close(fd), ++open_at_end;
+  r.note = std::string("each announced a 64 MiB frame ") + (after_hello ? "after its HELLO" : "before any HELLO") +
+           ", then sent one byte a second while open; " + std::to_string(open_at_end) + " of " + std::to_string(fds.size()) +
+           " still open at the end";
   return r;
 }
 
@@ -1586,7 +1631,8 @@ Row measure(const Options& o, const ServerSpec& spec, const std::string& attack,
   const double cpu0 = before.cpu_s;
   try {
     if (attack == "poison") row.attacker = attack_poison(ctx);
-    else if (attack == "prefix") row.attacker = attack_prefix(ctx);
+    else if (attack == "prefix") row.attacker = attack_prefix(ctx, false);
+    else if (attack == "helloprefix") row.attacker = attack_prefix(ctx, true);
     else if (attack == "bomb") row.attacker = attack_bomb(ctx);
     else if (attack == "noread") row.attacker = attack_noread(ctx);
     else if (attack == "noreadhold") row.attacker = attack_noreadhold(ctx);
@@ -1629,12 +1675,22 @@ void print_row(const Row& r, double timeout_s) {
               ms_text(percentile(r.under.ms, 0.5), tms).c_str(), ms_text(percentile(r.under.ms, 0.99), tms).c_str(), r.under.answered,
               r.under.sent, r.under.errors, r.under.timeouts, r.under.lost, r.under.codes.empty() ? "" : " | ",
               r.under.codes.empty() ? "" : counts_text(r.under.codes).c_str());
+  if (!r.under.queue_ms.empty())
+    std::printf("    client under attack, by the server's account: queue p50 %s p99 %s ms, compute p99 %s ms; the rest (loop, "
+                "sockets, client) p50 %s p99 %s ms\n",
+                ms_text(percentile(r.under.queue_ms, 0.5), 1e300).c_str(), ms_text(percentile(r.under.queue_ms, 0.99), 1e300).c_str(),
+                ms_text(percentile(r.under.compute_ms, 0.99), 1e300).c_str(), ms_text(percentile(r.under.outside_ms, 0.5), 1e300).c_str(),
+                ms_text(percentile(r.under.outside_ms, 0.99), 1e300).c_str());
   const auto& a = r.attacker;
   std::printf("    attacker: %zu connections (%zu failed), %zu closed by the server%s, %zu requests, %.1f MiB sent, %.1f MiB received | got: %s\n",
               a.connections, a.connect_failed, a.closed_by_server,
               a.close_after_s.empty() ? "" : (" (median after " + ms_text(percentile(a.close_after_s, 0.5), 1e300) + " s)").c_str(),
               a.requests, static_cast<double>(a.bytes_sent) / 1048576.0, static_cast<double>(a.bytes_received) / 1048576.0,
               counts_text(a.got).c_str());
+  if (!a.times.compute_ms.empty())
+    std::printf("    attacker's RESPONSEs, by the server's account: queue median %s ms, compute median %s max %s ms\n",
+                ms_text(percentile(a.times.queue_ms, 0.5), 1e300).c_str(), ms_text(percentile(a.times.compute_ms, 0.5), 1e300).c_str(),
+                ms_text(percentile(a.times.compute_ms, 1.0), 1e300).c_str());
   if (!std::isnan(r.cpu_quiet_pct))
     std::printf("    server alone with the attack held (client paused): cpu %.1f%% of a core\n", r.cpu_quiet_pct);
   if (!a.note.empty()) std::printf("    note: %s\n", a.note.c_str());
@@ -1652,7 +1708,8 @@ const char* csv_header =
     "run,server,attack,alive,end,killed_at_mib,rss_before_mib,rss_max_mib,hwm_mib,threads_before,threads_max,cpu_pct,cpu_window_s,cpu_quiet_pct,"
     "base_answered,base_p50_ms,base_p99_ms,att_sent,att_answered,att_errors,att_timeouts,att_lost,att_p50_ms,att_p99_ms,att_client_codes,"
     "attacker_connections,attacker_connect_failed,attacker_closed_by_server,attacker_close_median_s,attacker_requests,attacker_mib_sent,"
-    "attacker_mib_received,attacker_got,note\n";
+    "attacker_mib_received,attacker_got,base_queue_p99_ms,att_queue_p50_ms,att_queue_p99_ms,att_compute_p99_ms,att_outside_p50_ms,"
+    "att_outside_p99_ms,attacker_queue_median_ms,attacker_compute_median_ms,attacker_compute_max_ms,note\n";
 
 std::string csv_row(const Row& r) {
   std::ostringstream s;
@@ -1670,8 +1727,12 @@ std::string csv_row(const Row& r) {
     << r.under.timeouts << ',' << r.under.lost << ',' << num(percentile(r.under.ms, 0.5)) << ',' << num(percentile(r.under.ms, 0.99))
     << ',' << csv_quote(counts_text(r.under.codes)) << ',' << a.connections << ',' << a.connect_failed << ',' << a.closed_by_server
     << ',' << num(percentile(a.close_after_s, 0.5)) << ',' << a.requests << ',' << num(static_cast<double>(a.bytes_sent) / 1048576.0)
-    << ',' << num(static_cast<double>(a.bytes_received) / 1048576.0) << ',' << csv_quote(counts_text(a.got)) << ',' << csv_quote(a.note)
-    << '\n';
+    << ',' << num(static_cast<double>(a.bytes_received) / 1048576.0) << ',' << csv_quote(counts_text(a.got)) << ','
+    << num(percentile(r.base.queue_ms, 0.99)) << ',' << num(percentile(r.under.queue_ms, 0.5)) << ','
+    << num(percentile(r.under.queue_ms, 0.99)) << ',' << num(percentile(r.under.compute_ms, 0.99)) << ','
+    << num(percentile(r.under.outside_ms, 0.5)) << ',' << num(percentile(r.under.outside_ms, 0.99)) << ','
+    << num(percentile(a.times.queue_ms, 0.5)) << ',' << num(percentile(a.times.compute_ms, 0.5)) << ','
+    << num(percentile(a.times.compute_ms, 1.0)) << ',' << csv_quote(a.note) << '\n';
   return s.str();
 }
 
@@ -1731,14 +1792,14 @@ double median(std::vector<double> v) {
 
 void print_medians(const std::vector<Row>& rows, const Options& o) {
   std::printf("\nmedians over %zu run(s) (CPU: %s, %u logical CPUs):\n", o.runs, cpu_model().c_str(), std::thread::hardware_concurrency());
-  std::printf("%-8s %-11s %6s %9s %9s %8s %7s %7s %10s %10s %10s %10s %12s\n", "server", "attack", "alive", "rss max", "hwm", "threads",
-              "cpu %", "quiet %", "p50 alone", "p99 alone", "p50 att.", "p99 att.", "answered");
+  std::printf("%-8s %-11s %6s %9s %9s %8s %7s %7s %10s %10s %10s %10s %12s %10s %10s\n", "server", "attack", "alive", "rss max", "hwm",
+              "threads", "cpu %", "quiet %", "p50 alone", "p99 alone", "p50 att.", "p99 att.", "answered", "queue p99", "rest p99");
   std::vector<std::pair<std::string, std::string>> keys;
   for (const auto& r : rows)
     if (std::find(keys.begin(), keys.end(), std::make_pair(r.attack, r.server)) == keys.end()) keys.emplace_back(r.attack, r.server);
   const double tms = o.scale.client_timeout_s * 1000;
   for (const auto& [attack, server] : keys) {
-    std::vector<double> rss, hwm, thr, cpu, quiet, b50, b99, a50, a99, ans;
+    std::vector<double> rss, hwm, thr, cpu, quiet, b50, b99, a50, a99, ans, q99, o99;
     std::size_t alive = 0, n = 0;
     for (const auto& r : rows) {
       if (r.attack != attack || r.server != server) continue;
@@ -1746,11 +1807,13 @@ void print_medians(const std::vector<Row>& rows, const Options& o) {
       rss.push_back(r.rss_max), hwm.push_back(r.hwm), thr.push_back(static_cast<double>(r.threads_max)), cpu.push_back(r.cpu_pct), quiet.push_back(r.cpu_quiet_pct);
       b50.push_back(percentile(r.base.ms, 0.5)), b99.push_back(percentile(r.base.ms, 0.99));
       a50.push_back(percentile(r.under.ms, 0.5)), a99.push_back(percentile(r.under.ms, 0.99));
+      q99.push_back(percentile(r.under.queue_ms, 0.99)), o99.push_back(percentile(r.under.outside_ms, 0.99));
       ans.push_back(r.under.sent ? static_cast<double>(r.under.answered) / static_cast<double>(r.under.sent) * 100 : 0);
     }
-    std::printf("%-8s %-11s %3zu/%-2zu %9s %9s %8.0f %7.1f %7.1f %10s %10s %10s %10s %11.1f%%\n", server.c_str(), attack.c_str(), alive,
-                n, mib(median(rss)).c_str(), mib(median(hwm)).c_str(), median(thr), median(cpu), median(quiet), ms_text(median(b50), tms).c_str(),
-                ms_text(median(b99), tms).c_str(), ms_text(median(a50), tms).c_str(), ms_text(median(a99), tms).c_str(), median(ans));
+    std::printf("%-8s %-11s %3zu/%-2zu %9s %9s %8.0f %7.1f %7.1f %10s %10s %10s %10s %11.1f%% %10s %10s\n", server.c_str(), attack.c_str(),
+                alive, n, mib(median(rss)).c_str(), mib(median(hwm)).c_str(), median(thr), median(cpu), median(quiet),
+                ms_text(median(b50), tms).c_str(), ms_text(median(b99), tms).c_str(), ms_text(median(a50), tms).c_str(),
+                ms_text(median(a99), tms).c_str(), median(ans), ms_text(median(q99), 1e300).c_str(), ms_text(median(o99), 1e300).c_str());
   }
 }
 
