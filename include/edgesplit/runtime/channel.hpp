@@ -1,6 +1,7 @@
 // edgesplit/runtime/channel.hpp - any Transport behind one type, for the runtime's threads.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <type_traits>
@@ -28,6 +29,14 @@ class Channel {
   void send(std::span<const std::byte> bytes, Deadline deadline) { get().send(bytes, deadline); }
   /// Receives one message into `into`; false at the deadline.
   bool receive(Deadline deadline, Message& into) { return get().receive(deadline, into); }
+  /// Hands each message that arrives from now on to `on_message`, on the thread that delivers
+  /// it, instead of keeping it for receive(); an empty function goes back to receive() and waits
+  /// for calls in progress to return. False (nothing changes) for transports that cannot: only
+  /// an in-process connection to a server (LocalConnection) can, and there a reply computed on
+  /// the sending thread reaches the caller without crossing a thread.
+  bool push_to(std::function<void(std::span<const std::byte>)> on_message) {
+    return impl_ && impl_->push_to(std::move(on_message));
+  }
   /// True while a message has arrived only in part (a peer stalled inside a frame); false for
   /// transports that only deliver whole messages.
   bool mid_message() const { return impl_ && impl_->mid_message(); }
@@ -43,6 +52,7 @@ class Channel {
     virtual bool receive(Deadline, Message&) = 0;
     virtual void close() = 0;
     virtual bool mid_message() const = 0;
+    virtual bool push_to(std::function<void(std::span<const std::byte>)>) = 0;
   };
   template <class T>
   struct Model final : Concept {
@@ -55,6 +65,15 @@ class Channel {
         return transport.mid_message();
       else
         return false;
+    }
+    bool push_to(std::function<void(std::span<const std::byte>)> f) override {
+      if constexpr (requires(T& t, std::function<void(std::span<const std::byte>)> g) { t.push_to(std::move(g)); }) {
+        transport.push_to(std::move(f));
+        return true;
+      } else {
+        (void)f;
+        return false;
+      }
     }
     T transport;
   };

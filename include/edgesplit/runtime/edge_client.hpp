@@ -152,6 +152,7 @@ class EdgeClient {
     if (opt_.max_in_flight == 0) fail(errc::invalid_argument, "EdgeClient max_in_flight must be >= 1");
     check_.fingerprint = opt_.tail_fingerprint;
     check_.signature = feature_signature();
+    push_decoder_ = FeatureCodec(CodecConfig::decoding(opt_.limits));
     try_connect();
     receiver_ = std::thread([this] {
       name_this_thread("es-edge-recv");
@@ -166,16 +167,73 @@ class EdgeClient {
   /// with the steady clock, `deadline_after(d)`).
   std::future<InferResult> submit(TensorView<const float> x, Deadline deadline) {
     Pending p;
+    p.promise.emplace();
+    std::future<InferResult> fut = p.promise->get_future();
+    start(x, deadline, std::move(p));
+    return fut;
+  }
+
+  /// `submit(x, deadline).get()`, without a future's shared state: a request answered inside
+  /// send() (an in-process connection) costs no system call to hand its answer over.
+  InferResult infer(TensorView<const float> x, Deadline deadline) {
+    Waiter w;
+    Pending p;
+    p.waiter = &w;
+    start(x, deadline, std::move(p));
+    std::unique_lock lock(w.mutex);
+    w.ready.wait(lock, [&] { return w.done; });
+    if (w.failure) std::rethrow_exception(w.failure);
+    return std::move(*w.result);
+  }
+
+ private:
+  // infer()'s rendezvous with whichever thread answers. The answerer notifies with the mutex
+  // held, so the waiter cannot leave (and destroy this) before the notification is done.
+  struct Waiter {
+    std::mutex mutex;
+    std::condition_variable ready;
+    bool done = false;
+    std::optional<InferResult> result;
+    std::exception_ptr failure;
+  };
+  struct Pending {
+    std::optional<std::promise<InferResult>> promise;  // submit()'s
+    Waiter* waiter = nullptr;                           // or infer()'s
+    InferResult result;
+    Tensor<float> fallback_input;  // the head's features or the input, as the fallback reads
+    std::vector<std::byte> frame;
+    Deadline deadline;
+    Clock::time_point sent_at;
+
+    void answer(InferResult&& r) {
+      if (!waiter) return promise->set_value(std::move(r));
+      std::lock_guard lock(waiter->mutex);
+      waiter->result = std::move(r);
+      waiter->done = true;
+      waiter->ready.notify_one();
+    }
+    void answer(std::exception_ptr e) {
+      if (!waiter) return promise->set_exception(std::move(e));
+      std::lock_guard lock(waiter->mutex);
+      waiter->failure = std::move(e);
+      waiter->done = true;
+      waiter->ready.notify_one();
+    }
+  };
+
+  // Runs the head, sends the request and leaves `p` pending (or answered by the fallback).
+  void start(TensorView<const float> x, Deadline deadline, Pending p) {
     p.deadline = deadline;
-    std::future<InferResult> fut = p.promise.get_future();
     {
       std::unique_lock lock(pending_mutex_);
       const auto room = [&] { return pending_.size() < opt_.max_in_flight || closed_; };
+      ++room_waiters_;
       if (!clock_.is_virtual()) {
-        pending_cv_.wait_until(lock, deadline, room);
+        room_cv_.wait_until(lock, deadline, room);
       } else {
-        while (!room() && clock_.now() < deadline) pending_cv_.wait_for(lock, virtual_poll);
+        while (!room() && clock_.now() < deadline) room_cv_.wait_for(lock, virtual_poll);
       }
+      --room_waiters_;
       if (closed_) fail(errc::unreachable, "EdgeClient is closed");
     }
     const std::uint32_t id = next_id_++;
@@ -198,16 +256,20 @@ class EdgeClient {
       p.result.bytes_sent = p.frame.size();
     }
     std::optional<Channel> ch;
+    bool wake;
     {
       std::lock_guard lock(pending_mutex_);
       ++stats_.submitted;
       if (channel_) ch = channel_;
       p.sent_at = last_sent_ = clock_.now();
+      // The receiver needs to know only if it would otherwise sleep past this deadline (on a
+      // virtual clock: to look more often while requests await answers).
+      wake = clock_.is_virtual() || receiver_wakes_at_ == Clock::time_point::max() || p.deadline < receiver_wakes_at_;
       pending_.emplace(id, std::move(p));
     }
     if (!ch) {
       resolve_fallback(id, errc::unreachable, "not connected to the cloud" + last_error_suffix());
-      return fut;
+      return;
     }
     try {
       std::vector<std::byte> frame;
@@ -221,13 +283,10 @@ class EdgeClient {
       if (e.code() != errc::timeout) drop_connection(*ch);
       resolve_fallback(id, e.code(), e.what());
     }
-    wake_receiver();
-    return fut;
+    if (wake) pending_cv_.notify_all();
   }
 
-  /// `submit(x, deadline).get()`.
-  InferResult infer(TensorView<const float> x, Deadline deadline) { return submit(x, deadline).get(); }
-
+ public:
   /// Sends a PING; the PONG updates the RTT estimate.
   void ping() {
     std::optional<Channel> ch;
@@ -277,13 +336,19 @@ class EdgeClient {
 
   /// Answers every pending request by fallback, closes the connection and stops the receiver.
   void close() {
+    std::optional<Channel> ch;
     {
       std::lock_guard lock(pending_mutex_);
       if (closed_) return;
       closed_ = true;
-      if (channel_) channel_->close();
+      if (channel_) ch = channel_;
+    }
+    if (ch) {  // outside the lock: a reply pushed on another thread may be waiting for it
+      ch->push_to({});
+      ch->close();
     }
     pending_cv_.notify_all();
+    room_cv_.notify_all();
     if (receiver_.joinable()) receiver_.join();
     std::vector<std::uint32_t> ids;
     {
@@ -294,15 +359,6 @@ class EdgeClient {
   }
 
  private:
-  struct Pending {
-    std::promise<InferResult> promise;
-    InferResult result;
-    Tensor<float> fallback_input;  // the head's features or the input, as the fallback reads
-    std::vector<std::byte> frame;
-    Deadline deadline;
-    Clock::time_point sent_at;
-  };
-
   // How long a wait on a virtual clock lasts in real time before the client looks at it again;
   // the receiver looks more often while requests await their answers.
   static constexpr std::chrono::microseconds virtual_poll{1000}, virtual_poll_awaiting{100};
@@ -362,7 +418,10 @@ class EdgeClient {
     return last_error_.empty() ? std::string() : " (" + last_error_ + ")";
   }
 
-  void wake_receiver() { pending_cv_.notify_all(); }
+  // A request left pending_ (with pending_mutex_ held): a submit() waiting for room may go on.
+  void room_freed_locked() {
+    if (room_waiters_ > 0) room_cv_.notify_one();
+  }
 
   // Connects and exchanges HELLO; on success the channel becomes current.
   bool try_connect() {
@@ -392,15 +451,24 @@ class EdgeClient {
                                        Shape(std::span<const std::size_t>(check_.signature)).str());
       if (check_.fingerprint != 0 && hello.check.fingerprint != 0 && hello.check.fingerprint != check_.fingerprint)
         fail(errc::version_mismatch, "the cloud serves another tail (fingerprint differs)");
-      std::lock_guard lock(pending_mutex_);
-      if (closed_) {
-        ch.close();
-        return false;
+      {
+        std::lock_guard lock(pending_mutex_);
+        if (closed_) {
+          ch.close();
+          return false;
+        }
+        channel_ = ch;
+        cloud_id_ = id;
+        backoff_ = opt_.backoff_initial;
+        last_sent_ = clock_.now();
+        push_failed_ = false;
       }
-      channel_ = std::move(ch);
-      cloud_id_ = id;
-      backoff_ = opt_.backoff_initial;
-      last_sent_ = clock_.now();
+      // Replies handed over on the thread that makes them, where the connection can: a request
+      // whose batch runs inside send() is answered before submit() returns. Set up without the
+      // lock, which a pushed reply takes.
+      const bool pushing = ch.push_to([this](std::span<const std::byte> bytes) { on_push(bytes); });
+      std::lock_guard lock(pending_mutex_);
+      pushing_ = pushing;
       return true;
     } catch (const error& e) {
       std::lock_guard lock(pending_mutex_);
@@ -414,6 +482,7 @@ class EdgeClient {
   }
 
   void drop_connection(Channel& ch) {
+    ch.push_to({});  // waits for a pushed reply in progress
     ch.close();
     std::vector<std::uint32_t> ids;
     {
@@ -435,13 +504,13 @@ class EdgeClient {
       p = std::move(it->second);
       pending_.erase(it);
       ++stats_.fallbacks;
+      room_freed_locked();
     }
-    pending_cv_.notify_all();
     p.result.path = AnswerPath::fallback;
     p.result.fallback_reason = why;
     p.result.fallback_message = what;
     if (!fallback_) {
-      p.promise.set_exception(std::make_exception_ptr(error(why, what)));
+      p.answer(std::make_exception_ptr(error(why, what)));
       return;
     }
     try {
@@ -449,9 +518,9 @@ class EdgeClient {
       const auto t0 = steady::now();
       p.result.output = fallback_->model.predict(p.fallback_input.cview());
       p.result.timings.fallback = seconds(steady::now() - t0);
-      p.promise.set_value(std::move(p.result));
+      p.answer(std::move(p.result));
     } catch (...) {
-      p.promise.set_exception(std::current_exception());
+      p.answer(std::current_exception());
     }
   }
 
@@ -474,10 +543,7 @@ class EdgeClient {
   }
 
   void receive_loop() {
-    CodecConfig cfg;
-    cfg.bits = wire::raw_f32_bits;
-    cfg.limits = opt_.limits;
-    FeatureCodec decoder(cfg);
+    FeatureCodec decoder(CodecConfig::decoding(opt_.limits));
     Message m;
     while (true) {
       std::optional<Channel> ch;
@@ -505,10 +571,28 @@ class EdgeClient {
       }
       try {
         keepalive(*ch);
-        if (!poll(*ch, m)) continue;
-        handle(m, decoder);
-      } catch (const error&) {
-        // closed, reset, or a malformed reply: this connection is done; requests fall back
+        send_report(*ch);
+        bool pushing;
+        {
+          std::unique_lock lock(pending_mutex_);
+          pushing = pushing_;
+          if (pushing && push_failed_) fail(errc::corrupt_frame, "a malformed reply from the cloud");
+          // Replies come by push: this thread only keeps time (deadlines, keepalive).
+          if (pushing && !closed_) {
+            if (clock_.is_virtual()) {
+              pending_cv_.wait_for(lock, pending_.empty() ? virtual_poll : virtual_poll_awaiting);
+            } else {
+              receiver_wakes_at_ = next_wake_locked();
+              pending_cv_.wait_until(lock, receiver_wakes_at_);
+              receiver_wakes_at_ = Clock::time_point::max();
+            }
+          }
+        }
+        if (pushing || !poll(*ch, m)) continue;
+        handle(m.view(), decoder);
+      } catch (...) {
+        // closed, reset, a malformed reply, or anything else: this connection is done; requests
+        // fall back (nothing ends this thread but close())
         drop_connection(*ch);
       }
     }
@@ -557,14 +641,40 @@ class EdgeClient {
     return d;
   }
 
-  void handle(const Message& m, FeatureCodec& decoder) {
+  // A reply handed over by the connection on the thread that made it (see try_connect): handled
+  // here, under its own decoder; a malformed one is left for the receiver thread to end the
+  // connection (this thread may be inside the connection's send).
+  void on_push(std::span<const std::byte> bytes) {
+    std::lock_guard lock(push_mutex_);
+    try {
+      handle(bytes, push_decoder_);
+    } catch (...) {
+      {
+        std::lock_guard l(pending_mutex_);
+        push_failed_ = true;
+      }
+      pending_cv_.notify_all();
+    }
+  }
+
+  // Sends the ERROR that reports a refused weights push, from the receiver thread.
+  void send_report(Channel& ch) {
+    std::vector<std::byte> frame;
+    {
+      std::lock_guard lock(pending_mutex_);
+      frame.swap(report_);
+    }
+    if (!frame.empty()) ch.send(frame, deadline_after(opt_.connect_timeout, clock_));
+  }
+
+  void handle(std::span<const std::byte> bytes, FeatureCodec& decoder) {
     const auto received = clock_.now();
-    const auto h = wire::peek(m.view(), opt_.limits);
+    const auto h = wire::peek(bytes, opt_.limits);
     switch (h.type) {
       case wire::MessageType::response: {
         Tensor<float> y;
         const auto t0 = steady::now();
-        const auto resp = wire::decode_response(m.view(), decoder, y);
+        const auto resp = wire::decode_response(bytes, decoder, y);
         const double decode_s = seconds(steady::now() - t0);
         Pending p;
         {
@@ -579,19 +689,19 @@ class EdgeClient {
           ++stats_.cloud_answers;
           const double rtt = seconds(received - p.sent_at);
           estimator_.observe_transfer(p.result.bytes_sent, rtt, (resp.queue_us + resp.compute_us) * 1e-6);
+          room_freed_locked();
         }
-        pending_cv_.notify_all();
         p.result.path = AnswerPath::cloud;
         p.result.output = std::move(y);
         p.result.timings.round_trip = seconds(received - p.sent_at);
         p.result.timings.server_queue = resp.queue_us * 1e-6;
         p.result.timings.server_compute = resp.compute_us * 1e-6;
         p.result.timings.decode = decode_s;
-        p.promise.set_value(std::move(p.result));
+        p.answer(std::move(p.result));
         return;
       }
       case wire::MessageType::error: {
-        const auto e = wire::decode_error(m.view(), opt_.limits);
+        const auto e = wire::decode_error(bytes, opt_.limits);
         if (h.request_id == 0) {  // about the connection, not a request: keep it for last_error()
           std::lock_guard lock(pending_mutex_);
           last_error_ = "cloud: " + std::string(to_string(e.code)) + ": " + e.message;
@@ -601,7 +711,7 @@ class EdgeClient {
       }
       case wire::MessageType::weights: {
         std::vector<wire::NamedTensor> tensors;
-        const auto id = wire::decode_weights(m.view(), tensors, opt_.limits);
+        const auto id = wire::decode_weights(bytes, tensors, opt_.limits);
         std::string why;
         if (id.model_id != opt_.model.model_id || id.major != opt_.model.major)
           why = "weights for '" + id.model_id + "' major " + std::to_string(id.major) + ", the edge runs '" +
@@ -609,20 +719,17 @@ class EdgeClient {
         else
           why = weights_mismatch(tensors);
         if (!why.empty()) {
-          // Refused loudly: counted, kept for last_error(), and reported to the cloud.
+          // Refused loudly: counted, kept for last_error(), and reported to the cloud by the
+          // receiver thread (this one may be inside a send of the connection).
+          std::vector<std::byte> frame;
+          wire::encode_error(frame, 0, errc::shape_mismatch, "weights push refused: " + why);
           {
             std::lock_guard lock(pending_mutex_);
             ++stats_.weights_refused;
             last_error_ = "weights push refused: " + why;
+            report_ = std::move(frame);
           }
-          std::vector<std::byte> frame;
-          wire::encode_error(frame, 0, errc::shape_mismatch, "weights push refused: " + why);
-          std::optional<Channel> ch;
-          {
-            std::lock_guard lock(pending_mutex_);
-            if (channel_) ch = channel_;
-          }
-          if (ch) ch->send(frame, deadline_after(opt_.connect_timeout, clock_));
+          pending_cv_.notify_all();
           return;
         }
         std::lock_guard lock(pending_mutex_);
@@ -631,7 +738,7 @@ class EdgeClient {
         return;
       }
       case wire::MessageType::pong: {
-        const std::uint64_t t = wire::decode_ping(m.view(), opt_.limits);
+        const std::uint64_t t = wire::decode_ping(bytes, opt_.limits);
         const auto sent = Clock::time_point(Clock::duration(static_cast<Clock::duration::rep>(t)));
         std::lock_guard lock(pending_mutex_);
         estimator_.observe_rtt(seconds(received - sent));
@@ -643,6 +750,8 @@ class EdgeClient {
   }
 
   const Clock& clock_;
+  std::mutex push_mutex_;         // push_decoder_: one pushed reply at a time
+  FeatureCodec push_decoder_;  // limits set in the constructor
   std::mutex head_mutex_;  // head_, encoder_: one request's head pass and encoding at a time
   Sequential<float> head_;
   Connector connector_;
@@ -652,7 +761,12 @@ class EdgeClient {
   FeatureCodec encoder_;
 
   mutable std::mutex pending_mutex_;  // everything below
-  std::condition_variable pending_cv_;
+  std::condition_variable pending_cv_;  // wakes the receiver thread
+  std::condition_variable room_cv_;     // wakes a submit() waiting for max_in_flight to allow it
+  std::size_t room_waiters_ = 0;
+  // When the receiver, waiting for pushed replies, looks again on its own (max: it is elsewhere,
+  // and submit() wakes it for any request)
+  Clock::time_point receiver_wakes_at_ = Clock::time_point::max();
   std::map<std::uint32_t, Pending> pending_;
   std::optional<Channel> channel_;
   wire::ModelIdentity cloud_id_;
@@ -663,6 +777,9 @@ class EdgeClient {
   Clock::time_point next_attempt_{};
   std::optional<errc> last_connect_error_;
   std::string last_error_;
+  std::vector<std::byte> report_;  // an ERROR for the cloud, sent by the receiver thread
+  bool pushing_ = false;      // the connection hands replies to on_push
+  bool push_failed_ = false;  // on_push met a malformed reply: the receiver ends the connection
   Clock::time_point last_sent_{};
   wire::ModelCheck check_;  // what HELLO tells the cloud to check
   bool closed_ = false;

@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
+#include <shared_mutex>
 #include <cstddef>
 #include <deque>
 #include <memory>
@@ -38,6 +40,7 @@ class LocalConnection {
  public:
   /// Shared between the edge's end and the server (which closes it at shutdown).
   struct State final : ReplySink {
+    /// Binds the connection to the server's handler, batcher and options.
     State(RequestHandler& h, DynamicBatcher& b, const ServerOptions& o) : handler(&h), batcher(&b), opt(o), codec(CodecConfig::decoding(o.limits)) {}
     RequestHandler* handler;  ///< null once the server is gone
     DynamicBatcher* batcher;  ///< likewise
@@ -50,9 +53,19 @@ class LocalConnection {
     std::deque<std::vector<std::byte>> replies;  ///< replies not yet received
     std::vector<std::vector<std::byte>> spare;   ///< received buffers kept for later replies
     bool closed = false;       ///< either side closed
+    std::shared_mutex push_mutex;  ///< held shared while `push` runs, exclusively to change it
+    std::function<void(std::span<const std::byte>)> push;  ///< set: replies go to it, not the queue
 
-    /// A reply from the server (any thread): queued for receive(), never waited for.
+    /// A reply from the server (any thread): handed to `push` when set, else queued for
+    /// receive(); never waited for.
     void deliver(std::span<const std::byte> frame, MemoryBudget::Reservation) override {
+      {
+        std::shared_lock pl(push_mutex);
+        if (push) {
+          push(frame);
+          return;
+        }
+      }
       std::lock_guard lock(mutex);
       if (closed) return;
       std::vector<std::byte> b;
@@ -123,6 +136,25 @@ class LocalConnection {
   }
   /// The next reply, or nullopt at the deadline.
   std::optional<Message> receive(Deadline deadline) { return detail::receive_new(*this, deadline); }
+
+  /// Hands replies to `on_message` on the thread that produces them (the sender's own thread when
+  /// its batch ran inside send()), first any that are queued; an empty function goes back to
+  /// receive() and returns once no call to the old one is in progress. `on_message` must not
+  /// call push_to itself.
+  void push_to(std::function<void(std::span<const std::byte>)> on_message) {
+    State& s = state();
+    std::deque<std::vector<std::byte>> queued;
+    {
+      std::unique_lock pl(s.push_mutex);
+      s.push = std::move(on_message);
+      if (!s.push) return;
+      std::lock_guard lock(s.mutex);
+      queued.swap(s.replies);
+    }
+    std::shared_lock pl(s.push_mutex);
+    for (const auto& r : queued)
+      if (s.push) s.push(r);
+  }
 
   /// Idempotent; ends the connection on both sides and wakes a blocked receiver.
   void close() noexcept {

@@ -500,8 +500,8 @@ class SocketFrontEnd {
           fd = ::accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
           const int again = fd < 0 ? errno : 0;
           if (fd >= 0) {
+            count(&FrontEndStats::refused_descriptors);  // before the peer can see the close
             ::close(fd);
-            count(&FrontEndStats::refused_descriptors);
           }
           spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
           if (fd >= 0) continue;
@@ -513,8 +513,8 @@ class SocketFrontEnd {
         return;
       }
       if (connections_.size() >= opt_.max_connections) {
+        count(&FrontEndStats::refused_limit);  // before the peer can see the refusal
         refuse(fd, "connection limit of " + std::to_string(opt_.max_connections) + " reached");
-        count(&FrontEndStats::refused_limit);
         continue;
       }
       open_connection(fd, l);
