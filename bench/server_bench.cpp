@@ -156,9 +156,14 @@ void BM_ServerRaw(benchmark::State& state) {
   std::vector<std::byte> frame;
   wire::encode_infer(frame, 1, {id.model_id, id.split, 0}, codec, head.predict(x.cview()).cview());
   std::vector<InProcTransport> ends;
+  std::vector<std::byte> hello;
+  wire::encode_hello(hello, id, 0, {});
   for (std::size_t c = 0; c < clients; ++c) {
     auto [a, b] = InProcTransport::make_pair();
     server.serve(std::move(b));
+    Message m;  // HELLO first, as the server requires
+    a.send(hello, no_deadline);
+    if (!a.receive(no_deadline, m) || wire::peek(m.view()).type != wire::MessageType::hello) std::abort();
     ends.push_back(std::move(a));
   }
   std::size_t done = 0;

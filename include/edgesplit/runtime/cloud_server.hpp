@@ -124,8 +124,10 @@ class CloudServer {
 
   /// A connection from this process whose server half runs on the thread that sends: a batch
   /// that is due at once (no other connection could join it) runs inside send(), and the reply
-  /// waits for the edge's receive(). The in-process connection with the fewest thread hand-offs;
-  /// use it as an EdgeClient's connector when edge and cloud share a process.
+  /// goes to the edge's receive() or, once an EdgeClient has asked for it (Channel::push_to),
+  /// straight to the client on the thread that made it. The in-process connection with the
+  /// fewest thread hand-offs (none for a lone request); use it as an EdgeClient's connector when
+  /// edge and cloud share a process.
   /// `unreachable` after shutdown.
   Channel connect_in_process() {
     auto st = std::make_shared<LocalConnection::State>(handler_, batcher_, opt_);
