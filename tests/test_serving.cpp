@@ -258,6 +258,53 @@ TEST_CASE("Batcher: a batch waits only for sources that sent recently, and only 
   CHECK(sink_idle->take().empty());
 }
 
+TEST_CASE("Batcher: a source that sends only now and then does not hold batches back, a quick one does", "[runtime][batcher]") {
+  // A peer that sends every 20 ms is quiet most of the time; waiting max_queue_delay (1 ms) for
+  // it would delay every other lone request and find company one time in twenty.
+  auto s = make_split(3);
+  ServerOptions o;
+  o.max_batch = 4;
+  o.max_queue_delay = 1000us;
+  ManualBatcher mb(s.tail, o);
+  DynamicBatcher& b = *mb.batcher;
+  VirtualClock& clock = mb.clock;
+  auto sink_a = std::make_shared<CollectingSink>(), sink_p = std::make_shared<CollectingSink>(),
+       sink_r = std::make_shared<CollectingSink>();
+  auto a = b.open_source(sink_a), p = b.open_source(sink_p), r = b.open_source(sink_r);
+  // p: a request every 20 ms. The first answer leaves its habit unknown: it still counts.
+  REQUIRE(b.submit(p, request(1, random_input(1, kHidden, 1))));
+  CHECK(b.run_ready() == 1);
+  CHECK(b.waiting_for_company());
+  for (std::uint32_t i = 0; i < 3; ++i) {
+    clock.advance_by(20ms);
+    REQUIRE(b.submit(p, request(2 + i, random_input(1, kHidden, 2))));
+    CHECK(b.run_ready() == 1);
+  }
+  CHECK(sink_p->take().size() == 4);
+  CHECK_FALSE(b.waiting_for_company());  // p is quiet and warm, but slow: nobody waits for it
+  clock.advance_by(1ms);
+  REQUIRE(b.submit(a, request(10, random_input(1, kHidden, 10))));
+  CHECK(b.run_ready() == 1);  // at once
+  CHECK(sink_a->take().size() == 1);
+
+  // r sends again within 0.1 ms of each reply: a lone request (p's) waits for it. (a, whose
+  // habit is unknown, leaves the warm window first.)
+  clock.advance_by(200ms);
+  for (std::uint32_t i = 0; i < 3; ++i) {
+    REQUIRE(b.submit(r, request(20 + i, random_input(1, kHidden, 20))));
+    CHECK(b.run_ready() == 1);
+    clock.advance_by(100us);
+  }
+  CHECK(sink_r->take().size() == 3);
+  REQUIRE(b.submit(p, request(11, random_input(1, kHidden, 11))));
+  CHECK(b.run_ready() == 0);  // r may join
+  REQUIRE(b.submit(r, request(30, random_input(1, kHidden, 30))));
+  CHECK(b.run_ready() == 1);  // and did: one batch of two
+  CHECK(sink_p->take().size() == 1);
+  CHECK(sink_r->take().size() == 1);
+  CHECK(b.stats().batches == 4 + 1 + 3 + 1);
+}
+
 TEST_CASE("Batcher: a worker waiting for company runs the batch as soon as it is full", "[runtime][batcher]") {
   // max_queue_delay of an hour: a worker that slept it out would miss the 20 s bound below. Two
   // tails: a slow one keeps the only worker busy while a and b queue a request each, so their

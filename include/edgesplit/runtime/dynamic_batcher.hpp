@@ -107,6 +107,10 @@ class DynamicBatcher {
     bool open = true;            ///< false once closed: nothing more is queued for it
     bool in_ring = false;        ///< has requests queued: takes part in the round-robin
     std::uint64_t quiet_stamp = 0;  ///< changes whenever it starts or stops being quiet
+    Clock::time_point quiet_since{};  ///< when it last went quiet (valid once `was_quiet`)
+    bool was_quiet = false;           ///< it has been answered at least once
+    Clock::duration think{};  ///< how long it usually stays quiet before its next request (average)
+    bool think_known = false;  ///< `think` has been measured
   };
   /// A handle on a source, to submit its requests and to close it.
   using Source = std::shared_ptr<SourceState>;
@@ -183,11 +187,16 @@ class DynamicBatcher {
       answer_error(*s, std::move(req), errc::overloaded, refusal);
       return false;
     }
+    const auto now = clock_.now();
     if (s->pending++ == 0) {
       ++active_;
       ++s->quiet_stamp;  // busy now: its entry among the warm sources no longer counts
+      if (s->was_quiet) {  // how long it thought: a moving average over its last few requests
+        const Clock::duration gap = now - s->quiet_since;
+        s->think = s->think_known ? (3 * s->think + gap) / 4 : gap;
+        s->think_known = true;
+      }
     }
-    const auto now = clock_.now();
     s->queue.push_back(Job{std::move(req), s, now});
     ++queued_;
     ++stats_.requests;
@@ -343,15 +352,20 @@ class DynamicBatcher {
     return cfg;
   }
 
-  // True while some source that sent within the warm window has nothing queued or running
-  // (caller holds mutex_). Sources that never sent, or went quiet long ago (idle connections,
-  // peers that never said HELLO), do not hold batches back.
+  // True while some source that sent within the warm window has nothing queued or running and
+  // usually sends again within max_queue_delay (caller holds mutex_). Sources that never sent,
+  // went quiet long ago (idle connections, peers that never said HELLO) or send only now and then
+  // (a request every 20 ms: waiting 1 ms for it would find company one time in twenty) do not
+  // hold batches back. A source whose habit is not known yet counts.
   bool company_may_come(Clock::time_point now) {
     const auto window = std::clamp<Clock::duration>(opt_.max_queue_delay * 100, std::chrono::milliseconds(10),
                                                     std::chrono::seconds(60));
     while (warm_head_ < warm_.size()) {
       Warm& w = warm_[warm_head_];
-      if (w.stamp == w.source->quiet_stamp && now - w.since <= window) return true;
+      const SourceState& src = *w.source;
+      if (w.stamp == src.quiet_stamp && now - w.since <= window &&
+          (!src.think_known || src.think <= opt_.max_queue_delay))
+        return true;
       w.source.reset();  // busy again, closed, or quiet too long
       ++warm_head_;
     }
@@ -468,6 +482,8 @@ class DynamicBatcher {
       SourceState& s = *j.source;
       if (--s.pending == 0) {
         --active_;
+        s.quiet_since = now;
+        s.was_quiet = true;
         if (s.open) {  // quiet now, and warm: it sent a moment ago and may send again soon
           if (warm_head_ != 0 && 2 * warm_head_ >= warm_.size()) {  // drop the consumed front
             warm_.erase(warm_.begin(), warm_.begin() + static_cast<std::ptrdiff_t>(warm_head_));
