@@ -21,9 +21,11 @@ struct ServerOptions {
   std::size_t max_batch = 32;  ///< requests merged into one forward pass (1: no batching)
   /// Longest a request waits for company. A worker waits only while some source (connection)
   /// that sent within the last 100 x max_queue_delay (at least 10 ms, at most a minute) has no
-  /// request queued or running: it was answered a moment ago and may send again. When every such
-  /// source already has one in the batch or the queue, waiting cannot help and the batch runs at
-  /// once; idle connections, and peers that never sent, hold nothing back.
+  /// request queued or running and usually sends again within max_queue_delay of an answer (a
+  /// moving average per source; a source not yet measured counts). When every such source
+  /// already has one in the batch or the queue, waiting cannot help and the batch runs at once;
+  /// idle connections, peers that never sent and peers that send only now and then hold
+  /// nothing back.
   std::chrono::microseconds max_queue_delay{1000};
   /// A batch stops taking requests once it holds this many bytes of features (a single larger
   /// request runs alone): bounds each worker's working memory.
