@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string_view>
@@ -35,26 +36,35 @@ inline edgesplit::Tensor<float> random_input(std::size_t batch, std::size_t widt
   return t;
 }
 
-/// An identity layer that sleeps: makes a tail slow enough to queue requests behind it, or to
-/// keep them in flight while a worker dies.
-class Sleep final : public edgesplit::Layer<float> {
+/// An identity layer that calls `hook` on each input first: a user layer that records where it
+/// ran, fails on some inputs, or takes its time.
+class Hook : public edgesplit::Layer<float> {
  public:
-  explicit Sleep(std::chrono::milliseconds d) : d_(d) {}
-  std::string_view name() const noexcept override { return "Sleep"; }
-  std::unique_ptr<edgesplit::Layer<float>> clone() const override { return std::make_unique<Sleep>(*this); }
+  using Fn = std::function<void(edgesplit::TensorView<const float>)>;
+  explicit Hook(Fn hook, std::string_view name = "Hook") : hook_(std::move(hook)), name_(name) {}
+  std::string_view name() const noexcept override { return name_; }
+  std::unique_ptr<edgesplit::Layer<float>> clone() const override { return std::make_unique<Hook>(*this); }
 
  protected:
   edgesplit::Shape output_shape_impl(const edgesplit::Shape& in) const override { return in; }
   std::uint64_t flops_impl(const edgesplit::Shape&) const override { return 0; }
   void forward_impl(edgesplit::TensorView<const float> in, edgesplit::TensorView<float> out) override {
-    std::this_thread::sleep_for(d_);
+    hook_(in);
     edgesplit::copy(in, out);
   }
   void backward_impl(edgesplit::TensorView<const float>, edgesplit::TensorView<const float>,
                      edgesplit::TensorView<const float>, edgesplit::TensorView<float>) override {}
 
  private:
-  std::chrono::milliseconds d_;
+  Fn hook_;
+  std::string_view name_;
+};
+
+/// An identity layer that sleeps: makes a tail slow enough to queue requests behind it, or to
+/// keep them in flight while a worker dies.
+class Sleep final : public Hook {
+ public:
+  explicit Sleep(std::chrono::milliseconds d) : Hook([d](auto) { std::this_thread::sleep_for(d); }, "Sleep") {}
 };
 
 }  // namespace edgesplit_test

@@ -250,35 +250,12 @@ TEST_CASE("Split inference over in-process, simulated and TCP transports equals 
   }
 }
 
-namespace {
-// An identity layer that records the thread it last ran on.
-class ThreadProbe final : public Layer<float> {
- public:
-  explicit ThreadProbe(std::shared_ptr<std::atomic<std::thread::id>> seen) : seen_(std::move(seen)) {}
-  std::string_view name() const noexcept override { return "ThreadProbe"; }
-  std::unique_ptr<Layer<float>> clone() const override { return std::make_unique<ThreadProbe>(*this); }
-
- protected:
-  Shape output_shape_impl(const Shape& in) const override { return in; }
-  std::uint64_t flops_impl(const Shape&) const override { return 0; }
-  void forward_impl(TensorView<const float> in, TensorView<float> out) override {
-    seen_->store(std::this_thread::get_id());
-    copy(in, out);
-  }
-  void backward_impl(TensorView<const float>, TensorView<const float>, TensorView<const float>,
-                     TensorView<float>) override {}
-
- private:
-  std::shared_ptr<std::atomic<std::thread::id>> seen_;
-};
-}  // namespace
-
 TEST_CASE("connect_in_process: a lone request's tail runs on the thread that calls infer()", "[runtime]") {
   // No hand-off on the way there: the server half, batch of one included, runs inside send().
   auto s = make_split();
   auto seen = std::make_shared<std::atomic<std::thread::id>>();
   Sequential<float> tail;
-  tail.add<ThreadProbe>(seen);
+  tail.add<edgesplit_test::Hook>([seen](TensorView<const float>) { seen->store(std::this_thread::get_id()); });
   for (std::size_t i = 0; i < s.tail.size(); ++i) tail.add(s.tail[i].clone());
   CloudServer server;
   server.register_model(kModel, tail);

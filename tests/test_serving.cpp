@@ -48,6 +48,7 @@ using namespace std::chrono_literals;
 using edgesplit_test::expect_errc;
 using edgesplit_test::mlp;
 using edgesplit_test::random_input;
+using edgesplit_test::Hook;
 using edgesplit_test::Sleep;
 
 namespace {
@@ -138,33 +139,18 @@ BatchRequest request(std::uint32_t id, Tensor<float> features, Clock::time_point
   return r;
 }
 
-// An identity layer that fails when its input holds `trigger`: a user layer with a bug that one
-// request can reach.
-class Throws final : public Layer<float> {
- public:
-  enum class How { runtime_error, bad_alloc };
-  Throws(float trigger, How how) : trigger_(trigger), how_(how) {}
-  std::string_view name() const noexcept override { return "Throws"; }
-  std::unique_ptr<Layer<float>> clone() const override { return std::make_unique<Throws>(*this); }
-
- protected:
-  Shape output_shape_impl(const Shape& in) const override { return in; }
-  std::uint64_t flops_impl(const Shape&) const override { return 0; }
-  void forward_impl(TensorView<const float> in, TensorView<float> out) override {
+// How a user layer with a bug that one request can reach fails.
+enum class How { runtime_error, bad_alloc };
+// An identity layer that fails that way when its input holds `trigger`.
+Hook throws_on(float trigger, How how) {
+  return Hook([trigger, how](TensorView<const float> in) {
     for (std::size_t i = 0; i < in.size(); ++i)
-      if (in.data()[i] == trigger_) {
-        if (how_ == How::bad_alloc) throw std::bad_alloc();
+      if (in.data()[i] == trigger) {
+        if (how == How::bad_alloc) throw std::bad_alloc();
         throw std::runtime_error("layer bug reached");
       }
-    copy(in, out);
-  }
-  void backward_impl(TensorView<const float>, TensorView<const float>, TensorView<const float>,
-                     TensorView<float>) override {}
-
- private:
-  float trigger_;
-  How how_;
-};
+  });
+}
 
 // A raw TCP peer that has said HELLO for kModel.
 TcpTransport greeted_peer(std::uint16_t port, TcpOptions options = {}) {
@@ -407,9 +393,9 @@ TEST_CASE("Batcher: batches are filled round-robin across sources, each source c
 
 TEST_CASE("Batcher: a request that breaks its layer is answered alone, its batch-mates are served", "[runtime][batcher]") {
   auto s = make_split(9);
-  const auto how = GENERATE(Throws::How::runtime_error, Throws::How::bad_alloc);
+  const auto how = GENERATE(How::runtime_error, How::bad_alloc);
   Sequential<float> tail;
-  tail.add<Throws>(42.0f, how);
+  tail.add(throws_on(42.0f, how).clone());
   for (std::size_t i = 0; i < s.tail.size(); ++i) tail.add(s.tail[i].clone());
   ServerOptions o;
   o.max_batch = 8;
@@ -431,7 +417,7 @@ TEST_CASE("Batcher: a request that breaks its layer is answered alone, its batch
     if (r.request_id == 2) {
       CHECK_FALSE(r.response);
       CHECK(r.code == errc::internal);
-      CHECK(r.message.find(how == Throws::How::bad_alloc ? "out of memory" : "layer bug reached") != std::string::npos);
+      CHECK(r.message.find(how == How::bad_alloc ? "out of memory" : "layer bug reached") != std::string::npos);
     } else {
       REQUIRE(r.response);
       const Tensor<float> want = ref.predict(random_input(1, kHidden, r.request_id).cview());
