@@ -164,6 +164,51 @@ TEST_CASE("safetensors: bit-exact round trip, model rebuilt from the file alone"
   expect_errc(errc::io_error, [&] { save_safetensors(dir.path / "no" / "such" / "dir.safetensors", m); });
 }
 
+TEST_CASE("safetensors: a convolutional model round-trips bit for bit", "[io][safetensors][conv]") {
+  TempDir dir("st_conv");
+  Rng rng(8);
+  Sequential<float> m;
+  Conv2DOptions a;
+  a.stride_h = 2;
+  a.stride_w = 2;
+  a.padding = same_padding(3, 3);
+  m.add<Conv2D<float>>(2, 4, 3, 3, a, rng);
+  m.add<ReLU<float>>();
+  Conv2DOptions b;  // depthwise, dilated, asymmetric padding, no bias
+  b.groups = 4;
+  b.dilation_h = 2;
+  b.padding = {2, 1, 2, 0};
+  b.bias = false;
+  m.add<Conv2D<float>>(4, 4, 3, 2, b, rng);
+  m.add<Dense<float>>(4 * 4 * 3, 3, rng);  // flattens the {4, 4, 3} planes
+  for (auto& p : m.parameters())
+    for (float& v : p.value.span()) v += static_cast<float>(rng.uniform(-0.1, 0.1));
+  const auto path = dir.path / "conv.safetensors";
+  save_safetensors(path, m);
+  const auto file = SafetensorsFile::read(path);
+  CHECK(file.find("0.weight") != nullptr);
+  CHECK(file.find("0.bias") != nullptr);
+  CHECK(file.find("2.weight") != nullptr);
+  CHECK(file.find("2.bias") == nullptr);
+  auto back = load_safetensors<float>(path);
+  REQUIRE(back.size() == m.size());
+  for (std::size_t i = 0; i < m.size(); ++i) CHECK(back[i].spec() == m[i].spec());
+  const auto sa = model_state(m), sb = model_state(back);
+  REQUIRE(sa.size() == sb.size());
+  for (std::size_t i = 0; i < sa.size(); ++i) {
+    CHECK(sa[i].name == sb[i].name);
+    REQUIRE(sa[i].value.shape() == sb[i].value.shape());
+    CHECK(std::memcmp(sa[i].value.data(), sb[i].value.data(), sa[i].value.bytes()) == 0);
+  }
+  CHECK(sa[0].value.shape() == Shape{4, 2, 3, 3});  // torch.nn.Conv2d's layout
+  CHECK(sa[2].value.shape() == Shape{4, 1, 3, 2});
+  Tensor<float> x(Shape{3, 2, 8, 6});
+  for (float& v : x.span()) v = static_cast<float>(rng.uniform(-1, 1));
+  const auto ya = m.predict(x.cview()), yb = back.predict(x.cview());
+  REQUIRE(ya.shape() == Shape{3, 3});
+  CHECK(std::memcmp(ya.data(), yb.data(), ya.bytes()) == 0);
+}
+
 TEST_CASE("safetensors: the layout other tools read", "[io][safetensors]") {
   auto m = sample_model(1);
   const auto bytes = to_safetensors(m);

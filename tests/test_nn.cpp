@@ -1,11 +1,13 @@
-// Tests for nn/: Dense and activations against double-precision references, Sequential, split,
-// shape errors, and the no-allocation promise of steady-state inference.
+// Tests for nn/: Dense, Conv2D and activations against double-precision references, Sequential,
+// split, shape errors, Conv2D's gradients, and the no-allocation promise of steady-state inference.
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <memory>
 #include <numbers>
+#include <string>
 #include <vector>
 
 #include "alloc_counter.hpp"
@@ -312,4 +314,421 @@ TEST_CASE("Dense: packed weights give the same outputs bit for bit and are dropp
   (void)packed.forward(x.cview());
   packed.backward(x.cview(), Tensor<float>(Shape{16, 10}, 1.0f).cview());
   CHECK_FALSE(dense(packed, 0).weights_packed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conv2D
+
+namespace {
+
+/// One Conv2D configuration of the test grid, with the input plane it runs on.
+struct ConvCase {
+  std::size_t in, out, kh, kw;
+  Conv2DOptions options;
+  std::size_t batch, height, width;
+};
+
+std::string conv_case_str(const ConvCase& c) {
+  const Padding2D& p = c.options.padding;
+  return "in " + std::to_string(c.in) + " out " + std::to_string(c.out) + " k " + std::to_string(c.kh) + "x" +
+         std::to_string(c.kw) + " s " + std::to_string(c.options.stride_h) + "x" + std::to_string(c.options.stride_w) +
+         " pad " + std::to_string(p.top) + "," + std::to_string(p.left) + "," + std::to_string(p.bottom) + "," +
+         std::to_string(p.right) + " d " + std::to_string(c.options.dilation_h) + "x" +
+         std::to_string(c.options.dilation_w) + " groups " + std::to_string(c.options.groups) + " bias " +
+         std::to_string(c.options.bias) + " batch " + std::to_string(c.batch) + " plane " + std::to_string(c.height) +
+         "x" + std::to_string(c.width);
+}
+
+/// The grid: stride 1/2, padding none/1/asymmetric, dilation 1/2, groups 1/2/depthwise (with a
+/// channel multiplier of 2), bias on/off, batch 1/3; plus a 1x1 kernel (no unfolding), a kernel
+/// wider than the unpadded plane, and a deep one (K = 32 * 3 * 3 = 288) for the error bound.
+std::vector<ConvCase> conv_grid() {
+  std::vector<ConvCase> cases;
+  const Padding2D pads[] = {{0, 0, 0, 0}, {1, 1, 1, 1}, {0, 2, 1, 1}};
+  for (std::size_t stride : {1, 2})
+    for (const Padding2D& pad : pads)
+      for (std::size_t dilation : {1, 2})
+        for (std::size_t groups : {1, 2, 4})
+          for (bool bias : {true, false})
+            for (std::size_t batch : {1, 3}) {
+              ConvCase c{4, groups == 4 ? 8u : 6u, 3, 2, {}, batch, 9, 7};
+              c.options.stride_h = stride;
+              c.options.stride_w = stride == 1 ? 1 : 3;  // strides differ per axis too
+              c.options.padding = pad;
+              c.options.dilation_h = dilation;
+              c.options.dilation_w = 1;
+              c.options.groups = groups;
+              c.options.bias = bias;
+              cases.push_back(c);
+            }
+  ConvCase one{6, 4, 1, 1, {}, 3, 5, 4};  // 1x1, stride 1, no padding: the direct path
+  cases.push_back(one);
+  one.options.groups = 2;
+  one.options.bias = false;
+  cases.push_back(one);
+  ConvCase wide{2, 3, 5, 5, {}, 2, 3, 4};  // kernel larger than the plane, padding makes it fit
+  wide.options.padding = same_padding(5, 5);
+  cases.push_back(wide);
+  ConvCase deep{32, 16, 3, 3, {}, 2, 12, 11};
+  deep.options.padding = same_padding(3, 3);
+  deep.options.stride_h = 2;
+  cases.push_back(deep);
+  return cases;
+}
+
+template <class T>
+Tensor<T> random_tensor_t(const Shape& s, std::uint64_t seed, double lo = -1, double hi = 1) {
+  Rng rng(seed);
+  Tensor<T> t(s);
+  for (T& v : t.span()) v = static_cast<T>(rng.uniform(lo, hi));
+  return t;
+}
+
+/// The plain convolution, by its definition, in long double: out[n][o][y][x] = bias[o] +
+/// sum over c in o's group, i, j of in[n][c][y*sh - top + i*dh][x*sw - left + j*dw] * w[o][c][i][j]
+/// (terms in the padding are zero). Also returns, per output, the sum of |terms| (bias included).
+template <class T>
+void reference_conv(const Conv2D<T>& conv, const Tensor<T>& x, std::vector<long double>& exact,
+                    std::vector<long double>& magnitude) {
+  const Window2D& w = conv.window();
+  const std::size_t N = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
+  const std::size_t O = conv.out_channels(), G = conv.groups(), Cg = C / G, Og = O / G;
+  const std::size_t OH = w.out_h(H), OW = w.out_w(W);
+  exact.assign(N * O * OH * OW, 0);
+  magnitude.assign(exact.size(), 0);
+  for (std::size_t n = 0; n < N; ++n)
+    for (std::size_t o = 0; o < O; ++o)
+      for (std::size_t oy = 0; oy < OH; ++oy)
+        for (std::size_t ox = 0; ox < OW; ++ox) {
+          long double s = conv.has_bias() ? conv.bias()[o] : T(0);
+          long double m = std::abs(s);
+          for (std::size_t c = 0; c < Cg; ++c)
+            for (std::size_t i = 0; i < w.kernel_h; ++i)
+              for (std::size_t j = 0; j < w.kernel_w; ++j) {
+                const long long iy = static_cast<long long>(oy * w.stride_h + i * w.dilation_h) -
+                                     static_cast<long long>(w.padding.top);
+                const long long ix = static_cast<long long>(ox * w.stride_w + j * w.dilation_w) -
+                                     static_cast<long long>(w.padding.left);
+                if (iy < 0 || ix < 0 || iy >= static_cast<long long>(H) || ix >= static_cast<long long>(W)) continue;
+                const std::size_t ci = (o / Og) * Cg + c;
+                const long double t =
+                    static_cast<long double>(x[((n * C + ci) * H + static_cast<std::size_t>(iy)) * W + static_cast<std::size_t>(ix)]) *
+                    static_cast<long double>(conv.weight()[((o * Cg + c) * w.kernel_h + i) * w.kernel_w + j]);
+                s += t;
+                m += std::abs(t);
+              }
+          const std::size_t k = ((n * O + o) * OH + oy) * OW + ox;
+          exact[k] = s;
+          magnitude[k] = m;
+        }
+}
+
+template <class T>
+void check_conv_against_reference() {
+  const double u = std::numeric_limits<T>::epsilon() / 2;
+  const double u_ref = std::numeric_limits<long double>::epsilon() / 2;
+  std::uint64_t seed = 1000;
+  std::size_t checked = 0;
+  for (const ConvCase& c : conv_grid()) {
+    Rng rng(++seed);
+    Conv2D<T> conv(c.in, c.out, c.kh, c.kw, c.options, rng);
+    if (conv.has_bias())
+      for (T& b : conv.bias().span()) b = static_cast<T>(rng.uniform(-1, 1));
+    const auto x = random_tensor_t<T>(Shape{c.batch, c.in, c.height, c.width}, seed * 7);
+    Tensor<T> y(conv.output_shape(x.shape()));
+    conv.forward(x, y);
+    std::vector<long double> exact, mag;
+    reference_conv(conv, x, exact, mag);
+    REQUIRE(exact.size() == y.size());
+    // Each output is a sum of at most K + 1 terms (K = in/groups * kh * kw, the bias), each a
+    // product of two T values. Whatever the order and FMA use, the computed sum stays within
+    // gamma_{K+1} * sum |terms| of the exact one (Higham, eq. 3.5), where a product's rounding is
+    // one of the K + 1 factors (1 + delta); the long double reference's own error is
+    // gamma_{2(K+1)} in its unit roundoff times the same magnitude.
+    const double k = static_cast<double>(c.in / c.options.groups * c.kh * c.kw + 1);
+    const double gamma = k * u / (1 - k * u), gamma_ref = 2 * k * u_ref / (1 - 2 * k * u_ref);
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) {
+      const long double err = std::abs(static_cast<long double>(y[i]) - exact[i]);
+      if (err > (gamma + gamma_ref) * mag[i]) {
+        if (bad++ == 0) {
+          INFO(conv_case_str(c) << " " << conv.describe() << " i=" << i << " got " << double(y[i]) << " want "
+                                << double(exact[i]) << " bound " << double((gamma + gamma_ref) * mag[i]));
+          CHECK(false);
+        }
+      }
+    }
+    INFO(conv_case_str(c));
+    CHECK(bad == 0);
+    ++checked;
+  }
+  CHECK(checked == conv_grid().size());
+}
+
+}  // namespace
+
+TEST_CASE("Conv2D equals a plain reference convolution within the dot-product error bound", "[nn][conv]") {
+  SECTION("float") { check_conv_against_reference<float>(); }
+  SECTION("double") { check_conv_against_reference<double>(); }
+}
+
+TEST_CASE("Conv2D: shapes, FLOPs, parameters, same padding and its spec", "[nn][conv]") {
+  Conv2DOptions o;
+  o.stride_h = 2;
+  o.padding = {1, 0, 2, 1};
+  o.dilation_w = 2;
+  o.groups = 2;
+  Conv2D<float> conv(4, 6, 3, 2, o);
+  // OH = (10 + 1 + 2 - 3) / 2 + 1 = 6; OW = (7 + 0 + 1 - 3) / 1 + 1 = 6
+  CHECK(conv.output_shape(Shape{3, 4, 10, 7}) == Shape{3, 6, 6, 6});
+  CHECK(conv.weight().shape() == Shape{6, 2, 3, 2});
+  CHECK(conv.parameter_count() == 6u * 2u * 3u * 2u + 6u);
+  CHECK(conv.flops(Shape{3, 4, 10, 7}) == 3u * 6u * 6u * 6u * (2u * 12u + 1u));
+  CHECK(conv.describe() == "Conv2D(4 -> 6, 3x2, stride 2x1, pad 1,0,2,1, dilation 1x2, groups 2)");
+
+  // "same" at stride 1: H x W kept, the odd zero at the bottom / right, dilation included
+  CHECK(same_padding(3, 3) == Padding2D{1, 1, 1, 1});
+  CHECK(same_padding(4, 2) == Padding2D{1, 0, 2, 1});
+  CHECK(same_padding(4, 3, 2, 3) == Padding2D{3, 3, 3, 3});
+  for (auto [kh, kw, dh, dw] : {std::array<std::size_t, 4>{3, 3, 1, 1}, {4, 2, 1, 1}, {4, 5, 2, 3}, {1, 2, 1, 4}}) {
+    Conv2DOptions s;
+    s.padding = same_padding(kh, kw, dh, dw);
+    s.dilation_h = dh;
+    s.dilation_w = dw;
+    Conv2D<float> same(2, 2, kh, kw, s);
+    CHECK(same.output_shape(Shape{1, 2, 9, 8}) == Shape{1, 2, 9, 8});
+  }
+
+  // spec -> make_layer -> the same layer; the factory's storage count is the parameter count
+  Conv2DOptions nb;
+  nb.groups = 3;
+  nb.bias = false;
+  nb.padding = {0, 1, 2, 3};
+  nb.dilation_h = 2;
+  nb.stride_w = 2;
+  for (const Conv2D<double>& layer : {Conv2D<double>(4, 6, 3, 2, o), Conv2D<double>(3, 6, 2, 3, nb)}) {
+    const auto rebuilt = make_layer<double>(layer.spec());
+    CHECK(rebuilt->spec() == layer.spec());
+    CHECK(rebuilt->describe() == layer.describe());
+    CHECK(layer_storage(layer.spec()) == layer.parameter_count());
+    CHECK(rebuilt->parameter_count() == layer.parameter_count());
+  }
+  Conv2D<double> no_bias(3, 6, 2, 3, nb);
+  const auto params = no_bias.parameters();
+  REQUIRE(params.size() == 1);
+  CHECK(params[0].name == "weight");
+  CHECK(no_bias.describe() == "Conv2D(3 -> 6, 2x3, stride 1x2, pad 0,1,2,3, dilation 2x1, groups 3, no bias)");
+  LayerSpec broken = no_bias.spec();
+  broken.integers["groups"] = 4;
+  expect_errc(errc::invalid_argument, [&] { (void)make_layer<float>(broken); });
+  broken = no_bias.spec();
+  broken.integers["bias"] = 2;
+  expect_errc(errc::invalid_argument, [&] { (void)make_layer<float>(broken); });
+  broken = no_bias.spec();
+  broken.integers.erase("pt");
+  expect_errc(errc::invalid_argument, [&] { (void)make_layer<float>(broken); });
+  broken = no_bias.spec();
+  broken.integers["kh"] = 0;
+  expect_errc(errc::invalid_argument, [&] { (void)layer_storage(broken); });
+}
+
+namespace {
+
+/// Central-difference check of every gradient of a Conv2D<double> (see test_train.cpp's checker
+/// for the choice of step and tolerance): the loss sum(out * R) is bilinear in input and weights,
+/// so the differences are exact but for rounding, near 1e-10 relative.
+void check_conv_gradients(Conv2D<double>& conv, const Shape& in_shape, std::uint64_t seed) {
+  constexpr double h = 1e-5, tolerance = 1e-6;
+  auto x = random_tensor_t<double>(in_shape, seed, -2, 2);
+  Rng rng(seed + 3);
+  for (double& b : conv.bias().span()) b = rng.uniform(-1, 1);  // none without a bias
+  const Shape os = conv.output_shape(in_shape);
+  const auto r = random_tensor_t<double>(os, seed + 1);
+  Tensor<double> out(os), grad_in(in_shape);
+  auto loss = [&] {
+    conv.forward(x.cview(), out.view());
+    double s = 0;
+    for (std::size_t i = 0; i < out.size(); ++i) s += out[i] * r[i];
+    return s;
+  };
+  auto compare = [&](const std::string& what, TensorView<double> v, const std::vector<double>& analytic) {
+    double diff = 0, na = 0, nn = 0;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      const double keep = v[i];
+      v[i] = keep + h;
+      const double up = loss();
+      v[i] = keep - h;
+      const double down = loss();
+      v[i] = keep;
+      const double numeric = (up - down) / (2 * h);
+      diff += (numeric - analytic[i]) * (numeric - analytic[i]);
+      na += analytic[i] * analytic[i];
+      nn += numeric * numeric;
+    }
+    const double scale = std::max(std::sqrt(na), std::sqrt(nn));
+    const double err = scale == 0 ? 0 : std::sqrt(diff) / scale;
+    INFO(conv.describe() << " on " << in_shape.str() << ": " << what << " relative error " << err);
+    CHECK(scale > 0);
+    CHECK(err < tolerance);
+  };
+  conv.zero_grad();
+  conv.forward(x.cview(), out.view());
+  conv.backward(x.cview(), out.cview(), r.cview(), grad_in.view());
+  auto params = conv.parameters();
+  REQUIRE(params.size() == (conv.has_bias() ? 2u : 1u));
+  std::vector<std::vector<double>> analytic;
+  for (const auto& p : params) analytic.emplace_back(p.grad.data(), p.grad.data() + p.grad.size());
+  const std::vector<double> analytic_x(grad_in.data(), grad_in.data() + grad_in.size());
+  for (std::size_t k = 0; k < params.size(); ++k) compare(params[k].name, params[k].value, analytic[k]);
+  compare("input", x.view(), analytic_x);
+
+  // Gradients accumulate across backward calls until zeroed; an empty grad_in is allowed.
+  conv.backward(x.cview(), out.cview(), r.cview(), TensorView<double>{});
+  for (std::size_t k = 0; k < params.size(); ++k)
+    for (std::size_t i = 0; i < params[k].grad.size(); ++i)
+      CHECK(params[k].grad[i] == Approx(2 * analytic[k][i]).margin(1e-12));
+}
+
+}  // namespace
+
+TEST_CASE("Conv2D: input, weight and bias gradients match central differences", "[nn][conv]") {
+  Rng rng(77);
+  Conv2DOptions a;  // strided, asymmetric padding, bias
+  a.stride_h = 2;
+  a.stride_w = 2;
+  a.padding = {0, 1, 2, 1};
+  Conv2D<double> strided(3, 4, 3, 3, a, rng);
+  check_conv_gradients(strided, Shape{2, 3, 7, 6}, 1);
+
+  Conv2DOptions b;  // dilated, grouped, no bias
+  b.padding = {1, 1, 1, 1};
+  b.dilation_h = 2;
+  b.dilation_w = 2;
+  b.groups = 2;
+  b.bias = false;
+  Conv2D<double> grouped(4, 6, 2, 3, b, rng);
+  check_conv_gradients(grouped, Shape{2, 4, 6, 7}, 2);
+
+  Conv2DOptions c;  // depthwise with a channel multiplier, "same" padding
+  c.padding = same_padding(3, 3);
+  c.groups = 3;
+  Conv2D<double> depthwise(3, 6, 3, 3, c, rng);
+  check_conv_gradients(depthwise, Shape{3, 3, 5, 5}, 3);
+
+  Conv2D<double> pointwise(4, 5, 1, 1, Conv2DOptions{}, rng);  // the direct (no im2col) path
+  check_conv_gradients(pointwise, Shape{2, 4, 3, 4}, 4);
+}
+
+TEST_CASE("Conv2D: bad configurations and input shapes give typed errors", "[nn][conv]") {
+  auto bad = [](std::size_t in, std::size_t out, std::size_t kh, std::size_t kw, Conv2DOptions o) {
+    expect_errc(errc::invalid_argument, [&] { Conv2D<float>(in, out, kh, kw, o); });
+  };
+  bad(0, 4, 3, 3, {});
+  bad(4, 0, 3, 3, {});
+  bad(4, 4, 0, 3, {});
+  bad(4, 4, 3, 0, {});
+  Conv2DOptions o;
+  o.stride_h = 0;
+  bad(4, 4, 3, 3, o);
+  o = {};
+  o.stride_w = 0;
+  bad(4, 4, 3, 3, o);
+  o = {};
+  o.dilation_h = 0;
+  bad(4, 4, 3, 3, o);
+  o = {};
+  o.dilation_w = 0;
+  bad(4, 4, 3, 3, o);
+  o = {};
+  o.groups = 0;
+  bad(4, 4, 3, 3, o);
+  o.groups = 3;  // divides neither
+  bad(4, 6, 3, 3, o);
+  o.groups = 2;  // divides in, not out
+  bad(4, 5, 3, 3, o);
+  o.groups = 2;  // divides out, not in
+  bad(3, 4, 3, 3, o);
+  o = {};
+  o.padding.right = Window2D::max_extent + 1;
+  bad(4, 4, 3, 3, o);
+  bad(4, 4, Window2D::max_extent + 1, 1, {});
+  expect_errc(errc::invalid_argument, [] { (void)same_padding(0, 3); });
+
+  Conv2DOptions p;
+  p.padding = {1, 0, 0, 0};
+  p.dilation_w = 3;
+  Conv2D<float> conv(5, 2, 3, 3, p);  // needs H >= 2 and W >= 7
+  CHECK(conv.output_shape(Shape{1, 5, 2, 7}) == Shape{1, 2, 1, 1});
+  const auto message = [&](const Shape& s) {
+    try {
+      (void)conv.output_shape(s);
+    } catch (const error& e) {
+      CHECK(e.code() == errc::shape_mismatch);
+      return std::string(e.what());
+    }
+    FAIL("no error for " << s.str());
+    return std::string();
+  };
+  for (const Shape& s : {Shape{2, 4, 8, 8}, Shape{2, 5, 8}, Shape{2, 5, 8, 8, 1}, Shape{2, 5 * 64}, Shape{2, 5, 1, 7},
+                         Shape{2, 5, 2, 6}, Shape{2, 5, 0, 7}}) {
+    const std::string m = message(s);
+    INFO(m);
+    CHECK(m.find("Conv2D(5 -> 2, 3x3") != std::string::npos);  // names the layer
+    CHECK(m.find(s.str()) != std::string::npos);                 // and the shape it got
+  }
+  expect_errc(errc::invalid_argument, [&] { (void)conv.output_shape(Shape{0, 5, 8, 8}); });
+  Tensor<float> x(Shape{2, 5, 4, 9}), wrong_out(Shape{2, 2, 3, 4}), wrong_in(Shape{2, 4, 4, 9});
+  expect_errc(errc::shape_mismatch, [&] { conv.forward(x, wrong_out); });
+  Tensor<float> y(conv.output_shape(x.shape()));
+  CHECK(y.shape() == Shape{2, 2, 3, 3});
+  expect_errc(errc::shape_mismatch, [&] { conv.forward(wrong_in, y); });
+  Tensor<float> gx(Shape{2, 5, 4, 8});
+  expect_errc(errc::shape_mismatch, [&] { conv.backward(x, y, y, gx); });
+}
+
+TEST_CASE("Conv2D: steady-state forward and training step allocate nothing", "[nn][conv][alloc]") {
+  if (edgesplit_test::allocations() < 0) {
+    WARN("allocation counting is unavailable in this build (sanitizer allocator)");
+    return;
+  }
+  Rng rng(5);
+  Sequential<float> model;
+  Conv2DOptions s2;
+  s2.stride_h = 2;
+  s2.stride_w = 2;
+  s2.padding = same_padding(3, 3);
+  model.add<Conv2D<float>>(3, 16, 3, 3, s2, rng);
+  model.add<ReLU<float>>();
+  Conv2DOptions dw;
+  dw.padding = same_padding(3, 3);
+  dw.groups = 16;
+  model.add<Conv2D<float>>(16, 16, 3, 3, dw, rng);  // depthwise
+  model.add<ReLU<float>>();
+  model.add<Conv2D<float>>(16, 8, 1, 1, Conv2DOptions{}, rng);  // pointwise: the direct path
+  model.add<Dense<float>>(8 * 16 * 16, 10, rng);  // Dense flattens C x H x W
+  for (std::size_t batch : {4, 1, 8}) {
+    const auto x = random_tensor(Shape{batch, 3, 32, 32}, batch);
+    Tensor<float> out(model.output_shape(x.shape()));
+    REQUIRE(out.shape() == Shape{batch, 10});
+    model.forward(x, out);  // warm-up: workspaces grow to this batch
+    long long before = edgesplit_test::allocations();
+    for (int i = 0; i < 3; ++i) model.forward(x, out);
+    (void)model.forward(x.batch(0, batch / 2 + 1));  // a smaller batch reuses the workspaces
+    long long made = edgesplit_test::allocations() - before;
+    INFO("forward, batch " << batch);
+    CHECK(made == 0);
+
+    const Tensor<float> g(out.shape(), 0.01f);
+    model.zero_grad();
+    (void)model.forward(x.cview());
+    model.backward(x.cview(), g.cview());  // warm-up of the gradient buffers
+    before = edgesplit_test::allocations();
+    for (int i = 0; i < 2; ++i) {
+      (void)model.forward(x.cview());
+      model.backward(x.cview(), g.cview());
+    }
+    made = edgesplit_test::allocations() - before;
+    INFO("training step, batch " << batch);
+    CHECK(made == 0);
+  }
 }

@@ -402,11 +402,15 @@ Sequential<T> model_from_safetensors(const SafetensorsFile& file, const Safetens
   }
   Sequential<T> model;
   std::size_t width = 0;  // the input width the chain needs, once a layer fixes it
+  // A Conv2D takes NCHW inputs whose H x W the file does not hold: a chain that starts with one
+  // is checked by its first forward pass instead.
+  bool flat = true;
   try {
     for (const auto& s : specs) {
       model.add(make_layer<T>(s));
-      if (!width && s.type == "Dense") width = detail::spec_size(s, "in");
-      if (!width && s.type == "Standardizer") width = detail::spec_size(s, "features");
+      if (!width && s.type == "Conv2D") flat = false;
+      if (flat && !width && s.type == "Dense") width = detail::spec_size(s, "in");
+      if (flat && !width && s.type == "Standardizer") width = detail::spec_size(s, "features");
     }
     if (width) (void)model.output_shape(Shape{1, width});  // the layers must chain
   } catch (const error& err) {

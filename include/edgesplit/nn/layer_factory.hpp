@@ -10,6 +10,7 @@
 
 #include "edgesplit/core/shape.hpp"
 #include "edgesplit/nn/activations.hpp"
+#include "edgesplit/nn/conv2d.hpp"
 #include "edgesplit/nn/dense.hpp"
 #include "edgesplit/nn/dropout.hpp"
 #include "edgesplit/nn/layer.hpp"
@@ -22,6 +23,12 @@ inline std::uint64_t spec_integer(const LayerSpec& s, const std::string& key) {
   const auto it = s.integers.find(key);
   if (it == s.integers.end()) fail(errc::invalid_argument, s.type + " spec lacks the integer '" + key + "'");
   return it->second;
+}
+// An integer setting that may be 0 (a padding) but no larger than `max`.
+inline std::size_t spec_bounded(const LayerSpec& s, const std::string& key, std::uint64_t max) {
+  const std::uint64_t v = spec_integer(s, key);
+  if (v > max) fail(errc::invalid_argument, s.type + " '" + key + "' = " + std::to_string(v) + " exceeds " + std::to_string(max));
+  return static_cast<std::size_t>(v);
 }
 inline double spec_real(const LayerSpec& s, const std::string& key) {
   const auto it = s.reals.find(key);
@@ -36,6 +43,27 @@ inline std::size_t spec_size(const LayerSpec& s, const std::string& key) {
     fail(errc::too_large, s.type + " '" + key + "' = " + std::to_string(v) + " is too large");
   return static_cast<std::size_t>(v);
 }
+// The constructor arguments of a Conv2D spec, validated as the constructor would (groups
+// dividing the channels, every window size in range) so layer_storage can trust them.
+struct Conv2DSpec {
+  std::size_t in, out, kh, kw;
+  Conv2DOptions options;
+};
+inline Conv2DSpec conv2d_spec(const LayerSpec& s) {
+  Conv2DSpec c{spec_size(s, "in"), spec_size(s, "out"), spec_size(s, "kh"), spec_size(s, "kw"), {}};
+  c.options.stride_h = spec_size(s, "sh");
+  c.options.stride_w = spec_size(s, "sw");
+  c.options.padding = {spec_bounded(s, "pt", Window2D::max_extent), spec_bounded(s, "pl", Window2D::max_extent),
+                       spec_bounded(s, "pb", Window2D::max_extent), spec_bounded(s, "pr", Window2D::max_extent)};
+  c.options.dilation_h = spec_size(s, "dh");
+  c.options.dilation_w = spec_size(s, "dw");
+  c.options.groups = spec_size(s, "groups");
+  c.options.bias = spec_bounded(s, "bias", 1) == 1;
+  c.options.window(c.kh, c.kw).validate("Conv2D");
+  if (c.in % c.options.groups != 0 || c.out % c.options.groups != 0)
+    fail(errc::invalid_argument, "Conv2D 'groups' must divide 'in' and 'out'");
+  return c;
+}
 }  // namespace detail
 
 /// Elements of storage (weights and saved state) a layer built from `spec` allocates. A loader
@@ -46,6 +74,14 @@ inline std::size_t layer_storage(const LayerSpec& spec) {
   if (spec.type == "Dense") {
     const std::size_t in = detail::spec_size(spec, "in"), out = detail::spec_size(spec, "out");
     return Shape::checked_count(std::array<std::size_t, 2>{in + 1, out});
+  }
+  if (spec.type == "Conv2D") {
+    const detail::Conv2DSpec c = detail::conv2d_spec(spec);
+    const std::size_t weights =
+        Shape::checked_count(std::array<std::size_t, 4>{c.out, c.in / c.options.groups, c.kh, c.kw});
+    if (c.options.bias && weights > std::numeric_limits<std::size_t>::max() - c.out)
+      fail(errc::too_large, "Conv2D spec: storage overflows");
+    return weights + (c.options.bias ? c.out : 0);
   }
   if (spec.type == "Standardizer")
     return detail::spec_integer(spec, "global") ? 2 : Shape::checked_bytes(detail::spec_size(spec, "features"), 2);
@@ -64,6 +100,10 @@ std::unique_ptr<Layer<T>> make_layer(const LayerSpec& spec) {
   (void)layer_storage(spec);  // validates the sizes before anything is allocated
   const std::string& t = spec.type;
   if (t == "Dense") return std::make_unique<Dense<T>>(detail::spec_size(spec, "in"), detail::spec_size(spec, "out"));
+  if (t == "Conv2D") {
+    const detail::Conv2DSpec c = detail::conv2d_spec(spec);
+    return std::make_unique<Conv2D<T>>(c.in, c.out, c.kh, c.kw, c.options);
+  }
   if (t == "Dropout")
     return std::make_unique<Dropout<T>>(detail::spec_real(spec, "p"), detail::spec_integer(spec, "seed"));
   if (t == "Standardizer") {
