@@ -822,7 +822,7 @@ TEST_CASE("HELLO: a head that does not fit the tail is refused at connect time, 
       CHECK(std::string(e.what()).find("the tail takes [16]") != std::string::npos);  // the cloud's text reaches the caller
     }
     CHECK(log.has("refused HELLO"));
-    CHECK(server.stats().hellos_refused == 1);
+    CHECK(server.stats().hellos_refused >= 1);  // the client retries in the background: maybe more
   }
   SECTION("another tail fingerprint") {
     auto opts = edge_options();
