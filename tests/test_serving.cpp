@@ -761,6 +761,8 @@ TEST_CASE("Out of file descriptors, the server refuses without spinning and acce
     EdgeClient first(s.head, [port] { return Channel(TcpTransport::connect("127.0.0.1", port)); }, edge_options());
     REQUIRE(first.infer(random_input(1, kIn, 2).cview(), deadline_after(5s)).path == AnswerPath::cloud);
   }
+  // and its connection closed on the server's side too, or that descriptor would free up below.
+  REQUIRE(eventually([&] { return server.stats().connections_open == 0; }));
   rlimit saved{};
   REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
   // Count the descriptors in use, then allow 40 more, and take all but one.
