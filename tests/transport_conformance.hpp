@@ -51,6 +51,7 @@
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/random.hpp"
 #include "edgesplit/transport/transport.hpp"
+#include "test_util.hpp"
 
 namespace edgesplit_test::conformance {
 
@@ -145,18 +146,6 @@ std::optional<errc> outcome(Fn&& f) {
     return std::nullopt;
   } catch (const edgesplit::error& e) {
     return e.code();
-  }
-}
-
-/// Requires `f` to throw edgesplit::error with `code`.
-template <class Fn>
-void expect_code(errc code, Fn&& f) {
-  try {
-    f();
-    FAIL("expected edgesplit::error(" << edgesplit::to_string(code) << "), nothing was thrown");
-  } catch (const edgesplit::error& e) {
-    INFO(e.what());
-    CHECK(e.code() == code);
   }
 }
 
@@ -400,8 +389,8 @@ void stream_ends_mid_message() {
       Message m;
       REQUIRE(st.receiver().receive(edgesplit::deadline_after(10s), m));
       CHECK(m.bytes == first);
-      expect_code(errc::corrupt_frame, [&] { (void)st.receiver().receive(edgesplit::deadline_after(10s), m); });
-      expect_code(errc::unreachable, [&] { (void)st.receiver().receive(edgesplit::deadline_after(10s), m); });
+      expect_errc(errc::corrupt_frame, [&] { (void)st.receiver().receive(edgesplit::deadline_after(10s), m); });
+      expect_errc(errc::unreachable, [&] { (void)st.receiver().receive(edgesplit::deadline_after(10s), m); });
     }
   }
 }
@@ -417,9 +406,9 @@ void send_over_cap() {
   F p(o);
   const Clock& clock = p.clock();
   const Bytes over = random_bytes(cap + 1, 21), fits = random_bytes(cap, 22);
-  expect_code(errc::too_large, [&] { p.a.send(over); });
-  expect_code(errc::too_large, [&] { p.a.send(over, edgesplit::deadline_after(10s, clock)); });
-  expect_code(errc::too_large, [&] { p.b.send(Bytes(1 << 20)); });
+  expect_errc(errc::too_large, [&] { p.a.send(over); });
+  expect_errc(errc::too_large, [&] { p.a.send(over, edgesplit::deadline_after(10s, clock)); });
+  expect_errc(errc::too_large, [&] { p.b.send(Bytes(1 << 20)); });
   p.a.send(fits);
   Message m;
   REQUIRE(p.b.receive(edgesplit::deadline_after(10s, clock), m));
@@ -451,11 +440,11 @@ void peer_over_cap() {
     p.a.send(over);
     if constexpr (F::traits.over_cap_closes) {
       Message fresh;
-      expect_code(errc::too_large, [&] { (void)p.b.receive(edgesplit::deadline_after(10s, clock), fresh); });
+      expect_errc(errc::too_large, [&] { (void)p.b.receive(edgesplit::deadline_after(10s, clock), fresh); });
       CHECK(fresh.bytes.capacity() == 0);  // refused on its length, before any allocation
-      expect_code(errc::unreachable, [&] { (void)p.b.receive(edgesplit::deadline_after(10s, clock), m); });
-      expect_code(errc::unreachable, [&] { p.b.send(fits); });
-      expect_code(errc::unreachable, [&] { (void)p.a.receive(edgesplit::deadline_after(10s, clock), m); });
+      expect_errc(errc::unreachable, [&] { (void)p.b.receive(edgesplit::deadline_after(10s, clock), m); });
+      expect_errc(errc::unreachable, [&] { p.b.send(fits); });
+      expect_errc(errc::unreachable, [&] { (void)p.a.receive(edgesplit::deadline_after(10s, clock), m); });
     } else {
       // Dropped below the transport: never delivered, never an error; later messages still come.
       CHECK_FALSE(p.b.receive(edgesplit::deadline_after(200ms, clock), m));
@@ -468,9 +457,9 @@ void peer_over_cap() {
       typename F::Stall st;
       st.write(length_prefix(0xffffffffu));
       Message fresh;
-      expect_code(errc::too_large, [&] { (void)st.receiver().receive(edgesplit::deadline_after(10s), fresh); });
+      expect_errc(errc::too_large, [&] { (void)st.receiver().receive(edgesplit::deadline_after(10s), fresh); });
       CHECK(fresh.bytes.capacity() == 0);
-      expect_code(errc::unreachable, [&] { (void)st.receiver().receive(edgesplit::deadline_after(10s), fresh); });
+      expect_errc(errc::unreachable, [&] { (void)st.receiver().receive(edgesplit::deadline_after(10s), fresh); });
     }
   }
 }
@@ -487,18 +476,18 @@ void close_this_end() {
   p.a.close();
   p.a.close();  // idempotent
   Message m;
-  expect_code(errc::unreachable, [&] { p.a.send(sent[0]); });
-  expect_code(errc::unreachable, [&] { p.a.send(sent[0], edgesplit::deadline_after(1s, clock)); });
-  expect_code(errc::unreachable, [&] { (void)p.a.receive(edgesplit::deadline_after(1s, clock), m); });
-  expect_code(errc::unreachable, [&] { (void)p.a.receive(edgesplit::deadline_after(1s, clock)); });
+  expect_errc(errc::unreachable, [&] { p.a.send(sent[0]); });
+  expect_errc(errc::unreachable, [&] { p.a.send(sent[0], edgesplit::deadline_after(1s, clock)); });
+  expect_errc(errc::unreachable, [&] { (void)p.a.receive(edgesplit::deadline_after(1s, clock), m); });
+  expect_errc(errc::unreachable, [&] { (void)p.a.receive(edgesplit::deadline_after(1s, clock)); });
   if constexpr (F::traits.peer_sees_close) {
     for (const Bytes& b : sent) {
       REQUIRE(p.b.receive(edgesplit::deadline_after(10s, clock), m));
       CHECK(m.bytes == b);
     }
-    expect_code(errc::unreachable, [&] { (void)p.b.receive(edgesplit::deadline_after(10s, clock), m); });
-    expect_code(errc::unreachable, [&] { (void)p.b.receive(edgesplit::deadline_after(10s, clock)); });
-    expect_code(errc::unreachable, [&] { p.b.send(sent[0]); });
+    expect_errc(errc::unreachable, [&] { (void)p.b.receive(edgesplit::deadline_after(10s, clock), m); });
+    expect_errc(errc::unreachable, [&] { (void)p.b.receive(edgesplit::deadline_after(10s, clock)); });
+    expect_errc(errc::unreachable, [&] { p.b.send(sent[0]); });
   } else {
     // What arrives is what was sent, in order, but maybe not all of it; then only deadlines.
     std::size_t i = 0;
@@ -509,7 +498,7 @@ void close_this_end() {
     CHECK_FALSE(p.b.receive(edgesplit::deadline_after(20ms, clock), m));
   }
   p.b.close();
-  expect_code(errc::unreachable, [&] { (void)p.b.receive(edgesplit::deadline_after(1s, clock), m); });
+  expect_errc(errc::unreachable, [&] { (void)p.b.receive(edgesplit::deadline_after(1s, clock), m); });
 }
 
 /// close() from another thread wakes a receive blocked on this end (without deadline, or with a
