@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -130,6 +131,21 @@ struct ManualBatcher {
   DynamicBatcher* operator->() { return batcher.get(); }
 };
 
+// A batcher on virtual time (max_batch 4, max_queue_delay 1 ms) with three sources, a sink each.
+struct ThreeSources {
+  edgesplit_test::Split s = make_split(3);
+  ManualBatcher mb{s.tail, [] {
+                     ServerOptions o;
+                     o.max_batch = 4;
+                     o.max_queue_delay = std::chrono::microseconds(1000);
+                     return o;
+                   }()};
+  std::array<std::shared_ptr<CollectingSink>, 3> sinks{std::make_shared<CollectingSink>(), std::make_shared<CollectingSink>(),
+                                                       std::make_shared<CollectingSink>()};
+  std::array<DynamicBatcher::Source, 3> sources{mb->open_source(sinks[0]), mb->open_source(sinks[1]),
+                                                mb->open_source(sinks[2])};
+};
+
 BatchRequest request(std::uint32_t id, Tensor<float> features, Clock::time_point deadline = Clock::time_point::max()) {
   BatchRequest r;
   r.request_id = id;
@@ -191,16 +207,11 @@ bool eventually(F done, std::chrono::milliseconds limit = 5s) {
 // --- the batcher on a virtual clock ------------------------------------------------------------
 
 TEST_CASE("Batcher: a batch waits only for sources that sent recently, and only max_queue_delay, on virtual time", "[runtime][batcher]") {
-  auto s = make_split(3);
-  ServerOptions o;
-  o.max_batch = 4;
-  o.max_queue_delay = 1000us;
-  ManualBatcher mb(s.tail, o);
-  DynamicBatcher& b = *mb.batcher;
-  VirtualClock& clock = mb.clock;
-  auto sink_a = std::make_shared<CollectingSink>(), sink_b = std::make_shared<CollectingSink>(),
-       sink_idle = std::make_shared<CollectingSink>();
-  auto a = b.open_source(sink_a), q = b.open_source(sink_b), idle = b.open_source(sink_idle);
+  ThreeSources f;
+  DynamicBatcher& b = *f.mb.batcher;
+  VirtualClock& clock = f.mb.clock;
+  auto& [sink_a, sink_b, sink_idle] = f.sinks;
+  auto& [a, q, idle] = f.sources;
   // Sources that never sent (idle connections) hold nothing back: q's request runs at once.
   CHECK_FALSE(b.waiting_for_company());
   REQUIRE(b.submit(q, request(9, random_input(1, kHidden, 9))));
@@ -247,16 +258,11 @@ TEST_CASE("Batcher: a batch waits only for sources that sent recently, and only 
 TEST_CASE("Batcher: a source that sends only now and then does not hold batches back, a quick one does", "[runtime][batcher]") {
   // A peer that sends every 20 ms is quiet most of the time; waiting max_queue_delay (1 ms) for
   // it would delay every other lone request and find company one time in twenty.
-  auto s = make_split(3);
-  ServerOptions o;
-  o.max_batch = 4;
-  o.max_queue_delay = 1000us;
-  ManualBatcher mb(s.tail, o);
-  DynamicBatcher& b = *mb.batcher;
-  VirtualClock& clock = mb.clock;
-  auto sink_a = std::make_shared<CollectingSink>(), sink_p = std::make_shared<CollectingSink>(),
-       sink_r = std::make_shared<CollectingSink>();
-  auto a = b.open_source(sink_a), p = b.open_source(sink_p), r = b.open_source(sink_r);
+  ThreeSources f;
+  DynamicBatcher& b = *f.mb.batcher;
+  VirtualClock& clock = f.mb.clock;
+  auto& [sink_a, sink_p, sink_r] = f.sinks;
+  auto& [a, p, r] = f.sources;
   // p: a request every 20 ms. The first answer leaves its habit unknown: it still counts.
   REQUIRE(b.submit(p, request(1, random_input(1, kHidden, 1))));
   CHECK(b.run_ready() == 1);
