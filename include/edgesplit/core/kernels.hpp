@@ -79,6 +79,29 @@ inline void map_scalar(const T* x, T* y, std::size_t n, F f) {
   for (std::size_t i = 0; i < n; ++i) y[i] = f(x[i]);
 }
 
+/// out[i] = f(a[i], b[i]): sums of tensors (a residual Add, gradients meeting at a fork).
+/// `out` may alias either input.
+template <Real T, class F>
+inline void map2_scalar(const T* a, const T* b, T* out, std::size_t n, F f);
+/// out[i] = f(a[i], b[i]) for n elements: SIMD batches, then a scalar tail.
+template <Real T, class F>
+inline void map2(const T* a, const T* b, T* out, std::size_t n, F f) {
+  if constexpr (!has_simd<T>) {
+    map2_scalar(a, b, out, n, f);
+  } else {
+    constexpr std::size_t W = batch<T>::size;
+    std::size_t i = 0;
+    for (; i + W <= n; i += W)
+      f(batch<T>::load_unaligned(a + i), batch<T>::load_unaligned(b + i)).store_unaligned(out + i);
+    for (; i < n; ++i) out[i] = f(a[i], b[i]);
+  }
+}
+/// Scalar reference for `map2`.
+template <Real T, class F>
+inline void map2_scalar(const T* a, const T* b, T* out, std::size_t n, F f) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = f(a[i], b[i]);
+}
+
 /// out[i] = f(a[i], b[i], c[i]): the shape of every activation's backward pass
 /// (input, output, upstream gradient). `out` may alias any input.
 template <Real T, class F>
