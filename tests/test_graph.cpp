@@ -12,6 +12,9 @@
 #include "alloc_counter.hpp"
 #include "edgesplit/edgesplit.hpp"
 #include "test_util.hpp"
+#if EDGESPLIT_TEST_JSON
+#include "edgesplit/io/safetensors.hpp"
+#endif
 
 using namespace edgesplit;
 using edgesplit_test::expect_errc;
@@ -400,3 +403,66 @@ TEST_CASE("Graph: copies are deep and describe() lists nodes and cuts", "[nn][gr
   CHECK(d.find("3  Add_3 = Add(conv2, x) [3, 6, 6], 0 parameters, 108 FLOPs") != std::string::npos);
   CHECK(d.find("after 5 nodes: {x, ReLU_4} 864 bytes") != std::string::npos);
 }
+
+#if EDGESPLIT_TEST_JSON
+TEST_CASE("Graph: rebuilt from its safetensors file alone; a file that disagrees is refused whole",
+          "[nn][graph][io]") {
+  Graph<float> g = block_graph<float>(11);
+  const auto bytes = to_safetensors(g, {{"note", "residual block"}});
+  const SafetensorsFile file = SafetensorsFile::parse(bytes);
+  CHECK(file.metadata().at("format") == "edgesplit.graph");
+  CHECK(file.find("conv1.weight") != nullptr);
+  Graph<float> back = graph_from_safetensors<float>(file);
+  CHECK(architecture_json(back) == architecture_json(g));
+  const auto x = random_t<float>(Shape{2, 3, 6, 6}, 12);
+  const Tensor<float> want = g.predict(x), got = back.predict(x);
+  for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);
+  expect_errc(errc::version_mismatch, [&] { (void)model_from_safetensors<float>(file); });  // not a Sequential
+
+  // the same tensors under an edited architecture
+  const std::string arch = architecture_json(g);
+  auto with = [&](std::string a, std::vector<Parameter<float>> state) {
+    return SafetensorsFile::parse(detail::safetensors_bytes(state, "edgesplit.graph", a, {}));
+  };
+  auto edited = [&](const std::string& from, const std::string& to) {
+    std::string a = arch;
+    const auto at = a.find(from);
+    REQUIRE(at != std::string::npos);
+    return a.replace(at, from.size(), to);
+  };
+  const auto state = g.state();
+  auto refused = [&](errc code, const std::string& a, const std::string& says, std::vector<Parameter<float>> st = {}) {
+    try {
+      (void)graph_from_safetensors<float>(with(a, st.empty() ? state : st));
+      FAIL("accepted: " << a);
+    } catch (const error& e) {
+      INFO(e.what());
+      CHECK(e.code() == code);
+      CHECK(std::string(e.what()).find(says) != std::string::npos);
+    }
+  };
+  // conv2 reads the Add after it: a cycle, or a name read before it is defined
+  refused(errc::corrupt_frame, edited("\"inputs\":[\"ReLU_1\"]", "\"inputs\":[\"Add_3\"]"), "'Add_3', which is not defined before it");
+  refused(errc::corrupt_frame, edited("\"inputs\":[\"ReLU_1\"]", "\"inputs\":[\"ghost\"]"), "'ghost'");
+  refused(errc::corrupt_frame, edited("\"output\":\"ReLU_1\"", "\"output\":\"conv1\""), "defined twice");
+  refused(errc::corrupt_frame, edited("\"shape\":[3,6,6]", "\"shape\":[4,6,6]"), "node 'conv1'");  // channels
+  refused(errc::corrupt_frame, edited("\"shape\":[3,6,6]", "\"shape\":[3,2,2]"), "node 'logits'");  // 20 features
+  refused(errc::corrupt_frame, edited("\"shape\":[3,6,6]", "\"shape\":[3,-6,6]"), "not a size");
+  refused(errc::corrupt_frame, edited("\"outputs\":[\"logits\"]", "\"outputs\":[]"), "no outputs");
+  refused(errc::corrupt_frame, edited("\"outputs\":[\"logits\"]", "\"outputs\":[\"nothing\"]"), "'nothing'");
+  refused(errc::corrupt_frame, edited("\"type\":\"Add\"", "\"type\":\"Concat\""), "node 'logits'");  // 8 channels
+  refused(errc::unsupported, edited("\"type\":\"Add\"", "\"type\":\"Mul\""), "Mul");
+  refused(errc::too_large, edited("\"in\":180", "\"in\":180000"), "more weights than the file holds");
+  refused(errc::corrupt_frame, "[1,2]", "not an object");
+  refused(errc::corrupt_frame, "{\"inputs\":[],\"nodes\":[{\"op\":{\"type\":\"ReLU\",\"x\":[[1]]}}],\"outputs\":[]}", "nested");
+  auto missing = state;
+  missing.pop_back();
+  refused(errc::too_large, arch, "more weights than the file holds", missing);
+  auto extra = state;
+  extra.push_back({"stray", state[1].value, {}});
+  refused(errc::corrupt_frame, arch, "no tensor named 'stray'", extra);
+  auto renamed = state;
+  renamed[0].name = "conv9.weight";
+  refused(errc::corrupt_frame, arch, "conv9.weight", renamed);
+}
+#endif

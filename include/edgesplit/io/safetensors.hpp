@@ -8,7 +8,8 @@
 // What edgesplit writes (format version 1, docs/training.md has the full description):
 // - one tensor per parameter and buffer, named as PyTorch names an nn.Sequential's state_dict:
 //   "<layer index>.weight" {out, in} and "<layer index>.bias" {out} for Dense, "<i>.mean" and
-//   "<i>.std" for a Standardizer; in the model's order, contiguous, no gaps;
+//   "<i>.std" for a Standardizer, "<i>.weight", "<i>.bias", "<i>.running_mean" and
+//   "<i>.running_var" for a BatchNorm2D; in the model's order, contiguous, no gaps;
 // - "__metadata__": {"format": "edgesplit.sequential", "format_version": "1",
 //   "architecture": "<JSON array of layer specs>", plus any caller-supplied strings}.
 // The header is padded with spaces to a multiple of 8 bytes so the data section is aligned.
@@ -39,7 +40,9 @@
 #include "edgesplit/core/dtype.hpp"
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/tensor.hpp"
+#include "edgesplit/nn/graph.hpp"
 #include "edgesplit/nn/layer_factory.hpp"
+#include "edgesplit/nn/merge.hpp"
 #include "edgesplit/nn/sequential.hpp"
 #include "edgesplit/nn/weights.hpp"
 
@@ -305,24 +308,27 @@ std::string architecture_json(const Sequential<T>& model) {
   return a.dump();
 }
 
-/// The model as safetensors bytes. `extra` metadata is stored beside edgesplit's own keys
-/// ("format", "format_version", "architecture"), which it may not replace.
+namespace detail {
+
+// The bytes of a file holding `state` in order, under edgesplit's metadata (`format`, the format
+// version and `architecture`) and the caller's `extra` strings, which may not replace them.
 template <Real T>
-std::vector<std::byte> to_safetensors(Sequential<T>& model, const std::map<std::string, std::string>& extra = {}) {
+std::vector<std::byte> safetensors_bytes(const std::vector<Parameter<T>>& state, const char* format,
+                                         const std::string& architecture,
+                                         const std::map<std::string, std::string>& extra) {
   nlohmann::json header = nlohmann::json::object();
   nlohmann::json meta = nlohmann::json::object();
   for (const auto& [k, v] : extra) meta[k] = v;
   for (const char* own : {"format", "format_version", "architecture"})
     if (extra.count(own)) fail(errc::invalid_argument, std::string("metadata key '") + own + "' is edgesplit's own");
-  meta["format"] = "edgesplit.sequential";
+  meta["format"] = format;
   meta["format_version"] = std::to_string(safetensors_format_version);
-  meta["architecture"] = architecture_json(model);
+  meta["architecture"] = architecture;
   header["__metadata__"] = meta;
-  const auto state = model_state(model);
   std::size_t offset = 0;
   for (const auto& p : state) {
     const std::size_t bytes = p.value.bytes();
-    header[p.name] = {{"dtype", detail::safetensors_dtype_name(dtype_of<T>())},
+    header[p.name] = {{"dtype", safetensors_dtype_name(dtype_of<T>())},
                       {"shape", std::vector<std::size_t>(p.value.shape().dims().begin(), p.value.shape().dims().end())},
                       {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
@@ -335,18 +341,14 @@ std::vector<std::byte> to_safetensors(Sequential<T>& model, const std::map<std::
   std::memcpy(out.data() + 8, text.data(), text.size());
   std::byte* data = out.data() + 8 + text.size();
   for (const auto& p : state) {
-    detail::copy_little_endian(reinterpret_cast<const std::byte*>(p.value.data()), data, p.value.size(), sizeof(T));
+    copy_little_endian(reinterpret_cast<const std::byte*>(p.value.data()), data, p.value.size(), sizeof(T));
     data += p.value.bytes();
   }
   return out;
 }
 
-/// Writes the model to `path` (through a temporary file renamed into place, so a reader never
-/// sees half a file). errc::io_error when the file cannot be written.
-template <Real T>
-void save_safetensors(const std::filesystem::path& path, Sequential<T>& model,
-                      const std::map<std::string, std::string>& extra = {}) {
-  const auto bytes = to_safetensors(model, extra);
+// Writes `bytes` to `path` through a temporary file renamed into place.
+inline void write_file_atomically(const std::filesystem::path& path, const std::vector<std::byte>& bytes) {
   std::filesystem::path tmp = path;
   tmp += ".tmp";
   {
@@ -358,6 +360,57 @@ void save_safetensors(const std::filesystem::path& path, Sequential<T>& model,
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
   if (ec) fail(errc::io_error, "cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message());
+}
+
+// The architecture text of an edgesplit file of `format`, after checking the format and version.
+inline const std::string& edgesplit_architecture(const SafetensorsFile& file, const char* format) {
+  const auto& meta = file.metadata();
+  const auto fmt = meta.find("format"), ver = meta.find("format_version"), arch = meta.find("architecture");
+  if (fmt == meta.end() || fmt->second != format)
+    fail(errc::version_mismatch, std::string("safetensors file is not an edgesplit ") +
+                                     (std::string_view(format) == "edgesplit.graph" ? "graph" : "model") +
+                                     " (no __metadata__ format '" + format + "')");
+  if (ver == meta.end() || ver->second != std::to_string(safetensors_format_version))
+    fail(errc::version_mismatch, "edgesplit safetensors format version '" + (ver == meta.end() ? std::string("none") : ver->second.substr(0, 16)) +
+                                     "', this code reads version " + std::to_string(safetensors_format_version));
+  if (arch == meta.end()) fail(errc::corrupt_frame, "edgesplit safetensors file without an architecture");
+  return arch->second;
+}
+
+// Elements of all the file's tensors.
+inline std::size_t held_elements(const SafetensorsFile& file) {
+  std::size_t held = 0;
+  for (const auto& e : file.tensors()) held += e.shape.count();  // cannot overflow: each <= the file's bytes
+  return held;
+}
+
+// Adds a layer's storage to `storage`, refusing an architecture that claims more weights than
+// the file holds (`held` elements) before anything is built.
+inline void count_storage(std::size_t held, const LayerSpec& spec, std::size_t& storage) {
+  try {
+    storage += layer_storage(spec);
+  } catch (const error& err) {
+    if (err.code() == errc::unsupported) throw;
+    fail(err.code() == errc::too_large ? errc::too_large : errc::corrupt_frame, std::string("architecture: ") + err.what());
+  }
+  if (storage > held) fail(errc::too_large, "architecture describes more weights than the file holds");
+}
+
+}  // namespace detail
+
+/// The model as safetensors bytes. `extra` metadata is stored beside edgesplit's own keys
+/// ("format", "format_version", "architecture"), which it may not replace.
+template <Real T>
+std::vector<std::byte> to_safetensors(Sequential<T>& model, const std::map<std::string, std::string>& extra = {}) {
+  return detail::safetensors_bytes(model_state(model), "edgesplit.sequential", architecture_json(model), extra);
+}
+
+/// Writes the model to `path` (through a temporary file renamed into place, so a reader never
+/// sees half a file). errc::io_error when the file cannot be written.
+template <Real T>
+void save_safetensors(const std::filesystem::path& path, Sequential<T>& model,
+                      const std::map<std::string, std::string>& extra = {}) {
+  detail::write_file_atomically(path, to_safetensors(model, extra));
 }
 
 /// Copies the file's tensors into `model`, which must have exactly the file's names and shapes
@@ -375,40 +428,29 @@ void load_weights(const SafetensorsFile& file, Sequential<T>& model) {
 /// it describes more weights than the file holds (checked before any layer is built).
 template <Real T>
 Sequential<T> model_from_safetensors(const SafetensorsFile& file, const SafetensorsLimits& limits = {}) {
-  const auto& meta = file.metadata();
-  const auto fmt = meta.find("format"), ver = meta.find("format_version"), arch = meta.find("architecture");
-  if (fmt == meta.end() || fmt->second != "edgesplit.sequential")
-    fail(errc::version_mismatch, "safetensors file is not an edgesplit model (no __metadata__ format 'edgesplit.sequential')");
-  if (ver == meta.end() || ver->second != std::to_string(safetensors_format_version))
-    fail(errc::version_mismatch, "edgesplit safetensors format version '" + (ver == meta.end() ? std::string("none") : ver->second.substr(0, 16)) +
-                                     "', this code reads version " + std::to_string(safetensors_format_version));
-  if (arch == meta.end()) fail(errc::corrupt_frame, "edgesplit safetensors file without an architecture");
-
-  const nlohmann::json a = detail::parse_bounded_json(arch->second, 2, "architecture");
+  const nlohmann::json a =
+      detail::parse_bounded_json(detail::edgesplit_architecture(file, "edgesplit.sequential"), 2, "architecture");
   if (!a.is_array()) fail(errc::corrupt_frame, "architecture is not a JSON array");
   if (a.size() > limits.max_layers) fail(errc::too_large, "architecture has too many layers");
   std::vector<LayerSpec> specs;
-  std::size_t storage = 0, held = 0;
-  for (const auto& e : file.tensors()) held += e.shape.count();  // cannot overflow: each <= the file's bytes
+  std::size_t storage = 0;
+  const std::size_t held = detail::held_elements(file);
   for (const auto& j : a) {
     specs.push_back(detail::spec_from_json(j));
-    try {
-      storage += layer_storage(specs.back());
-    } catch (const error& err) {
-      if (err.code() == errc::unsupported) throw;
-      fail(err.code() == errc::too_large ? errc::too_large : errc::corrupt_frame, std::string("architecture: ") + err.what());
-    }
-    if (storage > held) fail(errc::too_large, "architecture describes more weights than the file holds");
+    detail::count_storage(held, specs.back(), storage);
   }
   Sequential<T> model;
   std::size_t width = 0;  // the input width the chain needs, once a layer fixes it
-  // A Conv2D takes NCHW inputs whose H x W the file does not hold: a chain that starts with one
-  // is checked by its first forward pass instead.
+  // A Conv2D (or BatchNorm2D, or a pooling layer: the tail of a split CNN may start with one)
+  // takes NCHW inputs whose H x W the file does not hold: a chain that starts with one is checked
+  // by its first forward pass instead.
   bool flat = true;
   try {
     for (const auto& s : specs) {
       model.add(make_layer<T>(s));
-      if (!width && s.type == "Conv2D") flat = false;
+      if (!width && (s.type == "Conv2D" || s.type == "BatchNorm2D" || s.type == "MaxPool2D" || s.type == "AvgPool2D" ||
+                     s.type == "GlobalAvgPool" || s.type == "GlobalMaxPool"))
+        flat = false;
       if (flat && !width && s.type == "Dense") width = detail::spec_size(s, "in");
       if (flat && !width && s.type == "Standardizer") width = detail::spec_size(s, "features");
     }
@@ -429,6 +471,115 @@ Sequential<T> model_from_safetensors(const SafetensorsFile& file, const Safetens
 template <Real T>
 Sequential<T> load_safetensors(const std::filesystem::path& path, const SafetensorsLimits& limits = {}) {
   return model_from_safetensors<T>(SafetensorsFile::read(path, limits), limits);
+}
+
+/// The architecture description of a graph: its inputs with per-sample shapes, its nodes in
+/// order (output name, input names, layer or merge spec) and its outputs, e.g.
+/// {"inputs":[{"name":"x","shape":[1,28,28]}],
+///  "nodes":[{"output":"c1","inputs":["x"],"op":{"type":"Conv2D","in":1,...}}, ...],
+///  "outputs":["logits"]}.
+template <Real T>
+std::string architecture_json(const Graph<T>& g) {
+  nlohmann::json a = nlohmann::json::object();
+  a["inputs"] = nlohmann::json::array();
+  for (const auto& name : g.input_names()) {
+    const auto d = g.sample_shape(name).dims();
+    a["inputs"].push_back({{"name", name}, {"shape", std::vector<std::size_t>(d.begin(), d.end())}});
+  }
+  a["nodes"] = nlohmann::json::array();
+  for (std::size_t i = 0; i < g.node_count(); ++i)
+    a["nodes"].push_back({{"output", g.node_output(i)}, {"inputs", g.node_inputs(i)}, {"op", detail::spec_to_json(g.node_spec(i))}});
+  a["outputs"] = g.output_names();
+  return a.dump();
+}
+
+/// The graph as safetensors bytes: tensors named "<node output>.<parameter>", metadata format
+/// "edgesplit.graph". `extra` metadata as for a Sequential.
+template <Real T>
+std::vector<std::byte> to_safetensors(Graph<T>& model, const std::map<std::string, std::string>& extra = {}) {
+  return detail::safetensors_bytes(model.state(), "edgesplit.graph", architecture_json(model), extra);
+}
+
+/// Writes the graph to `path` (through a temporary file renamed into place).
+template <Real T>
+void save_safetensors(const std::filesystem::path& path, Graph<T>& model,
+                      const std::map<std::string, std::string>& extra = {}) {
+  detail::write_file_atomically(path, to_safetensors(model, extra));
+}
+
+/// Rebuilds a graph from the file alone: inputs, nodes and outputs from the metadata, then the
+/// weights, which must match the architecture one to one. The file is refused whole
+/// (errc::corrupt_frame) when the architecture is malformed, a node reads a tensor not defined
+/// before it (a cycle or a dangling name), a shape rule fails (the error names the node) or the
+/// tensors disagree with it; errc::too_large when it describes more weights than the file
+/// holds (checked before any layer is built); errc::version_mismatch for another format.
+template <Real T>
+Graph<T> graph_from_safetensors(const SafetensorsFile& file, const SafetensorsLimits& limits = {}) {
+  const nlohmann::json a =
+      detail::parse_bounded_json(detail::edgesplit_architecture(file, "edgesplit.graph"), 4, "architecture");
+  auto bad = [](const std::string& what) { fail(errc::corrupt_frame, "architecture: " + what); };
+  auto name_of = [&](const nlohmann::json& j) {
+    if (!j.is_string()) bad("a tensor name is not a string");
+    return j.get<std::string>();
+  };
+  if (!a.is_object() || !a.contains("inputs") || !a.contains("nodes") || !a.contains("outputs") || !a["inputs"].is_array() ||
+      !a["nodes"].is_array() || !a["outputs"].is_array())
+    bad("not an object with arrays 'inputs', 'nodes' and 'outputs'");
+  if (a["nodes"].size() > limits.max_layers) fail(errc::too_large, "architecture has too many nodes");
+  const std::size_t held = detail::held_elements(file);
+  std::size_t storage = 0;
+  std::vector<LayerSpec> specs;
+  for (const auto& n : a["nodes"]) {
+    if (!n.is_object() || !n.contains("op") || !n.contains("output") || !n.contains("inputs") || !n["inputs"].is_array())
+      bad("a node is not an object with 'output', 'inputs' and 'op'");
+    specs.push_back(detail::spec_from_json(n["op"]));
+    if (!is_merge_type(specs.back().type)) detail::count_storage(held, specs.back(), storage);
+  }
+  Graph<T> g;
+  try {
+    for (const auto& in : a["inputs"]) {
+      if (!in.is_object() || !in.contains("name") || !in.contains("shape") || !in["shape"].is_array() ||
+          in["shape"].size() > 7)
+        bad("an input is not an object with a 'name' and a 'shape' of rank 1 to 7");
+      std::vector<std::size_t> dims;
+      for (const auto& d : in["shape"]) {
+        if (!d.is_number_unsigned()) bad("an input's shape holds a value that is not a size");
+        const std::uint64_t v = d.get<std::uint64_t>();
+        if (v > std::numeric_limits<std::size_t>::max()) fail(errc::too_large, "architecture: an input dimension is too large");
+        dims.push_back(static_cast<std::size_t>(v));
+      }
+      g.input(name_of(in["name"]), Shape(std::span<const std::size_t>(dims)));
+    }
+    std::size_t i = 0;
+    for (const auto& n : a["nodes"]) {
+      std::vector<std::string> inputs;
+      if (n["inputs"].size() > Merge<T>::max_inputs) bad("a node has too many inputs");
+      for (const auto& j : n["inputs"]) inputs.push_back(name_of(j));
+      const LayerSpec& spec = specs[i++];
+      if (is_merge_type(spec.type)) g.add(name_of(n["output"]), inputs, make_merge<T>(spec));
+      else g.add(name_of(n["output"]), inputs, make_layer<T>(spec));
+    }
+    for (const auto& o : a["outputs"]) g.output(name_of(o));
+  } catch (const error& err) {
+    if (err.code() == errc::unsupported || err.code() == errc::too_large) throw;
+    fail(errc::corrupt_frame, std::string("architecture: ") + err.what());
+  }
+  if (g.output_names().empty()) bad("no outputs");
+  try {
+    Weights<T> w;
+    for (const auto& e : file.tensors()) w.add(e.name, file.tensor<T>(e.name));
+    w.apply_to(g);
+  } catch (const error& err) {
+    if (err.code() != errc::shape_mismatch && err.code() != errc::invalid_argument) throw;
+    fail(errc::corrupt_frame, std::string("tensors do not match the architecture: ") + err.what());
+  }
+  return g;
+}
+
+/// Reads `path` and rebuilds the graph it holds.
+template <Real T>
+Graph<T> load_graph_safetensors(const std::filesystem::path& path, const SafetensorsLimits& limits = {}) {
+  return graph_from_safetensors<T>(SafetensorsFile::read(path, limits), limits);
 }
 
 }  // namespace edgesplit

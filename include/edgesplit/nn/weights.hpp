@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <span>
 #include <string>
@@ -10,6 +11,7 @@
 
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/tensor.hpp"
+#include "edgesplit/nn/graph.hpp"
 #include "edgesplit/nn/sequential.hpp"
 
 namespace edgesplit {
@@ -27,6 +29,13 @@ std::vector<Parameter<T>> model_state(Sequential<T>& model) {
   return all;
 }
 
+/// Every tensor saved with a graph: each node's parameters then its buffers, named after the
+/// node's output ("conv1.weight", "bn1.running_mean"), in node order.
+template <Real T>
+std::vector<Parameter<T>> model_state(Graph<T>& model) {
+  return model.state();
+}
+
 /// An owning copy of a model's named tensors: what the cloud pushes to the edges in collaborative
 /// training, what a weights file holds. Independent of the model it came from.
 template <Real T>
@@ -39,8 +48,10 @@ class Weights {
   };
 
   Weights() = default;
-  /// A copy of `model`'s state (see `model_state`).
-  explicit Weights(Sequential<T>& model) {
+  /// A copy of `model`'s state (see `model_state`): a Sequential<T> or a Graph<T>.
+  template <class Model>
+    requires requires(Model& m) { { model_state(m) } -> std::same_as<std::vector<Parameter<T>>>; }
+  explicit Weights(Model& model) {
     for (const auto& p : model_state(model)) {
       Tensor<T> t(p.value.shape());
       copy(TensorView<const T>(p.value), t.view());
@@ -66,7 +77,9 @@ class Weights {
   /// names with these shapes. Partial: every tensor here must exist in the model with the same
   /// shape, the model may have more (pushing the head's weights to an edge, say).
   /// errc::shape_mismatch otherwise; the model is left unchanged on error.
-  void apply_to(Sequential<T>& model, bool partial = false) const {
+  template <class Model>
+    requires requires(Model& m) { { model_state(m) } -> std::same_as<std::vector<Parameter<T>>>; }
+  void apply_to(Model& model, bool partial = false) const {
     const auto state = model_state(model);
     std::vector<std::pair<const Tensor<T>*, TensorView<T>>> plan;
     for (const auto& e : entries_) {
