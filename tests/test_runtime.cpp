@@ -250,6 +250,199 @@ TEST_CASE("Split inference over in-process, simulated and TCP transports equals 
   }
 }
 
+namespace {
+
+// x [2,6,6] -> c1 (conv 2->4) -> r1 (ReLU) -> c2 (conv 4->4) -> Add(c2, c1) -> ReLU -> Dense(5).
+// Split 2 (after c1 and r1) crosses two tensors: r1, and c1 for the residual join.
+Graph<float> residual_graph(std::uint64_t seed) {
+  Rng rng(seed);
+  Conv2DOptions same;
+  same.padding = same_padding(3, 3);
+  Graph<float> g;
+  const std::string x = g.input("x", Shape{2, 6, 6});
+  g.add(std::string("c1"), {x}, std::make_unique<Conv2D<float>>(2, 4, 3, 3, same, rng));
+  g.add(std::string("r1"), {"c1"}, std::make_unique<ReLU<float>>());
+  g.add(std::string("c2"), {"r1"}, std::make_unique<Conv2D<float>>(4, 4, 3, 3, same, rng));
+  const std::string sum = g.add<Add<float>>({"c2", "c1"});
+  const std::string r2 = g.add<ReLU<float>>(sum);
+  g.add(std::string("logits"), {r2}, std::make_unique<Dense<float>>(4 * 36, 5, rng));
+  g.output("logits");
+  return g;
+}
+
+}  // namespace
+
+TEST_CASE("A graph cut through a residual block runs split over in-process and TCP, two tensors per request",
+          "[runtime][graph]") {
+  Graph<float> whole = residual_graph(21);
+  const wire::ModelIdentity id{"resblock", 1, 0, 2};
+  auto [head, tail] = whole.split(id.split);
+  REQUIRE(head.output_names() == std::vector<std::string>{"c1", "r1"});
+  CloudServer server;
+  server.register_model(id, tail);
+  EdgeOptions o = edge_options();
+  o.model = id;
+  auto check = [&](EdgeClient& client) {
+    for (std::size_t batch : {1, 3}) {
+      Rng rng(batch);
+      Tensor<float> x(Shape{batch, 2, 6, 6});
+      for (float& v : x.span()) v = static_cast<float>(rng.uniform(-1, 1));
+      const InferResult r = client.infer(x.cview(), deadline_after(5s));
+      REQUIRE(r.path == AnswerPath::cloud);
+      const Tensor<float> want = whole.predict(x.cview());
+      REQUIRE(r.output.shape() == want.shape());
+      for (std::size_t j = 0; j < want.size(); ++j) CHECK(r.output[j] == want[j]);  // fp32: the same operations
+    }
+    CHECK(client.stats().cloud_answers == 2);
+  };
+  SECTION("in-process") {
+    EdgeClient client(head, inproc_connector(server), o);
+    check(client);
+  }
+  SECTION("TCP on 127.0.0.1") {
+    auto listener = TcpListener::bind("127.0.0.1", 0);
+    const auto port = listener.port();
+    server.listen(std::move(listener));
+    EdgeClient client(head, [port] { return Channel(TcpTransport::connect("127.0.0.1", port)); }, o);
+    check(client);
+  }
+  SECTION("int8 features: each tensor quantized with its own range") {
+    EdgeOptions q = o;
+    q.codec.bits = 8;
+    EdgeClient quantized(head, inproc_connector(server), q);
+    Rng rng(9);
+    Tensor<float> x(Shape{2, 2, 6, 6});
+    for (float& v : x.span()) v = static_cast<float>(rng.uniform(-1, 1));
+    const InferResult r = quantized.infer(x.cview(), deadline_after(5s));
+    REQUIRE(r.path == AnswerPath::cloud);
+    // replay the codec locally: one codec per tensor, then the tail
+    CodecConfig cfg;
+    cfg.bits = 8;
+    head.forward(std::span<const TensorView<const float>>(std::array{x.cview()}));
+    Tensor<float> tail_out(Shape{2, 5});
+    std::vector<Tensor<float>> decoded(2);
+    for (std::size_t k = 0; k < 2; ++k) {
+      FeatureCodec codec(cfg);
+      std::vector<std::byte> frame;
+      codec.decode(codec.encode(head.result(k), frame), decoded[k]);
+    }
+    const std::array<TensorView<const float>, 2> mid{decoded[0].cview(), decoded[1].cview()};
+    tail.forward(mid, std::array{tail_out.view()});
+    for (std::size_t j = 0; j < tail_out.size(); ++j) CHECK(r.output[j] == tail_out[j]);
+    CHECK(r.bytes_sent < 2 * 2 * 4 * 36 * sizeof(float) / 3);  // int8: about a quarter of fp32
+  }
+}
+
+TEST_CASE("INFER_TENSORS: round trip, malformed frames, and requests that do not fit the tail", "[runtime][wire][graph]") {
+  CodecConfig cfg;
+  cfg.bits = wire::raw_f32_bits;
+  std::vector<FeatureCodec> codecs;
+  for (int i = 0; i < 3; ++i) codecs.emplace_back(cfg);
+  const auto a = random_input(3, 4, 1), b = random_input(3, 6, 2);
+  const std::vector<std::string> names{"a", "b"};
+  const std::array<TensorView<const float>, 2> ts{a.cview(), b.cview()};
+  std::vector<std::byte> buf;
+  wire::encode_infer_tensors(buf, 7, {"m", 3, 100}, codecs, names, ts);
+  CHECK(wire::peek(buf).type == wire::MessageType::infer_tensors);
+  CHECK(wire::peek(buf).minor == 1);
+  std::vector<std::string> seen;
+  const auto h = wire::read_infer_tensors(buf, codecs[0], [&](std::size_t k, std::string_view name, const wire::TensorHeader& t) {
+    seen.emplace_back(name);
+    CHECK(t.shape == ts[k].shape());
+  });
+  CHECK(seen == names);
+  CHECK(h.request_id == 7);
+  CHECK(h.request.model_id == "m");
+  CHECK(h.request.split == 3);
+  CHECK(h.batch == 3);
+  CHECK(h.width == 10);
+  Tensor<float> scratch, packed;
+  (void)wire::decode_infer_tensors(buf, codecs[0], scratch, packed);
+  REQUIRE(packed.shape() == Shape{3, 10});
+  for (std::size_t i = 0; i < 3; ++i)
+    for (std::size_t j = 0; j < 10; ++j) CHECK(packed[i * 10 + j] == (j < 4 ? a[i * 4 + j] : b[i * 6 + j - 4]));
+
+  // the encoder refuses what a reader would
+  const auto c = random_input(2, 6, 3);
+  expect_errc(errc::invalid_argument, [&] {
+    wire::encode_infer_tensors(buf, 1, {"m", 3, 0}, codecs, names, std::array{a.cview(), c.cview()});
+  });
+  expect_errc(errc::invalid_argument, [&] {
+    wire::encode_infer_tensors(buf, 1, {"m", 3, 0}, codecs, std::vector<std::string>{"a", ""}, ts);
+  });
+  expect_errc(errc::invalid_argument, [&] {
+    wire::encode_infer_tensors(buf, 1, {"m", 3, 0}, codecs, std::vector<std::string>{}, std::span<const TensorView<const float>>{});
+  });
+  // a reader refuses a count of 0, a batch that differs, a name of 0 bytes, trailing bytes
+  wire::encode_infer_tensors(buf, 7, {"m", 3, 100}, codecs, names, ts);
+  const std::size_t count_at = wire::frame_header_size + 2 + 1 + 2 + 4;  // after "m", split, deadline
+  auto edited = [&](std::size_t at, std::byte v) {
+    std::vector<std::byte> e = buf;
+    e[at] = v;
+    wire::finish_frame(e);
+    return e;
+  };
+  auto refused = [&](const std::vector<std::byte>& f, errc code) {
+    expect_errc(code, [&] { (void)wire::read_infer_tensors(f, codecs[0], [](std::size_t, std::string_view, const wire::TensorHeader&) {}); });
+  };
+  REQUIRE(std::to_integer<int>(buf[count_at]) == 2);
+  refused(edited(count_at, std::byte{0}), errc::corrupt_frame);
+  refused(edited(count_at, std::byte{65}), errc::corrupt_frame);
+  refused(edited(count_at, std::byte{1}), errc::corrupt_frame);    // the second tensor is left over
+  refused(edited(count_at + 1, std::byte{0}), errc::corrupt_frame);  // a name of 0 bytes
+  // the second tensor's batch (its first dimension, after name "b" and the 8 fixed header bytes)
+  const std::size_t second = count_at + 1 + 2 + 1 + 8 + 8 + 4 + 4 * 4 * 3;
+  REQUIRE(std::to_integer<int>(buf[second + 2 + 1 + 8]) == 3);
+  refused(edited(second + 2 + 1 + 8, std::byte{2}), errc::corrupt_frame);
+  std::vector<std::byte> longer = buf;
+  longer.push_back(std::byte{0});
+  wire::finish_frame(longer);
+  refused(longer, errc::corrupt_frame);
+  CodecConfig small = cfg;
+  small.limits.max_elements = 25;  // each tensor fits, both do not
+  FeatureCodec capped(small);
+  expect_errc(errc::too_large, [&] { (void)wire::read_infer_tensors(buf, capped, [](std::size_t, std::string_view, const wire::TensorHeader&) {}); });
+
+  // a server answers requests that do not fit the tail with shape_mismatch, naming the tensor
+  Graph<float> whole = residual_graph(3);
+  auto [head, tail] = whole.split(2);
+  CloudServer server;
+  const wire::ModelIdentity id{"resblock", 1, 0, 2};
+  server.register_model(id, tail);
+  Channel ch = server.connect_in_process();
+  std::vector<std::byte> f;
+  wire::encode_hello(f, id);
+  ch.send(f, deadline_after(2s));
+  Message m;
+  REQUIRE(ch.receive(deadline_after(2s), m));
+  auto answer = [&](const std::vector<std::byte>& frame) {
+    ch.send(frame, deadline_after(2s));
+    REQUIRE(ch.receive(deadline_after(2s), m));
+    return wire::decode_error(m.view());
+  };
+  const auto c1 = random_input(1, 144, 4), r1 = random_input(1, 144, 5);
+  const std::array<TensorView<const float>, 2> good{c1.cview().reshaped(Shape{1, 4, 6, 6}), r1.cview().reshaped(Shape{1, 4, 6, 6})};
+  wire::encode_infer_tensors(f, 2, {"resblock", 2, 0}, codecs, std::vector<std::string>{"c1", "r2"}, good);
+  auto e = answer(f);
+  CHECK(e.code == errc::shape_mismatch);
+  CHECK(e.message.find("takes tensor 'r1' in place 1, got 'r2'") != std::string::npos);
+  wire::encode_infer_tensors(f, 3, {"resblock", 2, 0}, codecs, std::vector<std::string>{"c1"}, std::span(good).first(1));
+  e = answer(f);
+  CHECK(e.message.find("takes 2 tensors, got 1") != std::string::npos);
+  const std::array<TensorView<const float>, 2> flat{c1.cview(), r1.cview()};
+  wire::encode_infer_tensors(f, 4, {"resblock", 2, 0}, codecs, std::vector<std::string>{"c1", "r1"}, flat);
+  e = answer(f);
+  CHECK(e.message.find("per-sample shape [4, 6, 6], got [1, 144]") != std::string::npos);
+  wire::encode_infer(f, 5, {"resblock", 2, 0}, codecs[0], c1.cview());
+  e = answer(f);
+  CHECK(e.code == errc::shape_mismatch);
+  CHECK(e.message.find("takes 2 named tensors") != std::string::npos);
+  wire::encode_infer_tensors(f, 6, {"resblock", 2, 0}, codecs, std::vector<std::string>{"c1", "r1"}, good);
+  ch.send(f, deadline_after(2s));
+  REQUIRE(ch.receive(deadline_after(2s), m));
+  CHECK(wire::peek(m.view()).type == wire::MessageType::response);
+}
+
 TEST_CASE("connect_in_process: a lone request's tail runs on the thread that calls infer()", "[runtime]") {
   // No hand-off on the way there: the server half, batch of one included, runs inside send().
   auto s = make_split();
@@ -752,6 +945,19 @@ TEST_CASE("Generate the protocol fuzz seed corpus", "[.generate-protocol-corpus]
   save("valid-infer-f32");
   wire::encode_infer(b, 3, {"toy", 2, 0}, int4, x.cview());
   save("valid-infer-int4");
+  {
+    std::vector<FeatureCodec> two;
+    two.emplace_back(raw_cfg);
+    two.emplace_back(CodecConfig{});  // int8
+    const auto y = random_input(2, 4, 2);
+    const std::array<TensorView<const float>, 2> ts{x.cview(), y.cview()};
+    wire::encode_infer_tensors(b, 5, {"toy", 2, 0}, two, std::vector<std::string>{"c1", "r1"}, ts);
+    save("valid-infer-tensors");
+    const std::size_t count_at = wire::frame_header_size + 2 + 3 + 2 + 4;
+    b[count_at] = std::byte{1};  // one tensor announced, two sent
+    wire::finish_frame(b);
+    save("bad-infer-tensors-count");
+  }
   wire::encode_response(b, 2, {0, 10, 20}, raw, x.cview());
   save("valid-response");
   wire::encode_error(b, 4, errc::overloaded, "queue full");

@@ -158,7 +158,8 @@ TEST_CASE("A frame has the documented byte layout", "[wire][frame]") {
   const std::vector<float> v = {1.0f, -2.0f, 3.0f};
   Bytes f;
   codec.encode(TensorView<const float>(v.data(), Shape{3}), f, 7);
-  Bytes want = bytes_of({'E', 'S', 'P', 'L', 1, 0, 8, 0, 24, 0, 0, 0, 23, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0,
+  // magic, version 1.1, type 8 (tensor), flags, header length, reserved, payload length, request id, CRC
+  Bytes want = bytes_of({'E', 'S', 'P', 'L', 1, 1, 8, 0, 24, 0, 0, 0, 23, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0,
                          // dtype f32, affine per tensor, 4 bits, no lossless stage, rank 1, axis 0
                          1, 1, 4, 0, 1, 0, 0, 0,
                          3, 0, 0, 0,                   // dims
@@ -180,7 +181,7 @@ TEST_CASE("A frame has the documented byte layout", "[wire][frame]") {
 }
 
 TEST_CASE("Frames of every message type round-trip through begin/finish/parse", "[wire][frame]") {
-  for (int t = 1; t <= 8; ++t) {
+  for (int t = 1; t <= 9; ++t) {
     const auto type = static_cast<w::MessageType>(t);
     CHECK(w::is_known(type));
     CHECK(w::to_string(type) != "unknown");
@@ -195,7 +196,7 @@ TEST_CASE("Frames of every message type round-trip through begin/finish/parse", 
     CHECK(w::load_le32(fr.payload.data()) == 0x01020304u);
   }
   CHECK_FALSE(w::is_known(static_cast<w::MessageType>(0)));
-  CHECK_FALSE(w::is_known(static_cast<w::MessageType>(9)));
+  CHECK_FALSE(w::is_known(static_cast<w::MessageType>(10)));
 }
 
 TEST_CASE("Malformed frame headers are refused with their error codes", "[wire][frame][errors]") {
@@ -214,7 +215,11 @@ TEST_CASE("Malformed frame headers are refused with their error codes", "[wire][
   expect_decode_error(errc::version_mismatch, tampered([](Bytes& f) { f[4] = std::byte{2}; }));
   expect_decode_error(errc::version_mismatch, tampered([](Bytes& f) { f[4] = std::byte{0}; }));
   expect_decode_error(errc::unsupported, tampered([](Bytes& f) { f[6] = std::byte{0}; }));
-  expect_decode_error(errc::unsupported, tampered([](Bytes& f) { f[6] = std::byte{9}; }));
+  expect_decode_error(errc::unsupported, tampered([](Bytes& f) { f[6] = std::byte{10}; }));
+  // A 1.0 frame (minor 0) is still read.
+  expect_decode_error(errc::unsupported, tampered([](Bytes& f) { f[6] = std::byte{9}; }));  // not a tensor frame
+  Tensor<float> old;
+  CHECK(codec.decode(tampered([](Bytes& f) { f[5] = std::byte{0}; }), old).minor == 0);
   expect_decode_error(errc::unsupported, tampered([](Bytes& f) { f[6] = std::byte{255}; }));
   expect_decode_error(errc::unsupported, tampered([](Bytes& f) { f[7] = std::byte{1}; }));
   expect_decode_error(errc::corrupt_frame, tampered([](Bytes& f) { f[8] = std::byte{20}; }));

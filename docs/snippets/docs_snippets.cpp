@@ -182,6 +182,39 @@ void split_inference() {
   server.shutdown(std::chrono::milliseconds(500));
 }
 
+// A residual block, cut where the skip connection crosses: two tensors per request.
+void graphs() {
+  Rng rng(21);
+  // [snippet split-inference-graph]
+  Conv2DOptions same;
+  same.padding = same_padding(3, 3);                   // keeps H x W
+  Graph<float> g;
+  std::string x = g.input("image", Shape{1, 28, 28});  // per-sample shape: C, H, W
+  std::string c1 = g.add<Conv2D<float>>(x, 1, 8, 3, 3, same, rng);
+  std::string y = g.add<ReLU<float>>(c1);
+  y = g.add<Conv2D<float>>(y, 8, 8, 3, 3, same, rng);
+  y = g.add<Add<float>>({y, c1});                       // the residual join
+  y = g.add<ReLU<float>>(y);
+  y = g.add<Dense<float>>(y, 8 * 28 * 28, 10, rng);
+  g.output(y);
+  std::printf("%s", g.describe().c_str());             // nodes, and every candidate cut
+
+  auto [head, tail] = g.split(2);                       // after Conv2D_0 and ReLU_1: {Conv2D_0, ReLU_1}
+  CloudServer server;
+  server.register_model({"resnet-toy", 1, 0, 2}, tail);
+  EdgeOptions eo;
+  eo.model = {"resnet-toy", 1, 0, 2};
+  eo.codec.bits = 8;                                    // each tensor quantized with its own range
+  EdgeClient client(head, [&server] { return server.connect_in_process(); }, eo);
+  Tensor<float> images(Shape{4, 1, 28, 28}, 0.5f);
+  InferResult r = client.infer(images, deadline_after(std::chrono::milliseconds(2000)));
+  // [end]
+  check(head.output_names() == std::vector<std::string>{"Conv2D_0", "ReLU_1"}, "graphs: the cut crosses two tensors");
+  check(r.path == AnswerPath::cloud && r.output.shape() == Shape({4, 10}), "graphs: a [4, 10] answer from the cloud");
+  server.shutdown(std::chrono::milliseconds(500));
+}
+
+
 // docs/training.md: one cloud model and one edge model trained together.
 void collaborative_training() {
   const Dataset<float> train = blobs(2000, 20, 3, 4);
@@ -342,6 +375,7 @@ void training_fashion_mnist() {
 int main(int argc, char** argv) {
   const std::vector<std::pair<const char*, std::function<void()>>> snippets{
       {"getting_started", docs::getting_started}, {"split_inference", docs::split_inference},
+      {"graphs", docs::graphs},
       {"collaborative_training", docs::collaborative_training}, {"quantization", docs::quantization},
       {"transports", docs::transports}, {"planning", docs::planning}, {"boards", docs::boards}};
   const bool list = argc > 1 && std::strcmp(argv[1], "--list") == 0;

@@ -41,6 +41,13 @@ inline bool decode_message(std::span<const std::byte> bytes) {
       case w::MessageType::infer:
         if (w::decode_infer(bytes, codec, tensor).model_id.size() > w::max_model_id_bytes) std::abort();
         break;
+      case w::MessageType::infer_tensors: {
+        static edgesplit::Tensor<float> scratch;
+        const auto h = w::decode_infer_tensors(bytes, codec, scratch, tensor);
+        if (h.count == 0 || h.count > w::max_feature_tensors || h.request.model_id.size() > w::max_model_id_bytes) std::abort();
+        if (!(tensor.shape() == edgesplit::Shape{h.batch, h.width})) std::abort();
+        break;
+      }
       case w::MessageType::response:
         (void)w::decode_response(bytes, codec, tensor);
         break;

@@ -5,10 +5,10 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <memory>
-#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -20,6 +20,7 @@
 #include "edgesplit/core/kernels.hpp"
 #include "edgesplit/nn/layer.hpp"
 #include "edgesplit/nn/merge.hpp"
+#include "edgesplit/nn/sequential.hpp"
 
 namespace edgesplit {
 
@@ -192,6 +193,8 @@ class Graph {
       copy(views_[outputs_[k]], out[k]);
     }
   }
+  /// Runs the model on one input per declared input; read the outputs with result(k).
+  void forward(std::span<const TensorView<const T>> in) { run(in); }
   /// Runs a model of one input and one output; the result lives in the workspace until the next
   /// call (or is `in` itself when the output is the input).
   TensorView<const T> forward(TensorView<const T> in) {
@@ -422,9 +425,43 @@ class Graph {
     return {std::move(head), std::move(tail)};
   }
 
+  /// Cuts at the frontier after the first `k` nodes the outputs need (the candidate cut whose
+  /// `head_nodes` is k): the graph's counterpart of Sequential::split(k), and the split number
+  /// the runtime's ModelIdentity carries for a graph. errc::out_of_range past the last node.
+  std::pair<Graph, Graph> split(std::size_t k) const {
+    // Each node adds its own output to the frontier, so the frontiers after 0, 1, ... n nodes
+    // are all distinct and candidate_cuts() has one per k.
+    const auto cuts = candidate_cuts();
+    if (k >= cuts.size())
+      fail(errc::out_of_range, "split point " + std::to_string(k) + " past a graph of " +
+                                   std::to_string(cuts.size() - 1) + " nodes");
+    return cut(cuts[k].tensors);
+  }
+
+  /// A 64-bit hash of the architecture: every input's name and shape, every node's output name,
+  /// inputs, kind and settings, and the outputs. Equal hashes mean the same computation up to the
+  /// weights; what the runtime's model check compares. Never 0.
+  std::uint64_t architecture_hash() const {
+    Fnv1a h;
+    const auto shape = [&](const Shape& sh) {
+      h.u64(sh.rank());
+      for (std::size_t d : sh.dims()) h.u64(d);
+    };
+    for (std::size_t t : inputs_) h.str(tensors_[t].name), shape(tensors_[t].sample);
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      h.str(tensors_[nodes_[i].out].name);
+      h.u64(nodes_[i].in.size());
+      for (std::size_t t : nodes_[i].in) h.str(tensors_[t].name);
+      h.spec(node_spec(i));
+    }
+    for (std::size_t t : outputs_) h.str(tensors_[t].name);
+    return h.result();
+  }
+
   /// Every frontier of the node order: after running the first k nodes the outputs need
-  /// (k = 0 .. all), the tensors still to be read by a later node or returned as outputs.
-  /// Distinct sets only, from the all-cloud cut (the inputs) to the all-edge cut (the outputs).
+  /// (k = 0 .. all), the tensors still to be read by a later node or returned as outputs. One
+  /// per k (each node adds its own output), from the all-cloud cut (the inputs, k = 0) to the
+  /// all-edge cut (the outputs).
   std::vector<CutInfo> candidate_cuts() const {
     require_outputs("candidate_cuts");
     const auto& live = live_nodes();
@@ -439,7 +476,6 @@ class Graph {
     std::uint64_t total = 0;
     for (std::size_t i : order) total += node_flops_at(nodes_[i], 1);
     std::vector<CutInfo> cuts;
-    std::set<std::vector<std::size_t>> distinct;
     std::vector<char> defined(tensors_.size(), 0);
     for (std::size_t t : inputs_) defined[t] = 1;
     std::uint64_t head = 0;
@@ -451,7 +487,6 @@ class Graph {
       std::vector<std::size_t> f;
       for (std::size_t t = 0; t < tensors_.size(); ++t)
         if (defined[t] && last[t] != npos && last[t] >= k) f.push_back(t);
-      if (!distinct.insert(f).second) continue;
       CutInfo c;
       for (std::size_t t : f) {
         c.tensors.push_back(tensors_[t].name);
@@ -745,5 +780,169 @@ class Graph {
   std::vector<TensorView<T>> gin_;
   std::vector<char> needs_grad_, written_;
 };
+
+/// A graph as one layer: how a Sequential, and so the runtime's edge client and cloud server, runs
+/// a graph's head or tail. Several inputs (or outputs) travel side by side in one row per sample,
+/// {N, F} with F the sum of their per-sample sizes, in the graph's input (output) order, each
+/// tensor's elements row-major within its part of the row: rows of different requests can then
+/// be batched as any features are. One input is taken in its own shape {N, ...} or flattened to
+/// {N, size}; one output keeps its own shape.
+///
+/// Its spec records the architecture's hash (Graph::architecture_hash), so a model check tells
+/// graphs apart, but make_layer cannot rebuild it: save the Graph itself (graph_from_safetensors).
+template <Real T>
+class GraphLayer final : public Layer<T> {
+ public:
+  /// Wraps `graph`, which must have its outputs declared (errc::invalid_argument otherwise).
+  explicit GraphLayer(Graph<T> graph) : graph_(std::move(graph)) {
+    if (graph_.output_names().empty()) fail(errc::invalid_argument, "GraphLayer needs a graph with outputs");
+    for (const auto& n : graph_.input_names()) {
+      in_.push_back({graph_.sample_shape(n), in_width_});
+      in_width_ += in_.back().sample.count();
+    }
+    for (const auto& n : graph_.output_names()) {
+      out_.push_back({graph_.sample_shape(n), out_width_});
+      out_width_ += out_.back().sample.count();
+    }
+  }
+
+  std::string_view name() const noexcept override { return "Graph"; }
+  std::string describe() const override {
+    return "Graph(" + std::to_string(graph_.node_count()) + " nodes, " + std::to_string(in_.size()) + " -> " +
+           std::to_string(out_.size()) + " tensors)";
+  }
+  std::unique_ptr<Layer<T>> clone() const override { return std::make_unique<GraphLayer>(*this); }
+  /// Keys: nodes, in (the packed input width), out (the packed output width), arch (the hash).
+  LayerSpec spec() const override {
+    return {"Graph",
+            {{"nodes", graph_.node_count()}, {"in", in_width_}, {"out", out_width_}, {"arch", graph_.architecture_hash()}},
+            {}};
+  }
+  /// The wrapped graph.
+  const Graph<T>& graph() const noexcept { return graph_; }
+  /// The wrapped graph, for changing its weights.
+  Graph<T>& graph() noexcept { return graph_; }
+  /// Elements per sample of the packed input: the sum of the inputs' per-sample sizes.
+  std::size_t input_width() const noexcept { return in_width_; }
+  std::size_t parameter_count() const override { return graph_.parameter_count(); }
+  void zero_grad() override { graph_.zero_grad(); }
+  void pack_weights() override { graph_.pack_weights(); }
+
+ protected:
+  void check_input(const Shape& in) const override {
+    Layer<T>::check_input(in);
+    const bool natural = in_.size() == 1 && in.rank() == in_[0].sample.rank() + 1 &&
+                         Shape(in.dims().subspan(1)) == in_[0].sample;
+    if (!natural && !(in.rank() == 2 && in[1] == in_width_))
+      fail(errc::shape_mismatch, describe() + " needs an input [N, " + std::to_string(in_width_) + "]" +
+                                     (in_.size() == 1 ? " or [N, " + in_[0].sample.str().substr(1) : std::string()) +
+                                     ", got " + in.str());
+  }
+  Shape output_shape_impl(const Shape& in) const override {
+    if (out_.size() == 1) return batched(out_[0].sample, in.batch());
+    return Shape{in.batch(), out_width_};
+  }
+  std::uint64_t flops_impl(const Shape& in) const override { return graph_.flops(in.batch()); }
+
+  void forward_impl(TensorView<const T> in, TensorView<T> out) override {
+    if (graph_.training() != this->training()) graph_.set_training(this->training());
+    const std::size_t n = in.shape().batch();
+    views(in);
+    graph_.forward(std::span<const TensorView<const T>>(in_views_.data(), in_.size()));
+    if (out_.size() == 1) {
+      copy(graph_.result(0), TensorView<T>(out.data(), graph_.result(0).shape()));
+      return;
+    }
+    for (std::size_t k = 0; k < out_.size(); ++k)
+      move_rows(graph_.result(k).data(), out_[k].sample.count(), out.data(), out_width_, out_[k].offset, n);
+  }
+
+  void backward_impl(TensorView<const T> in, TensorView<const T>, TensorView<const T> grad_out,
+                     TensorView<T> grad_in) override {
+    const std::size_t n = in.shape().batch();
+    views(in);  // the same buffers as the forward pass, which backward checks
+    if (gout_.size() < out_.size()) gout_.resize(out_.size()), gout_views_.resize(out_.size());
+    for (std::size_t k = 0; k < out_.size(); ++k) {
+      const Shape s = batched(out_[k].sample, n);
+      if (out_.size() == 1) {
+        gout_views_[k] = TensorView<const T>(grad_out.data(), s);
+      } else {
+        gout_[k].resize(s);
+        move_rows(grad_out.data(), out_width_, out_[k].offset, gout_[k].data(), out_[k].sample.count(), n);
+        gout_views_[k] = gout_[k].cview();
+      }
+    }
+    if (gin_.size() < in_.size()) gin_.resize(in_.size()), gin_views_.resize(in_.size());
+    for (std::size_t k = 0; k < in_.size(); ++k) {
+      const Shape s = batched(in_[k].sample, n);
+      if (grad_in.data() == nullptr) gin_views_[k] = {};
+      else if (in_.size() == 1) gin_views_[k] = TensorView<T>(grad_in.data(), s);
+      else gin_[k].resize(s), gin_views_[k] = gin_[k].view();
+    }
+    graph_.backward(std::span<const TensorView<const T>>(in_views_.data(), in_.size()),
+                    std::span<const TensorView<const T>>(gout_views_.data(), out_.size()),
+                    std::span<const TensorView<T>>(gin_views_.data(), in_.size()));
+    if (grad_in.data() != nullptr && in_.size() > 1)
+      for (std::size_t k = 0; k < in_.size(); ++k)
+        move_rows(gin_[k].data(), in_[k].sample.count(), grad_in.data(), in_width_, in_[k].offset, n);
+  }
+  std::vector<Parameter<T>> parameters_impl() override { return graph_.parameters(); }
+  std::vector<Parameter<T>> buffers_impl() override { return graph_.buffers(); }
+
+ private:
+  struct Part {
+    Shape sample;
+    std::size_t offset = 0;  // elements before this tensor in a packed row
+  };
+  static Shape batched(const Shape& sample, std::size_t batch) {
+    std::array<std::size_t, 8> d{};
+    d[0] = batch;
+    for (std::size_t i = 0; i < sample.rank(); ++i) d[i + 1] = sample[i];
+    return Shape(std::span<const std::size_t>(d.data(), sample.rank() + 1));
+  }
+  // Copies `width` elements per sample from rows of `from_stride` at `from_offset` into rows of
+  // `to_stride` (overloads: packed -> one tensor, one tensor -> packed).
+  static void move_rows(const T* from, std::size_t from_stride, std::size_t from_offset, T* to, std::size_t width,
+                        std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) std::memcpy(to + i * width, from + i * from_stride + from_offset, width * sizeof(T));
+  }
+  static void move_rows(const T* from, std::size_t width, T* to, std::size_t to_stride, std::size_t to_offset,
+                        std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) std::memcpy(to + i * to_stride + to_offset, from + i * width, width * sizeof(T));
+  }
+  // The graph's inputs for a packed (or single, natural) input.
+  void views(TensorView<const T> in) {
+    const std::size_t n = in.shape().batch();
+    if (in_views_.size() < in_.size()) in_views_.resize(in_.size()), in_bufs_.resize(in_.size());
+    if (in_.size() == 1) {
+      in_views_[0] = TensorView<const T>(in.data(), batched(in_[0].sample, n));
+      return;
+    }
+    for (std::size_t k = 0; k < in_.size(); ++k) {
+      in_bufs_[k].resize(batched(in_[k].sample, n));  // the same buffer for the same batch
+      in_views_[k] = in_bufs_[k].cview();
+      move_rows(in.data(), in_width_, in_[k].offset, in_bufs_[k].data(), in_[k].sample.count(), n);
+    }
+  }
+
+  Graph<T> graph_;
+  std::vector<Part> in_, out_;
+  std::size_t in_width_ = 0, out_width_ = 0;
+  std::vector<Tensor<T>> in_bufs_, gout_, gin_;
+  std::vector<TensorView<const T>> in_views_, gout_views_;
+  std::vector<TensorView<T>> gin_views_;
+};
+
+/// A Sequential of one GraphLayer running `graph` (an empty Sequential for a graph of no nodes
+/// and one input, whose output is its input): how the edge client and the cloud server take a
+/// graph's head and tail.
+template <Real T>
+Sequential<T> as_sequential(Graph<T> graph) {
+  Sequential<T> s;
+  const auto in = graph.input_names(), out = graph.output_names();
+  if (graph.empty() && in.size() == 1 && out.size() == 1 && in[0] == out[0]) return s;
+  s.add(std::make_unique<GraphLayer<T>>(std::move(graph)));
+  return s;
+}
 
 }  // namespace edgesplit

@@ -1,6 +1,7 @@
 // edgesplit/nn/layer.hpp - the layer contract every model part follows.
 #pragma once
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -31,6 +32,37 @@ struct LayerSpec {
   std::map<std::string, double> reals;            ///< rates, slopes: {"p": 0.2}
   /// Equal kind and equal settings.
   friend bool operator==(const LayerSpec&, const LayerSpec&) = default;
+};
+
+/// A 64-bit FNV-1a hash built field by field: how model fingerprints and graph architecture
+/// hashes are computed, so that equal architectures hash equally on every platform (integers are
+/// mixed as 8 little-endian bytes, strings with their length first).
+struct Fnv1a {
+  std::uint64_t value = 0xcbf29ce484222325ull;  ///< the hash so far
+  /// Mixes `n` bytes.
+  void bytes(const void* p, std::size_t n) noexcept {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (std::size_t i = 0; i < n; ++i) value = (value ^ b[i]) * 0x100000001b3ull;
+  }
+  /// Mixes an integer.
+  void u64(std::uint64_t v) noexcept {
+    unsigned char b[8];
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(v >> (8 * i));
+    bytes(b, 8);
+  }
+  /// Mixes a string, its length first.
+  void str(std::string_view s) noexcept {
+    u64(s.size());
+    bytes(s.data(), s.size());
+  }
+  /// Mixes a layer's kind and every setting.
+  void spec(const LayerSpec& s) noexcept {
+    str(s.type);
+    for (const auto& [k, v] : s.integers) str(k), u64(v);
+    for (const auto& [k, v] : s.reals) str(k), u64(std::bit_cast<std::uint64_t>(v));
+  }
+  /// The hash, never 0 (0 means "no check" where hashes are compared).
+  std::uint64_t result() const noexcept { return value == 0 ? 1 : value; }
 };
 
 /// One stage of a model.

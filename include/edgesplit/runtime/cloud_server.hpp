@@ -82,6 +82,9 @@ class CloudServer {
 
   /// Registers (or replaces) the tail served under (id.model_id, id.split).
   void register_model(const wire::ModelIdentity& id, Sequential<float> tail) { registry_.add(id, std::move(tail)); }
+  /// Registers a graph's tail (Graph::split(k) or cut()): id.split is the cut's number of head
+  /// nodes. A tail of several inputs takes INFER_TENSORS requests naming them.
+  void register_model(const wire::ModelIdentity& id, Graph<float> tail) { registry_.add(id, as_sequential(std::move(tail))); }
 
   /// Replaces the weights of a registered tail (names and shapes as Sequential::parameters gives
   /// them) and sets its minor version; refuses the whole update with a typed error naming the

@@ -50,7 +50,7 @@ struct BatchRequest {
   std::uint32_t request_id = 0;  ///< echoed in the reply
   ModelRegistry::Key key;  ///< the tail to run
   Tensor<float> features;  ///< {rows, ...}: rows are batched with other requests' rows
-  /// The whole INFER frame, already validated up to its tensor header (wire::read_infer), when
+  /// The whole INFER (or INFER_TENSORS) frame, already validated up to its tensor headers, when
   /// the worker is to decode it; empty when `features` holds the decoded features.
   std::vector<std::byte> frame;
   /// The features' shape when `frame` holds them (from the validated tensor header).
@@ -318,6 +318,7 @@ class DynamicBatcher {
     Tensor<float> input;
     FeatureCodec codec;    // encodes replies
     FeatureCodec decoder;  // decodes features that arrive still in their frame
+    Tensor<float> scratch;  // one tensor of a multi-tensor request, before it joins its row
     std::vector<std::byte> out;
   };
   // Worker states for batches run by submitting threads: one per thread at a time, taken from a
@@ -540,8 +541,12 @@ class DynamicBatcher {
           if (j.req.features.capacity() == 0) j.req.features = take_tensor();
         }
         try {
-          const wire::InferHeader h = wire::read_infer(j.req.frame, w.decoder);
-          wire::decode_infer_features(h, w.decoder, j.req.features);
+          if (wire::peek(j.req.frame, w.decoder.config().limits).type == wire::MessageType::infer_tensors) {
+            wire::decode_infer_tensors(j.req.frame, w.decoder, w.scratch, j.req.features);
+          } else {
+            const wire::InferHeader h = wire::read_infer(j.req.frame, w.decoder);
+            wire::decode_infer_features(h, w.decoder, j.req.features);
+          }
           if (!(j.req.features.shape() == j.req.shape)) fail(errc::corrupt_frame, "features changed shape");
           j.req.held.shrink_to(j.req.held.bytes() - std::min(j.req.held.bytes(), j.req.frame.size()));
         } catch (const error& e) {

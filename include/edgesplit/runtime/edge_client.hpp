@@ -20,6 +20,7 @@
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/tensor.hpp"
 #include "edgesplit/core/thread_name.hpp"
+#include "edgesplit/nn/graph.hpp"
 #include "edgesplit/nn/sequential.hpp"
 #include "edgesplit/plan/link.hpp"
 #include "edgesplit/runtime/channel.hpp"
@@ -136,6 +137,14 @@ class EdgeClient {
   /// Opens a new connection to the cloud (throws a typed error when it cannot).
   using Connector = std::function<Channel()>;
 
+  /// Runs a graph's head (Graph::split(k) or cut(); EdgeOptions::model.split is k, the cut's
+  /// number of head nodes). A head of several outputs sends them as named tensors, each quantized
+  /// with its own range; a head of one input fills EdgeOptions::input_shape when it is empty.
+  EdgeClient(Graph<float> head, Connector connector, EdgeOptions options,
+             std::optional<Fallback> fallback = std::nullopt, const Clock& clock = SteadyClock::instance())
+      : EdgeClient(as_sequential(head), std::move(connector), with_input_shape(std::move(options), head),
+                   std::move(fallback), clock) {}
+
   /// Runs `head` on the caller's thread and connects through `connector` (called again to reconnect);
   /// `fallback`, when given, answers what the cloud cannot. Time is read on `clock`, which must
   /// outlive the client.
@@ -152,6 +161,15 @@ class EdgeClient {
     if (opt_.max_in_flight == 0) fail(errc::invalid_argument, "EdgeClient max_in_flight must be >= 1");
     check_.fingerprint = opt_.tail_fingerprint;
     check_.signature = feature_signature();
+    if (!head_.empty())
+      if (const auto* g = dynamic_cast<const GraphLayer<float>*>(&head_[head_.size() - 1]);
+          g && g->graph().output_names().size() > 1)
+        for (const auto& name : g->graph().output_names()) {
+          parts_.push_back({name, g->graph().sample_shape(name).count(), {}});
+          part_names_.push_back(name);
+          part_codecs_.emplace_back(opt_.codec);
+        }
+    part_views_.resize(parts_.size());
     push_decoder_ = FeatureCodec(CodecConfig::decoding(opt_.limits));
     try_connect();
     receiver_ = std::thread([this] {
@@ -250,7 +268,8 @@ class EdgeClient {
         copy(keep, p.fallback_input.view());
       }
       wire::InferRequest req{opt_.model.model_id, opt_.model.split, budget_us(deadline)};
-      wire::encode_infer(p.frame, id, req, encoder_, features);
+      if (parts_.empty()) wire::encode_infer(p.frame, id, req, encoder_, features);
+      else encode_parts(p.frame, id, req, features);
       p.result.timings.head = seconds(t1 - t0);
       p.result.timings.encode = seconds(steady::now() - t1);
       p.result.bytes_sent = p.frame.size();
@@ -395,6 +414,36 @@ class EdgeClient {
         return "parameter '" + t.name + "' is " + it->value.shape().str() + ", the push has " + t.value.shape().str();
     }
     return "";
+  }
+
+  static EdgeOptions with_input_shape(EdgeOptions o, const Graph<float>& head) {
+    if (o.input_shape.empty() && head.input_names().size() == 1) {
+      const auto d = head.sample_shape(head.input_names()[0]).dims();
+      o.input_shape.assign(d.begin(), d.end());
+    }
+    return o;
+  }
+
+  // Sends the head's outputs as named tensors, each quantized on its own: the packed row of a
+  // GraphLayer head is split back into one tensor per output (with head_mutex_ held).
+  void encode_parts(std::vector<std::byte>& out, std::uint32_t id, const wire::InferRequest& req,
+                    TensorView<const float> features) {
+    const std::size_t n = features.shape().batch(), width = features.shape().features();
+    std::size_t offset = 0;
+    for (std::size_t k = 0; k < parts_.size(); ++k) {
+      Part& p = parts_[k];
+      const Shape s = head_graph_output_shape(k, n);
+      p.buffer.resize(s);
+      for (std::size_t i = 0; i < n; ++i)
+        std::copy_n(features.data() + i * width + offset, p.width, p.buffer.data() + i * p.width);
+      offset += p.width;
+      part_views_[k] = p.buffer.cview();
+    }
+    wire::encode_infer_tensors(out, id, req, part_codecs_, part_names_, part_views_);
+  }
+  Shape head_graph_output_shape(std::size_t k, std::size_t n) const {
+    const auto& g = static_cast<const GraphLayer<float>&>(head_[head_.size() - 1]).graph();
+    return g.shape(parts_[k].name, n);
   }
 
   // The per-sample shape of the features the head sends, when it can be known before any input.
@@ -759,6 +808,16 @@ class EdgeClient {
   std::optional<Fallback> fallback_;
   std::mutex fallback_mutex_;
   FeatureCodec encoder_;
+  // A graph head of several outputs sends each as its own named tensor (INFER_TENSORS).
+  struct Part {
+    std::string name;
+    std::size_t width = 0;  // elements per sample
+    Tensor<float> buffer;  // this output's samples, gathered from the packed row
+  };
+  std::vector<Part> parts_;
+  std::vector<FeatureCodec> part_codecs_;  // one per part: each output is quantized on its own
+  std::vector<std::string> part_names_;
+  std::vector<TensorView<const float>> part_views_;
 
   mutable std::mutex pending_mutex_;  // everything below
   std::condition_variable pending_cv_;  // wakes the receiver thread

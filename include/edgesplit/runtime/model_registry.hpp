@@ -15,6 +15,7 @@
 
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/shape.hpp"
+#include "edgesplit/nn/graph.hpp"
 #include "edgesplit/nn/sequential.hpp"
 #include "edgesplit/wire/protocol.hpp"
 
@@ -53,36 +54,14 @@ inline Shape output_signature(const Sequential<float>& model, const Shape& signa
 /// of answer; a minor version (a compatible weights update) does not change it. Never 0.
 inline std::uint64_t model_fingerprint(const Sequential<float>& model, const std::optional<Shape>& signature,
                                        std::uint32_t major) {
-  std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, 64 bits
-  const auto mix = [&](const void* p, std::size_t n) {
-    const auto* b = static_cast<const unsigned char*>(p);
-    for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
-  };
-  const auto mix_u64 = [&](std::uint64_t v) {
-    unsigned char b[8];
-    for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(v >> (8 * i));
-    mix(b, 8);
-  };
-  const auto mix_str = [&](const std::string& s) {
-    mix_u64(s.size());
-    mix(s.data(), s.size());
-  };
-  mix_u64(major);
-  mix_u64(signature ? signature->rank() : 0);
+  Fnv1a h;
+  h.u64(major);
+  h.u64(signature ? signature->rank() : 0);
   if (signature)
-    for (std::size_t d : signature->dims()) mix_u64(d);
-  mix_u64(model.size());
-  for (std::size_t i = 0; i < model.size(); ++i) {
-    const LayerSpec spec = model[i].spec();
-    mix_str(spec.type);
-    for (const auto& [k, v] : spec.integers) mix_str(k), mix_u64(v);
-    for (const auto& [k, v] : spec.reals) {
-      std::uint64_t bits;
-      std::memcpy(&bits, &v, 8);
-      mix_str(k), mix_u64(bits);
-    }
-  }
-  return h == 0 ? 1 : h;
+    for (std::size_t d : signature->dims()) h.u64(d);
+  h.u64(model.size());
+  for (std::size_t i = 0; i < model.size(); ++i) h.spec(model[i].spec());
+  return h.result();
 }
 
 /// "Dense(16 -> 12) ReLU Dense(12 -> 5)": a model's layers, for messages that say what differs.
@@ -109,6 +88,9 @@ class ModelRegistry {
     std::optional<Shape> signature;  ///< per-sample input shape, when the tail declares it
     std::uint64_t fingerprint = 0;  ///< model_fingerprint(model, signature, id.major)
     std::uint64_t generation = 0;  ///< increases with every registration or update, server-wide
+    /// For a graph tail of several inputs (a cut crossing several tensors): their names and
+    /// per-sample shapes, in the order an INFER_TENSORS frame must carry them. Empty otherwise.
+    std::vector<std::pair<std::string, Shape>> feature_tensors;
   };
 
   /// Registers (or replaces) the tail served under (id.model_id, id.split).
@@ -121,6 +103,9 @@ class ModelRegistry {
     e->model = std::move(tail);
     e->signature = input_signature(e->model);
     e->fingerprint = model_fingerprint(e->model, e->signature, id.major);
+    if (!e->model.empty())
+      if (const auto* g = dynamic_cast<const GraphLayer<float>*>(&e->model[0]); g && g->graph().input_names().size() > 1)
+        for (const auto& name : g->graph().input_names()) e->feature_tensors.emplace_back(name, g->graph().sample_shape(name));
     publish(std::move(e));
   }
 

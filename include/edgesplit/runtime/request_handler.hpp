@@ -91,6 +91,7 @@ class RequestHandler {
       switch (h.type) {
         case wire::MessageType::hello: return hello(s, message, h.request_id);
         case wire::MessageType::infer: return infer(s, message, codec);
+        case wire::MessageType::infer_tensors: return infer_tensors(s, message, codec);
         case wire::MessageType::ping: {
           const std::uint64_t t = wire::decode_ping(message, opt_.limits);
           std::vector<std::byte> out;
@@ -183,38 +184,83 @@ class RequestHandler {
   Verdict infer(Session& s, std::span<const std::byte> message, FeatureCodec& codec) {
     const wire::InferHeader h = wire::read_infer(message, codec);
     const auto e = registry_.find({h.request.model_id, h.request.split});
+    if (e && !e->feature_tensors.empty()) {
+      count(&HandlerStats::request_errors);
+      reply_error(s, h.request_id, errc::shape_mismatch,
+                  "model '" + h.request.model_id + "' at split " + std::to_string(h.request.split) + " takes " +
+                      std::to_string(e->feature_tensors.size()) + " named tensors (an INFER_TENSORS frame), got one");
+      return Verdict::keep;
+    }
+    return queue(s, message, h.request_id, h.request, e, h.tensor.shape);
+  }
+
+  // A request of several named tensors: each must be the tail's input of that name and
+  // per-sample shape, in the tail's order; the request runs on them side by side in one row.
+  Verdict infer_tensors(Session& s, std::span<const std::byte> message, FeatureCodec& codec) {
+    const wire::InferTensorsHeader h =
+        wire::read_infer_tensors(message, codec, [](std::size_t, std::string_view, const wire::TensorHeader&) {});
+    const auto e = registry_.find({h.request.model_id, h.request.split});
+    std::string wrong;
+    if (e) {
+      const auto& want = e->feature_tensors;
+      if (want.empty() && h.count > 1) {
+        wrong = "takes one tensor, got " + std::to_string(h.count);
+      } else if (!want.empty()) {
+        if (h.count != want.size()) wrong = "takes " + std::to_string(want.size()) + " tensors, got " + std::to_string(h.count);
+        else
+          (void)wire::read_infer_tensors(message, codec, [&](std::size_t k, std::string_view name, const wire::TensorHeader& t) {
+            if (!wrong.empty()) return;
+            if (name != want[k].first)
+              wrong = "takes tensor '" + want[k].first + "' in place " + std::to_string(k) + ", got '" + std::string(name) + "'";
+            else if (!(Shape(t.shape.dims().subspan(1)) == want[k].second))
+              wrong = "takes tensor '" + want[k].first + "' of per-sample shape " + want[k].second.str() + ", got " +
+                      t.shape.str();
+          });
+      }
+    }
+    if (!wrong.empty()) {
+      count(&HandlerStats::request_errors);
+      reply_error(s, h.request_id, errc::shape_mismatch,
+                  "model '" + h.request.model_id + "' at split " + std::to_string(h.request.split) + " " + wrong);
+      return Verdict::keep;
+    }
+    return queue(s, message, h.request_id, h.request, e, Shape{h.batch, h.width});
+  }
+
+  // Checks the request against its tail, reserves memory and hands the frame to the batcher,
+  // whose worker decodes it into features of `shape`.
+  Verdict queue(Session& s, std::span<const std::byte> message, std::uint32_t request_id, const wire::InferRequest& r,
+                const std::shared_ptr<const ModelRegistry::Entry>& e, const Shape& shape) {
     if (!e) {
       count(&HandlerStats::request_errors);
-      reply_error(s, h.request_id, errc::unsupported,
-                  "no model '" + h.request.model_id + "' at split " + std::to_string(h.request.split));
+      reply_error(s, request_id, errc::unsupported, "no model '" + r.model_id + "' at split " + std::to_string(r.split));
       return Verdict::keep;
     }
     Shape out_shape;
     try {
-      out_shape = e->model.output_shape(h.tensor.shape);
+      out_shape = e->model.output_shape(shape);
     } catch (const error& err) {
       count(&HandlerStats::request_errors);
-      reply_error(s, h.request_id, err.code(), err.what());
+      reply_error(s, request_id, err.code(), err.what());
       return Verdict::keep;
     }
     // Room for the frame until a worker decodes it, the decoded features and the reply (raw floats
     // at most), before anything is decoded.
-    const std::size_t need =
-        message.size() + Shape::checked_bytes(h.tensor.shape.count(), sizeof(float)) + reply_bytes(out_shape);
+    const std::size_t need = message.size() + Shape::checked_bytes(shape.count(), sizeof(float)) + reply_bytes(out_shape);
     bool ok = false;
     MemoryBudget::Reservation held = budget_.reserve(need, ok);
     if (!ok) {
       count(&HandlerStats::rejected_budget);
-      reply_error(s, h.request_id, errc::overloaded, "server memory budget full");
+      reply_error(s, request_id, errc::overloaded, "server memory budget full");
       return Verdict::keep;
     }
     BatchRequest req;
-    req.request_id = h.request_id;
-    req.key = {h.request.model_id, h.request.split};
-    req.shape = h.tensor.shape;
+    req.request_id = request_id;
+    req.key = {r.model_id, r.split};
+    req.shape = shape;
     req.frame = batcher_.take_buffer();  // the worker decodes: a large request costs its time, not this thread's
     req.frame.assign(message.begin(), message.end());
-    if (h.request.deadline_us != 0) req.deadline = clock_.now() + std::chrono::microseconds(h.request.deadline_us);
+    if (r.deadline_us != 0) req.deadline = clock_.now() + std::chrono::microseconds(r.deadline_us);
     req.held = std::move(held);
     batcher_.submit(s.source, std::move(req), s.run_inline);
     return Verdict::keep;

@@ -294,6 +294,7 @@ class ZmqBroker {
       h = wire::peek(body, opt_.limits);
       have_header = true;
       (void)wire::parse_frame(body, opt_.limits);  // size and CRC
+      if (h.type == wire::MessageType::infer_tensors) h.type = wire::MessageType::infer;  // one request id space
       if (h.type != wire::MessageType::hello && h.type != wire::MessageType::infer && h.type != wire::MessageType::ping)
         fail(errc::unsupported, "the broker does not take " + std::string(wire::to_string(h.type)) + " frames");
     } catch (const error& e) {

@@ -83,6 +83,8 @@ class ZmqWorker {
   void register_model(const wire::ModelIdentity& id, Sequential<float> tail) {
     server_.register_model(id, std::move(tail));
   }
+  /// Registers a graph's tail, as CloudServer::register_model.
+  void register_model(const wire::ModelIdentity& id, Graph<float> tail) { server_.register_model(id, std::move(tail)); }
   /// The CloudServer inside (its stats, health, weight updates).
   CloudServer& server() noexcept { return server_; }
 

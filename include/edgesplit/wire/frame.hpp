@@ -36,7 +36,7 @@ inline constexpr std::array<std::byte, 4> frame_magic{std::byte{'E'}, std::byte{
 /// The format's major version: readers refuse any other.
 inline constexpr std::uint8_t version_major = 1;
 /// The format's minor version: readers accept newer minors (longer headers are skipped).
-inline constexpr std::uint8_t version_minor = 0;
+inline constexpr std::uint8_t version_minor = 1;
 inline constexpr std::size_t frame_header_size = 24;  ///< header length written by 1.0
 /// Offset of the CRC field in the header.
 inline constexpr std::size_t frame_crc_offset = 20;
@@ -51,12 +51,13 @@ enum class MessageType : std::uint8_t {
   ping = 6,      ///< liveness / round-trip probe
   pong = 7,      ///< reply to ping (same request id)
   tensor = 8,    ///< a bare tensor payload (FeatureCodec's frame)
+  infer_tensors = 9,  ///< edge -> cloud: run the tail on several named feature tensors (1.1)
 };
 
 /// True for the message types this version defines.
 constexpr bool is_known(MessageType t) noexcept {
   const auto v = static_cast<std::uint8_t>(t);
-  return v >= 1 && v <= 8;
+  return v >= 1 && v <= 9;
 }
 
 /// The type's name, for messages and logs.
@@ -70,6 +71,7 @@ constexpr std::string_view to_string(MessageType t) noexcept {
     case MessageType::ping: return "ping";
     case MessageType::pong: return "pong";
     case MessageType::tensor: return "tensor";
+    case MessageType::infer_tensors: return "infer_tensors";
   }
   return "unknown";
 }

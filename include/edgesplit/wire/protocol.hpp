@@ -20,10 +20,12 @@
 // (model_id, split).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "edgesplit/core/error.hpp"
@@ -120,6 +122,20 @@ inline void write_identity(ByteWriter& w, const ModelIdentity& id) {
   w.u16(id.split);
 }
 
+// The fields INFER and INFER_TENSORS share: model id, split, deadline.
+inline void write_request(ByteWriter& w, const InferRequest& req) {
+  write_string(w, req.model_id, max_model_id_bytes, "model id");
+  w.u16(req.split);
+  w.u32(req.deadline_us);
+}
+inline InferRequest read_request(ByteReader& r) {
+  InferRequest req;
+  read_string(r, req.model_id, max_model_id_bytes, "model id");
+  req.split = r.u16("split point");
+  req.deadline_us = r.u32("deadline");
+  return req;
+}
+
 inline ModelIdentity read_identity(ByteReader& r) {
   ModelIdentity id;
   read_string(r, id.model_id, max_model_id_bytes, "model id");
@@ -198,9 +214,7 @@ inline std::span<const std::byte> encode_infer(std::vector<std::byte>& out, std:
                                                const InferRequest& req, FeatureCodec& codec, TensorView<const float> x) {
   begin_frame(out, MessageType::infer, request_id);
   ByteWriter w(out);
-  detail::write_string(w, req.model_id, max_model_id_bytes, "model id");
-  w.u16(req.split);
-  w.u32(req.deadline_us);
+  detail::write_request(w, req);
   codec.append_tensor(x, out);
   return finish_frame(out);
 }
@@ -221,9 +235,7 @@ inline InferHeader read_infer(std::span<const std::byte> bytes, FeatureCodec& co
   ByteReader r(f.payload);
   InferHeader h;
   h.request_id = f.header.request_id;
-  detail::read_string(r, h.request.model_id, max_model_id_bytes, "model id");
-  h.request.split = r.u16("split point");
-  h.request.deadline_us = r.u32("deadline");
+  h.request = detail::read_request(r);
   h.tensor = codec.read_tensor_header(r);
   r.expect_end("infer payload");
   return h;
@@ -242,6 +254,116 @@ inline InferRequest decode_infer(std::span<const std::byte> bytes, FeatureCodec&
   decode_infer_features(h, codec, features);
   if (request_id) *request_id = h.request_id;
   return std::move(h.request);
+}
+
+// --- INFER_TENSORS (1.1) ----------------------------------------------------------------------
+
+/// Most tensors one INFER_TENSORS frame carries (a cut through a graph crosses this many at most).
+inline constexpr std::size_t max_feature_tensors = 64;
+/// Longest feature tensor name (a graph's tensor names are at most this long).
+inline constexpr std::size_t max_feature_name_bytes = 255;
+
+/// Encodes an INFER_TENSORS frame: the request fields, then each named tensor through its own
+/// codec (`codecs[k]` encodes `tensors[k]`: each tensor is quantized with its own range). The
+/// tensors must share their batch. errc::invalid_argument for no tensors or more than
+/// max_feature_tensors, unequal counts of names, tensors and codecs, an empty or over-long name,
+/// or tensors whose batches differ.
+inline std::span<const std::byte> encode_infer_tensors(std::vector<std::byte>& out, std::uint32_t request_id,
+                                                       const InferRequest& req, std::span<FeatureCodec> codecs,
+                                                       std::span<const std::string> names,
+                                                       std::span<const TensorView<const float>> tensors) {
+  if (tensors.empty() || tensors.size() > max_feature_tensors)
+    fail(errc::invalid_argument, "an INFER_TENSORS frame carries 1 to " + std::to_string(max_feature_tensors) + " tensors");
+  if (names.size() != tensors.size() || codecs.size() < tensors.size())
+    fail(errc::invalid_argument, "encode_infer_tensors needs one name and one codec per tensor");
+  for (std::size_t k = 0; k < tensors.size(); ++k) {
+    if (names[k].empty()) fail(errc::invalid_argument, "a feature tensor needs a name");
+    if (tensors[k].shape().rank() == 0 || tensors[k].shape().batch() != tensors[0].shape().batch())
+      fail(errc::invalid_argument, "feature tensors '" + names[0] + "' and '" + names[k] + "' differ in batch");
+  }
+  begin_frame(out, MessageType::infer_tensors, request_id);
+  ByteWriter w(out);
+  detail::write_request(w, req);
+  w.u8(static_cast<std::uint8_t>(tensors.size()));
+  for (std::size_t k = 0; k < tensors.size(); ++k) {
+    detail::write_string(w, names[k], max_feature_name_bytes, "feature tensor name");
+    codecs[k].append_tensor(tensors[k], out);
+  }
+  return finish_frame(out);
+}
+
+/// An INFER_TENSORS frame validated up to its tensor data.
+struct InferTensorsHeader {
+  std::uint32_t request_id = 0;  ///< the frame's request id
+  InferRequest request;          ///< model, split, deadline
+  std::size_t count = 0;         ///< tensors in the frame
+  std::size_t batch = 0;         ///< their common batch
+  std::size_t width = 0;         ///< elements per sample over all tensors: the packed row's width
+};
+
+/// Validates an INFER_TENSORS frame (frame, CRC, fields, every tensor header against the codec's
+/// limits, no trailing bytes) without decoding tensor data, calling `visit(k, name, header)` for
+/// each tensor in order (`name` views `bytes`). errc::corrupt_frame for a count of 0 or over
+/// max_feature_tensors, an empty or over-long name, or tensors whose batches differ;
+/// errc::too_large when all tensors together exceed the codec's max_elements.
+template <class Visit>
+InferTensorsHeader read_infer_tensors(std::span<const std::byte> bytes, FeatureCodec& codec, Visit&& visit) {
+  const Frame f = detail::expect(bytes, MessageType::infer_tensors, codec.config().limits);
+  ByteReader r(f.payload);
+  InferTensorsHeader h;
+  h.request_id = f.header.request_id;
+  h.request = detail::read_request(r);
+  h.count = r.u8("tensor count");
+  if (h.count == 0 || h.count > max_feature_tensors)
+    fail(errc::corrupt_frame, "INFER_TENSORS tensor count " + std::to_string(h.count) + " outside 1.." +
+                                  std::to_string(max_feature_tensors));
+  std::size_t total = 0;
+  for (std::size_t k = 0; k < h.count; ++k) {
+    const std::size_t n = r.u16("feature tensor name");
+    if (n == 0 || n > max_feature_name_bytes)
+      fail(errc::corrupt_frame, "feature tensor name of " + std::to_string(n) + " bytes outside 1.." +
+                                    std::to_string(max_feature_name_bytes));
+    const auto raw = r.bytes(n, "feature tensor name");
+    const std::string_view name(reinterpret_cast<const char*>(raw.data()), n);
+    const TensorHeader t = codec.read_tensor_header(r);
+    if (k == 0) h.batch = t.shape.batch();
+    if (t.shape.batch() != h.batch)
+      fail(errc::corrupt_frame, "feature tensors differ in batch: " + std::to_string(h.batch) + " and " +
+                                    std::to_string(t.shape.batch()));
+    if (t.shape.count() > codec.config().limits.max_elements - total)
+      fail(errc::too_large, "INFER_TENSORS tensors hold more than " + std::to_string(codec.config().limits.max_elements) +
+                                " elements together");
+    total += t.shape.count();
+    h.width += t.shape.count() / h.batch;
+    visit(k, name, t);
+  }
+  r.expect_end("infer_tensors payload");
+  return h;
+}
+
+/// Decodes the tensors of an INFER_TENSORS frame side by side into `packed`, {batch, width}: row
+/// i holds sample i of each tensor in turn, row-major within its part (the layout GraphLayer
+/// reads). `scratch` holds one tensor at a time; the capacities of both are reused.
+inline InferTensorsHeader decode_infer_tensors(std::span<const std::byte> bytes, FeatureCodec& codec,
+                                               Tensor<float>& scratch, Tensor<float>& packed) {
+  const InferTensorsHeader h = read_infer_tensors(bytes, codec, [](std::size_t, std::string_view, const TensorHeader&) {});
+  packed.resize(Shape{h.batch, h.width});
+  const Frame f = parse_frame(bytes, codec.config().limits);
+  ByteReader r(f.payload);
+  (void)r.bytes(r.u16("model id"), "model id");  // every field was validated above
+  (void)r.u16("split point");
+  (void)r.u32("deadline");
+  (void)r.u8("tensor count");
+  std::size_t offset = 0;
+  for (std::size_t k = 0; k < h.count; ++k) {
+    (void)r.bytes(r.u16("feature tensor name"), "feature tensor name");
+    codec.decode_tensor_data(codec.read_tensor_header(r), scratch);
+    const std::size_t part = scratch.size() / h.batch;
+    for (std::size_t i = 0; i < h.batch; ++i)
+      std::copy_n(scratch.data() + i * part, part, packed.data() + i * h.width + offset);
+    offset += part;
+  }
+  return h;
 }
 
 // --- RESPONSE --------------------------------------------------------------------------------
