@@ -466,3 +466,47 @@ TEST_CASE("Graph: rebuilt from its safetensors file alone; a file that disagrees
   refused(errc::corrupt_frame, arch, "conv9.weight", renamed);
 }
 #endif
+
+TEST_CASE("Graph: the Trainer trains a residual CNN graph on a toy image task", "[nn][graph][train]") {
+  // 1x8x8 images: a bright vertical (class 0) or horizontal (class 1) bar at a random place, in noise.
+  auto images = [](std::size_t n, std::uint64_t seed) {
+    Rng rng(seed);
+    Dataset<float> d;
+    d.classes = 2;
+    d.inputs = Tensor<float>(Shape{n, 1, 8, 8});
+    d.labels.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto y = static_cast<std::size_t>(rng.below(2)), at = static_cast<std::size_t>(rng.below(8));
+      d.labels[i] = static_cast<std::int32_t>(y);
+      for (std::size_t p = 0; p < 64; ++p) {
+        const bool bar = y == 0 ? p % 8 == at : p / 8 == at;
+        d.inputs[i * 64 + p] = (bar ? 1.0f : 0.0f) + 0.3f * static_cast<float>(rng.normal());
+      }
+    }
+    return d;
+  };
+  const Dataset<float> train = images(512, 1), test = images(256, 2);
+  Rng rng(3);
+  Graph<float> g;
+  const std::string x = g.input("x", Shape{1, 8, 8});
+  std::string c = g.add<Conv2D<float>>(x, 1, 4, 3, 3, same3(), rng);
+  std::string y = g.add<ReLU<float>>(c);
+  y = g.add<Conv2D<float>>(y, 4, 4, 3, 3, same3(), rng);
+  y = g.add<Add<float>>({y, c});
+  y = g.add<ReLU<float>>(y);
+  y = g.add<Dense<float>>(y, 4 * 64, 2, rng);
+  g.output(y);
+  Classifier<float> objective(g);
+  Adam<float> adam(1e-2);
+  TrainOptions o;
+  o.epochs = 4;
+  o.batch_size = 32;
+  Trainer<float> trainer(o, {});
+  const double before = evaluate<float>(objective, test).accuracy[0];
+  const auto h = trainer.fit(objective, adam, train, &test);
+  const double after = h.epochs.back().validation.accuracy[0];
+  INFO("accuracy " << before << " -> " << after);
+  CHECK(before < 0.8);
+  CHECK(after > 0.95);
+  CHECK(h.epochs.back().train_loss < h.epochs.front().train_loss);
+}

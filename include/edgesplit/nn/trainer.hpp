@@ -14,10 +14,12 @@
 #include <numeric>
 #include <span>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "edgesplit/core/random.hpp"
 #include "edgesplit/nn/dataset.hpp"
+#include "edgesplit/nn/graph.hpp"
 #include "edgesplit/nn/loss.hpp"
 #include "edgesplit/nn/optimizer.hpp"
 #include "edgesplit/nn/sequential.hpp"
@@ -43,40 +45,53 @@ concept TrainingObjective = requires(O& o, TensorView<const T> x, std::span<cons
   { o.output_names() } -> std::convertible_to<std::vector<std::string>>;
 };
 
-/// One model trained with softmax cross-entropy on class labels.
+/// One model (a Sequential or a Graph of one input and one output) trained with softmax
+/// cross-entropy on class labels.
 template <Real T>
 class Classifier {
  public:
   /// Trains `model` (owned by the caller) on its logits.
   explicit Classifier(Sequential<T>& model) : model_(&model) {}
+  /// Trains a graph of one input and one output (owned by the caller) on its logits.
+  explicit Classifier(Graph<T>& model) : model_(&model) {}
 
   /// The model's trainable tensors.
-  std::vector<Parameter<T>> parameters() { return model_->parameters(); }
+  std::vector<Parameter<T>> parameters() {
+    return std::visit([](auto* m) { return m->parameters(); }, model_);
+  }
   /// Zeroes the model's gradients.
-  void zero_grad() { model_->zero_grad(); }
+  void zero_grad() {
+    std::visit([](auto* m) { m->zero_grad(); }, model_);
+  }
   /// Training or inference mode for the model.
-  void set_training(bool on) { model_->set_training(on); }
+  void set_training(bool on) {
+    std::visit([on](auto* m) { m->set_training(on); }, model_);
+  }
   /// One output, named "model".
   std::vector<std::string> output_names() const { return {"model"}; }
 
   /// Softmax cross-entropy of one batch and its gradients through the model.
   double train_step(TensorView<const T> x, std::span<const std::int32_t> y) {
-    const auto z = model_->forward(x);
-    grad_.resize(z.shape());
-    std::fill_n(grad_.data(), grad_.size(), T(0));
-    const double loss = softmax_cross_entropy(z, y, grad_.view());
-    model_->backward(x, grad_.cview());
-    return loss;
+    return std::visit(
+        [&](auto* m) {
+          const auto z = m->forward(x);
+          grad_.resize(z.shape());
+          std::fill_n(grad_.data(), grad_.size(), T(0));
+          const double loss = softmax_cross_entropy(z, y, grad_.view());
+          m->backward(x, grad_.cview());
+          return loss;
+        },
+        model_);
   }
   /// Inference-mode loss of a batch; adds the top-1 hits to `hits[0]`.
   double evaluate(TensorView<const T> x, std::span<const std::int32_t> y, std::span<std::size_t> hits) {
-    const auto z = model_->forward(x);
+    const auto z = std::visit([&](auto* m) { return m->forward(x); }, model_);
     hits[0] += count_correct(z, y);
     return softmax_cross_entropy(z, y);
   }
 
  private:
-  Sequential<T>* model_;
+  std::variant<Sequential<T>*, Graph<T>*> model_;
   Tensor<T> grad_;
 };
 
