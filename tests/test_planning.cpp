@@ -2,18 +2,22 @@
 // (eval/: the runtime over a virtual-time link, compute charged through a MeteredClock) and the
 // EdgeClient on a virtual clock it relies on, the planner's pick and predictions checked against
 // measured latencies, and re-planning (PlanSelector hysteresis, AdaptiveClient over a link whose
-// bandwidth drops).
+// bandwidth drops); and the graph planner (minimum cut) against an exhaustive search over every
+// head of random DAGs.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <deque>
 #include <future>
 #include <initializer_list>
 #include <limits>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,6 +26,8 @@
 #include "edgesplit/eval/ground_truth.hpp"
 #include "edgesplit/eval/metered_clock.hpp"
 #include "edgesplit/plan/candidates.hpp"
+#include "edgesplit/plan/graph_planner.hpp"
+#include "edgesplit/plan/graph_profile.hpp"
 #include "edgesplit/plan/planner.hpp"
 #include "edgesplit/plan/profile.hpp"
 #include "edgesplit/runtime/adaptive_client.hpp"
@@ -571,4 +577,483 @@ TEST_CASE("AdaptiveClient: follows a bandwidth drop, answers every request exact
   client.close();
   server.shutdown(1s);
   CHECK(server.stats().responses == remote);  // each remote request was computed once
+}
+
+// ---- graphs: the cut by minimum cut -------------------------------------------------------
+
+namespace {
+
+// A profile of one entry per graph node: `ms[i]` milliseconds for node i at batch 1 (other
+// batches scale linearly, as DeviceProfile extrapolates).
+DeviceProfile node_profile(const std::vector<double>& ms, std::string device) {
+  DeviceProfile p;
+  p.device = std::move(device);
+  p.source = ProfileSource::analytic;
+  BatchProfile b{1, {}};
+  for (std::size_t i = 0; i < ms.size(); ++i) b.layers.push_back({"node " + std::to_string(i), 0, 0, ms[i] * 1e-3});
+  p.batches.push_back(std::move(b));
+  return p;
+}
+
+// A link on which one byte takes one microsecond up and down, with the given round trip.
+LinkModel byte_per_microsecond(double rtt_ms) {
+  LinkModel l;
+  l.uplink_bps = l.downlink_bps = 8e6;
+  l.rtt_s = rtt_ms * 1e-3;
+  return l;
+}
+
+// A random DAG of `nodes` nodes over feature vectors: Dense, ReLU, Add and Concat with random
+// fan-in, one or two inputs wider than what the Dense nodes make (so that heads can shrink the
+// data). The last node mostly joins every tensor nothing reads yet (a Concat), and is the output
+// with any tensor still unread, plus now and then another (an early exit), so that a head may
+// compute an output the tail must still return.
+Graph<float> random_dag(Rng& rng, std::size_t nodes) {
+  const std::size_t widths[] = {4, 8, 16};
+  Graph<float> g;
+  std::vector<std::string> t;
+  std::vector<std::size_t> width;
+  std::vector<char> read;
+  const std::size_t inputs = rng.below(3) == 0 ? 2 : 1;
+  for (std::size_t k = 0; k < inputs; ++k) {
+    width.push_back(rng.below(2) ? 64 : 16);
+    t.push_back(g.input("x" + std::to_string(k), Shape{width.back()}));
+    read.push_back(0);
+  }
+  // three picks in four among the four latest tensors, so the graphs are deep as well as wide
+  auto pick = [&] {
+    if (rng.below(4) != 0) return t.size() - 1 - static_cast<std::size_t>(rng.below(std::min<std::size_t>(t.size(), 4)));
+    return static_cast<std::size_t>(rng.below(t.size()));
+  };
+  for (std::size_t i = 0; i < nodes; ++i) {
+    const std::string name = "n" + std::to_string(i);
+    std::vector<std::size_t> in;
+    std::unique_ptr<Layer<float>> layer;
+    std::unique_ptr<Merge<float>> merge;
+    std::size_t w = 0;
+    const std::uint64_t kind = i < inputs ? 0 : rng.below(4);  // every input is read
+    const std::size_t first = i < inputs ? i : pick();
+    std::vector<std::size_t> unread;
+    for (std::size_t k = 0; k < t.size(); ++k)
+      if (!read[k]) unread.push_back(k);
+    if (i + 1 == nodes && unread.size() > 1 && rng.below(4) != 0) {  // the join
+      in = unread;
+      merge = std::make_unique<Concat<float>>();
+      for (std::size_t k : in) w += width[k];
+    } else if (kind == 2) {  // Add: every input of one width
+      std::vector<std::size_t> same;
+      for (std::size_t k = 0; k < t.size(); ++k)
+        if (k != first && width[k] == width[first]) same.push_back(k);
+      rng.shuffle(std::span<std::size_t>(same));
+      if (!same.empty()) {
+        in = {first, same[0]};
+        if (same.size() > 1 && rng.below(3) == 0) in.push_back(same[1]);
+        merge = std::make_unique<Add<float>>();
+        w = width[first];
+      }
+    } else if (kind == 3 && t.size() > 1) {  // Concat of 2 or 3 distinct tensors
+      in = {first};
+      const std::size_t want = 2 + rng.below(2);
+      for (int tries = 0; in.size() < want && tries < 10; ++tries) {
+        const std::size_t k = pick();
+        if (std::find(in.begin(), in.end(), k) == in.end()) in.push_back(k);
+      }
+      if (in.size() > 1) {
+        merge = std::make_unique<Concat<float>>();
+        for (std::size_t k : in) w += width[k];
+      } else {
+        in.clear();
+      }
+    }
+    if (!merge) {
+      in = {first};
+      if (kind == 1) {
+        layer = std::make_unique<ReLU<float>>();
+        w = width[first];
+      } else {
+        w = widths[rng.below(3)];
+        layer = std::make_unique<Dense<float>>(width[first], w, rng);
+      }
+    }
+    std::vector<std::string> names;
+    for (std::size_t k : in) {
+      names.push_back(t[k]);
+      read[k] = 1;
+    }
+    if (layer) g.add(name, names, std::move(layer));
+    else g.add(name, names, std::move(merge));
+    t.push_back(name);
+    width.push_back(w);
+    read.push_back(0);
+  }
+  for (std::size_t k = inputs; k < t.size(); ++k)
+    if (!read[k] || rng.below(10) == 0) g.output(t[k]);
+  return g;
+}
+
+// Seconds to send tensor `t` of one request under the request's codec.
+double transfer_by_definition(const Graph<float>& g, const LinkModel& link, const GraphPlanRequest& req,
+                              const std::string& t) {
+  const auto it = req.codec.bytes_per_sample.find(t);
+  const double per_sample = it != req.codec.bytes_per_sample.end()
+                                ? it->second
+                                : static_cast<double>(g.sample_shape(t).count()) * req.codec.bytes_per_element;
+  return link.uplink_seconds(per_sample * static_cast<double>(req.batch) + req.codec.bytes_per_tensor);
+}
+
+// The cost model written out again, independently of the planner: the latency of running the
+// nodes in `head` (a bit mask) on the edge and the rest in the cloud. Every node of the graphs
+// it is used on is needed by an output.
+double latency_by_definition(const Graph<float>& g, const DeviceProfile& edge, const DeviceProfile& cloud,
+                             const LinkModel& link, const GraphPlanRequest& req, std::uint32_t head) {
+  const std::size_t n = g.node_count();
+  const std::uint32_t all = (std::uint32_t{1} << n) - 1;
+  double s = 0;
+  for (std::size_t i = 0; i < n; ++i)
+    s += (head >> i & 1) ? edge.seconds(i, i + 1, req.batch) : cloud.seconds(i, i + 1, req.batch);
+  if (head == all) return s;  // all edge: nothing is sent
+  s += link.rtt_s + link.downlink_seconds(req.response_bytes_per_sample * static_cast<double>(req.batch));
+  std::vector<std::string> tensors = g.input_names();
+  for (std::size_t i = 0; i < n; ++i) tensors.push_back(g.node_output(i));
+  const std::vector<std::string> outputs = g.output_names();
+  for (const std::string& t : tensors) {
+    bool on_edge = true, needed_in_cloud = std::find(outputs.begin(), outputs.end(), t) != outputs.end();
+    for (std::size_t i = 0; i < n; ++i) {
+      if (g.node_output(i) == t) on_edge = head >> i & 1;
+      const auto in = g.node_inputs(i);
+      if (!(head >> i & 1) && std::find(in.begin(), in.end(), t) != in.end()) needed_in_cloud = true;
+    }
+    if (on_edge && needed_in_cloud) s += transfer_by_definition(g, link, req, t);
+  }
+  return s;
+}
+
+// The node outputs of a graph, in node order: what Graph::cut's head and tail copy by name.
+std::vector<std::string> node_outputs(const Graph<float>& g) {
+  std::vector<std::string> r;
+  for (std::size_t i = 0; i < g.node_count(); ++i) r.push_back(g.node_output(i));
+  return r;
+}
+std::vector<std::string> node_outputs(const Graph<float>& g, const std::vector<std::size_t>& nodes) {
+  std::vector<std::string> r;
+  for (std::size_t i : nodes) r.push_back(g.node_output(i));
+  return r;
+}
+
+// x -> stem -> [d1 -> r -> d2] + stem -> out: a residual block whose skip reads the stem.
+Graph<float> residual_graph() {
+  Rng rng(5);
+  Graph<float> g;
+  g.input("x", Shape{256});
+  g.add("stem", {"x"}, std::make_unique<Dense<float>>(256, 16, rng));
+  g.add("d1", {"stem"}, std::make_unique<Dense<float>>(16, 16, rng));
+  g.add("r", {"d1"}, std::make_unique<ReLU<float>>());
+  g.add("d2", {"r"}, std::make_unique<Dense<float>>(16, 16, rng));
+  g.add("add", {"d2", "stem"}, std::make_unique<Add<float>>());
+  g.add("out", {"add"}, std::make_unique<Dense<float>>(16, 4, rng));
+  g.output("out");
+  return g;
+}
+
+}  // namespace
+
+TEST_CASE("plan_graph_cut: a residual block, its skip tensor paid once", "[plan][graph]") {
+  const Graph<float> g = residual_graph();
+  // One byte per microsecond, RTT 5 ms. x is 1024 bytes, stem .. add 64, out 16.
+  const LinkModel link = byte_per_microsecond(5);
+  const DeviceProfile edge = node_profile({1, 2, 0.5, 2, 0.5, 1}, "edge");  // ms per node, 7 in all
+  const DeviceProfile cloud = node_profile({0.1, 0.1, 0.1, 0.1, 0.1, 0.1}, "cloud");
+  // The cuts (all frontiers: the skip only adds edges to a chain), edge + transfer + RTT + cloud:
+  //   {x}           0   + 1.024 + 5 + 0.6 = 6.624
+  //   {stem}        1   + 0.064 + 5 + 0.5 = 6.564   <- best
+  //   {stem, d1}    3   + 0.128 + 5 + 0.4 = 8.528
+  //   {stem, r}     3.5 + 0.128 + 5 + 0.3 = 8.928
+  //   {stem, d2}    5.5 + 0.128 + 5 + 0.2 = 10.828
+  //   {add}         6   + 0.064 + 5 + 0.1 = 11.164
+  //   all edge      7
+  // stem is read by two cloud nodes (d1 and the join). Paid per reader, {stem} would cost
+  // 6.628 and lose to {x}: counting the tensor once is what makes it the answer.
+  const GraphPlan p = plan_graph_cut(g, edge, cloud, link);
+  CHECK(p.cut == std::vector<std::string>{"stem"});
+  CHECK(p.head_nodes == std::vector<std::size_t>{0});
+  CHECK(p.tail_nodes == std::vector<std::size_t>{1, 2, 3, 4, 5});
+  CHECK_FALSE(p.all_edge);
+  REQUIRE(p.frontier.has_value());
+  CHECK(*p.frontier == 1);
+  CHECK(g.candidate_cuts()[1].tensors == p.cut);
+  CHECK(p.codec == "fp32");
+  CHECK(p.bytes == 64);
+  CHECK(p.edge_s == Approx(1e-3).epsilon(1e-12));
+  CHECK(p.transfer_s == Approx(64e-6).epsilon(1e-12));
+  CHECK(p.rtt_s == Approx(5e-3).epsilon(1e-12));
+  CHECK(p.cloud_s == Approx(0.5e-3).epsilon(1e-12));
+  CHECK(p.response_s == 0);
+  CHECK(p.latency_s == Approx(6.564e-3).epsilon(1e-12));
+  CHECK(evaluate_graph_cut(g, edge, cloud, link, {}).latency_s == Approx(6.624e-3).epsilon(1e-12));
+  CHECK(evaluate_graph_cut(g, edge, cloud, link, {0, 1, 2, 3}).latency_s == Approx(10.828e-3).epsilon(1e-12));
+
+  // The same block with a 100-byte answer sent back: every plan that sends anything pays it
+  // (0.1 ms), {stem} still wins at 6.664 against all-edge's 7; with a round trip of 5.5 ms it
+  // costs 7.164 (and {x} 7.224), so the planner keeps everything on the edge.
+  GraphPlanRequest req;
+  req.response_bytes_per_sample = 100;
+  const GraphPlan q = plan_graph_cut(g, edge, cloud, link, req);
+  CHECK(q.cut == std::vector<std::string>{"stem"});
+  CHECK(q.response_s == Approx(100e-6).epsilon(1e-12));
+  CHECK(q.latency_s == Approx(6.664e-3).epsilon(1e-12));
+  LinkModel slow = link;
+  slow.rtt_s = 5.5e-3;
+  const GraphPlan e = plan_graph_cut(g, edge, cloud, slow, req);
+  CHECK(e.all_edge);
+  CHECK(e.cut == std::vector<std::string>{"out"});
+  CHECK(e.head_nodes.size() == 6);
+  CHECK(e.tail_nodes.empty());
+  CHECK(e.codec == "-");
+  CHECK(e.bytes == 0);
+  CHECK(e.transfer_s + e.rtt_s + e.cloud_s + e.response_s == 0);
+  CHECK(e.latency_s == Approx(7e-3).epsilon(1e-12));
+  REQUIRE(e.frontier.has_value());
+  CHECK(*e.frontier == g.candidate_cuts().size() - 1);
+
+  // The names work with Graph::cut, and its head and tail run exactly the planned nodes.
+  const auto [head, tail] = g.cut(p.cut);
+  CHECK(node_outputs(head) == node_outputs(g, p.head_nodes));
+  CHECK(node_outputs(tail) == node_outputs(g, p.tail_nodes));
+}
+
+TEST_CASE("plan_graph_cut: two branches, the best head is no frontier of the node order", "[plan][graph]") {
+  // a (2 features, cheap to send) feeds an expensive expanding branch A; b (256 features)
+  // feeds a cheap shrinking branch B. The best head runs B alone and sends {a, B}: no prefix of
+  // the node order (A, B, ...) gives it. A node no output reads ("unused") costs nothing.
+  Rng rng(9);
+  Graph<float> g;
+  g.input("a", Shape{2});
+  g.input("b", Shape{256});
+  g.add("A", {"a"}, std::make_unique<Dense<float>>(2, 64, rng));
+  g.add("B", {"b"}, std::make_unique<Dense<float>>(256, 2, rng));
+  g.add("unused", {"b"}, std::make_unique<ReLU<float>>());
+  g.add("C", {"A", "B"}, std::make_unique<Concat<float>>());
+  g.add("out", {"C"}, std::make_unique<Dense<float>>(66, 4, rng));
+  g.output("out");
+  const LinkModel link = byte_per_microsecond(2);
+  const DeviceProfile edge = node_profile({10, 0.5, 1, 0.1, 1}, "edge");
+  const DeviceProfile cloud = node_profile({0.1, 0.1, 0.1, 0.01, 0.01}, "cloud");
+  //   all edge           10 + 0.5 + 0.1 + 1                     = 11.6
+  //   {a, b}     0     + 1.032 + 2 + 0.1 + 0.1 + 0.01 + 0.01    = 3.252
+  //   {a, B}     0.5   + 0.016 + 2 + 0.1 + 0.01 + 0.01          = 2.636  <- best
+  //   {A, b}     10    + ...                                     > 12
+  const GraphPlan p = plan_graph_cut(g, edge, cloud, link);
+  CHECK(p.cut == std::vector<std::string>{"a", "B"});
+  CHECK(p.head_nodes == std::vector<std::size_t>{1});
+  CHECK(p.tail_nodes == std::vector<std::size_t>{0, 3, 4});
+  CHECK_FALSE(p.frontier.has_value());
+  CHECK(p.bytes == 16);
+  CHECK(p.latency_s == Approx(2.636e-3).epsilon(1e-12));
+  // the best frontier costs more: a search over the node order's prefixes would miss it
+  double best_frontier = 1e9;
+  for (const CutInfo& c : g.candidate_cuts()) {
+    const auto [h, t] = g.cut(c.tensors);
+    std::vector<std::size_t> nodes;
+    for (std::size_t i = 0; i < g.node_count(); ++i)
+      for (const std::string& name : node_outputs(h))
+        if (g.node_output(i) == name) nodes.push_back(i);
+    best_frontier = std::min(best_frontier, evaluate_graph_cut(g, edge, cloud, link, nodes).latency_s);
+  }
+  CHECK(best_frontier == Approx(3.252e-3).epsilon(1e-12));
+  const auto [head, tail] = g.cut(p.cut);
+  CHECK(head.input_names() == std::vector<std::string>{"a", "b"});  // a passes through the head
+  CHECK(node_outputs(head) == std::vector<std::string>{"B"});
+  CHECK(tail.input_names() == std::vector<std::string>{"a", "B"});
+  CHECK(node_outputs(tail) == std::vector<std::string>{"A", "C", "out"});
+
+  // int8 on the wire, 10 header bytes per tensor, a measured 3 bytes for B: the codec prices
+  // every crossing tensor. b shrinks to 266 bytes, and sending both inputs wins:
+  //   {a, b}  0 + 0.278 + 2 + 0.22 = 2.498 against {a, B}  0.5 + 0.025 + 2 + 0.12 = 2.645
+  GraphPlanRequest req;
+  req.codec.name = "int8";
+  req.codec.bytes_per_element = 1;
+  req.codec.bytes_per_tensor = 10;
+  req.codec.bytes_per_sample["B"] = 3;
+  const GraphPlan q = plan_graph_cut(g, edge, cloud, link, req);
+  CHECK(q.cut == std::vector<std::string>{"a", "b"});
+  CHECK(q.head_nodes.empty());
+  CHECK(*q.frontier == 0);
+  CHECK(q.codec == "int8");
+  CHECK(q.bytes == 2 + 10 + 256 + 10);
+  CHECK(q.latency_s == Approx(2.498e-3).epsilon(1e-12));
+  CHECK(evaluate_graph_cut(g, edge, cloud, link, {1}, req).latency_s == Approx(2.645e-3).epsilon(1e-12));
+  req.batch = 3;  // per-sample sizes x 3, headers once per tensor; compute x 3 (one batch size profiled)
+  const GraphPlan r = evaluate_graph_cut(g, edge, cloud, link, {1}, req);
+  CHECK(r.cut == std::vector<std::string>{"a", "B"});
+  CHECK(r.bytes == 6 + 10 + 9 + 10);
+  CHECK(r.edge_s == Approx(1.5e-3).epsilon(1e-12));
+}
+
+TEST_CASE("plan_graph_cut: the minimum cut equals an exhaustive search over every head of random DAGs",
+          "[plan][graph]") {
+  Rng rng(2024);
+  const int trials = 1000;
+  int interior = 0, all_cloud = 0, all_edge = 0, off_frontier = 0;
+  for (int trial = 0; trial < trials; ++trial) {
+    const std::size_t n = 2 + rng.below(13);  // 2 .. 14 nodes: 2^14 heads at most
+    const Graph<float> g = random_dag(rng, n);
+    INFO("trial " << trial << "\n" << g.describe());
+    // node times spread over two and a half decades; the cloud 1 to 30 times faster, per trial
+    const double speedup = std::pow(10, rng.uniform(0, 1.5));
+    std::vector<double> e_ms, c_ms;
+    for (std::size_t i = 0; i < n; ++i) {
+      e_ms.push_back(std::pow(10, rng.uniform(-2, 0.5)));
+      c_ms.push_back(e_ms.back() / speedup * rng.uniform(0.5, 2));
+    }
+    const DeviceProfile edge = node_profile(e_ms, "edge"), cloud = node_profile(c_ms, "cloud");
+    LinkModel link;
+    link.uplink_bps = std::pow(10, rng.uniform(4.5, 7));
+    link.downlink_bps = std::pow(10, rng.uniform(5, 8));
+    link.rtt_s = rng.uniform(0, 2e-3);
+    link.loss = rng.below(2) ? rng.uniform(0, 0.2) : 0;
+    GraphPlanRequest req;
+    req.batch = 1 + rng.below(3);
+    req.response_bytes_per_sample = rng.uniform(0, 100);
+    req.codec.bytes_per_element = std::vector<double>{4, 1, 0.5}[rng.below(3)];
+    req.codec.bytes_per_tensor = rng.uniform(0, 32);
+    if (rng.below(2)) req.codec.bytes_per_sample[g.node_output(rng.below(n))] = rng.uniform(0, 64);
+
+    // Every head: the subsets of the nodes closed under predecessors.
+    std::vector<std::uint32_t> preds(n, 0);
+    for (std::size_t i = 0; i < n; ++i)
+      for (const std::string& t : g.node_inputs(i))
+        for (std::size_t p = 0; p < i; ++p)
+          if (g.node_output(p) == t) preds[i] |= std::uint32_t{1} << p;
+    double best = std::numeric_limits<double>::infinity(), sum_of_terms = 0;
+    std::size_t heads = 0;
+    for (std::uint32_t h = 0; h < (std::uint32_t{1} << n); ++h) {
+      bool closed = true;
+      for (std::size_t i = 0; i < n && closed; ++i) closed = !(h >> i & 1) || (preds[i] & ~h) == 0;
+      if (!closed) continue;
+      ++heads;
+      best = std::min(best, latency_by_definition(g, edge, cloud, link, req, h));
+    }
+    REQUIRE(heads >= n + 1);  // at least the prefixes of the node order
+    const GraphPlan p = plan_graph_cut(g, edge, cloud, link, req);
+    std::uint32_t mask = 0;
+    for (std::size_t i : p.head_nodes) mask |= std::uint32_t{1} << i;
+    // Tolerance. Each latency is a sum of m <= 3n + 4 nonnegative terms (n node times, at most
+    // n + 2 transfers, RTT, response); summing m nonnegative doubles in any order errs by at most
+    // (m - 1) u times their sum, u = 2^-53 (Higham, Accuracy and Stability, 4.2). The
+    // enumeration's minimum and the planner's recomputed latency each carry such an error, and the
+    // max flow may pick a head whose exact cost differs from the optimum by the rounding of its
+    // own sums of the same terms; every one is bounded by the sum of all the terms S (every
+    // node's edge and cloud time, every tensor's transfer, RTT, response). So 4 m u S.
+    for (std::size_t i = 0; i < n; ++i) sum_of_terms += edge.seconds(i, i + 1, req.batch) + cloud.seconds(i, i + 1, req.batch);
+    sum_of_terms += link.rtt_s + link.downlink_seconds(req.response_bytes_per_sample * static_cast<double>(req.batch));
+    for (const std::string& t : g.input_names()) sum_of_terms += transfer_by_definition(g, link, req, t);
+    for (std::size_t i = 0; i < n; ++i) sum_of_terms += transfer_by_definition(g, link, req, g.node_output(i));
+    const double m = 3.0 * static_cast<double>(n) + 4;
+    const double tol = 4 * m * std::numeric_limits<double>::epsilon() / 2 * sum_of_terms;
+    CHECK(std::abs(p.latency_s - best) <= tol);
+    CHECK(std::abs(latency_by_definition(g, edge, cloud, link, req, mask) - p.latency_s) <= tol);
+    CHECK(p.latency_s == evaluate_graph_cut(g, edge, cloud, link, p.head_nodes, req).latency_s);
+    CHECK(p.latency_s == Approx(p.edge_s + p.transfer_s + p.rtt_s + p.cloud_s + p.response_s).epsilon(1e-12));
+
+    // The names are a cut Graph::cut accepts, splitting the nodes exactly as planned.
+    const auto [head, tail] = g.cut(p.cut);
+    CHECK(node_outputs(head) == node_outputs(g, p.head_nodes));
+    CHECK(node_outputs(tail) == node_outputs(g, p.tail_nodes));
+    CHECK(p.head_nodes.size() + p.tail_nodes.size() == n);
+    if (p.frontier) CHECK(g.candidate_cuts()[*p.frontier].head_nodes == p.head_nodes.size());
+    if (p.all_edge) ++all_edge;
+    else if (p.head_nodes.empty()) ++all_cloud;
+    else ++interior;
+    off_frontier += !p.frontier.has_value();
+  }
+  // The draws exercise every kind of answer, including heads no frontier of the node order gives.
+  INFO(interior << " interior, " << all_cloud << " all-cloud, " << all_edge << " all-edge, " << off_frontier
+                << " off the frontiers");
+  // (With this seed: 58 interior heads, 19 of them off the frontiers, 380 all-cloud, 562 all-edge.)
+  CHECK(interior >= trials / 25);
+  CHECK(all_cloud >= trials / 10);
+  CHECK(all_edge >= trials / 10);
+  CHECK(off_frontier >= 10);
+}
+
+TEST_CASE("Graph profiles: measured per node, analytic from FLOPs, usable by the planner", "[plan][graph]") {
+  const Graph<float> g = residual_graph();
+  const DeviceProfile a = analytic_graph_profile(g, {1, 4}, 2.0, "board");
+  CHECK(a.source == ProfileSource::analytic);
+  CHECK(a.input_features == 256);
+  REQUIRE(a.layer_count() == g.node_count());
+  REQUIRE(a.batches.size() == 2);
+  for (std::size_t i = 0; i < g.node_count(); ++i) {
+    const LayerCost& l = a.batches[1].layers[i];
+    CHECK(l.name.starts_with(g.node_output(i) + " = "));
+    CHECK(l.flops == 4 * g.node_flops(i));
+    CHECK(l.output_bytes == 4 * 4 * g.sample_shape(g.node_output(i)).count());
+    CHECK(l.seconds == static_cast<double>(l.flops) / 2e9);
+  }
+  CHECK(a.batches[0].layers[0].flops == 16 * (2 * 256 + 1));  // the stem's multiply-adds and biases, at batch 1
+
+  ProfileOptions po;
+  po.batch_sizes = {2, 1};
+  po.runs = 3;
+  po.warmup = 1;
+  po.device = "here";
+  const DeviceProfile m = profile_graph(g, po);
+  CHECK(m.source == ProfileSource::measured);
+  CHECK(m.device == "here");
+  REQUIRE(m.batches.size() == 2);
+  CHECK(m.batches[0].batch == 1);
+  REQUIRE(m.layer_count() == g.node_count());
+  for (const BatchProfile& b : m.batches)
+    for (std::size_t i = 0; i < g.node_count(); ++i) {
+      CHECK(b.layers[i].seconds >= 0);
+      CHECK(b.layers[i].flops == b.batch * g.node_flops(i));
+    }
+  m.validate();
+  const GraphPlan p = plan_graph_cut(g, scaled(m, 50, "board"), m, LinkModel{});
+  CHECK(p.head_nodes.size() + p.tail_nodes.size() == g.node_count());
+
+  expect_errc(errc::invalid_argument, [&] { (void)analytic_graph_profile(g, {1}, 0, "x"); });
+  expect_errc(errc::invalid_argument, [&] { (void)analytic_graph_profile(g, {0}, 1, "x"); });
+  po.runs = 0;
+  expect_errc(errc::invalid_argument, [&] { (void)profile_graph(g, po); });
+  po.runs = 1;
+  po.batch_sizes = {};
+  expect_errc(errc::invalid_argument, [&] { (void)profile_graph(g, po); });
+}
+
+TEST_CASE("plan_graph_cut: bad inputs are refused with typed errors", "[plan][graph]") {
+  const Graph<float> g = residual_graph();
+  const LinkModel link = byte_per_microsecond(5);
+  const DeviceProfile edge = node_profile({1, 2, 0.5, 2, 0.5, 1}, "edge");
+  const DeviceProfile cloud = node_profile({0.1, 0.1, 0.1, 0.1, 0.1, 0.1}, "cloud");
+  const DeviceProfile short_profile = node_profile({1, 2, 0.5}, "edge");
+  expect_errc(errc::shape_mismatch, [&] { (void)plan_graph_cut(g, short_profile, cloud, link); });
+  expect_errc(errc::shape_mismatch, [&] { (void)plan_graph_cut(g, edge, short_profile, link); });
+  expect_errc(errc::shape_mismatch, [&] { (void)evaluate_graph_cut(g, edge, short_profile, link, {}); });
+  Graph<float> no_outputs;
+  no_outputs.input("x", Shape{4});
+  no_outputs.add("r", {"x"}, std::make_unique<ReLU<float>>());
+  const DeviceProfile one = node_profile({1}, "one");
+  expect_errc(errc::invalid_argument, [&] { (void)plan_graph_cut(no_outputs, one, one, link); });
+  GraphPlanRequest req;
+  req.batch = 0;
+  expect_errc(errc::invalid_argument, [&] { (void)plan_graph_cut(g, edge, cloud, link, req); });
+  req = {};
+  req.codec.bytes_per_element = 0;
+  expect_errc(errc::invalid_argument, [&] { (void)plan_graph_cut(g, edge, cloud, link, req); });
+  req = {};
+  req.codec.bytes_per_sample["nope"] = 4;
+  expect_errc(errc::invalid_argument, [&] { (void)plan_graph_cut(g, edge, cloud, link, req); });
+  req = {};
+  req.codec.bytes_per_sample["stem"] = std::numeric_limits<double>::quiet_NaN();
+  expect_errc(errc::invalid_argument, [&] { (void)plan_graph_cut(g, edge, cloud, link, req); });
+  req = {};
+  req.response_bytes_per_sample = -1;
+  expect_errc(errc::invalid_argument, [&] { (void)plan_graph_cut(g, edge, cloud, link, req); });
+  LinkModel bad = link;
+  bad.uplink_bps = 0;
+  expect_errc(errc::invalid_argument, [&] { (void)plan_graph_cut(g, edge, cloud, bad); });
+  // a head must be closed under predecessors, and name nodes that exist
+  expect_errc(errc::invalid_argument, [&] { (void)evaluate_graph_cut(g, edge, cloud, link, {1}); });
+  expect_errc(errc::invalid_argument, [&] { (void)evaluate_graph_cut(g, edge, cloud, link, {0, 6}); });
 }

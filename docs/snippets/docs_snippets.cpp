@@ -10,6 +10,8 @@
 #include <edgesplit/edgesplit.hpp>
 #include <edgesplit/eval/ground_truth.hpp>
 #include <edgesplit/plan/candidates.hpp>
+#include <edgesplit/plan/graph_planner.hpp>
+#include <edgesplit/plan/graph_profile.hpp>
 #include <edgesplit/plan/planner.hpp>
 #include <edgesplit/plan/profile.hpp>
 #include <edgesplit/runtime/cascade.hpp>
@@ -212,6 +214,21 @@ void graphs() {
   check(head.output_names() == std::vector<std::string>{"Conv2D_0", "ReLU_1"}, "graphs: the cut crosses two tensors");
   check(r.path == AnswerPath::cloud && r.output.shape() == Shape({4, 10}), "graphs: a [4, 10] answer from the cloud");
   server.shutdown(std::chrono::milliseconds(500));
+
+  // [snippet planning-graph]
+  const DeviceProfile here = profile_graph(g);                        // every node, measured here
+  const DeviceProfile board = scaled(here, 50, "board (this machine x50)");
+  GraphPlanRequest gr;
+  gr.codec.bytes_per_element = 1;                                     // int8 on the wire
+  const GraphPlan cut = plan_graph_cut(g, board, here, link_model(LinkProfile::lte()), gr);
+  std::string sent;
+  for (const std::string& t : cut.cut) sent += (sent.empty() ? "" : ", ") + t;
+  std::printf("edge runs %zu of %zu nodes, sends {%s}: %.2f ms predicted\n", cut.head_nodes.size(), g.node_count(),
+              sent.c_str(), cut.latency_s * 1e3);
+  auto [edge_part, cloud_part] = g.cut(cut.cut);                      // for EdgeClient and CloudServer
+  // [end]
+  check(edge_part.node_count() == cut.head_nodes.size() && cloud_part.node_count() == cut.tail_nodes.size(),
+        "graphs: the planned cut splits the nodes as planned");
 }
 
 

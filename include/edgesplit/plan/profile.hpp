@@ -10,6 +10,7 @@
 
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/kernels.hpp"
+#include "edgesplit/core/random.hpp"
 #include "edgesplit/core/tensor.hpp"
 #include "edgesplit/nn/sequential.hpp"
 
