@@ -405,7 +405,7 @@ TEST_CASE("Graph: copies are deep and describe() lists nodes and cuts", "[nn][gr
 }
 
 #if EDGESPLIT_TEST_JSON
-TEST_CASE("Graph: rebuilt from its safetensors file alone; a file that disagrees is refused whole",
+TEST_CASE("Graph: rebuilt from its safetensors file alone, and a file that disagrees is refused whole",
           "[nn][graph][io]") {
   Graph<float> g = block_graph<float>(11);
   const auto bytes = to_safetensors(g, {{"note", "residual block"}});
