@@ -5,6 +5,7 @@
 // layer factory.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -94,9 +95,11 @@ Tensor<double> random_tensor_d(const Shape& s, std::uint64_t seed, double lo = -
 }
 
 /// The layer checker: the scalar L = sum(out * R) for a fixed random R, so dL/dout = R; checks
-/// dL/dx and every dL/dparameter, and the output shape rule. Every layer's test calls this.
-void check_layer(Layer<double>& layer, const Shape& in_shape, std::uint64_t seed) {
-  auto x = random_tensor_d(in_shape, seed);
+/// dL/dx and every dL/dparameter, and the output shape rule. Every layer's test calls this. This
+/// form takes the input `x`: a max is not differentiable where two inputs tie, so max pooling is
+/// checked on inputs whose values stand far apart.
+void check_layer(Layer<double>& layer, Tensor<double> x, std::uint64_t seed) {
+  const Shape in_shape = x.shape();
   const Shape out_shape = layer.output_shape(in_shape);
   const auto r = random_tensor_d(out_shape, seed + 1, -1, 1);
   Tensor<double> out(out_shape), grad_in(in_shape);
@@ -113,6 +116,21 @@ void check_layer(Layer<double>& layer, const Shape& in_shape, std::uint64_t seed
   };
   layer.zero_grad();
   check_against_numeric(std::string(layer.describe()), loss, analytic, layer.parameters(), x.view(), grad_in.cview());
+}
+/// The layer checker on a random input of shape `in_shape`, uniform in [-2, 2].
+void check_layer(Layer<double>& layer, const Shape& in_shape, std::uint64_t seed) {
+  check_layer(layer, random_tensor_d(in_shape, seed), seed);
+}
+
+/// The values 0, 0.05, 0.1, ... (minus the middle one), shuffled: no two within a window are
+/// closer than 0.05, far beyond the finite-difference step, so perturbing one input never changes
+/// which input a max picks.
+Tensor<double> distinct_tensor(const Shape& s, std::uint64_t seed) {
+  Tensor<double> t(s);
+  for (std::size_t i = 0; i < t.size(); ++i) t[i] = 0.05 * (static_cast<double>(i) - static_cast<double>(t.size()) / 2);
+  Rng rng(seed);
+  rng.shuffle(t.span());
+  return t;
 }
 
 /// The same check for a whole model, through Sequential::backward.
@@ -219,6 +237,75 @@ TEST_CASE("Gradient check: every activation and Softmax", "[train][grad]") {
     check_layer(*l, s, 20);
 }
 
+TEST_CASE("Gradient check: ReLU6, Clip, HardSigmoid, HardSwish and SiLU away from their kinks",
+          "[train][grad][activations]") {
+  // check_layer draws inputs in [-2, 2], where Clip(-1, 1.5) and HardSigmoid(0.5, 0.5) (kinks at
+  // -1 and 1) show both their flat and their sloped parts. A kink is hit only by an input within
+  // the step h = 1e-5 of it (probability ~1e-5 per element); these seeds do not.
+  const Shape s{4, 9};
+  ReLU6<double> relu6;
+  Clip<double> clip(-1, 1.5);
+  HardSigmoid<double> steep(0.5, 0.5), onnx;
+  HardSwish<double> hswish;
+  SiLU<double> silu;
+  const std::initializer_list<Layer<double>*> acts{&relu6, &clip, &steep, &onnx, &hswish, &silu};
+  for (Layer<double>* l : acts) check_layer(*l, s, 21);
+
+  // ReLU6's upper kink, HardSwish's outer pieces and ONNX HardSigmoid's flat parts lie outside
+  // [-2, 2]: a Dense with weights scaled by 4 in front spreads the activations' inputs over them.
+  for (Layer<double>* l : acts) {
+    Rng rng(22);
+    Sequential<double> m;
+    auto& spread = m.add<Dense<double>>(5, 12, rng);
+    for (double& w : spread.weight().span()) w *= 4;
+    m.add(l->clone());
+    m.add<Dense<double>>(12, 3, rng);
+    const auto pre = m.split(1).first.predict(random_tensor_d(Shape{4, 5}, 23).cview());
+    CHECK(*std::min_element(pre.data(), pre.data() + pre.size()) < -3);
+    CHECK(*std::max_element(pre.data(), pre.data() + pre.size()) > 6);
+    INFO(l->describe());
+    check_model(m, Shape{4, 5}, 23);
+  }
+}
+
+TEST_CASE("Gradient check: BatchNorm2D in training mode (batch statistics) and inference mode",
+          "[train][grad][batchnorm]") {
+  // Training mode: each output depends on every input of its channel through the batch mean and
+  // variance. forward also moves the running statistics on every call, but training-mode outputs
+  // never read them, so the central differences of sum(out * R) see one fixed function.
+  Rng rng(40);
+  BatchNorm2D<double> bn(3, 1e-5, 0.1);
+  for (std::size_t c = 0; c < 3; ++c) {
+    bn.weight()[c] = rng.uniform(0.5, 2) * (c == 1 ? -1 : 1);
+    bn.bias()[c] = rng.uniform(-1, 1);
+    bn.running_mean()[c] = rng.uniform(-1, 1);
+    bn.running_var()[c] = rng.uniform(0.2, 2);
+  }
+  bn.set_training(true);
+  check_layer(bn, Shape{4, 3, 2, 3}, 40);
+  check_layer(bn, Shape{5, 3}, 41);     // BatchNorm1d's {N, C}
+  check_layer(bn, Shape{2, 3, 4}, 42);  // and {N, C, L}
+  check_layer(bn, Shape{1, 3, 2, 1}, 43);  // two values per channel, the fewest training takes
+  bn.set_training(false);  // an affine map of the running statistics
+  check_layer(bn, Shape{2, 3, 2, 2}, 44);
+  check_layer(bn, Shape{1, 3}, 45);
+
+  // inside a model, in training mode, after a Conv2D without bias: the batch mean would remove a
+  // bias exactly, so its gradient is zero and a central difference of it only noise
+  Sequential<double> m;
+  Conv2DOptions same;
+  same.padding = same_padding(3, 3);
+  same.bias = false;
+  m.add<Conv2D<double>>(2, 3, 3, 3, same, rng);
+  m.add<BatchNorm2D<double>>(3);
+  m.add<SiLU<double>>();
+  m.add<Dense<double>>(3 * 4 * 4, 2, rng);
+  for (auto& p : m.parameters())
+    for (double& v : p.value.span()) v += rng.uniform(-0.2, 0.2);
+  m.set_training(true);
+  check_model(m, Shape{3, 2, 4, 4}, 46);
+}
+
 TEST_CASE("Gradient check: Dropout (training mode, mask held) and Standardizer", "[train][grad]") {
   Dropout<double> drop(0.4, 77);
   drop.set_training(true);
@@ -234,6 +321,43 @@ TEST_CASE("Gradient check: Dropout (training mode, mask held) and Standardizer",
     st.fit(random_tensor_d(Shape{50, 6}, 32, -3, 5).cview());
     check_layer(st, Shape{5, 6}, 33);
   }
+}
+
+TEST_CASE("Gradient check: pooling and Flatten", "[train][grad][pool]") {
+  // MaxPool2D and GlobalMaxPool run on inputs without ties (distinct_tensor): where two inputs of
+  // a window tie, the max has no derivative and a central difference straddles the kink.
+  Pool2DOptions a;  // overlapping 3x3 windows, asymmetric padding, ceil_mode
+  a.stride_h = a.stride_w = 2;
+  a.padding = {1, 0, 1, 1};
+  a.ceil_mode = true;
+  MaxPool2D<double> max_a(3, 3, a);
+  check_layer(max_a, distinct_tensor(Shape{2, 2, 7, 6}, 60), 60);
+  Pool2DOptions b;  // dilated rows, strides differing per axis
+  b.stride_h = 1;
+  b.padding = {1, 1, 0, 1};
+  b.dilation_h = 2;
+  MaxPool2D<double> max_b(2, 3, b);
+  check_layer(max_b, distinct_tensor(Shape{1, 3, 6, 7}, 61), 61);
+  MaxPool2D<double> max_c(2, 2);  // floor mode: the last row and column get no gradient
+  check_layer(max_c, distinct_tensor(Shape{2, 1, 5, 5}, 62), 62);
+  GlobalMaxPool<double> gmax;
+  check_layer(gmax, distinct_tensor(Shape{2, 3, 4, 5}, 63), 63);
+
+  for (bool include : {true, false}) {
+    a.count_include_pad = include;
+    AvgPool2D<double> avg_a(3, 3, a);
+    check_layer(avg_a, Shape{2, 2, 7, 6}, 64);
+    Pool2DOptions c;  // overlapping rows, asymmetric padding
+    c.stride_h = 1;
+    c.padding = {0, 1, 1, 1};
+    c.count_include_pad = include;
+    AvgPool2D<double> avg_c(2, 3, c);
+    check_layer(avg_c, Shape{1, 3, 5, 6}, 65);
+  }
+  GlobalAvgPool<double> gavg;
+  check_layer(gavg, Shape{2, 3, 4, 5}, 66);
+  Flatten<double> flat;
+  check_layer(flat, Shape{3, 2, 3, 4}, 67);
 }
 
 TEST_CASE("Gradient check: a whole 3-layer model through Sequential::backward", "[train][grad]") {
@@ -846,6 +970,12 @@ TEST_CASE("Every layer rebuilds from its spec", "[train][factory]") {
   layers.push_back(std::make_unique<Softmax<float>>());
   layers.push_back(std::make_unique<Dropout<float>>(0.25, 99));
   layers.push_back(std::make_unique<Standardizer<float>>(12, Standardize::global, 1e-4));
+  layers.push_back(std::make_unique<ReLU6<float>>());
+  layers.push_back(std::make_unique<Clip<float>>(-2.5, 0.5));
+  layers.push_back(std::make_unique<HardSigmoid<float>>(1.0 / 6, 0.5));
+  layers.push_back(std::make_unique<HardSwish<float>>());
+  layers.push_back(std::make_unique<SiLU<float>>());
+  layers.push_back(std::make_unique<BatchNorm2D<float>>(6, 1e-3, 0.01));
   for (const auto& l : layers) {
     const auto rebuilt = make_layer<float>(l->spec());
     INFO(l->describe());

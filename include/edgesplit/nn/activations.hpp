@@ -1,7 +1,9 @@
 // edgesplit/nn/activations.hpp - activation functions, as element-wise policies and as layers.
 #pragma once
 
+#include <array>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <numbers>
@@ -20,8 +22,35 @@ namespace edgesplit {
 /// - `operator()(x)`            the function;
 /// - `grad(x, y, g)`            dL/dx given the input x, the output y = f(x) and g = dL/dy;
 /// - `flops_per_element`        nominal cost for planning (transcendentals count as ~10).
+/// A policy with settings (LeakyReLU's slope, Clip's bounds) also declares them, so that
+/// Activation writes spec() and describe() and make_layer rebuilds it without knowing the policy:
+/// - `setting_names`            static array of the LayerSpec keys, in constructor order;
+/// - `settings()`               the values, same order (the policy is constructible from them).
+///
+/// Gradients at kinks follow PyTorch, so that a model trained here and one trained there agree
+/// on the measure-zero inputs that land exactly on a kink (ReLU6 of an exact 0, say): ReLU,
+/// ReLU6 and HardSigmoid pass no gradient at their kinks (PyTorch's threshold, hardtanh and
+/// hardsigmoid backward kernels), Clip passes it at both bounds (torch.clamp's backward), and
+/// HardSwish uses its middle piece on the closed [-3, 3] (see act::HardSwish).
 /// Element-wise activation policies: one formula for SIMD batches and scalars.
 namespace act {
+
+/// Helpers shared by the policies below.
+namespace detail {
+/// `mask ? a : b` lane-wise: a comparison of scalars gives a bool, of batches a batch_bool.
+template <class M, class V>
+inline V choose(const M& mask, const V& a, const V& b) {
+  if constexpr (std::is_arithmetic_v<V>)
+    return mask ? a : b;
+  else
+    return xsimd::select(mask, a, b);
+}
+/// `v` as the lane type of `V`, broadcast when `V` is a batch.
+template <class V>
+inline V splat(double v) {
+  return V(static_cast<kernels::scalar_of_t<V>>(v));
+}
+}  // namespace detail
 
 /// The identity: a stand-in layer that passes its input through.
 struct Identity {
@@ -55,6 +84,10 @@ struct LeakyReLU {
   explicit LeakyReLU(double a) : alpha(a) {
     if (!(a >= 0 && a < 1)) fail(errc::invalid_argument, "LeakyReLU alpha must be in [0, 1)");
   }
+  /// The spec key of the slope.
+  static constexpr std::array<const char*, 1> setting_names{"alpha"};
+  /// The slope, as stored in the spec.
+  std::array<double, 1> settings() const noexcept { return {alpha}; }
   /// The function.
   template <class V> V operator()(V x) const {
     return xsimd::max(x, x * V(kernels::scalar_of_t<V>(alpha)));
@@ -134,33 +167,164 @@ struct GELUTanh {
   }
 };
 
+/// min(max(x, 0), 6): the activation of the MobileNets, bounded so that it quantizes well.
+/// Its own policy rather than Clip(0, 6) because PyTorch differentiates them differently at
+/// the bounds (ReLU6 is hardtanh(0, 6): no gradient at 0 or 6).
+struct ReLU6 {
+  static constexpr const char* name = "ReLU6";  ///< kind name, used in files
+  static constexpr std::uint64_t flops_per_element = 2;  ///< nominal cost for planning
+  /// The function.
+  template <class V> V operator()(V x) const {
+    return xsimd::min(xsimd::max(x, detail::splat<V>(0)), detail::splat<V>(6));
+  }
+  /// The gradient: g where 0 < x < 6, else 0 (0 at both kinks, as PyTorch's hardtanh).
+  template <class V> V grad(V x, V, V g) const {
+    return detail::choose((x > detail::splat<V>(0)) && (x < detail::splat<V>(6)), g, detail::splat<V>(0));
+  }
+};
+
+/// min(max(x, min), max): ONNX Clip and torch.clamp with both bounds, finite, min <= max.
+struct Clip {
+  static constexpr const char* name = "Clip";  ///< kind name, used in files
+  static constexpr std::uint64_t flops_per_element = 2;  ///< nominal cost for planning
+  double min = 0;  ///< the lower bound
+  double max = 0;  ///< the upper bound
+  /// Bounds that are finite with lo <= hi; anything else is errc::invalid_argument (an infinite
+  /// bound is a one-sided clip: ReLU for [0, inf), and would not survive a JSON spec). No
+  /// default: ONNX's is no clipping at all, which is Identity.
+  Clip(double lo, double hi) : min(lo), max(hi) {
+    if (!std::isfinite(lo) || !std::isfinite(hi) || !(lo <= hi))
+      fail(errc::invalid_argument, "Clip needs finite bounds with min <= max, got [" + std::to_string(lo) + ", " +
+                                       std::to_string(hi) + "]");
+  }
+  /// The spec keys of the bounds.
+  static constexpr std::array<const char*, 2> setting_names{"min", "max"};
+  /// The bounds, as stored in the spec.
+  std::array<double, 2> settings() const noexcept { return {min, max}; }
+  /// The function.
+  template <class V> V operator()(V x) const {
+    return xsimd::min(xsimd::max(x, detail::splat<V>(min)), detail::splat<V>(max));
+  }
+  /// The gradient: g where min <= x <= max (bounds included, as torch.clamp's backward), else 0.
+  template <class V> V grad(V x, V, V g) const {
+    return detail::choose((x >= detail::splat<V>(min)) && (x <= detail::splat<V>(max)), g, detail::splat<V>(0));
+  }
+};
+
+/// max(0, min(1, alpha x + beta)), ONNX HardSigmoid. The defaults are ONNX's (alpha 0.2,
+/// beta 0.5); torch.nn.Hardsigmoid is alpha = 1/6, beta = 0.5, whose results differ from
+/// PyTorch's (x + 3) / 6 by rounding only.
+struct HardSigmoid {
+  static constexpr const char* name = "HardSigmoid";  ///< kind name, used in files
+  static constexpr std::uint64_t flops_per_element = 4;  ///< nominal cost for planning
+  double alpha = 0.2;  ///< the slope
+  double beta = 0.5;  ///< the offset
+  /// ONNX's slope and offset.
+  HardSigmoid() = default;
+  /// Any finite slope and offset; anything else is errc::invalid_argument.
+  HardSigmoid(double a, double b) : alpha(a), beta(b) {
+    if (!std::isfinite(a) || !std::isfinite(b))
+      fail(errc::invalid_argument, "HardSigmoid alpha and beta must be finite");
+  }
+  /// The spec keys of slope and offset.
+  static constexpr std::array<const char*, 2> setting_names{"alpha", "beta"};
+  /// The slope and offset, as stored in the spec.
+  std::array<double, 2> settings() const noexcept { return {alpha, beta}; }
+  /// The function.
+  template <class V> V operator()(V x) const {
+    const V u = x * detail::splat<V>(alpha) + detail::splat<V>(beta);
+    return xsimd::max(detail::splat<V>(0), xsimd::min(detail::splat<V>(1), u));
+  }
+  /// The gradient from the output: alpha g where 0 < y < 1 (that is, 0 < alpha x + beta < 1),
+  /// else 0, the kinks excluded as in PyTorch's hardsigmoid backward.
+  template <class V> V grad(V, V y, V g) const {
+    return detail::choose((y > detail::splat<V>(0)) && (y < detail::splat<V>(1)), g * detail::splat<V>(alpha),
+                          detail::splat<V>(0));
+  }
+};
+
+/// x * relu6(x + 3) / 6, the HardSwish of MobileNetV3 (PyTorch and ONNX), evaluated in
+/// PyTorch's order, the division last.
+struct HardSwish {
+  static constexpr const char* name = "HardSwish";  ///< kind name, used in files
+  static constexpr std::uint64_t flops_per_element = 5;  ///< nominal cost for planning
+  /// The function.
+  template <class V> V operator()(V x) const {
+    const V r = xsimd::min(xsimd::max(x + detail::splat<V>(3), detail::splat<V>(0)), detail::splat<V>(6));
+    return x * r / detail::splat<V>(6);
+  }
+  /// The gradient: 0 for x < -3, g (x / 3 + 1/2) on the closed [-3, 3], g for x > 3. This is
+  /// PyTorch's scalar and CUDA hardswish backward; its vectorised CPU kernel gives g at exactly
+  /// x = 3 instead of 1.5 g (a measure-zero difference).
+  template <class V> V grad(V x, V, V g) const {
+    const V mid = g * (x / detail::splat<V>(3) + detail::splat<V>(0.5));
+    return detail::choose(x < detail::splat<V>(-3), detail::splat<V>(0),
+                          detail::choose(x <= detail::splat<V>(3), mid, g));
+  }
+};
+
+/// x * sigmoid(x), also called Swish (torch.nn.SiLU).
+struct SiLU {
+  static constexpr const char* name = "SiLU";  ///< kind name, used in files
+  static constexpr std::uint64_t flops_per_element = 13;  ///< nominal cost for planning
+  /// The function.
+  template <class V> V operator()(V x) const { return x / (detail::splat<V>(1) + xsimd::exp(-x)); }
+  /// The gradient: g s (1 + x (1 - s)), s = sigmoid(x), as PyTorch's silu backward.
+  template <class V> V grad(V x, V, V g) const {
+    const V s = detail::splat<V>(1) / (detail::splat<V>(1) + xsimd::exp(-x));
+    return g * s * (detail::splat<V>(1) + x * (detail::splat<V>(1) - s));
+  }
+};
+
 }  // namespace act
+
+/// Whether an activation policy declares settings (see namespace act).
+template <class F>
+concept ActivationWithSettings = requires(const F& f) {
+  F::setting_names;
+  f.settings();
+};
 
 /// A layer applying the element-wise policy `F`. Shape-preserving; no parameters.
 template <Real T, class F>
 class Activation final : public Layer<T> {
  public:
-  Activation() = default;
+  /// The policy's default settings (none for Clip, whose bounds have no sensible default).
+  Activation()
+    requires std::is_default_constructible_v<F>
+  = default;
   /// Wraps a configured policy, e.g. `act::LeakyReLU(0.1)`.
   explicit Activation(F f) : f_(f) {}
-  /// Forwards a policy's parameter: `LeakyReLU<float>(0.1)`.
-  explicit Activation(double parameter)
+  /// Forwards a policy's setting: `LeakyReLU<float>(0.1)`.
+  explicit Activation(double setting)
     requires std::is_constructible_v<F, double>
-      : f_(parameter) {}
+      : f_(setting) {}
+  /// Forwards a policy's two settings: `Clip<float>(-1, 1)`, `HardSigmoid<float>(1.0 / 6, 0.5)`.
+  Activation(double first, double second)
+    requires std::is_constructible_v<F, double, double>
+      : f_(first, second) {}
 
   std::string_view name() const noexcept override { return F::name; }
+  /// The kind, with the settings in constructor order: "Clip(-1.000000, 1.000000)".
   std::string describe() const override {
-    if constexpr (requires { f_.alpha; })
-      return std::string(F::name) + "(" + std::to_string(f_.alpha) + ")";
-    else
+    if constexpr (ActivationWithSettings<F>) {
+      std::string s = std::string(F::name) + "(";
+      const auto values = f_.settings();
+      for (std::size_t i = 0; i < values.size(); ++i) s += (i ? ", " : "") + std::to_string(values[i]);
+      return s + ")";
+    } else {
       return F::name;
+    }
   }
   std::unique_ptr<Layer<T>> clone() const override { return std::make_unique<Activation>(*this); }
+  /// The kind, with each setting as a real under its key ("alpha"; "min" and "max"; ...).
   LayerSpec spec() const override {
-    if constexpr (requires { f_.alpha; })
-      return {F::name, {}, {{"alpha", f_.alpha}}};
-    else
-      return {F::name, {}, {}};
+    LayerSpec s{F::name, {}, {}};
+    if constexpr (ActivationWithSettings<F>) {
+      const auto values = f_.settings();
+      for (std::size_t i = 0; i < values.size(); ++i) s.reals[F::setting_names[i]] = values[i];
+    }
+    return s;
   }
   /// The policy, for reading its settings.
   const F& policy() const noexcept { return f_; }
@@ -200,6 +364,17 @@ template <Real T> using Tanh = Activation<T, act::Tanh>;
 template <Real T> using GELU = Activation<T, act::GELU>;
 /// Tanh-approximated GELU as a layer.
 template <Real T> using GELUTanh = Activation<T, act::GELUTanh>;
+/// min(max(x, 0), 6) as a layer.
+template <Real T> using ReLU6 = Activation<T, act::ReLU6>;
+/// min(max(x, min), max) as a layer: `Clip<float>(-1, 1)`.
+template <Real T> using Clip = Activation<T, act::Clip>;
+/// max(0, min(1, alpha x + beta)) as a layer: `HardSigmoid<float>{}` is ONNX's (0.2, 0.5),
+/// `HardSigmoid<float>(1.0 / 6, 0.5)` PyTorch's.
+template <Real T> using HardSigmoid = Activation<T, act::HardSigmoid>;
+/// x relu6(x + 3) / 6 as a layer.
+template <Real T> using HardSwish = Activation<T, act::HardSwish>;
+/// x sigmoid(x) as a layer.
+template <Real T> using SiLU = Activation<T, act::SiLU>;
 
 /// Row-wise softmax over the features of each sample, numerically stable.
 template <Real T>

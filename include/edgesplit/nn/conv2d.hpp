@@ -12,6 +12,7 @@
 
 #include <Eigen/Core>
 
+#include "edgesplit/core/conv_kernels.hpp"
 #include "edgesplit/core/gemm.hpp"
 #include "edgesplit/core/im2col.hpp"
 #include "edgesplit/core/random.hpp"
@@ -53,14 +54,23 @@ struct Conv2DOptions {
 /// Weight layout: {out_channels, in_channels / groups, kernel_h, kernel_w}, row-major, the layout
 /// of torch.nn.Conv2d's weight and of ONNX's Conv W, so weights load from either unchanged.
 ///
-/// Each (sample, group) is one matrix product: the group's weights {out/groups, K} times the
-/// im2col matrix of its input planes {K, OH * OW}, K = (in/groups) * kernel_h * kernel_w, written
-/// straight into the NCHW output (no transpose). The column matrix is a workspace kept by the
-/// layer, and the products run through GemmWorkspace, so a forward pass on a shape already seen
-/// allocates nothing. A 1x1 kernel at stride 1 without padding needs no unfolding: its input
-/// planes already are the column matrix. The backward pass unfolds each sample again rather than
+/// The forward pass picks one of three kernels (core/conv_kernels.hpp, core/gemm.hpp):
+/// - depthwise (one input channel per group, any channel multiplier, stride, padding and
+///   dilation): kernels::depthwise_conv2d, vectorised along the output rows;
+/// - stride 1 otherwise (ResNet's and VGG's 3x3 layers, padded or dilated 1x1), on planes wide
+///   enough (kernels::conv2d_stride1_suits: from about 20 columns with padding 1): the implicit
+///   GEMM kernels::conv2d_stride1, which reads shifted rows of a zero-padded copy of the input
+///   instead of building a column matrix, and keeps 4 channels x 3 batches of outputs in registers;
+/// - the rest (strided dense or grouped layers, narrow planes, and a plain 1x1, whose input
+///   planes already are the column matrix): per (sample, group) one matrix product through GemmWorkspace, the
+///   group's weights {out/groups, K} times the im2col matrix of its input planes {K, OH * OW},
+///   K = (in/groups) * kernel_h * kernel_w, written straight into the NCHW output.
+/// Every workspace (padded input, packed weights, column matrix, GEMM packing buffers) is kept by
+/// the layer, so a forward pass on a shape already seen allocates nothing. docs/performance.md
+/// ("Convolution") has their speeds against the FMA peak and against the im2col path.
+///
+/// The backward pass always takes the im2col path, and unfolds each sample again rather than
 /// keeping the whole batch's column matrices (kernel_h * kernel_w times the input's size).
-/// Depthwise layers run one thin product per channel: correct, but no dedicated kernel yet.
 template <Real T>
 class Conv2D final : public Layer<T> {
  public:
@@ -187,6 +197,27 @@ class Conv2D final : public Layer<T> {
 
   void forward_impl(TensorView<const T> in, TensorView<T> out) override {
     const Geometry g = geometry(in.shape());
+    const T* bias = bias_on_ ? bias_.data() : nullptr;
+    switch (forward_path(g)) {
+      case Path::depthwise:
+        scratch_.resize(Shape{kernels::depthwise_conv2d_scratch<T>(g.height, g.width, window_)});
+        for (std::size_t n = 0; n < g.batch; ++n)
+          kernels::depthwise_conv2d(in.data() + n * in_ * g.plane, in_, g.height, g.width, window_, g.out_per_group,
+                                    weight_.data(), bias, out.data() + n * out_ * g.positions, scratch_.data());
+        return;
+      case Path::stride1:
+        scratch_.resize(
+            Shape{kernels::conv2d_stride1_scratch<T>(g.in_per_group, g.height, g.width, window_, g.out_per_group)});
+        for (std::size_t n = 0; n < g.batch; ++n)
+          for (std::size_t grp = 0; grp < groups_; ++grp)
+            kernels::conv2d_stride1(in.data() + (n * in_ + grp * g.in_per_group) * g.plane, g.in_per_group, g.height,
+                                    g.width, window_, weight_.data() + grp * g.out_per_group * g.depth,
+                                    g.out_per_group, bias == nullptr ? nullptr : bias + grp * g.out_per_group,
+                                    out.data() + (n * out_ + grp * g.out_per_group) * g.positions, scratch_.data());
+        return;
+      case Path::gemm:
+        break;
+    }
     for (std::size_t n = 0; n < g.batch; ++n)
       for (std::size_t grp = 0; grp < groups_; ++grp) {
         T* y = out.data() + (n * out_ + grp * g.out_per_group) * g.positions;
@@ -268,6 +299,16 @@ class Conv2D final : public Layer<T> {
     im2col(x, g.in_per_group, g.height, g.width, window_, cols_.data());
     return cols_.data();
   }
+  // Which kernel a forward pass runs: the depthwise kernel when each group has one input
+  // channel, the implicit-GEMM kernel at stride 1 on planes wide enough for it, else im2col (or
+  // the planes themselves for a plain 1x1) and a GEMM.
+  enum class Path { depthwise, stride1, gemm };
+  Path forward_path(const Geometry& g) const noexcept {
+    if (g.in_per_group == 1) return Path::depthwise;
+    if (window_.stride_h == 1 && window_.stride_w == 1 && !g.direct && kernels::conv2d_stride1_suits(g.width, window_))
+      return Path::stride1;
+    return Path::gemm;
+  }
   std::size_t depth() const noexcept { return weight_.shape().count() / out_; }
   static Eigen::Index idx(std::size_t v) noexcept { return static_cast<Eigen::Index>(v); }
 
@@ -277,6 +318,7 @@ class Conv2D final : public Layer<T> {
   Tensor<T> weight_, bias_;
   Tensor<T> weight_grad_, bias_grad_;
   Tensor<T> cols_, dcols_;  // im2col of the current (sample, group), and its gradient
+  Tensor<T> scratch_;       // the direct kernels' padded input (and packed weights)
   GemmWorkspace<T> gemm_, gemm_dw_, gemm_dx_;  // forward, weight gradient, input gradient
 };
 

@@ -10,10 +10,12 @@
 
 #include "edgesplit/core/shape.hpp"
 #include "edgesplit/nn/activations.hpp"
+#include "edgesplit/nn/batchnorm.hpp"
 #include "edgesplit/nn/conv2d.hpp"
 #include "edgesplit/nn/dense.hpp"
 #include "edgesplit/nn/dropout.hpp"
 #include "edgesplit/nn/layer.hpp"
+#include "edgesplit/nn/pool.hpp"
 #include "edgesplit/nn/standardizer.hpp"
 
 namespace edgesplit {
@@ -64,6 +66,29 @@ inline Conv2DSpec conv2d_spec(const LayerSpec& s) {
     fail(errc::invalid_argument, "Conv2D 'groups' must divide 'in' and 'out'");
   return c;
 }
+// The constructor arguments of a MaxPool2D or AvgPool2D spec (strides stored resolved, so 0 is
+// refused here), validated as the constructors would.
+struct Pool2DSpec {
+  std::size_t kh, kw;
+  Pool2DOptions options;
+};
+inline Pool2DSpec pool2d_spec(const LayerSpec& s) {
+  const bool max = s.type == "MaxPool2D";
+  Pool2DSpec p{spec_size(s, "kh"), spec_size(s, "kw"), {}};
+  p.options.stride_h = spec_size(s, "sh");
+  p.options.stride_w = spec_size(s, "sw");
+  p.options.padding = {spec_bounded(s, "pt", Window2D::max_extent), spec_bounded(s, "pl", Window2D::max_extent),
+                       spec_bounded(s, "pb", Window2D::max_extent), spec_bounded(s, "pr", Window2D::max_extent)};
+  if (max) {
+    p.options.dilation_h = spec_size(s, "dh");
+    p.options.dilation_w = spec_size(s, "dw");
+  } else {
+    p.options.count_include_pad = spec_bounded(s, "count_include_pad", 1) == 1;
+  }
+  p.options.ceil_mode = spec_bounded(s, "ceil", 1) == 1;
+  p.options.window(p.kh, p.kw).validate(s.type);
+  return p;
+}
 }  // namespace detail
 
 /// Elements of storage (weights and saved state) a layer built from `spec` allocates. A loader
@@ -83,8 +108,18 @@ inline std::size_t layer_storage(const LayerSpec& spec) {
       fail(errc::too_large, "Conv2D spec: storage overflows");
     return weights + (c.options.bias ? c.out : 0);
   }
+  if (spec.type == "MaxPool2D" || spec.type == "AvgPool2D") {
+    (void)detail::pool2d_spec(spec);  // no storage, but a spec from outside is checked here too
+    return 0;
+  }
+  if (spec.type == "GlobalAvgPool" || spec.type == "GlobalMaxPool" || spec.type == "Flatten") return 0;
   if (spec.type == "Standardizer")
     return detail::spec_integer(spec, "global") ? 2 : Shape::checked_bytes(detail::spec_size(spec, "features"), 2);
+  // gamma, beta, running mean, running variance
+  if (spec.type == "BatchNorm2D") return Shape::checked_bytes(detail::spec_size(spec, "channels"), 4);
+  if (spec.type == "ReLU6" || spec.type == "Clip" || spec.type == "HardSigmoid" || spec.type == "HardSwish" ||
+      spec.type == "SiLU")
+    return 0;
   if (spec.type == "Dropout" || spec.type == "Identity" || spec.type == "ReLU" || spec.type == "LeakyReLU" ||
       spec.type == "Sigmoid" || spec.type == "Tanh" || spec.type == "GELU" || spec.type == "GELUTanh" ||
       spec.type == "Softmax")
@@ -104,6 +139,14 @@ std::unique_ptr<Layer<T>> make_layer(const LayerSpec& spec) {
     const detail::Conv2DSpec c = detail::conv2d_spec(spec);
     return std::make_unique<Conv2D<T>>(c.in, c.out, c.kh, c.kw, c.options);
   }
+  if (t == "MaxPool2D" || t == "AvgPool2D") {
+    const detail::Pool2DSpec p = detail::pool2d_spec(spec);
+    if (t == "MaxPool2D") return std::make_unique<MaxPool2D<T>>(p.kh, p.kw, p.options);
+    return std::make_unique<AvgPool2D<T>>(p.kh, p.kw, p.options);
+  }
+  if (t == "GlobalAvgPool") return std::make_unique<GlobalAvgPool<T>>();
+  if (t == "GlobalMaxPool") return std::make_unique<GlobalMaxPool<T>>();
+  if (t == "Flatten") return std::make_unique<Flatten<T>>();
   if (t == "Dropout")
     return std::make_unique<Dropout<T>>(detail::spec_real(spec, "p"), detail::spec_integer(spec, "seed"));
   if (t == "Standardizer") {
@@ -120,6 +163,15 @@ std::unique_ptr<Layer<T>> make_layer(const LayerSpec& spec) {
   if (t == "Tanh") return std::make_unique<Tanh<T>>();
   if (t == "GELU") return std::make_unique<GELU<T>>();
   if (t == "GELUTanh") return std::make_unique<GELUTanh<T>>();
+  if (t == "BatchNorm2D")
+    return std::make_unique<BatchNorm2D<T>>(detail::spec_size(spec, "channels"), detail::spec_real(spec, "epsilon"),
+                                            detail::spec_real(spec, "momentum"));
+  if (t == "ReLU6") return std::make_unique<ReLU6<T>>();
+  if (t == "Clip") return std::make_unique<Clip<T>>(detail::spec_real(spec, "min"), detail::spec_real(spec, "max"));
+  if (t == "HardSigmoid")
+    return std::make_unique<HardSigmoid<T>>(detail::spec_real(spec, "alpha"), detail::spec_real(spec, "beta"));
+  if (t == "HardSwish") return std::make_unique<HardSwish<T>>();
+  if (t == "SiLU") return std::make_unique<SiLU<T>>();
   return std::make_unique<Softmax<T>>();  // the last type layer_storage accepts
 }
 
