@@ -510,3 +510,42 @@ TEST_CASE("Graph: the Trainer trains a residual CNN graph on a toy image task", 
   CHECK(after > 0.95);
   CHECK(h.epochs.back().train_loss < h.epochs.front().train_loss);
 }
+
+TEST_CASE("Graph: fold_batchnorm folds each Conv2D read only by a BatchNorm2D, and keeps the outputs", "[nn][graph][batchnorm]") {
+  Rng rng(12);
+  Graph<double> g;
+  const std::string x = g.input("x", Shape{3, 6, 6});
+  g.add(std::string("c1"), {x}, std::make_unique<Conv2D<double>>(3, 4, 3, 3, same3(), rng));
+  g.add(std::string("bn1"), {"c1"}, std::make_unique<BatchNorm2D<double>>(4));  // folds
+  g.add(std::string("c2"), {"bn1"}, std::make_unique<Conv2D<double>>(4, 4, 3, 3, same3(), rng));
+  g.add(std::string("bn2"), {"c2"}, std::make_unique<BatchNorm2D<double>>(4));  // c2 is also read by the Add: kept
+  g.add(std::string("sum"), {"bn2", "c2"}, std::make_unique<Add<double>>());
+  g.add(std::string("logits"), {"sum"}, std::make_unique<Dense<double>>(144, 3, rng));
+  g.output("logits");
+  // non-trivial statistics and affine parameters: a few training-mode passes, then random gamma/beta
+  g.set_training(true);
+  for (std::uint64_t s = 0; s < 3; ++s) (void)g.forward(random_t<double>(Shape{8, 3, 6, 6}, 50 + s, -2, 3));
+  g.set_training(false);
+  for (auto& p : g.parameters())
+    if (p.name.starts_with("bn"))
+      for (double& v : p.value.span()) v = rng.uniform(0.5, 1.5);
+  const Graph<double> folded = fold_batchnorm(g);
+  CHECK(folded.node_count() == g.node_count() - 1);
+  CHECK(folded.node_inputs(1) == std::vector<std::string>{"bn1"});  // c2 reads the fold, named bn1
+  CHECK(folded.contains("c2"));
+  CHECK_FALSE(folded.contains("c1"));
+  const auto in = random_t<double>(Shape{4, 3, 6, 6}, 60, -2, 3);
+  const Tensor<double> want = g.predict(in);
+  Graph<double> f = folded;
+  const Tensor<double> got = f.predict(in);
+  // Folding changes only rounding: each output is a sum of a few hundred products of doubles,
+  // so the two agree to far better than 1e-10 of the output's scale.
+  double scale = 0, diff = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    scale = std::max(scale, std::abs(want[i]));
+    diff = std::max(diff, std::abs(want[i] - got[i]));
+  }
+  INFO("max difference " << diff << " at scale " << scale);
+  CHECK(scale > 0.1);
+  CHECK(diff <= 1e-10 * scale);
+}

@@ -3,11 +3,14 @@
 
 #include <cmath>
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "edgesplit/nn/batchnorm.hpp"
 #include "edgesplit/nn/conv2d.hpp"
+#include "edgesplit/nn/graph.hpp"
 #include "edgesplit/nn/sequential.hpp"
 
 namespace edgesplit {
@@ -65,6 +68,51 @@ Sequential<T> fold_batchnorm(const Sequential<T>& model) {
     }
   }
   return folded;
+}
+
+/// A copy of `graph` in which every Conv2D read only by a BatchNorm2D is folded with it (see the
+/// two-layer overload): the folded conv takes the BatchNorm2D's place and its output name, so the
+/// nodes that read the BatchNorm2D read the fold. A Conv2D read by other nodes too, or returned
+/// as an output, is kept whole, as is every other node. Inference mode only, as above; the
+/// folded graph has fewer nodes, so split numbers shift (cut by tensor names to keep a cut).
+template <Real T>
+Graph<T> fold_batchnorm(const Graph<T>& graph) {
+  // readers[t]: how many nodes read tensor t, plus one if it is an output
+  std::map<std::string, std::size_t> readers;
+  for (const auto& o : graph.output_names()) ++readers[o];
+  for (std::size_t i = 0; i < graph.node_count(); ++i)
+    for (const auto& t : graph.node_inputs(i)) ++readers[t];
+  std::map<std::string, std::size_t> producer;
+  for (std::size_t i = 0; i < graph.node_count(); ++i) producer[graph.node_output(i)] = i;
+  // conv_of[i]: for a BatchNorm2D node i that folds, the index of its Conv2D
+  std::map<std::size_t, std::size_t> conv_of;
+  std::vector<char> folded_away(graph.node_count(), 0);
+  for (std::size_t i = 0; i < graph.node_count(); ++i) {
+    if (dynamic_cast<const BatchNorm2D<T>*>(graph.layer(i)) == nullptr) continue;
+    const std::string in = graph.node_inputs(i)[0];
+    const auto p = producer.find(in);
+    if (p == producer.end() || readers[in] != 1 || dynamic_cast<const Conv2D<T>*>(graph.layer(p->second)) == nullptr)
+      continue;
+    conv_of[i] = p->second;
+    folded_away[p->second] = 1;
+  }
+  Graph<T> out;
+  for (const auto& name : graph.input_names()) out.input(name, graph.sample_shape(name));
+  for (std::size_t i = 0; i < graph.node_count(); ++i) {
+    if (folded_away[i]) continue;
+    if (const auto c = conv_of.find(i); c != conv_of.end()) {
+      const auto& conv = static_cast<const Conv2D<T>&>(*graph.layer(c->second));
+      const auto& bn = static_cast<const BatchNorm2D<T>&>(*graph.layer(i));
+      out.add(graph.node_output(i), graph.node_inputs(c->second), std::make_unique<Conv2D<T>>(fold_batchnorm(conv, bn)));
+    } else if (graph.layer(i) != nullptr) {
+      out.add(graph.node_output(i), graph.node_inputs(i), graph.layer(i)->clone());
+    } else {
+      out.add(graph.node_output(i), graph.node_inputs(i), graph.merge(i)->clone());
+    }
+  }
+  for (const auto& name : graph.output_names()) out.output(name);
+  out.set_training(graph.training());
+  return out;
 }
 
 }  // namespace edgesplit
