@@ -13,7 +13,9 @@
 #include <memory>
 #include <numeric>
 #include <sstream>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "alloc_counter.hpp"
@@ -651,6 +653,72 @@ Dataset<float> xor_task(std::size_t n, std::size_t dims, std::uint64_t seed, dou
 }
 
 }  // namespace
+
+TEST_CASE("shift_and_flip moves and mirrors each image by one of its allowed amounts, and the Trainer applies it",
+          "[train][trainer]") {
+  const std::size_t n = 64, c = 2, h = 3, w = 4;
+  Tensor<float> x(Shape{n, c, h, w});
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(1 + i % (c * h * w));  // no zeros
+  // every image each call may give: shifts in [-1, 1]^2, mirrored or not
+  auto candidate = [&](const float* img, std::ptrdiff_t dy, std::ptrdiff_t dx, bool mirror) {
+    std::vector<float> out(c * h * w);
+    for (std::size_t ch = 0; ch < c; ++ch)
+      for (std::size_t y = 0; y < h; ++y)
+        for (std::size_t xx = 0; xx < w; ++xx) {
+          const std::ptrdiff_t sy = std::ptrdiff_t(y) - dy, sx = std::ptrdiff_t(mirror ? w - 1 - xx : xx) - dx;
+          out[(ch * h + y) * w + xx] = sy >= 0 && sx >= 0 && sy < std::ptrdiff_t(h) && sx < std::ptrdiff_t(w)
+                                           ? img[(ch * h + std::size_t(sy)) * w + std::size_t(sx)]
+                                           : 0.0f;
+        }
+    return out;
+  };
+  Rng rng(4);
+  std::vector<float> scratch;
+  Tensor<float> y = x;
+  shift_and_flip(y.view(), rng, 1, true, scratch);
+  std::set<std::tuple<int, int, bool>> seen;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::vector<float> got(y.data() + i * c * h * w, y.data() + (i + 1) * c * h * w);
+    int matches = 0;
+    for (int dy = -1; dy <= 1; ++dy)
+      for (int dx = -1; dx <= 1; ++dx)
+        for (bool m : {false, true})
+          if (candidate(x.data() + i * c * h * w, dy, dx, m) == got) ++matches, seen.insert({dy, dx, m});
+    CHECK(matches >= 1);
+  }
+  CHECK(seen.size() >= 12);  // 64 draws of 18 equally likely moves cover most of them
+  Tensor<float> same = x;
+  shift_and_flip(same.view(), rng, 0, false, scratch);
+  CHECK(std::equal(same.data(), same.data() + same.size(), x.data()));
+  expect_errc(errc::shape_mismatch, [&] {
+    Tensor<float> flat(Shape{2, 12});
+    shift_and_flip(flat.view(), rng, 1, true, scratch);
+  });
+
+  // The Trainer hands each training batch to the augmentation, from its own seeded stream.
+  Dataset<float> d;
+  d.classes = 2;
+  d.inputs = x;
+  d.labels.assign(n, 0);
+  Sequential<float> model;
+  Rng init(1);
+  model.add<Dense<float>>(c * h * w, 2, init);
+  Classifier<float> objective(model);
+  Adam<float> adam(1e-3);
+  TrainOptions o;
+  o.epochs = 2;
+  o.batch_size = 16;
+  Trainer<float> trainer(o, {});
+  std::size_t batches = 0, rows = 0;
+  trainer.set_augment([&](TensorView<float> b, Rng& r) {
+    ++batches;
+    rows += b.shape().batch();
+    shift_and_flip(b, r, 1, true, scratch);
+  });
+  trainer.fit(objective, adam, d);
+  CHECK(batches == 8);
+  CHECK(rows == 2 * n);
+}
 
 TEST_CASE("Trainer learns a non-linear synthetic task to >= 99% in seconds", "[train][trainer]") {
   const auto train = xor_task(4000, 8, 1), test = xor_task(2000, 8, 2);

@@ -1,6 +1,7 @@
 // edgesplit/nn/dataset.hpp - a labelled classification data set held in memory.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "edgesplit/core/error.hpp"
+#include "edgesplit/core/random.hpp"
 #include "edgesplit/core/tensor.hpp"
 
 namespace edgesplit {
@@ -44,5 +46,35 @@ struct Dataset {
     return d;
   }
 };
+
+/// Random shifts and mirror images of a batch of NCHW images, in place: each image is moved by
+/// up to `max_shift` pixels in each direction (uncovered pixels become 0, as after zero padding and
+/// a random crop) and, with `flip`, mirrored left to right with probability 1/2. The usual
+/// augmentation for small images (Fashion-MNIST, CIFAR); pass it to Trainer::set_augment.
+/// `scratch` holds one plane (its capacity is reused). errc::shape_mismatch unless rank 4.
+template <Real T>
+void shift_and_flip(TensorView<T> batch, Rng& rng, std::size_t max_shift, bool flip, std::vector<T>& scratch) {
+  const Shape& s = batch.shape();
+  if (s.rank() != 4) fail(errc::shape_mismatch, "shift_and_flip needs NCHW images, got " + s.str());
+  const std::size_t h = s[2], w = s[3], plane = h * w, image = s[1] * plane;
+  scratch.resize(plane);
+  const auto span = static_cast<std::uint64_t>(2 * max_shift + 1);
+  for (std::size_t n = 0; n < s[0]; ++n) {
+    const auto dy = static_cast<std::ptrdiff_t>(rng.below(span)) - static_cast<std::ptrdiff_t>(max_shift);
+    const auto dx = static_cast<std::ptrdiff_t>(rng.below(span)) - static_cast<std::ptrdiff_t>(max_shift);
+    const bool mirror = flip && rng.below(2) == 1;
+    for (std::size_t c = 0; c < s[1]; ++c) {
+      T* p = batch.data() + n * image + c * plane;
+      std::copy_n(p, plane, scratch.data());
+      for (std::size_t y = 0; y < h; ++y)
+        for (std::size_t x = 0; x < w; ++x) {
+          const std::ptrdiff_t sy = static_cast<std::ptrdiff_t>(y) - dy;
+          const std::ptrdiff_t sx0 = static_cast<std::ptrdiff_t>(mirror ? w - 1 - x : x) - dx;
+          const bool inside = sy >= 0 && sx0 >= 0 && sy < static_cast<std::ptrdiff_t>(h) && sx0 < static_cast<std::ptrdiff_t>(w);
+          p[y * w + x] = inside ? scratch[static_cast<std::size_t>(sy) * w + static_cast<std::size_t>(sx0)] : T(0);
+        }
+    }
+  }
+}
 
 }  // namespace edgesplit

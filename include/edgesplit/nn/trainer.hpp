@@ -203,6 +203,10 @@ class Trainer {
   const TrainOptions& options() const noexcept { return options_; }  ///< the options in use
   /// Replaces the per-epoch callback; an empty one silences the trainer.
   void set_progress(ProgressCallback progress) { progress_ = std::move(progress); }
+  /// Changes each training batch in place before its step (data augmentation, e.g. shift_and_flip),
+  /// drawing from the Trainer's own random stream, so a seed still gives the same run.
+  /// Validation data is never augmented. An empty function turns it off.
+  void set_augment(std::function<void(TensorView<T>, Rng&)> augment) { augment_ = std::move(augment); }
 
   /// Trains `objective` with `optimizer` on `train`, validating on `validation` after each epoch when given.
   template <class O>
@@ -244,6 +248,7 @@ class Trainer {
           std::copy_n(train.inputs.data() + order[b + i] * row, row, xb.data() + i * row);
           yb[i] = train.labels[order[b + i]];
         }
+        if (augment_) augment_(xb.view(), rng);
         const double progress = static_cast<double>(epoch) + static_cast<double>(s) / static_cast<double>(steps_per_epoch);
         optimizer.set_learning_rate(base_lr * options_.schedule.factor(progress, static_cast<double>(options_.epochs)));
         objective.zero_grad();
@@ -307,6 +312,7 @@ class Trainer {
 
   TrainOptions options_;
   ProgressCallback progress_;
+  std::function<void(TensorView<T>, Rng&)> augment_;
 };
 
 }  // namespace edgesplit
