@@ -12,7 +12,9 @@
 // decode.
 //
 //   split_demo [--model mlp|cnn] [--epochs N] [--bits 32|8|4|2] [--split K] [--limit N]
-//              [--requests N] [--cache FILE] [--data DIR]
+//              [--requests N] [--subset N] [--cache FILE] [--data DIR]
+//
+// --subset N trains a model that is not cached on the first N training images only (quick runs).
 //
 // Exit status: 0 on success, 2 on bad arguments, 77 when the data set is missing, 1 otherwise.
 #include <algorithm>
@@ -44,7 +46,7 @@ namespace {
 struct Args {
   bool cnn = false;
   static constexpr std::size_t unset = static_cast<std::size_t>(-1);
-  std::size_t epochs = 0, split = unset, limit = 10000, requests = 40;  // epochs 0, split unset: the model's default
+  std::size_t epochs = 0, split = unset, limit = 10000, requests = 40, subset = 0;  // epochs 0, split unset: the model's default
   int bits = 8;
   std::filesystem::path cache;  // empty: the model's default
   std::filesystem::path data = fashion_mnist_dir;
@@ -63,6 +65,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--split") a.split = cli::number<std::size_t>(v, "--split", 0, 1000);
     else if (k == "--limit") a.limit = cli::number<std::size_t>(v, "--limit", 1, 10000);
     else if (k == "--requests") a.requests = cli::number<std::size_t>(v, "--requests", 1, 100000);
+    else if (k == "--subset") a.subset = cli::number<std::size_t>(v, "--subset", 1, 60000);
     else if (k == "--bits") {
       a.bits = static_cast<int>(cli::number<std::size_t>(v, "--bits", 2, 32));
       if (a.bits != 32 && a.bits != 8 && a.bits != 4 && a.bits != 2) fail(errc::invalid_argument, "--bits must be 32, 8, 4 or 2");
@@ -203,7 +206,8 @@ int main(int argc, char** argv) {
     return 77;
   }
   try {
-    auto [train, test] = load_fashion_mnist<float>(a.data);
+    auto [full, test] = load_fashion_mnist<float>(a.data);
+    Dataset<float> train = a.subset ? full.slice(0, std::min(a.subset, full.size())) : std::move(full);
     if (a.cnn) {
       Graph<float> model = edgesplit_examples::fmnist_cnn(a.cache, a.epochs, edgesplit_examples::as_images(std::move(train)),
                                                           edgesplit_examples::as_images(Dataset<float>(test)));
