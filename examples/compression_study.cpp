@@ -35,8 +35,12 @@
 #include <edgesplit/quant/quantized_dense.hpp>
 #include <edgesplit/wire/feature_codec.hpp>
 #include "cli.hpp"
+#include "rate_study.hpp"
 
 using namespace edgesplit;
+using edgesplit_examples::accuracy;
+using edgesplit_examples::FrameBytes;
+using edgesplit_examples::send_frames;
 namespace fs = std::filesystem;
 
 namespace {
@@ -114,23 +118,6 @@ Sequential<float> load_or_train(const Args& a, const Dataset<float>& train) {
   return m;
 }
 
-/// Top-1 accuracy of `m` on inputs `x` against `labels`, in points.
-double accuracy(Sequential<float>& m, TensorView<const float> x, const std::vector<std::int32_t>& labels) {
-  m.set_training(false);
-  std::size_t hits = 0;
-  const std::size_t n = x.shape().batch();
-  for (std::size_t b = 0; b < n; b += 1000) {
-    const std::size_t e = std::min(n, b + 1000);
-    const auto z = m.forward(x.batch(b, e));
-    const std::size_t k = z.shape().features();
-    for (std::size_t r = 0; r < e - b; ++r) {
-      const float* p = z.data() + r * k;
-      hits += static_cast<std::int32_t>(std::max_element(p, p + k) - p) == labels[b + r];
-    }
-  }
-  return 100.0 * static_cast<double>(hits) / static_cast<double>(n);
-}
-
 Tensor<float> run(Sequential<float>& m, TensorView<const float> x) {
   m.set_training(false);
   const std::size_t n = x.shape().batch();
@@ -172,76 +159,30 @@ struct Row {
   double bits_per_element(bool zstd) const { return 8 * (zstd ? bytes_zstd : bytes) / static_cast<double>(elements); }
 };
 
+Row row(std::string method, TensorView<const float> x, std::size_t batch, const FrameBytes& sent) {
+  Row r;
+  r.method = std::move(method);
+  r.batch = batch;
+  r.elements = x.shape().features();
+  r.bytes = sent.per_sample(false);
+  r.bytes_zstd = sent.per_sample(true);
+  return r;
+}
+
 /// Sends `x` (samples in rows) through the codec of `m`, `batch` samples per frame, and back:
 /// the decoded features in `out`, the mean frame bytes per sample without and with zstd in the row.
 Row transmit(const Method& m, TensorView<const float> x, std::size_t batch, TensorView<const float> calibration,
              Tensor<float>& out) {
   FeatureCodec plain(m.config(false)), packed(m.config(true));
   if (m.frozen) packed.set_params(plain.calibrate(calibration));
-  const std::size_t n = x.shape().batch();
-  out.resize(x.shape());
-  std::vector<std::byte> frame, frame_z;
-  Tensor<float> back, back_z;
-  std::size_t bytes = 0, bytes_z = 0;
-  for (std::size_t b = 0; b < n; b += batch) {
-    const std::size_t e = std::min(n, b + batch);
-    const auto f = plain.encode(x.batch(b, e), frame);
-    const auto fz = packed.encode(x.batch(b, e), frame_z);
-    bytes += f.size();
-    bytes_z += fz.size();
-    plain.decode(f, back);
-    packed.decode(fz, back_z);
-    if (!std::equal(back.data(), back.data() + back.size(), back_z.data()))
-      fail(errc::corrupt_frame, "zstd changed the decoded features of " + m.name());
-    std::copy_n(back.data(), back.size(), out.data() + b * x.shape().features());
-  }
-  Row r;
-  r.method = m.name();
-  r.batch = batch;
-  r.elements = x.shape().features();
-  r.bytes = static_cast<double>(bytes) / static_cast<double>(n);
-  r.bytes_zstd = static_cast<double>(bytes_z) / static_cast<double>(n);
-  return r;
+  return row(m.name(), x, batch, send_frames(std::span(&plain, 1), std::span(&packed, 1), {}, std::span(&x, 1), batch,
+                                             std::nullopt, out));
 }
 
-/// Images in [0, 1] at `bits` per pixel (levels k / (2^bits - 1)), as the codec with fixed
-/// parameters sends them; for 1 bit (which the wire format has no code for) the pixels are
-/// thresholded at 1/2 and packed 8 to a byte by hand, and the bytes counted are those of a codec
-/// frame of that data (its 49 header bytes and the data, zstd-compressed or not).
+/// The image itself at `bits` per pixel, in TENSOR frames (see edgesplit_examples::send_images).
 Row send_images(int bits, TensorView<const float> x, std::size_t batch, Tensor<float>& out) {
-  const std::size_t n = x.shape().batch(), f = x.shape().features();
-  Row r;
-  r.method = std::to_string(bits) + "-bit image";
-  r.batch = batch;
-  r.elements = f;
-  if (bits != 1) {
-    Tensor<float> range(Shape{1, 2});
-    range[0] = 0;
-    range[1] = 1;  // frozen min-max over {0, 1}: scale 1 / (2^bits - 1), zero at the lowest code
-    Row t = transmit({bits, Granularity::per_tensor, true, CalibrationMethod::min_max}, x, batch, range.cview(), out);
-    t.method = r.method;
-    return t;
-  }
-  out.resize(x.shape());
-  constexpr std::size_t header = wire::frame_header_size + 8 + 8 + 5 + 4;  // frame, tensor header, 2 dims, 1 scale + zp, length
-  wire::ZstdStage zstd;
-  std::vector<std::byte> bitmap, z;
-  std::size_t bytes = 0, bytes_z = 0;
-  for (std::size_t b = 0; b < n; b += batch) {
-    const std::size_t e = std::min(n, b + batch), count = (e - b) * f;
-    bitmap.assign((count + 7) / 8, std::byte{0});
-    for (std::size_t i = 0; i < count; ++i) {
-      const bool on = x.data()[b * f + i] >= 0.5f;
-      out.data()[b * f + i] = on ? 1.0f : 0.0f;
-      if (on) bitmap[i / 8] |= std::byte{1} << (i % 8);
-    }
-    z.resize(wire::ZstdStage::bound(bitmap.size()));
-    bytes += header + bitmap.size();
-    bytes_z += header + zstd.compress(bitmap, z, 3);
-  }
-  r.bytes = static_cast<double>(bytes) / static_cast<double>(n);
-  r.bytes_zstd = static_cast<double>(bytes_z) / static_cast<double>(n);
-  return r;
+  return row(std::to_string(bits) + "-bit image", x, batch,
+             edgesplit_examples::send_images(bits, x, batch, std::nullopt, out));
 }
 
 Dataset<float> with_inputs(Tensor<float> x, const Dataset<float>& like) {
