@@ -549,3 +549,85 @@ TEST_CASE("Graph: fold_batchnorm folds each Conv2D read only by a BatchNorm2D, a
   CHECK(scale > 0.1);
   CHECK(diff <= 1e-10 * scale);
 }
+
+TEST_CASE("Graph: insert_after splices a block in after a tensor and rewires its readers", "[nn][graph]") {
+  Rng rng(71);
+  Conv2DOptions one;  // 1x1, stride 1
+  // x [2,5,5] -> c1 -> r1 (read twice: c2 and the residual add) -> c2 -> sum(c2, r1) -> gap -> logits
+  Graph<double> g;
+  const std::string x = g.input("x", Shape{2, 5, 5});
+  g.add(std::string("c1"), {x}, std::make_unique<Conv2D<double>>(2, 4, 3, 3, same3(), rng));
+  g.add(std::string("r1"), {"c1"}, std::make_unique<ReLU<double>>());
+  g.add(std::string("c2"), {"r1"}, std::make_unique<Conv2D<double>>(4, 4, 3, 3, same3(), rng));
+  g.add(std::string("sum"), {"c2", "r1"}, std::make_unique<Add<double>>());
+  g.add(std::string("gap"), {"sum"}, std::make_unique<GlobalAvgPool<double>>());
+  g.add(std::string("logits"), {"gap"}, std::make_unique<Dense<double>>(4, 3, rng));
+  g.output("logits");
+  // the block: an encoder 4 -> 1 channel, a bounded code, a decoder 1 -> 4 (its input's name is free)
+  Graph<double> block;
+  block.input("in", Shape{4, 5, 5});
+  block.add(std::string("enc"), {"in"}, std::make_unique<Conv2D<double>>(4, 1, 1, 1, one, rng));
+  block.add(std::string("code"), {"enc"}, std::make_unique<Sigmoid<double>>());
+  block.add(std::string("dec"), {"code"}, std::make_unique<Conv2D<double>>(1, 4, 1, 1, one, rng));
+  block.output("dec");
+
+  const Graph<double> b = insert_after(g, "r1", block);
+  REQUIRE(b.node_count() == g.node_count() + 3);
+  CHECK(b.node_output(2) == "enc");  // right after r1's producer
+  CHECK(b.node_inputs(2) == std::vector<std::string>{"r1"});
+  CHECK(b.node_inputs(5) == std::vector<std::string>{"dec"});  // c2 reads the decoder
+  CHECK(b.node_inputs(6) == std::vector<std::string>{"c2", "dec"});  // so does the residual add
+  CHECK(b.output_names() == g.output_names());
+  CHECK(b.parameter_count() == g.parameter_count() + block.parameter_count());
+
+  // the same numbers as running the pieces by hand: head to r1, the block, the tail from r1
+  const auto in = random_t<double>(Shape{3, 2, 5, 5}, 72);
+  auto [head, tail] = g.cut({"r1"});
+  Graph<double> blk = block;
+  const Tensor<double> features = head.predict(in);
+  const Tensor<double> decoded = blk.predict(features);
+  const Tensor<double> want = tail.predict(decoded);
+  Graph<double> copy = b;
+  const Tensor<double> got = copy.predict(in);
+  REQUIRE(got.shape() == want.shape());
+  for (std::size_t i = 0; i < want.size(); ++i) CHECK(got[i] == want[i]);
+
+  // the code is a single-tensor cut: the edge runs the encoder, the cloud the decoder
+  auto [edge, cloud] = b.cut({"code"});
+  CHECK(edge.output_names() == std::vector<std::string>{"code"});
+  CHECK(cloud.sample_shape("code") == Shape{1, 5, 5});
+  const Tensor<double> split = cloud.predict(edge.predict(in));
+  for (std::size_t i = 0; i < want.size(); ++i) CHECK(split[i] == want[i]);
+
+  // at an input and at an output: the block runs first, or its output becomes the model's
+  Graph<double> pre;
+  pre.input("y", Shape{4, 5, 5});
+  pre.add(std::string("act"), {"y"}, std::make_unique<ReLU<double>>());
+  pre.output("act");
+  const Graph<double> at_input = insert_after(pre, "y", block);
+  CHECK(at_input.node_output(0) == "enc");
+  CHECK(at_input.node_inputs(3) == std::vector<std::string>{"dec"});
+  const Graph<double> at_output = insert_after(pre, "act", block);
+  CHECK(at_output.output_names() == std::vector<std::string>{"dec"});
+
+  // refused: an unknown tensor, a block input of another shape, a name the model has, two inputs
+  expect_errc(errc::invalid_argument, [&] { (void)insert_after(g, "nope", block); });
+  expect_errc(errc::shape_mismatch, [&] { (void)insert_after(g, "x", block); });
+  Graph<double> clash;
+  clash.input("in", Shape{4, 5, 5});
+  clash.add(std::string("c2"), {"in"}, std::make_unique<ReLU<double>>());
+  clash.output("c2");
+  expect_errc(errc::invalid_argument, [&] { (void)insert_after(g, "r1", clash); });
+  Graph<double> two;
+  two.input("a", Shape{4, 5, 5});
+  two.input("b", Shape{4, 5, 5});
+  two.add(std::string("ab"), {"a", "b"}, std::make_unique<Add<double>>());
+  two.output("ab");
+  expect_errc(errc::invalid_argument, [&] { (void)insert_after(g, "r1", two); });
+  // a block whose output the readers cannot take: their own shape error
+  Graph<double> narrow;
+  narrow.input("in", Shape{4, 5, 5});
+  narrow.add(std::string("squeeze"), {"in"}, std::make_unique<Conv2D<double>>(4, 2, 1, 1, one, rng));
+  narrow.output("squeeze");
+  CHECK_THROWS_AS(insert_after(g, "r1", narrow), error);
+}

@@ -945,4 +945,59 @@ Sequential<T> as_sequential(Graph<T> graph) {
   return s;
 }
 
+/// A copy of `model` with `block` spliced in after tensor `at`: the block (a graph of one input
+/// and one output) runs on `at`, and every node that read `at`, and the output list if `at` is an
+/// output, reads the block's output instead. What inserts a trained bottleneck at a cut (an edge
+/// encoder and a cloud decoder, BottleFit's first stage: docs/compression.md), an adapter, or a
+/// quantization stand-in, without rebuilding the model by hand.
+///
+/// The block's input takes `at`'s place whatever its name, and must have `at`'s per-sample shape;
+/// its other tensors keep their names, which must be new to `model`. Its output may have another
+/// shape when the readers of `at` accept it. Node order: the block's nodes right after `at`'s
+/// producer (after the inputs when `at` is an input), so the model's split numbers past that
+/// point shift by the block's size; cut by tensor name to keep a cut. errc::invalid_argument for
+/// an unknown `at`, a block of another arity or a taken name, errc::shape_mismatch for a block
+/// input of another shape, and the readers' own shape errors when the block's output does not fit
+/// them. The copy has `model`'s training mode.
+template <Real T>
+Graph<T> insert_after(const Graph<T>& model, const std::string& at, const Graph<T>& block) {
+  const auto block_in = block.input_names(), block_out = block.output_names();
+  if (block_in.size() != 1 || block_out.size() != 1)
+    fail(errc::invalid_argument, "insert_after needs a block of one input and one output, got " +
+                                     std::to_string(block_in.size()) + " and " + std::to_string(block_out.size()));
+  if (!model.contains(at)) fail(errc::invalid_argument, "insert_after: no tensor named '" + at + "'");
+  if (!(block.sample_shape(block_in[0]) == model.sample_shape(at)))
+    fail(errc::shape_mismatch, "insert_after: the block takes " + block.sample_shape(block_in[0]).str() + ", tensor '" +
+                                   at + "' is " + model.sample_shape(at).str());
+  // the name each of the block's tensors has in the result: its input is `at`
+  const auto renamed = [&](const std::string& t) { return t == block_in[0] ? at : t; };
+  const std::string replacement = renamed(block_out[0]);
+  Graph<T> out;
+  const auto splice = [&] {
+    for (std::size_t i = 0; i < block.node_count(); ++i) {
+      if (model.contains(block.node_output(i)))
+        fail(errc::invalid_argument, "insert_after: the block's tensor '" + block.node_output(i) +
+                                         "' is already a tensor of the model");
+      std::vector<std::string> in = block.node_inputs(i);
+      for (auto& t : in) t = renamed(t);
+      if (block.layer(i) != nullptr) out.add(block.node_output(i), in, block.layer(i)->clone());
+      else out.add(block.node_output(i), in, block.merge(i)->clone());
+    }
+  };
+  for (const auto& name : model.input_names()) out.input(name, model.sample_shape(name));
+  const auto inputs = model.input_names();
+  if (std::find(inputs.begin(), inputs.end(), at) != inputs.end()) splice();
+  for (std::size_t i = 0; i < model.node_count(); ++i) {
+    std::vector<std::string> in = model.node_inputs(i);
+    for (auto& t : in)
+      if (t == at) t = replacement;
+    if (model.layer(i) != nullptr) out.add(model.node_output(i), in, model.layer(i)->clone());
+    else out.add(model.node_output(i), in, model.merge(i)->clone());
+    if (model.node_output(i) == at) splice();
+  }
+  for (const auto& name : model.output_names()) out.output(name == at ? replacement : name);
+  out.set_training(model.training());
+  return out;
+}
+
 }  // namespace edgesplit
