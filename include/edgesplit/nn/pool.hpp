@@ -63,15 +63,17 @@ namespace detail {
 /// window is dropped when it would start in the after-padding. 0 when no window fits.
 inline std::size_t pool_extent(std::size_t in, std::size_t pad_before, std::size_t pad_after, std::size_t kernel,
                                std::size_t dilation, std::size_t stride, bool ceil_mode) noexcept {
-  // Every window size is <= Window2D::max_extent (2^24), so these stay far from overflow once the
-  // input is below 2^62 (and no tensor that large can be held).
-  if (in > (std::size_t{1} << 62)) return 0;
-  const auto span = static_cast<std::int64_t>((kernel - 1) * dilation + 1);
+  // Every window size is <= Window2D::max_extent (2^24), so in 64 bits (whatever size_t is: the
+  // dilated kernel alone reaches 2^48) these stay far from overflow once the input is below 2^62
+  // (and no tensor that large can be held).
+  const auto in64 = static_cast<std::uint64_t>(in);
+  if (in64 > (std::uint64_t{1} << 62)) return 0;
+  const auto span = static_cast<std::int64_t>((static_cast<std::uint64_t>(kernel) - 1) * dilation + 1);
   const auto s = static_cast<std::int64_t>(stride);
-  const std::int64_t num = static_cast<std::int64_t>(in + pad_before + pad_after) - span + (ceil_mode ? s - 1 : 0);
+  const std::int64_t num = static_cast<std::int64_t>(in64 + pad_before + pad_after) - span + (ceil_mode ? s - 1 : 0);
   if (num < 0) return 0;
   std::int64_t out = num / s + 1;
-  if (ceil_mode && (out - 1) * s >= static_cast<std::int64_t>(in + pad_before)) --out;
+  if (ceil_mode && (out - 1) * s >= static_cast<std::int64_t>(in64 + pad_before)) --out;
   return static_cast<std::size_t>(out);
 }
 
