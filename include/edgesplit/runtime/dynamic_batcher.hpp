@@ -558,7 +558,14 @@ class DynamicBatcher {
           fail_job(j, w, errc::internal, "the server failed while decoding the features");
           continue;
         }
-        j.req.frame.clear();
+        {
+          // The frame is no longer needed: back to the pool now, before the reply goes out, so the
+          // buffer is there for the request the reply prompts (a strict request-reply client
+          // would otherwise find the pool empty now and then, and cost an allocation).
+          std::lock_guard lock(mutex_);
+          keep(Tensor<float>{}, std::move(j.req.frame));
+        }
+        j.req.frame = {};
       }
       ++live;
     }
