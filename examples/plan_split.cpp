@@ -45,6 +45,7 @@
 
 #include "fmnist_mlp.hpp"
 #include "cli.hpp"
+#include "fmnist_main.hpp"
 
 using namespace edgesplit;
 using edgesplit_examples::fmnist_mlp;
@@ -99,21 +100,8 @@ const Plan* best_at(const std::vector<Plan>& plans, std::size_t k) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  Args a;
-  try {
-    a = parse(argc, argv);
-  } catch (const error& e) {
-    std::fprintf(stderr, "plan_split: %s\n", e.what());
-    return 2;
-  }
-  if (!fashion_mnist_available(a.data)) {
-    std::fprintf(stderr, "plan_split: Fashion-MNIST not found in %s (Debian package dataset-fashion-mnist)\n",
-                 a.data.c_str());
-    return 77;
-  }
-  bool all_hold = true;
-  try {
+  return edgesplit_examples::fmnist_main("plan_split", argc, argv, parse, [&](Args& a) {
+    bool all_hold = true;
     auto [train, test] = load_fashion_mnist<float>(a.data);
     Sequential<float> model = fmnist_mlp(a.cache, a.epochs, train, test);
     const std::size_t L = model.size(), n = std::min(a.calib, test.size());
@@ -266,9 +254,6 @@ int main(int argc, char** argv) {
                 req.energy.radio_watts, req.energy.idle_watts);
     std::printf("claims: %s\n", all_hold ? "every pick within 5% of the best measured, every prediction within 10%"
                                          : "NOT ALL HOLD");
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "plan_split: %s\n", e.what());
-    return 1;
-  }
-  return all_hold ? 0 : 3;
+    return all_hold ? 0 : 3;
+  });
 }

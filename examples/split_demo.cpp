@@ -37,6 +37,7 @@
 #include "fmnist_cnn.hpp"
 #include "fmnist_mlp.hpp"
 #include "cli.hpp"
+#include "fmnist_main.hpp"
 
 using namespace edgesplit;
 using namespace std::chrono_literals;
@@ -192,20 +193,7 @@ void demo(const Args& a, Model& model, const Model& head, const Model& tail, con
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines in order with the progress bars on stderr
-  Args a;
-  try {
-    a = parse(argc, argv);
-  } catch (const error& e) {
-    std::fprintf(stderr, "split_demo: %s\n", e.what());
-    return 2;
-  }
-  if (!fashion_mnist_available(a.data)) {
-    std::fprintf(stderr, "split_demo: Fashion-MNIST not found in %s (Debian package dataset-fashion-mnist)\n",
-                 a.data.c_str());
-    return 77;
-  }
-  try {
+  return edgesplit_examples::fmnist_main("split_demo", argc, argv, parse, [&](Args& a) {
     auto [full, test] = load_fashion_mnist<float>(a.data);
     Dataset<float> train = a.subset ? full.slice(0, std::min(a.subset, full.size())) : std::move(full);
     if (a.cnn) {
@@ -228,9 +216,6 @@ int main(int argc, char** argv) {
            "after layer " + std::to_string(a.split) + " (" + (a.split ? info[a.split - 1].name : std::string("input")) +
                ") the edge sends " + std::to_string(head.output_shape(Shape{1, 784}).count()) + " floats per image");
     }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "split_demo: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

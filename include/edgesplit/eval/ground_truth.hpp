@@ -22,6 +22,7 @@
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/tensor.hpp"
 #include "edgesplit/eval/metered_clock.hpp"
+#include "edgesplit/nn/graph.hpp"
 #include "edgesplit/nn/sequential.hpp"
 #include "edgesplit/plan/candidates.hpp"
 #include "edgesplit/plan/profile.hpp"
@@ -60,7 +61,7 @@ struct GroundTruthOptions {
 
 /// Medians over the requests of one (k, codec), seconds.
 struct Measured {
-  std::size_t split = 0;  ///< k: layers [0, k) on the edge
+  std::size_t split = 0;  ///< k: layers [0, k) on the edge (for a graph: the head's node count)
   std::string codec;  ///< codec name, "-" for all-edge
   ///@{
   /// Medians of each part: edge compute (the head), encoding (the EdgeClient's work until the
@@ -204,6 +205,159 @@ class GroundTruthCloud {
 
 }  // namespace detail
 
+namespace detail {
+
+// What one ground-truth run measures: a head run on the edge and a tail served in the cloud.
+struct GroundTruthSplit {
+  Sequential<float> head;         // run on the measuring thread, its cost charged as opt says
+  double profile_head_s = 0;      // the head's cost from opt.edge_profile (used when one is given)
+  std::optional<Sequential<float>> tail;  // nullopt: all-edge, nothing sent
+  Sequential<float> client_head;  // the EdgeClient's own head: empty, or a graph's pass-through
+  std::vector<std::size_t> feature_shape;  // per-sample shape the client sends (EdgeOptions::input_shape)
+  std::size_t split = 0;          // Measured::split and the ModelIdentity's split
+  const CodecCandidate* encode_cost = nullptr;  // charged instead of metering submit(), if given
+};
+
+// The loop of measure_end_to_end and measure_graph_cut: one single-sample request at a time.
+inline Measured run_ground_truth(GroundTruthSplit& s, const CodecSpec& spec, TensorView<const float> inputs,
+                                 const LinkProfile& up, const LinkProfile& down, const GroundTruthOptions& opt) {
+  using steady = std::chrono::steady_clock;
+  const std::size_t n = inputs.shape().batch();
+  const auto secs = [](steady::duration d) { return std::chrono::duration<double>(d).count(); };
+
+  // Decoding the reply is charged as this machine's time x slowdown, timed here: the median of a
+  // few decodes of the same frame. The EdgeClient's receiver decodes each reply once, right after
+  // a wait, so its own timing (RequestTimings::decode) carries cache misses and wake-up costs
+  // that the slowdown would multiply into the board's compute (x10000: 0.15 us becomes 1.5 ms).
+  CodecConfig raw;
+  raw.bits = wire::raw_f32_bits;
+  FeatureCodec reply_codec(raw);
+  Tensor<float> reply_out;
+  const auto reply_decode_seconds = [&](const std::vector<std::byte>& frame) {
+    std::vector<double> t;
+    for (int i = 0; i < 5; ++i) {
+      const auto t0 = steady::now();
+      (void)wire::decode_response(frame, reply_codec, reply_out);
+      t.push_back(secs(steady::now() - t0));
+    }
+    return median(std::move(t));
+  };
+
+  MeteredClock clock;
+  // The head, on this thread: its cost comes from the profile or from this machine x slowdown.
+  const auto run_head = [&](TensorView<const float> x) {
+    if (opt.edge_profile) {
+      const TensorView<const float> h = s.head.forward(x);
+      clock.advance_by_seconds(s.profile_head_s);
+      return std::pair{h, s.profile_head_s};
+    }
+    // Once untimed first: the thread has just waited for the previous answer, and the profile
+    // this is compared with is the median of back-to-back (warm) runs.
+    (void)s.head.forward(x);
+    const auto t0 = steady::now();
+    const TensorView<const float> h = s.head.forward(x);
+    const double t = secs(steady::now() - t0) * opt.edge_slowdown;
+    clock.advance_by_seconds(t);
+    return std::pair{h, t};
+  };
+
+  std::vector<double> edge_t, enc_t, up_t, cloud_t, down_t, dreply_t, total_t;
+  double bytes = 0;
+  const auto finish = [&] {
+    Measured m;
+    m.split = s.split;
+    m.codec = s.tail ? spec.name : "-";
+    m.edge_s = median(edge_t);
+    m.encode_s = median(enc_t);
+    m.uplink_s = median(up_t);
+    m.cloud_s = median(cloud_t);
+    m.downlink_s = median(down_t);
+    m.decode_reply_s = median(dreply_t);
+    m.latency_s = median(total_t);
+    m.bytes = s.tail ? bytes / static_cast<double>(opt.warmup + opt.requests) : 0;
+    return m;
+  };
+
+  if (!s.tail) {  // all-edge: nothing crosses the link
+    for (std::size_t r = 0; r < opt.warmup + opt.requests; ++r) {
+      const Clock::time_point start = clock.now();
+      const double edge_s = run_head(inputs.batch(r % n, r % n + 1)).second;
+      if (r < opt.warmup) continue;
+      edge_t.push_back(edge_s);
+      for (auto* v : {&enc_t, &up_t, &cloud_t, &down_t, &dreply_t}) v->push_back(0);
+      total_t.push_back(std::chrono::duration<double>(clock.now() - start).count());
+    }
+    return finish();
+  }
+
+  const wire::ModelIdentity id{opt.model_id, 1, 0,
+                               static_cast<std::uint16_t>(std::min<std::size_t>(s.split, UINT16_MAX))};
+  auto [edge_end, cloud_end] = InProcTransport::make_pair();
+  GroundTruthCloud cloud(clock, SimulatedLink<InProcTransport>(std::move(cloud_end), down, 2, clock), id,
+                         std::move(*s.tail));
+  std::optional<SimulatedLink<InProcTransport>> edge_link;
+  edge_link.emplace(std::move(edge_end), up, 1, clock);
+
+  EdgeOptions eo;
+  eo.model = id;
+  eo.codec = spec.config;
+  eo.keepalive = std::chrono::milliseconds(0);    // no PING on the link between requests
+  eo.connect_timeout = std::chrono::seconds(30);  // the cloud answers HELLO at once; real time bounds it
+  eo.input_shape = s.feature_shape;               // checked by the cloud at HELLO
+  EdgeClient client(
+      std::move(s.client_head),
+      [&edge_link]() -> Channel {
+        if (!edge_link) fail(errc::unreachable, "measure_end_to_end: the link is gone");  // no reconnecting
+        Channel c(std::move(*edge_link));
+        edge_link.reset();
+        return c;
+      },
+      std::move(eo), std::nullopt, clock);
+  if (!client.connected()) {
+    if (const auto f = cloud.failure()) std::rethrow_exception(f);
+    fail(errc::unreachable, "measure_end_to_end: the edge could not connect: " + client.last_error());
+  }
+
+  for (std::size_t r = 0; r < opt.warmup + opt.requests; ++r) {
+    const Clock::time_point start = clock.now();
+    const auto [h, edge_s] = run_head(inputs.batch(r % n, r % n + 1));
+    std::future<InferResult> fut;
+    double enc_s = 0;
+    if (s.encode_cost) {
+      enc_s = s.encode_cost->encode_seconds[s.split];
+      clock.advance_by_seconds(enc_s);
+      fut = client.submit(h, no_deadline);
+    } else {
+      // The meter stops charging at the clock's last reading on this thread inside submit(): the
+      // link stamping the request as it leaves. What submit() does after that is not charged.
+      MeteredClock::Meter meter(clock, opt.edge_slowdown);
+      fut = client.submit(h, no_deadline);
+      enc_s = meter.charged_seconds();
+    }
+    if (fut.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+      if (const auto f = cloud.failure()) std::rethrow_exception(f);
+      fail(errc::timeout, "measure_end_to_end: no answer within 60 s of real time");
+    }
+    const InferResult res = fut.get();  // the cloud's ERROR, if it answered one, as a typed error
+    const GroundTruthCloud::Turn turn = cloud.last();
+    const double dreply_s = reply_decode_seconds(turn.reply) * opt.edge_slowdown;
+    clock.advance_by_seconds(dreply_s);
+    bytes += static_cast<double>(res.bytes_sent);
+    if (r < opt.warmup) continue;
+    edge_t.push_back(edge_s);
+    enc_t.push_back(enc_s);
+    up_t.push_back(turn.uplink_s);
+    cloud_t.push_back(turn.cloud_s);
+    down_t.push_back(turn.downlink_s);
+    dreply_t.push_back(dreply_s);
+    total_t.push_back(std::chrono::duration<double>(clock.now() - start).count());
+  }
+  client.close();
+  return finish();
+}
+
+}  // namespace detail
+
 /// Runs (split `k`, codec `spec`) of `model` end to end, one single-sample request at a time,
 /// through the runtime, over a SimulatedLink pair (`up`, `down`) on a MeteredClock (virtual time):
 ///
@@ -222,7 +376,6 @@ class GroundTruthCloud {
 inline Measured measure_end_to_end(const Sequential<float>& model, std::size_t k, const CodecSpec& spec,
                                    TensorView<const float> inputs, const LinkProfile& up, const LinkProfile& down,
                                    const GroundTruthOptions& opt = {}) {
-  using steady = std::chrono::steady_clock;
   const std::size_t L = model.size(), n = inputs.shape().batch();
   if (k > L) fail(errc::out_of_range, "measure_end_to_end: split " + std::to_string(k) + " past the model");
   if (n == 0 || opt.requests == 0) fail(errc::invalid_argument, "measure_end_to_end: no inputs or no requests");
@@ -232,147 +385,78 @@ inline Measured measure_end_to_end(const Sequential<float>& model, std::size_t k
   if (k < L && (up.loss > 0 || down.loss > 0))
     fail(errc::invalid_argument, "measure_end_to_end: the links must not lose messages (loss 0)");
 
-  auto parts = model.split(k);  // not bound by name: clang 14 cannot capture such bindings
-  Sequential<float>& head = parts.first;
-  const auto secs = [](steady::duration d) { return std::chrono::duration<double>(d).count(); };
-  const double profile_head = opt.edge_profile ? opt.edge_profile->seconds(0, k, 1) : 0;
-  const CodecCandidate* encode_cost = nullptr;
-  if (opt.edge_profile && opt.edge_codec_costs && k < L) {
-    for (const auto& c : *opt.edge_codec_costs)
-      if (c.name == spec.name) encode_cost = &c;
-    if (!encode_cost || encode_cost->encode_seconds.size() != L + 1)
-      fail(errc::invalid_argument, "measure_end_to_end: no encode costs for codec " + spec.name);
-  }
-
-  // Decoding the reply is charged as this machine's time x slowdown, timed here: the median of a
-  // few decodes of the same frame. The EdgeClient's receiver decodes each reply once, right after
-  // a wait, so its own timing (RequestTimings::decode) carries cache misses and wake-up costs
-  // that the slowdown would multiply into the board's compute (x10000: 0.15 us becomes 1.5 ms).
-  CodecConfig raw;
-  raw.bits = wire::raw_f32_bits;
-  FeatureCodec reply_codec(raw);
-  Tensor<float> reply_out;
-  const auto reply_decode_seconds = [&](const std::vector<std::byte>& frame) {
-    std::vector<double> t;
-    for (int i = 0; i < 5; ++i) {
-      const auto t0 = steady::now();
-      (void)wire::decode_response(frame, reply_codec, reply_out);
-      t.push_back(secs(steady::now() - t0));
+  auto parts = model.split(k);
+  detail::GroundTruthSplit s;
+  s.head = std::move(parts.first);
+  s.profile_head_s = opt.edge_profile ? opt.edge_profile->seconds(0, k, 1) : 0;
+  s.split = k;
+  if (k < L) {
+    if (opt.edge_profile && opt.edge_codec_costs) {
+      for (const auto& c : *opt.edge_codec_costs)
+        if (c.name == spec.name) s.encode_cost = &c;
+      if (!s.encode_cost || s.encode_cost->encode_seconds.size() != L + 1)
+        fail(errc::invalid_argument, "measure_end_to_end: no encode costs for codec " + spec.name);
     }
-    return detail::median(std::move(t));
-  };
-
-  MeteredClock clock;
-  // The head, on this thread: its cost comes from the profile or from this machine x slowdown.
-  const auto run_head = [&](TensorView<const float> x) {
-    if (opt.edge_profile) {
-      const TensorView<const float> h = head.forward(x);
-      clock.advance_by_seconds(profile_head);
-      return std::pair{h, profile_head};
-    }
-    // Once untimed first: the thread has just waited for the previous answer, and the profile
-    // this is compared with is the median of back-to-back (warm) runs.
-    (void)head.forward(x);
-    const auto t0 = steady::now();
-    const TensorView<const float> h = head.forward(x);
-    const double s = secs(steady::now() - t0) * opt.edge_slowdown;
-    clock.advance_by_seconds(s);
-    return std::pair{h, s};
-  };
-
-  std::vector<double> edge_t, enc_t, up_t, cloud_t, down_t, dreply_t, total_t;
-  double bytes = 0;
-  const auto finish = [&] {
-    Measured m;
-    m.split = k;
-    m.codec = k < L ? spec.name : "-";
-    m.edge_s = detail::median(edge_t);
-    m.encode_s = detail::median(enc_t);
-    m.uplink_s = detail::median(up_t);
-    m.cloud_s = detail::median(cloud_t);
-    m.downlink_s = detail::median(down_t);
-    m.decode_reply_s = detail::median(dreply_t);
-    m.latency_s = detail::median(total_t);
-    m.bytes = k < L ? bytes / static_cast<double>(opt.warmup + opt.requests) : 0;
-    return m;
-  };
-
-  if (k == L) {  // all-edge: nothing crosses the link
-    for (std::size_t r = 0; r < opt.warmup + opt.requests; ++r) {
-      const Clock::time_point start = clock.now();
-      const double edge_s = run_head(inputs.batch(r % n, r % n + 1)).second;
-      if (r < opt.warmup) continue;
-      edge_t.push_back(edge_s);
-      for (auto* v : {&enc_t, &up_t, &cloud_t, &down_t, &dreply_t}) v->push_back(0);
-      total_t.push_back(std::chrono::duration<double>(clock.now() - start).count());
-    }
-    return finish();
+    const Shape features = s.head.output_shape(inputs.batch(0, 1).shape());
+    s.feature_shape.assign(features.dims().begin() + 1, features.dims().end());
+    s.tail = std::move(parts.second);
   }
+  return detail::run_ground_truth(s, spec, inputs, up, down, opt);
+}
 
-  const wire::ModelIdentity id{opt.model_id, 1, 0, static_cast<std::uint16_t>(std::min<std::size_t>(k, UINT16_MAX))};
-  auto [edge_end, cloud_end] = InProcTransport::make_pair();
-  detail::GroundTruthCloud cloud(clock, SimulatedLink<InProcTransport>(std::move(cloud_end), down, 2, clock), id,
-                                 std::move(parts.second));
-  std::optional<SimulatedLink<InProcTransport>> edge_link;
-  edge_link.emplace(std::move(edge_end), up, 1, clock);
+/// The graph counterpart of measure_end_to_end: runs the cut of `graph` at the tensors `cut`
+/// (see Graph::cut) end to end with codec `spec`. The head runs on the calling thread; the
+/// EdgeClient sends its outputs (a cut of several tensors as one INFER_TENSORS frame, each tensor
+/// quantized with its own range, as EdgeClient(Graph head) does); the cloud serves the tail.
+/// Measured::split is the head's node count. The graph's outputs as the cut is all-edge: the
+/// whole graph on the edge, nothing sent. With `opt.edge_profile` (one entry per node, e.g.
+/// `analytic_graph_profile`) the head costs the sum of its nodes' entries at batch 1;
+/// `opt.edge_codec_costs` does not apply to graphs (the client's work is measured x
+/// edge_slowdown). Inputs: a graph of one input, its rows cycled. Errors: those of Graph::cut,
+/// errc::invalid_argument for a graph of several inputs, no inputs or lossy links, and
+/// errc::shape_mismatch for a profile whose entry count is not the node count.
+inline Measured measure_graph_cut(const Graph<float>& graph, const std::vector<std::string>& cut, const CodecSpec& spec,
+                                  TensorView<const float> inputs, const LinkProfile& up, const LinkProfile& down,
+                                  const GroundTruthOptions& opt = {}) {
+  if (graph.input_names().size() != 1)
+    fail(errc::invalid_argument, "measure_graph_cut: a graph of one input is measured");
+  if (inputs.shape().batch() == 0 || opt.requests == 0)
+    fail(errc::invalid_argument, "measure_graph_cut: no inputs or no requests");
+  if (!(opt.edge_slowdown > 0)) fail(errc::invalid_argument, "measure_graph_cut: edge_slowdown must be > 0");
+  if (opt.edge_profile && opt.edge_profile->layer_count() != graph.node_count())
+    fail(errc::shape_mismatch, "measure_graph_cut: edge profile and graph disagree on the node count");
+  std::vector<std::string> outputs = graph.output_names(), sorted = cut;
+  std::sort(outputs.begin(), outputs.end());
+  std::sort(sorted.begin(), sorted.end());
+  const bool all_edge = sorted == outputs;
+  if (!all_edge && (up.loss > 0 || down.loss > 0))
+    fail(errc::invalid_argument, "measure_graph_cut: the links must not lose messages (loss 0)");
 
-  EdgeOptions eo;
-  eo.model = id;
-  eo.codec = spec.config;
-  eo.keepalive = std::chrono::milliseconds(0);        // no PING on the link between requests
-  eo.connect_timeout = std::chrono::seconds(30);      // the cloud answers HELLO at once; real time bounds it
-  const Shape features = head.output_shape(inputs.batch(0, 1).shape());
-  eo.input_shape.assign(features.dims().begin() + 1, features.dims().end());  // checked by the cloud at HELLO
-  EdgeClient client(
-      Sequential<float>{},
-      [&edge_link]() -> Channel {
-        if (!edge_link) fail(errc::unreachable, "measure_end_to_end: the link is gone");  // no reconnecting
-        Channel c(std::move(*edge_link));
-        edge_link.reset();
-        return c;
-      },
-      std::move(eo), std::nullopt, clock);
-  if (!client.connected()) {
-    if (const auto f = cloud.failure()) std::rethrow_exception(f);
-    fail(errc::unreachable, "measure_end_to_end: the edge could not connect: " + client.last_error());
-  }
-
-  for (std::size_t r = 0; r < opt.warmup + opt.requests; ++r) {
-    const Clock::time_point start = clock.now();
-    const auto [h, edge_s] = run_head(inputs.batch(r % n, r % n + 1));
-    std::future<InferResult> fut;
-    double enc_s = 0;
-    if (encode_cost) {
-      enc_s = encode_cost->encode_seconds[k];
-      clock.advance_by_seconds(enc_s);
-      fut = client.submit(h, no_deadline);
+  auto [head, tail] = graph.cut(cut);
+  detail::GroundTruthSplit s;
+  s.split = head.node_count();
+  // The head's nodes by their output names, which cut() keeps (no node makes a graph input).
+  if (opt.edge_profile)
+    for (std::size_t i = 0; i < graph.node_count(); ++i)
+      if (head.contains(graph.node_output(i)))
+        s.profile_head_s += opt.edge_profile->seconds(i, i + 1, 1);
+  if (!all_edge) {
+    // The client's own head passes the cut's tensors through: the tail's inputs, as outputs.
+    Graph<float> pass = tail.cut(tail.input_names()).first;
+    const std::vector<std::string> sent = pass.input_names();
+    if (sent.size() == 1) {
+      const auto d = pass.sample_shape(sent[0]).dims();
+      s.feature_shape.assign(d.begin(), d.end());
     } else {
-      // The meter stops charging at the clock's last reading on this thread inside submit(): the
-      // link stamping the request as it leaves. What submit() does after that is not charged.
-      MeteredClock::Meter meter(clock, opt.edge_slowdown);
-      fut = client.submit(h, no_deadline);
-      enc_s = meter.charged_seconds();
+      std::size_t width = 0;
+      for (const auto& t : sent) width += pass.sample_shape(t).count();
+      s.feature_shape = {width};
     }
-    if (fut.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
-      if (const auto f = cloud.failure()) std::rethrow_exception(f);
-      fail(errc::timeout, "measure_end_to_end: no answer within 60 s of real time");
-    }
-    const InferResult res = fut.get();  // the cloud's ERROR, if it answered one, as a typed error
-    const detail::GroundTruthCloud::Turn turn = cloud.last();
-    const double dreply_s = reply_decode_seconds(turn.reply) * opt.edge_slowdown;
-    clock.advance_by_seconds(dreply_s);
-    bytes += static_cast<double>(res.bytes_sent);
-    if (r < opt.warmup) continue;
-    edge_t.push_back(edge_s);
-    enc_t.push_back(enc_s);
-    up_t.push_back(turn.uplink_s);
-    cloud_t.push_back(turn.cloud_s);
-    down_t.push_back(turn.downlink_s);
-    dreply_t.push_back(dreply_s);
-    total_t.push_back(std::chrono::duration<double>(clock.now() - start).count());
+    s.client_head = as_sequential(std::move(pass));
+    s.tail = as_sequential(std::move(tail));
   }
-  client.close();
-  return finish();
+  s.head = as_sequential(std::move(head));
+  return detail::run_ground_truth(s, spec, inputs, up, down, opt);
 }
 
 /// Every (k, codec) of `model` measured end to end (all-edge once, as k = L), in the order

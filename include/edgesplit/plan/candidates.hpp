@@ -27,7 +27,7 @@ struct CodecSpec {
   CodecConfig config;  ///< the codec settings
 };
 
-/// The candidate set: fp32, int8, int4, int2 (per tensor, calibrated on each frame, as
+/// The standard candidate set: fp32, int8, int4, int2 (per tensor, calibrated on each frame, as
 /// the EdgeClient sends them), each without and, when zstd is built in, with the zstd stage.
 inline std::vector<CodecSpec> standard_codecs(bool with_zstd = wire::has_zstd) {
   std::vector<CodecSpec> out;

@@ -24,8 +24,13 @@ namespace edgesplit {
 /// The per-sample shape a model takes (its input shape without the batch dimension), when the
 /// model itself says: the first layer that declares an input width ("in" in its LayerSpec, as
 /// Dense does), provided every layer before it keeps shapes (activations) and the model accepts
-/// that width. Empty for an empty model or one that declares no width.
+/// that width. A model that starts with a graph of one input (GraphLayer) takes that input's
+/// own per-sample shape, as a graph head of one output sends it. Empty for an empty model or
+/// one that declares no width.
 inline std::optional<Shape> input_signature(const Sequential<float>& model) {
+  if (!model.empty())
+    if (const auto* g = dynamic_cast<const GraphLayer<float>*>(&model[0]); g && g->graph().input_names().size() == 1)
+      return g->graph().sample_shape(g->graph().input_names()[0]);
   for (std::size_t i = 0; i < model.size(); ++i) {
     const LayerSpec spec = model[i].spec();
     const auto in = spec.integers.find("in");
