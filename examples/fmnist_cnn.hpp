@@ -7,7 +7,8 @@
 //   -> block: conv 3x3 32->32, BN, ReLU, conv 3x3 32->32, BN, + pool1, ReLU         [32, 14, 14]
 //   -> pool2: max 2x2                                                               [32, 7, 7]
 //   -> head: conv 3x3 32->64, BN, ReLU                                              [64, 7, 7]
-//   -> gap: global average pool, drop: dropout 0.3 (training only), logits: Dense 64->10
+//   -> flatten, drop1: dropout 0.3, fc: Dense 3136->128, ReLU                       [128]
+//   -> drop: dropout 0.3 (dropouts in training only), logits: Dense 128->10
 #pragma once
 
 #include <cstdio>
@@ -46,9 +47,12 @@ inline Graph<float> fmnist_cnn_graph(std::uint64_t seed) {
   y = relu("block.relu2", y);
   y = g.add(std::string("pool2"), {y}, std::make_unique<MaxPool2D<float>>(2, 2));
   y = relu("head.relu", conv_bn("head", y, 32, 64));
-  y = g.add(std::string("gap"), {y}, std::make_unique<GlobalAvgPool<float>>());
+  y = g.add(std::string("flatten"), {y}, std::make_unique<Flatten<float>>());
+  y = g.add(std::string("drop1"), {y}, std::make_unique<Dropout<float>>(0.3, seed + 2));
+  y = g.add(std::string("fc"), {y}, std::make_unique<Dense<float>>(64 * 7 * 7, 128, rng));
+  y = g.add(std::string("fc.relu"), {y}, std::make_unique<ReLU<float>>());
   y = g.add(std::string("drop"), {y}, std::make_unique<Dropout<float>>(0.3, seed + 1));
-  y = g.add(std::string("logits"), {y}, std::make_unique<Dense<float>>(64, 10, rng));
+  y = g.add(std::string("logits"), {y}, std::make_unique<Dense<float>>(128, 10, rng));
   g.output(y);
   return g;
 }
