@@ -11,6 +11,7 @@
 
 #include "alloc_counter.hpp"
 #include "edgesplit/edgesplit.hpp"
+#include "edgesplit/nn/testing.hpp"
 #include "test_util.hpp"
 #if EDGESPLIT_TEST_JSON
 #include "edgesplit/io/safetensors.hpp"
@@ -265,59 +266,14 @@ TEST_CASE("Graph: bad graphs are refused when built, naming the node", "[nn][gra
 
 namespace {
 
-// Central differences of loss = sum_k <out_k, R_k> against backward(), in double: the same check
-// as the layers' (see test_train.cpp for the step and the tolerance).
+// Central differences of loss = sum_k <out_k, R_k> against backward(), in double
+// (edgesplit/nn/testing.hpp); every parameter and input must see a gradient.
 void check_graph_gradients(Graph<double>& g, std::size_t batch, std::uint64_t seed) {
-  constexpr double h = 1e-5, tolerance = 1e-6;
-  g.set_training(true);
-  std::vector<Tensor<double>> xs, rs, outs, gxs;
-  for (const auto& name : g.input_names()) {
-    xs.push_back(random_t<double>(g.shape(name, batch), seed++, -2, 2));
-    gxs.emplace_back(g.shape(name, batch));
-  }
-  for (const auto& name : g.output_names()) {
-    rs.push_back(random_t<double>(g.shape(name, batch), seed++));
-    outs.emplace_back(g.shape(name, batch));
-  }
-  std::vector<TensorView<const double>> in(xs.begin(), xs.end()), r(rs.begin(), rs.end());
-  std::vector<TensorView<double>> out(outs.begin(), outs.end()), gx(gxs.begin(), gxs.end());
-  auto loss = [&] {
-    g.forward(in, out);
-    double s = 0;
-    for (std::size_t k = 0; k < outs.size(); ++k)
-      for (std::size_t i = 0; i < outs[k].size(); ++i) s += outs[k][i] * rs[k][i];
-    return s;
-  };
-  g.zero_grad();
-  (void)loss();
-  g.backward(in, r, gx);
-  auto compare = [&](const std::string& what, TensorView<double> v, const std::vector<double>& analytic) {
-    double diff = 0, na = 0, nn = 0;
-    for (std::size_t i = 0; i < v.size(); ++i) {
-      const double keep = v[i];
-      v[i] = keep + h;
-      const double up = loss();
-      v[i] = keep - h;
-      const double down = loss();
-      v[i] = keep;
-      const double numeric = (up - down) / (2 * h);
-      diff += (numeric - analytic[i]) * (numeric - analytic[i]);
-      na += analytic[i] * analytic[i];
-      nn += numeric * numeric;
-    }
-    const double scale = std::max(std::sqrt(na), std::sqrt(nn));
-    const double err = scale == 0 ? 0 : std::sqrt(diff) / scale;
-    INFO(what << ": relative error " << err);
-    CHECK(scale > 0);
-    CHECK(err < tolerance);
-  };
-  auto params = g.parameters();
-  std::vector<std::vector<double>> analytic;
-  for (const auto& p : params) analytic.emplace_back(p.grad.data(), p.grad.data() + p.grad.size());
-  std::vector<std::vector<double>> analytic_x;
-  for (const auto& t : gxs) analytic_x.emplace_back(t.data(), t.data() + t.size());
-  for (std::size_t k = 0; k < params.size(); ++k) compare(params[k].name, params[k].value, analytic[k]);
-  for (std::size_t k = 0; k < xs.size(); ++k) compare("input " + g.input_names()[k], xs[k].view(), analytic_x[k]);
+  const testing::GradientReport r = testing::check_graph_gradients(g, batch, seed);
+  INFO(r.str());
+  CHECK(r.entries.size() == g.parameters().size() + g.input_names().size());
+  for (const auto& e : r.entries) CHECK(e.norm > 0);
+  CHECK(r.ok());
 }
 
 }  // namespace

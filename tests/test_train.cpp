@@ -20,6 +20,7 @@
 
 #include "alloc_counter.hpp"
 #include "edgesplit/edgesplit.hpp"
+#include "edgesplit/nn/testing.hpp"
 #include "test_util.hpp"
 
 using namespace edgesplit;
@@ -28,65 +29,22 @@ using edgesplit_test::expect_errc;
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// The generic gradient checker.
-//
-// Central differences: (f(x + h) - f(x - h)) / 2h = f'(x) + h^2 f'''(x) / 6 + O(h^4), and rounding
-// f's value (|f| ~ 10 here, computed in double, u = 1.1e-16) adds about u |f| / h. With h = 1e-5
-// the two are ~1e-11 and ~1e-10 against derivatives of order 0.1..1, so a correct gradient shows
-// a relative error (norm of the difference over the larger norm, per tensor) near 1e-9; the
-// threshold 1e-6 leaves three orders of margin and catches any wrong term (those give O(1)).
-// Inputs are drawn away from 0 only by chance: ReLU's kink is hit when |x| < h, probability
-// ~1e-5 per element, and the fixed seeds below are known not to hit it.
-constexpr double fd_step = 1e-5;
-constexpr double fd_tolerance = 1e-6;
-
-double relative_error(const std::vector<double>& a, const std::vector<double>& b) {
-  double diff = 0, na = 0, nb = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff += (a[i] - b[i]) * (a[i] - b[i]);
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  const double scale = std::max(std::sqrt(na), std::sqrt(nb));
-  return scale == 0 ? 0 : std::sqrt(diff) / scale;
-}
-
-/// Numerical gradient of `f` with respect to every element of `x` (perturbed in place, restored).
-std::vector<double> numeric_gradient(const std::function<double()>& f, TensorView<double> x) {
-  std::vector<double> g(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double keep = x[i];
-    x[i] = keep + fd_step;
-    const double up = f();
-    x[i] = keep - fd_step;
-    const double down = f();
-    x[i] = keep;
-    g[i] = (up - down) / (2 * fd_step);
-  }
-  return g;
-}
-
-std::vector<double> values(TensorView<const double> t) { return {t.data(), t.data() + t.size()}; }
+// The generic gradient checker: edgesplit/nn/testing.hpp (its comment gives the step and the
+// tolerance). Inputs are drawn away from 0 only by chance: ReLU's kink is hit when |x| < h,
+// probability ~1e-5 per element, and the fixed seeds below are known not to hit it.
 
 /// Checks every parameter gradient of `params` (and of `x` when `grad_x` is given) against
 /// central differences of `loss`; `analytic` must fill the gradients.
 void check_against_numeric(const std::string& what, const std::function<double()>& loss,
                            const std::function<void()>& analytic, std::vector<Parameter<double>> params,
                            TensorView<double> x = {}, TensorView<const double> grad_x = {}) {
-  analytic();
-  std::vector<std::vector<double>> want;
-  for (const auto& p : params) want.push_back(values(p.grad));
-  const auto want_x = grad_x.data() ? values(grad_x) : std::vector<double>{};
-  for (std::size_t k = 0; k < params.size(); ++k) {
-    const double err = relative_error(want[k], numeric_gradient(loss, params[k].value));
-    INFO(what << ": parameter " << params[k].name << " relative error " << err);
-    CHECK(err < fd_tolerance);
-  }
-  if (x.data()) {
-    const double err = relative_error(want_x, numeric_gradient(loss, x));
-    INFO(what << ": input gradient relative error " << err);
-    CHECK(err < fd_tolerance);
-  }
+  std::vector<TensorView<double>> xs;
+  std::vector<TensorView<const double>> gxs;
+  if (x.data()) xs.push_back(x), gxs.push_back(grad_x);
+  const testing::GradientReport r = testing::check_gradients(loss, analytic, params, xs, gxs);
+  INFO(what << ":\n" << r.str());
+  CHECK(r.entries.size() == params.size() + xs.size());
+  CHECK(r.ok());
 }
 
 Tensor<double> random_tensor_d(const Shape& s, std::uint64_t seed, double lo = -2, double hi = 2) {
@@ -101,23 +59,10 @@ Tensor<double> random_tensor_d(const Shape& s, std::uint64_t seed, double lo = -
 /// form takes the input `x`: a max is not differentiable where two inputs tie, so max pooling is
 /// checked on inputs whose values stand far apart.
 void check_layer(Layer<double>& layer, Tensor<double> x, std::uint64_t seed) {
-  const Shape in_shape = x.shape();
-  const Shape out_shape = layer.output_shape(in_shape);
-  const auto r = random_tensor_d(out_shape, seed + 1, -1, 1);
-  Tensor<double> out(out_shape), grad_in(in_shape);
-  auto loss = [&] {
-    layer.forward(x.cview(), out.view());
-    double s = 0;
-    for (std::size_t i = 0; i < out.size(); ++i) s += out[i] * r[i];
-    return s;
-  };
-  auto analytic = [&] {
-    layer.zero_grad();
-    layer.forward(x.cview(), out.view());
-    layer.backward(x.cview(), out.cview(), r.cview(), grad_in.view());
-  };
-  layer.zero_grad();
-  check_against_numeric(std::string(layer.describe()), loss, analytic, layer.parameters(), x.view(), grad_in.cview());
+  const testing::GradientReport r = testing::check_layer_gradients(layer, std::move(x), seed);
+  INFO(layer.describe() << ":\n" << r.str());
+  CHECK(r.entries.size() == layer.parameters().size() + 1);
+  CHECK(r.ok());
 }
 /// The layer checker on a random input of shape `in_shape`, uniform in [-2, 2].
 void check_layer(Layer<double>& layer, const Shape& in_shape, std::uint64_t seed) {
@@ -137,22 +82,10 @@ Tensor<double> distinct_tensor(const Shape& s, std::uint64_t seed) {
 
 /// The same check for a whole model, through Sequential::backward.
 void check_model(Sequential<double>& model, const Shape& in_shape, std::uint64_t seed) {
-  auto x = random_tensor_d(in_shape, seed);
-  const auto r = random_tensor_d(model.output_shape(in_shape), seed + 1, -1, 1);
-  Tensor<double> grad_in(in_shape);
-  auto loss = [&] {
-    const auto out = model.forward(x.cview());
-    double s = 0;
-    for (std::size_t i = 0; i < out.size(); ++i) s += out[i] * r[i];
-    return s;
-  };
-  auto analytic = [&] {
-    model.zero_grad();
-    (void)model.forward(x.cview());
-    model.backward(x.cview(), r.cview(), grad_in.view());
-  };
-  model.zero_grad();
-  check_against_numeric("model", loss, analytic, model.parameters(), x.view(), grad_in.cview());
+  const testing::GradientReport r = testing::check_model_gradients(model, in_shape, seed);
+  INFO("model:\n" << r.str());
+  CHECK(r.entries.size() == model.parameters().size() + 1);
+  CHECK(r.ok());
 }
 
 /// The same check for a Trainer objective: train_step's gradients against central differences
@@ -742,6 +675,35 @@ TEST_CASE("Trainer learns a non-linear synthetic task to >= 99% in seconds", "[t
   CHECK(seen.back().validation.accuracy[0] == e.accuracy[0]);
   CHECK(h.epochs.size() == 15);
   CHECK_FALSE(h.stopped_early);
+}
+
+TEST_CASE("Dense without an Rng starts from seeded He-uniform weights and trains", "[train][trainer]") {
+  // Dense(in, out) once gave all-zero weights: every hidden unit equal, accuracy stuck at chance.
+  const Dense<float> a(8, 32), b(8, 32), c(32, 8);
+  float lo = 0, hi = 0;
+  for (float w : a.weight().span()) lo = std::min(lo, w), hi = std::max(hi, w);
+  const float limit = static_cast<float>(std::sqrt(6.0 / 8));  // He-uniform over 8 inputs
+  CHECK(lo < -0.5f * limit);
+  CHECK(hi > 0.5f * limit);
+  CHECK(lo >= -limit);
+  CHECK(hi <= limit);
+  CHECK(std::equal(a.weight().span().begin(), a.weight().span().end(), b.weight().span().begin()));
+  for (float v : a.bias().span()) CHECK(v == 0);
+  CHECK(c.weight().cview()[0] != a.weight().cview()[0]);  // another shape, another draw
+
+  const auto train = xor_task(4000, 8, 1), test = xor_task(2000, 8, 2);
+  Sequential<float> model;
+  model.add<Dense<float>>(8, 32);
+  model.add<ReLU<float>>();
+  model.add<Dense<float>>(32, 2);
+  Classifier<float> obj(model);
+  Adam<float> adam(1e-2);
+  TrainOptions o;
+  o.epochs = 15;
+  o.batch_size = 64;
+  Trainer<float> trainer(o, ProgressCallback{});
+  (void)trainer.fit(obj, adam, train);
+  CHECK(evaluate<float>(obj, test).accuracy[0] >= 0.99);
 }
 
 TEST_CASE("Trainer: the same seeds give the same weights bit for bit", "[train][trainer]") {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -29,17 +30,18 @@ class Dense final : public Layer<T> {
   using RowVector = Eigen::Matrix<T, 1, Eigen::Dynamic>;
 
  public:
-  /// A layer with zero weights and bias (for loading weights into).
-  Dense(std::size_t in, std::size_t out) : in_(in), out_(out) {
-    if (in == 0 || out == 0) fail(errc::invalid_argument, "Dense needs in > 0 and out > 0");
-    weight_.resize(Shape{out, in});
-    bias_.resize(Shape{out});
+  /// The seed of the weights of a Dense built without an Rng.
+  static constexpr std::uint64_t default_seed = 0x5eed'0000'd3e5ull;
+
+  /// A layer with He-uniform weights drawn from `default_seed` and the layer's shape, and zero
+  /// bias: reproducible, and trainable as it is (all-zero weights would keep every unit equal and
+  /// training would never start). Pass an Rng to draw different weights per layer or per run.
+  Dense(std::size_t in, std::size_t out) : Dense(in, out, shape_only{}) {
+    Rng rng(default_seed ^ (static_cast<std::uint64_t>(in) << 32) ^ static_cast<std::uint64_t>(out));
+    init(rng);
   }
-  /// A layer with He-uniform weights (suited to ReLU-family activations) and zero bias.
-  Dense(std::size_t in, std::size_t out, Rng& rng) : Dense(in, out) {
-    const double limit = std::sqrt(6.0 / static_cast<double>(in));
-    for (T& w : weight_.span()) w = static_cast<T>(rng.uniform(-limit, limit));
-  }
+  /// A layer with He-uniform weights (suited to ReLU-family activations) from `rng`, zero bias.
+  Dense(std::size_t in, std::size_t out, Rng& rng) : Dense(in, out, shape_only{}) { init(rng); }
 
   std::string_view name() const noexcept override { return "Dense"; }
   std::string describe() const override {
@@ -117,6 +119,17 @@ class Dense final : public Layer<T> {
   }
 
  private:
+  struct shape_only {};
+  Dense(std::size_t in, std::size_t out, shape_only) : in_(in), out_(out) {
+    if (in == 0 || out == 0) fail(errc::invalid_argument, "Dense needs in > 0 and out > 0");
+    weight_.resize(Shape{out, in});
+    bias_.resize(Shape{out});
+  }
+  void init(Rng& rng) {
+    const double limit = std::sqrt(6.0 / static_cast<double>(in_));
+    for (T& w : weight_.span()) w = static_cast<T>(rng.uniform(-limit, limit));
+  }
+
   std::size_t in_, out_;
   Tensor<T> weight_, bias_;
   Tensor<T> weight_grad_, bias_grad_;
