@@ -2,10 +2,12 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "edgesplit/core/error.hpp"
@@ -44,6 +46,21 @@ struct Dataset {
     d.labels.assign(labels.begin() + static_cast<std::ptrdiff_t>(begin), labels.begin() + static_cast<std::ptrdiff_t>(end));
     d.classes = classes;
     return d;
+  }
+
+  /// Holds out the last `fraction` of the rows, as Keras' `validation_split` does: {the first
+  /// rows, the last round(N x fraction) rows}. Take the validation set from the training data,
+  /// never from the test set, whose accuracy must stay unseen. Shuffle first if the rows are
+  /// ordered (by class, by time). errc::invalid_argument unless fraction is in (0, 1) and both
+  /// parts get at least one row.
+  std::pair<Dataset, Dataset> split(double fraction) const {
+    const std::size_t n = size();
+    if (!(fraction > 0 && fraction < 1)) fail(errc::invalid_argument, "Dataset::split needs a fraction in (0, 1)");
+    const auto held = static_cast<std::size_t>(std::llround(static_cast<double>(n) * fraction));
+    if (held == 0 || held >= n)
+      fail(errc::invalid_argument, "Dataset::split of " + std::to_string(n) + " rows by " + std::to_string(fraction) +
+                                       " leaves a part empty");
+    return {slice(0, n - held), slice(n - held, n)};
   }
 };
 

@@ -176,6 +176,9 @@ struct TrainOptions {
   std::size_t monitor_output = 0;  ///< which output's accuracy, for Monitor::validation_accuracy
   double min_delta = 0;          ///< smallest change that counts as an improvement
   bool restore_best = true;      ///< with early stopping, end with the best epoch's weights
+  /// When `fit` is given no validation set: hold out this fraction of the training set (its last
+  /// rows, Dataset::split) and validate on it; 0 trains on everything without validation.
+  double validation_split = 0;
 };
 
 /// What a `fit` did: one report per epoch and the best epoch.
@@ -198,6 +201,8 @@ class Trainer {
       : options_(options), progress_(std::move(progress)) {
     if (options.epochs == 0 || options.batch_size == 0 || options.eval_batch_size == 0)
       fail(errc::invalid_argument, "Trainer needs epochs, batch_size and eval_batch_size > 0");
+    if (!(options.validation_split >= 0 && options.validation_split < 1))
+      fail(errc::invalid_argument, "TrainOptions::validation_split must be in [0, 1)");
   }
 
   const TrainOptions& options() const noexcept { return options_; }  ///< the options in use
@@ -217,6 +222,10 @@ class Trainer {
     train.validate();
     if (validation) validation->validate();
     if (train.size() == 0) fail(errc::invalid_argument, "Trainer::fit on an empty data set");
+    if (options_.validation_split != 0 && !validation) {
+      const auto [rest, held] = train.split(options_.validation_split);
+      return fit(objective, optimizer, rest, &held);
+    }
 
     objective.zero_grad();  // allocates gradients, so the parameter views below are complete
     const std::vector<Parameter<T>> params = objective.parameters();

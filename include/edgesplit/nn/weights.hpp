@@ -60,7 +60,10 @@ class Weights {
   }
 
   std::size_t size() const noexcept { return entries_.size(); }  ///< number of tensors
-  std::span<const Entry> entries() const noexcept { return entries_; }  ///< the tensors, in the model's order
+  std::span<const Entry> entries() const& noexcept { return entries_; }  ///< the tensors, in the model's order
+  /// The tensors of a temporary, moved out: a span would dangle once the full expression ends
+  /// (`for (const auto& e : Weights<float>(model).entries())` stays safe).
+  std::vector<Entry> entries() && noexcept { return std::move(entries_); }
   /// The tensor named `name`, or nullptr.
   const Tensor<T>* find(const std::string& name) const {
     for (const auto& e : entries_)
