@@ -706,6 +706,24 @@ TEST_CASE("Dense without an Rng starts from seeded He-uniform weights and trains
   CHECK(evaluate<float>(obj, test).accuracy[0] >= 0.99);
 }
 
+TEST_CASE("Sequential::summary lists shapes, parameters, FLOPs and every split point's bytes", "[train][nn]") {
+  Rng rng(3);
+  Sequential<float> m;
+  m.add<Dense<float>>(784, 16, rng);
+  m.add<ReLU<float>>();
+  m.add<Dense<float>>(16, 10, rng);
+  const std::string s = m.summary(Shape{784});
+  INFO(s);
+  CHECK(s.find("k=0: 3136 bytes") != std::string::npos);                         // the input, 784 floats
+  CHECK(s.find("Dense(784 -> 16)") != std::string::npos);
+  CHECK(s.find("[16]") != std::string::npos);
+  CHECK(s.find(" 12560 ") != std::string::npos);                                  // 784 x 16 + 16
+  CHECK(s.find("k=1: 64 bytes") != std::string::npos);
+  CHECK(s.find("k=3: 40 bytes (all on the edge)") != std::string::npos);
+  CHECK(s.find("total: 3 layers, 12730 parameters") != std::string::npos);        // + 16 x 10 + 10
+  CHECK(std::count(s.begin(), s.end(), '\n') == 6);                               // header, input, 3 layers, total
+}
+
 TEST_CASE("Dataset::split and validation_split hold out the last rows of the training set", "[train][trainer]") {
   const auto data = xor_task(1000, 8, 7);
   const auto parts = data.split(0.2);  // not bound by name: clang 14 cannot capture such bindings

@@ -3,7 +3,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -147,6 +149,44 @@ class Sequential {
       info.push_back({l->describe(), in, in.count() * sizeof(T), f, l->parameter_count()});
     }
     return info;
+  }
+
+  /// A Keras-like table of the model for one sample of per-sample shape `sample` (no batch
+  /// dimension): each layer's output shape, parameters and FLOPs, and the split point after it
+  /// with the bytes a cut there sends per sample at fp32 (`split(k)` keeps layers [0, k) on the
+  /// edge; k = 0 sends the input), so that no split index is counted by hand.
+  std::string summary(const Shape& sample) const {
+    std::vector<std::size_t> dims{1};
+    for (std::size_t d : sample.dims()) dims.push_back(d);
+    const Shape in{std::span<const std::size_t>(dims)};
+    const std::vector<LayerInfo> info = describe(in);
+    const auto per_sample = [](const Shape& s) {
+      std::string t = "[";
+      for (std::size_t i = 1; i < s.rank(); ++i) t += (i > 1 ? ", " : "") + std::to_string(s[i]);
+      return t + "]";
+    };
+    std::string out;
+    char line[200];
+    std::snprintf(line, sizeof line, "%-5s  %-32s %-16s %12s %14s   %s\n", "layer", "", "output shape", "parameters",
+                  "FLOPs", "split after it: sends (fp32)");
+    out += line;
+    std::snprintf(line, sizeof line, "%-5s  %-32s %-16s %12s %14s   k=0: %zu bytes\n", "-", "input",
+                  per_sample(in).c_str(), "", "", in.count() * sizeof(T));
+    out += line;
+    std::size_t params = 0;
+    std::uint64_t flops = 0;
+    for (std::size_t i = 0; i < info.size(); ++i) {
+      const LayerInfo& l = info[i];
+      params += l.parameters;
+      flops += l.flops;
+      std::snprintf(line, sizeof line, "%-5zu  %-32s %-16s %12zu %14llu   k=%zu: %zu bytes%s\n", i, l.name.c_str(),
+                    per_sample(l.output).c_str(), l.parameters, static_cast<unsigned long long>(l.flops), i + 1,
+                    l.output_bytes, i + 1 == info.size() ? " (all on the edge)" : "");
+      out += line;
+    }
+    std::snprintf(line, sizeof line, "total: %zu layers, %zu parameters, %llu FLOPs per sample\n", info.size(), params,
+                  static_cast<unsigned long long>(flops));
+    return out + line;
   }
 
   /// FLOPs of a forward pass on an input of shape `in`, summed over the layers.
