@@ -350,7 +350,10 @@ class Activation final : public Layer<T> {
   F f_{};
 };
 
-/// The identity as a layer.
+/// The identity as a layer: a placeholder that keeps a model's layer indices (and so its split
+/// points and parameter names "<index>.weight") where a layer was removed or has no counterpart,
+/// for instance when loading weights trained elsewhere into a model whose layers must line up
+/// one to one, or where a folded BatchNorm used to be. Costs a copy and no FLOPs.
 template <Real T> using Identity = Activation<T, act::Identity>;
 /// max(x, 0) as a layer.
 template <Real T> using ReLU = Activation<T, act::ReLU>;
