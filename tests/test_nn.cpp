@@ -712,12 +712,16 @@ template <class T>
 void check_direct_kernel(const Conv2D<T>& conv, const Tensor<T>& x, const Tensor<T>& simd, const Tensor<T>& scalar,
                          const std::string& what) {
   const Tensor<T> generic = generic_conv_forward(conv, x);
-  // Conv2D::forward runs the depthwise kernel on every depthwise layer, and conv2d_stride1 where
-  // it suits the plane, but not on a plain 1x1 (stride 1, no padding): one GEMM on the planes.
+  // Conv2D::forward runs the depthwise kernel on every depthwise layer, and conv2d_direct where
+  // it suits the layer and the plane, but not on a plain 1x1 (stride 1, no padding): one GEMM on
+  // the planes.
   const Window2D& w = conv.window();
   const bool depthwise = conv.in_channels() == conv.groups();
-  const bool plain_1x1 = w.kernel_h == 1 && w.kernel_w == 1 && w.padding == Padding2D{};
-  const bool layer_runs_kernel = depthwise || (!plain_1x1 && kernels::conv2d_stride1_suits(x.shape()[3], w));
+  const bool plain_1x1 = w.kernel_h == 1 && w.kernel_w == 1 && w.padding == Padding2D{} && w.stride_h == 1 &&
+                         w.stride_w == 1;
+  const bool layer_runs_kernel =
+      depthwise ||
+      (!plain_1x1 && kernels::conv2d_direct_suits(conv.in_channels() / conv.groups(), x.shape()[3], w));
   Tensor<T> via_layer(conv.output_shape(x.shape()));
   Conv2D<T> layer = conv;
   layer.forward(x, via_layer);
@@ -838,6 +842,58 @@ void check_stride1_kernel() {
   CHECK(checked > 100);
 }
 
+// conv2d_direct at strides over 1 (at stride 1 it is conv2d_stride1, checked above), against its
+// scalar reference and the im2col path; planes 61 and 127 wide are wide enough for Conv2D to run
+// it (at most 32 input channels per group, a kernel larger than 1x1).
+template <class T>
+void check_strided_kernel() {
+  std::uint64_t seed = 9000;
+  std::size_t checked = 0, via_layer = 0;
+  const std::array<std::size_t, 4> kernel_sizes[] = {{3, 3, 1, 1}, {1, 1, 1, 1}, {2, 5, 1, 1}, {3, 3, 2, 3}, {7, 7, 1, 1}};
+  const std::array<std::size_t, 2> strides[] = {{2, 2}, {1, 2}, {2, 1}, {3, 2}};
+  const Padding2D pads[] = {{0, 0, 0, 0}, {1, 1, 1, 1}, {2, 0, 1, 3}, {3, 3, 3, 3}};
+  const std::array<std::size_t, 2> planes[] = {{7, 9}, {11, 29}, {3, 4}, {5, 61}, {9, 127}};
+  for (const auto& kd : kernel_sizes)
+    for (const auto& st : strides)
+      for (const Padding2D& pad : pads)
+        for (const auto& hw : planes)
+          for (auto [in, out, groups] : {std::array<std::size_t, 3>{3, 5, 1}, {6, 9, 1}, {4, 8, 2}, {1, 4, 1}}) {
+            if (kd[0] == 7 && groups != 1) continue;  // keeps the run short
+            Conv2DOptions o;
+            o.stride_h = st[0];
+            o.stride_w = st[1];
+            o.padding = pad;
+            o.dilation_h = kd[2];
+            o.dilation_w = kd[3];
+            o.groups = groups;
+            o.bias = (seed % 3) != 0;
+            Rng rng(++seed);
+            Conv2D<T> conv(in, out, kd[0], kd[1], o, rng);
+            for (T& b : conv.bias().span()) b = static_cast<T>(rng.uniform(-1, 1));
+            const Window2D& w = conv.window();
+            if (w.out_h(hw[0]) == 0 || w.out_w(hw[1]) == 0) continue;
+            const auto x = random_tensor_t<T>(Shape{2, in, hw[0], hw[1]}, seed * 17);
+            Tensor<T> simd(conv.output_shape(x.shape())), scalar(simd.shape());
+            const std::size_t ig = in / groups, og = out / groups, plane = hw[0] * hw[1];
+            const std::size_t positions = w.out_h(hw[0]) * w.out_w(hw[1]), depth = ig * kd[0] * kd[1];
+            std::vector<T> scratch(kernels::conv2d_direct_scratch<T>(ig, hw[0], hw[1], w, og));
+            for (std::size_t n = 0; n < 2; ++n)
+              for (std::size_t g = 0; g < groups; ++g) {
+                const T* xg = x.data() + (n * in + g * ig) * plane;
+                const T* wg = conv.weight().data() + g * og * depth;
+                const T* bg = conv.has_bias() ? conv.bias().data() + g * og : nullptr;
+                const std::size_t yo = (n * out + g * og) * positions;
+                kernels::conv2d_direct(xg, ig, hw[0], hw[1], w, wg, og, bg, simd.data() + yo, scratch.data());
+                kernels::conv2d_direct_scalar(xg, ig, hw[0], hw[1], w, wg, og, bg, scalar.data() + yo);
+              }
+            check_direct_kernel(conv, x, simd, scalar, "strided");
+            ++checked;
+            via_layer += kernels::conv2d_direct_suits(ig, hw[1], w);
+          }
+  CHECK(checked > 300);
+  CHECK(via_layer > 50);  // Conv2D::forward ran the kernel too, bit for bit (check_direct_kernel)
+}
+
 }  // namespace
 
 TEST_CASE("Direct convolution kernels equal their scalar references and the im2col path", "[nn][conv]") {
@@ -845,6 +901,40 @@ TEST_CASE("Direct convolution kernels equal their scalar references and the im2c
   SECTION("depthwise, double") { check_depthwise_kernel<double>(); }
   SECTION("stride 1, float") { check_stride1_kernel<float>(); }
   SECTION("stride 1, double") { check_stride1_kernel<double>(); }
+  SECTION("strided, float") { check_strided_kernel<float>(); }
+  SECTION("strided, double") { check_strided_kernel<double>(); }
+  SECTION("at stride 1, conv2d_direct is conv2d_stride1") {
+    Conv2DOptions o;
+    o.padding = {1, 1, 1, 1};
+    Rng rng(11);
+    Conv2D<float> conv(3, 5, 3, 3, o, rng);
+    const auto x = random_tensor(Shape{1, 3, 6, 23}, 12);
+    Tensor<float> a(conv.output_shape(x.shape())), b(a.shape());
+    std::vector<float> scratch(kernels::conv2d_direct_scratch<float>(3, 6, 23, conv.window(), 5));
+    CHECK(scratch.size() == kernels::conv2d_stride1_scratch<float>(3, 6, 23, conv.window(), 5));
+    CHECK(kernels::conv2d_direct_suits(3, 23, conv.window()) == kernels::conv2d_stride1_suits(23, conv.window()));
+    kernels::conv2d_stride1(x.data(), 3, 6, 23, conv.window(), conv.weight().data(), 5, conv.bias().data(), a.data(),
+                            scratch.data());
+    kernels::conv2d_direct(x.data(), 3, 6, 23, conv.window(), conv.weight().data(), 5, conv.bias().data(), b.data(),
+                           scratch.data());
+    for (std::size_t i = 0; i < a.size(); ++i) REQUIRE(a[i] == b[i]);
+  }
+  SECTION("strided kernels past 16 taps run the reference") {
+    Conv2DOptions o;
+    o.stride_h = o.stride_w = 2;
+    o.padding = {8, 1, 8, 1};
+    Rng rng(13);
+    Conv2D<float> conv(2, 3, 17, 3, o, rng);
+    const auto x = random_tensor(Shape{1, 2, 5, 11}, 14);
+    Tensor<float> simd(conv.output_shape(x.shape())), scalar(simd.shape());
+    CHECK_FALSE(kernels::conv2d_direct_suits(2, 11, conv.window()));
+    std::vector<float> scratch(kernels::conv2d_direct_scratch<float>(2, 5, 11, conv.window(), 3));
+    kernels::conv2d_direct(x.data(), 2, 5, 11, conv.window(), conv.weight().data(), 3, conv.bias().data(),
+                           simd.data(), scratch.data());
+    kernels::conv2d_direct_scalar(x.data(), 2, 5, 11, conv.window(), conv.weight().data(), 3, conv.bias().data(),
+                                  scalar.data());
+    check_direct_kernel(conv, x, simd, scalar, "strided 17x3");
+  }
   SECTION("a depthwise kernel taller than the vectorised limit runs the reference") {
     Conv2DOptions o;
     o.groups = 2;

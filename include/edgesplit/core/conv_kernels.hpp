@@ -1,13 +1,15 @@
 // edgesplit/core/conv_kernels.hpp - direct convolution kernels (no column matrix), written once
 // over xsimd batches, each with a scalar reference beside it.
 //
-// Two kernels, both on one sample's NCHW planes:
+// Three kernels, all on one sample's NCHW planes:
 // - depthwise_conv2d: one input channel per group (depthwise, with an optional channel
 //   multiplier), any kernel size, stride, padding and dilation. Vectorised along the output row.
 // - conv2d_stride1: a dense (or one group's) convolution at stride 1, any kernel size, padding and
 //   dilation, as an implicit matrix product: no column matrix is built, the kernel reads shifted
 //   rows of a zero-padded copy of the input instead.
-// Both write every element of their output (bias included) and take their scratch memory from the
+// - conv2d_direct: the same at any stride (conv2d_stride1 at stride 1): the padded input is also
+//   split into row and column phases, so that a strided convolution reads contiguous runs too.
+// All write every element of their output (bias included) and take their scratch memory from the
 // caller (sizes from the *_scratch functions), so a caller that keeps it allocates nothing.
 //
 // Summation order is fixed and the same in the SIMD kernel and its scalar reference: start from
@@ -475,6 +477,274 @@ inline void conv2d_stride1(const T* in, std::size_t channels, std::size_t height
       else if (p < wide)
         tile.template operator()<1>(p);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+
+// The geometry of conv2d_direct's input at a stride over 1. Each channel's zero-padded plane
+// (padded_h x padded_w) is split by row phase modulo stride_h and column phase modulo stride_w
+// into stride_h * stride_w phase planes of rows x cols: padded element (r, c) goes to phase plane
+// (r % stride_h) * stride_w + c % stride_w at (r / stride_h) * cols + c / stride_w.
+//
+// Output position (oh, ow) is computed at the "wide" position p = oh * cols + ow. Its input row
+// oh * stride_h + i * dilation_h is row oh + i * dilation_h / stride_h of row phase
+// i * dilation_h % stride_h, and likewise for columns, so tap (ch, i, j) of it reads
+// ch * channel + row_part(i) + col_part(j) + p (see offsets()): a contiguous run of positions
+// reads a contiguous run of one phase plane, and the register tiles of conv2d_stride1 apply
+// unchanged. Positions with ow >= out_w are computed and dropped.
+struct PhasedGeometry {
+  std::size_t sh, sw;             // strides
+  std::size_t rows, cols, plane;  // of a phase plane; plane = rows * cols
+  std::size_t channel;            // elements per channel: sh * sw * plane
+  std::size_t input;              // elements of the rearranged input, slack included
+  std::size_t depth;              // K = channels * kernel_h * kernel_w
+  std::size_t packed;             // elements of the packed weights
+
+  template <class T>
+  static PhasedGeometry of(std::size_t channels, std::size_t height, std::size_t width, const Window2D& w,
+                           std::size_t out_channels) noexcept {
+    PhasedGeometry g{};
+    g.sh = w.stride_h;
+    g.sw = w.stride_w;
+    g.rows = (w.padding.top + height + w.padding.bottom + g.sh - 1) / g.sh;
+    g.cols = (w.padding.left + width + w.padding.right + g.sw - 1) / g.sw;
+    g.plane = g.rows * g.cols;
+    g.channel = g.sh * g.sw * g.plane;
+    // The last tile reads up to conv_tile_batches batches past its first wide position, which is
+    // below out_h * cols, plus the largest tap offset. As the dilated kernel fits the padded
+    // plane, oh + i * dilation_h / stride_h < rows and ow + j * dilation_w / stride_w < cols for
+    // every kept position, so every read stays within `channels` channels plus one phase row
+    // and three batches.
+    g.input = channels * g.channel + g.cols + conv_tile_batches * xsimd::batch<T>::size;
+    g.depth = channels * w.kernel_h * w.kernel_w;
+    g.packed = (out_channels + conv_tile_rows - 1) / conv_tile_rows * conv_tile_rows * g.depth;
+    return g;
+  }
+  // Offsets of kernel row i (row_part) and column j (col_part) within a channel.
+  void offsets(const Window2D& w, std::size_t* row_part, std::size_t* col_part) const noexcept {
+    for (std::size_t i = 0; i < w.kernel_h; ++i) {
+      const std::size_t r = i * w.dilation_h;
+      row_part[i] = (r % sh) * sw * plane + r / sh * cols;
+    }
+    for (std::size_t j = 0; j < w.kernel_w; ++j) {
+      const std::size_t c = j * w.dilation_w;
+      col_part[j] = (c % sw) * plane + c / sw;
+    }
+  }
+  // Writes the rearranged input of `channels` planes of height x width at `in` into `xp`: every
+  // element of `input` (zeros in the padding, in phase rows past the input and in the slack).
+  template <class T>
+  void fill(const T* in, std::size_t channels, std::size_t height, std::size_t width, const Padding2D& pad,
+            T* xp) const {
+    std::fill_n(xp, input, T(0));
+    for (std::size_t c = 0; c < channels; ++c)
+      for (std::size_t h = 0; h < height; ++h) {
+        const std::size_t r = pad.top + h;
+        const T* src = in + (c * height + h) * width;
+        T* row = xp + c * channel + (r % sh) * sw * plane + r / sh * cols;  // its column phase 0
+        if (sw == 2) {
+          // Input column k is padded column k + left: phase (k + left) % 2, index (k + left) / 2.
+          // Pairs (2m, 2m + 1) go to the two phases at m + offset: a loop compilers vectorise.
+          const std::size_t pairs = width / 2, left = pad.left;
+          T* first = row + (left % 2) * plane + left / 2;
+          T* second = row + ((left + 1) % 2) * plane + (left + 1) / 2;
+          for (std::size_t m = 0; m < pairs; ++m) {
+            first[m] = src[2 * m];
+            second[m] = src[2 * m + 1];
+          }
+          if (width % 2 != 0) first[pairs] = src[width - 1];
+        } else {
+          for (std::size_t k = 0; k < width; ++k) {
+            const std::size_t q = k + pad.left;
+            row[(q % sw) * plane + q / sw] = src[k];
+          }
+        }
+      }
+  }
+};
+
+// conv_tile over the phase planes: tap (c, i, j) at x + c * channel + row_part[i] + col_part[j].
+// K = 3 fixes a 3 x 3 kernel at compile time, so that its 9 offsets stay in registers (ResNet's
+// and MobileNet's strided layers); K = 0 takes kh x kw.
+template <class T, std::size_t NR, std::size_t NV, std::size_t K>
+inline void conv_tile_phased(const T* x, const T* wp, const T* bias, std::size_t channels, std::size_t channel,
+                             std::size_t kh, std::size_t kw, const std::size_t* row_part,
+                             const std::size_t* col_part, xsimd::batch<T> (&acc)[NR][NV]) {
+  using B = xsimd::batch<T>;
+  constexpr std::size_t L = B::size;
+  for (std::size_t r = 0; r < NR; ++r)
+    for (std::size_t v = 0; v < NV; ++v) acc[r][v] = B(bias[r]);
+  if constexpr (K > 0) {
+    std::size_t off[K * K];
+    for (std::size_t i = 0; i < K; ++i)
+      for (std::size_t j = 0; j < K; ++j) off[i * K + j] = row_part[i] + col_part[j];
+    for (std::size_t c = 0; c < channels; ++c, x += channel)
+      for (std::size_t t = 0; t < K * K; ++t, wp += NR) {
+        B xv[NV];
+        for (std::size_t v = 0; v < NV; ++v) xv[v] = B::load_unaligned(x + off[t] + v * L);
+        for (std::size_t r = 0; r < NR; ++r) {
+          const B wv(wp[r]);
+          for (std::size_t v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(xv[v], wv, acc[r][v]);
+        }
+      }
+  } else {
+    for (std::size_t c = 0; c < channels; ++c, x += channel)
+      for (std::size_t i = 0; i < kh; ++i)
+        for (std::size_t j = 0; j < kw; ++j, wp += NR) {
+          const T* xj = x + row_part[i] + col_part[j];
+          B xv[NV];
+          for (std::size_t v = 0; v < NV; ++v) xv[v] = B::load_unaligned(xj + v * L);
+          for (std::size_t r = 0; r < NR; ++r) {
+            const B wv(wp[r]);
+            for (std::size_t v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(xv[v], wv, acc[r][v]);
+          }
+        }
+  }
+}
+
+// The tile loop of conv2d_direct at a stride over 1, for kernels of K x K (K > 0) or any (K = 0).
+template <class T, std::size_t K>
+void conv_phased(const PhasedGeometry& g, const Window2D& w, std::size_t channels, std::size_t oh_n,
+                 std::size_t ow_n, const T* xp, const T* packed, const T* bias, std::size_t out_channels, T* out,
+                 const std::size_t* row_part, const std::size_t* col_part) {
+  using B = xsimd::batch<T>;
+  constexpr std::size_t L = B::size, NR = conv_tile_rows, NV = conv_tile_batches;
+  const std::size_t wide = oh_n * g.cols;  // wide positions, the last row's tail included
+  for (std::size_t ob = 0; ob * NR < out_channels; ++ob) {
+    const std::size_t o0 = ob * NR, rows = std::min(NR, out_channels - o0);
+    T b[NR] = {};
+    for (std::size_t r = 0; r < rows; ++r) b[r] = bias != nullptr ? bias[o0 + r] : T(0);
+    const T* wt = packed + ob * g.depth * NR;
+    T* y = out + o0 * oh_n * ow_n;
+    auto tile = [&]<std::size_t N>(std::size_t p) {
+      B acc[NR][N];
+      conv_tile_phased<T, NR, N, K>(xp + p, wt, b, channels, g.channel, w.kernel_h, w.kernel_w, row_part, col_part,
+                                    acc);
+      store_tile<T, NR, N>(acc, rows, p, g.cols, oh_n, ow_n, y);
+    };
+    static_assert(NV == 3, "the rest after whole tiles is one tile of 2 batches or 1");
+    std::size_t p = 0;
+    for (; p + (NV - 1) * L < wide; p += NV * L) tile.template operator()<NV>(p);
+    if (p + L < wide)
+      tile.template operator()<2>(p);
+    else if (p < wide)
+      tile.template operator()<1>(p);
+  }
+}
+
+// The largest kernel side conv2d_direct takes at a stride (conv2d_direct_suits says no past it,
+// and conv2d_direct runs the scalar reference): bounds its tables of tap offsets.
+inline constexpr std::size_t conv_direct_max_kernel = 16;
+
+}  // namespace detail
+
+/// The most input channels (per group) for which conv2d_direct_suits takes a strided layer.
+inline constexpr std::size_t conv_direct_strided_max_channels = 32;
+
+/// Whether conv2d_direct is worth running on `channels` planes (per group) `width` wide under
+/// window `w` rather than im2col and a GEMM. At stride 1 (both axes), conv2d_stride1_suits. At a
+/// stride over 1: kernel sides up to 16 and larger than 1 x 1, at most 32 input channels, and at
+/// least 90% of the wide positions kept (out_w of ceil(padded width / stride_w) per row). These
+/// are the stems of vision models (ResNet-18's 7x7/2 on 3 channels: 1.6x the im2col path with
+/// AVX2, 1.5x with AVX-512), where the column matrix is long and thin and the GEMM on it slow;
+/// from 64 channels (ResNet-18's 3x3/2 layers) the GEMM was faster (0.90-0.94x), and a strided
+/// 1x1 reads one phase of the input only, which im2col gathers alone. docs/performance.md
+/// ("Whole models against PyTorch") has the figures.
+inline bool conv2d_direct_suits(std::size_t channels, std::size_t width, const Window2D& w) noexcept {
+  if (w.stride_h == 1 && w.stride_w == 1) return conv2d_stride1_suits(width, w);
+  if (w.kernel_h > detail::conv_direct_max_kernel || w.kernel_w > detail::conv_direct_max_kernel) return false;
+  if (channels > conv_direct_strided_max_channels || (w.kernel_h == 1 && w.kernel_w == 1)) return false;
+  const std::size_t cols = (w.padding.left + width + w.padding.right + w.stride_w - 1) / w.stride_w;
+  return w.out_w(width) * 10 >= cols * 9;
+}
+
+/// Scratch elements conv2d_direct needs for `channels` planes of `height` x `width` under window
+/// `w` and `out_channels` outputs: the rearranged input and the packed weights.
+template <Real T>
+inline std::size_t conv2d_direct_scratch(std::size_t channels, std::size_t height, std::size_t width,
+                                         const Window2D& w, std::size_t out_channels) noexcept {
+  if (w.stride_h == 1 && w.stride_w == 1) return conv2d_stride1_scratch<T>(channels, height, width, w, out_channels);
+  const auto g = detail::PhasedGeometry::of<T>(channels, height, width, w, out_channels);
+  return g.input + g.packed;
+}
+
+/// Scalar reference for conv2d_direct (needs no scratch): the sums of conv2d_stride1_scalar at
+/// any stride, in the same order.
+template <Real T>
+inline void conv2d_direct_scalar(const T* in, std::size_t channels, std::size_t height, std::size_t width,
+                                 const Window2D& w, const T* weight, std::size_t out_channels, const T* bias,
+                                 T* out) {
+  const std::size_t oh_n = w.out_h(height), ow_n = w.out_w(width);
+  for (std::size_t o = 0; o < out_channels; ++o)
+    for (std::size_t oh = 0; oh < oh_n; ++oh)
+      for (std::size_t ow = 0; ow < ow_n; ++ow) {
+        T acc = bias != nullptr ? bias[o] : T(0);
+        const T* wts = weight + o * channels * w.kernel_h * w.kernel_w;
+        for (std::size_t c = 0; c < channels; ++c)
+          for (std::size_t i = 0; i < w.kernel_h; ++i) {
+            const std::size_t ih = oh * w.stride_h + i * w.dilation_h;  // in padded rows
+            for (std::size_t j = 0; j < w.kernel_w; ++j, ++wts) {
+              const std::size_t iw = ow * w.stride_w + j * w.dilation_w;
+              if (ih < w.padding.top || ih - w.padding.top >= height || iw < w.padding.left ||
+                  iw - w.padding.left >= width)
+                continue;
+              acc = std::fma(in[(c * height + ih - w.padding.top) * width + iw - w.padding.left], *wts, acc);
+            }
+          }
+        out[(o * oh_n + oh) * ow_n + ow] = acc;
+      }
+}
+
+/// A dense convolution (or one group's) of one sample at any stride, padding and dilation:
+/// `channels` input planes of `height` x `width` and `weight` {out_channels, channels, kernel_h,
+/// kernel_w} give out_channels planes of w.out_h(height) x w.out_w(width); `bias` has one value
+/// per output plane, or is nullptr; `scratch` holds conv2d_direct_scratch<T>(channels, height,
+/// width, w, out_channels) elements. At stride 1 this is conv2d_stride1. At a stride over 1 the
+/// input is copied once, zero-padded and split into stride_h x stride_w phase planes (see
+/// PhasedGeometry), and the same register tiles of 4 output channels x 3 batches of positions
+/// accumulate all K = channels * kernel_h * kernel_w taps, each a contiguous load: no column
+/// matrix (K / (stride_h * stride_w) times the input's size) is written or packed. Kernels wider
+/// or taller than 16 run the scalar reference at a stride.
+template <Real T>
+inline void conv2d_direct(const T* in, std::size_t channels, std::size_t height, std::size_t width,
+                          const Window2D& w, const T* weight, std::size_t out_channels, const T* bias, T* out,
+                          T* scratch) {
+  if (w.stride_h == 1 && w.stride_w == 1) {
+    conv2d_stride1(in, channels, height, width, w, weight, out_channels, bias, out, scratch);
+    return;
+  }
+  constexpr std::size_t max_k = detail::conv_direct_max_kernel;
+  if constexpr (!has_simd<T>) {
+    conv2d_direct_scalar(in, channels, height, width, w, weight, out_channels, bias, out);
+  } else {
+    if (w.kernel_h > max_k || w.kernel_w > max_k) {
+      conv2d_direct_scalar(in, channels, height, width, w, weight, out_channels, bias, out);
+      return;
+    }
+    constexpr std::size_t NR = detail::conv_tile_rows;
+    const auto g = detail::PhasedGeometry::of<T>(channels, height, width, w, out_channels);
+    T* xp = scratch;
+    T* wp = scratch + g.input;
+    g.fill(in, channels, height, width, w.padding, xp);
+    // The weights, {out_channels, depth} -> tiles {depth, NR}; rows past out_channels are zero.
+    for (std::size_t ob = 0; ob * NR < out_channels; ++ob)
+      for (std::size_t k = 0; k < g.depth; ++k)
+        for (std::size_t r = 0; r < NR; ++r) {
+          const std::size_t o = ob * NR + r;
+          wp[(ob * g.depth + k) * NR + r] = o < out_channels ? weight[o * g.depth + k] : T(0);
+        }
+    std::array<std::size_t, max_k> row_part{}, col_part{};
+    g.offsets(w, row_part.data(), col_part.data());
+    const std::size_t oh_n = w.out_h(height), ow_n = w.out_w(width);
+    if (w.kernel_h == 3 && w.kernel_w == 3)
+      detail::conv_phased<T, 3>(g, w, channels, oh_n, ow_n, xp, wp, bias, out_channels, out, row_part.data(),
+                                col_part.data());
+    else
+      detail::conv_phased<T, 0>(g, w, channels, oh_n, ow_n, xp, wp, bias, out_channels, out, row_part.data(),
+                                col_part.data());
   }
 }
 

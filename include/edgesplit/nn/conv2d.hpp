@@ -57,14 +57,18 @@ struct Conv2DOptions {
 /// The forward pass picks one of three kernels (core/conv_kernels.hpp, core/gemm.hpp):
 /// - depthwise (one input channel per group, any channel multiplier, stride, padding and
 ///   dilation): kernels::depthwise_conv2d, vectorised along the output rows;
-/// - stride 1 otherwise (ResNet's and VGG's 3x3 layers, padded or dilated 1x1), on planes wide
-///   enough (kernels::conv2d_stride1_suits: from about 20 columns with padding 1): the implicit
-///   GEMM kernels::conv2d_stride1, which reads shifted rows of a zero-padded copy of the input
-///   instead of building a column matrix, and keeps 4 channels x 3 batches of outputs in registers;
-/// - the rest (strided dense or grouped layers, narrow planes, and a plain 1x1, whose input
-///   planes already are the column matrix): per (sample, group) one matrix product through GemmWorkspace, the
-///   group's weights {out/groups, K} times the im2col matrix of its input planes {K, OH * OW},
-///   K = (in/groups) * kernel_h * kernel_w, written straight into the NCHW output.
+/// - other dense or grouped layers where kernels::conv2d_direct_suits says so: at stride 1 on
+///   planes wide enough (from about 20 columns with padding 1: ResNet's and VGG's 3x3 layers,
+///   padded or dilated 1x1), and at a stride with up to 32 input channels per group and a kernel
+///   larger than 1x1 (the stems of vision models, such as ResNet's 7x7/2 on 3 channels): the
+///   implicit GEMM kernels::conv2d_direct, which reads shifted rows of a zero-padded copy of the
+///   input (split into row and column phases at a stride) instead of building a column matrix,
+///   and keeps 4 channels x 3 batches of outputs in registers;
+/// - the rest (narrow planes, strided layers of more channels or of a 1x1 kernel, and a plain
+///   1x1, whose input planes already are the column matrix): per (sample, group) one matrix
+///   product through GemmWorkspace, the group's weights {out/groups, K} times the im2col matrix
+///   of its input planes {K, OH * OW}, K = (in/groups) * kernel_h * kernel_w, written straight
+///   into the NCHW output.
 /// Every workspace (padded input, packed weights, column matrix, GEMM packing buffers) is kept by
 /// the layer, so a forward pass on a shape already seen allocates nothing. docs/performance.md
 /// ("Convolution") has their speeds against the FMA peak and against the im2col path.
@@ -205,15 +209,15 @@ class Conv2D final : public Layer<T> {
           kernels::depthwise_conv2d(in.data() + n * in_ * g.plane, in_, g.height, g.width, window_, g.out_per_group,
                                     weight_.data(), bias, out.data() + n * out_ * g.positions, scratch_.data());
         return;
-      case Path::stride1:
+      case Path::direct:
         scratch_.resize(
-            Shape{kernels::conv2d_stride1_scratch<T>(g.in_per_group, g.height, g.width, window_, g.out_per_group)});
+            Shape{kernels::conv2d_direct_scratch<T>(g.in_per_group, g.height, g.width, window_, g.out_per_group)});
         for (std::size_t n = 0; n < g.batch; ++n)
           for (std::size_t grp = 0; grp < groups_; ++grp)
-            kernels::conv2d_stride1(in.data() + (n * in_ + grp * g.in_per_group) * g.plane, g.in_per_group, g.height,
-                                    g.width, window_, weight_.data() + grp * g.out_per_group * g.depth,
-                                    g.out_per_group, bias == nullptr ? nullptr : bias + grp * g.out_per_group,
-                                    out.data() + (n * out_ + grp * g.out_per_group) * g.positions, scratch_.data());
+            kernels::conv2d_direct(in.data() + (n * in_ + grp * g.in_per_group) * g.plane, g.in_per_group, g.height,
+                                   g.width, window_, weight_.data() + grp * g.out_per_group * g.depth, g.out_per_group,
+                                   bias == nullptr ? nullptr : bias + grp * g.out_per_group,
+                                   out.data() + (n * out_ + grp * g.out_per_group) * g.positions, scratch_.data());
         return;
       case Path::gemm:
         break;
@@ -300,13 +304,12 @@ class Conv2D final : public Layer<T> {
     return cols_.data();
   }
   // Which kernel a forward pass runs: the depthwise kernel when each group has one input
-  // channel, the implicit-GEMM kernel at stride 1 on planes wide enough for it, else im2col (or
-  // the planes themselves for a plain 1x1) and a GEMM.
-  enum class Path { depthwise, stride1, gemm };
+  // channel, the implicit-GEMM kernel where conv2d_direct_suits says so, else im2col (or the
+  // planes themselves for a plain 1x1) and a GEMM.
+  enum class Path { depthwise, direct, gemm };
   Path forward_path(const Geometry& g) const noexcept {
     if (g.in_per_group == 1) return Path::depthwise;
-    if (window_.stride_h == 1 && window_.stride_w == 1 && !g.direct && kernels::conv2d_stride1_suits(g.width, window_))
-      return Path::stride1;
+    if (!g.direct && kernels::conv2d_direct_suits(g.in_per_group, g.width, window_)) return Path::direct;
     return Path::gemm;
   }
   std::size_t depth() const noexcept { return weight_.shape().count() / out_; }

@@ -515,26 +515,31 @@ class AvgPool2D final : public Pool2D<T> {
   Tensor<T> scaled_;  // backward: one output row's gradients divided by their divisors
 };
 
+/// What GlobalAvgPool and GlobalMaxPool share: {N, C, spatial...} -> {N, C, 1, ...}, and one
+/// operation (an addition or a comparison) per input element.
+template <Real T>
+class GlobalPool : public Layer<T> {
+ protected:
+  void check_input(const Shape& in) const override {
+    Layer<T>::check_input(in);
+    detail::check_global_pool_input(in, this->name());
+  }
+  Shape output_shape_impl(const Shape& in) const override { return detail::global_pool_shape(in); }
+  std::uint64_t flops_impl(const Shape& in) const override { return in.count(); }
+};
+
 /// The mean of each channel's plane: {N, C, H, W} -> {N, C, 1, 1}, as ONNX GlobalAveragePool
 /// (and torch.nn.AdaptiveAvgPool2d(1)). Any number of spatial dimensions is accepted, {N, C, D1,
 /// ..., Dk} -> {N, C, 1, ..., 1}, as ONNX allows. Sums are accumulated in double: planes can be
 /// large, and float accumulation would lose digits in proportion to their size (memory-bound, so
 /// the wider sum costs nothing measurable).
 template <Real T>
-class GlobalAvgPool final : public Layer<T> {
+class GlobalAvgPool final : public GlobalPool<T> {
  public:
   std::string_view name() const noexcept override { return "GlobalAvgPool"; }
   std::unique_ptr<Layer<T>> clone() const override { return std::make_unique<GlobalAvgPool>(*this); }
 
  protected:
-  void check_input(const Shape& in) const override {
-    Layer<T>::check_input(in);
-    detail::check_global_pool_input(in, name());
-  }
-  Shape output_shape_impl(const Shape& in) const override { return detail::global_pool_shape(in); }
-  /// One addition per input element (the last of each plane stands for the division).
-  std::uint64_t flops_impl(const Shape& in) const override { return in.count(); }
-
   void forward_impl(TensorView<const T> in, TensorView<T> out) override {
     const std::size_t planes = in.shape()[0] * in.shape()[1], plane = in.size() / planes;
     for (std::size_t p = 0; p < planes; ++p) {
@@ -555,20 +560,12 @@ class GlobalAvgPool final : public Layer<T> {
 /// GlobalAvgPool. NaN propagates. Backward routes each gradient to the first maximum of its plane,
 /// found again from the input (see MaxPool2D for why nothing is kept from the forward pass).
 template <Real T>
-class GlobalMaxPool final : public Layer<T> {
+class GlobalMaxPool final : public GlobalPool<T> {
  public:
   std::string_view name() const noexcept override { return "GlobalMaxPool"; }
   std::unique_ptr<Layer<T>> clone() const override { return std::make_unique<GlobalMaxPool>(*this); }
 
  protected:
-  void check_input(const Shape& in) const override {
-    Layer<T>::check_input(in);
-    detail::check_global_pool_input(in, name());
-  }
-  Shape output_shape_impl(const Shape& in) const override { return detail::global_pool_shape(in); }
-  /// One comparison per input element.
-  std::uint64_t flops_impl(const Shape& in) const override { return in.count(); }
-
   void forward_impl(TensorView<const T> in, TensorView<T> out) override {
     const std::size_t planes = in.shape()[0] * in.shape()[1], plane = in.size() / planes;
     for (std::size_t p = 0; p < planes; ++p) out[p] = detail::plane_max(in.data() + p * plane, plane);
