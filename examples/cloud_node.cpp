@@ -7,12 +7,17 @@
 //              [--max-batch 32] [--port-file FILE] [--memory-budget-mib 256]
 //              [--max-connections 16384] [--idle-timeout-s 300]
 //              [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+//              [--http-port 0] [--http-host HOST]
 //
 // --port 0 picks a free port; --port-file writes the port chosen (for scripts and tests).
 // With --tls-cert and --tls-key it speaks TLS 1.3; with --tls-client-ca as well, only clients
 // with a certificate signed by that CA get in (mutual TLS). Without them it says it serves plain
 // TCP, for trusted networks only. It raises its open-files limit to the hard limit, so that
 // --max-connections can be reached.
+//
+// With --http-port P (not 0; needs a build with EDGESPLIT_WITH_HTTP) it also serves the Open
+// Inference Protocol over HTTP/REST, the health routes and Prometheus /metrics on that port
+// (on --http-host, by default the same host as --host); model name = --model-id, version = --split.
 #include <sys/resource.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -21,6 +26,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 
 #include <edgesplit/runtime/cloud_server.hpp>
 #if EDGESPLIT_HAS_TLS
@@ -28,6 +34,9 @@
 #endif
 
 #include "node_common.hpp"
+#if EDGESPLIT_HAS_HTTP
+#include <edgesplit/runtime/oip_http.hpp>  // last: after every header that includes Eigen (see the header)
+#endif
 
 using namespace edgesplit;
 
@@ -38,8 +47,13 @@ int main(int argc, char** argv) {
                             {{"model", node::default_model}, {"split", "2"}, {"host", "127.0.0.1"}, {"port", "7000"},
                              {"workers", "1"}, {"max-batch", "32"}, {"port-file", ""}, {"model-id", "fmnist-mlp"},
                              {"memory-budget-mib", "256"}, {"max-connections", "16384"}, {"idle-timeout-s", "300"},
-                             {"tls-cert", ""}, {"tls-key", ""}, {"tls-client-ca", ""}});
+                             {"tls-cert", ""}, {"tls-key", ""}, {"tls-client-ca", ""}, {"http-port", "0"},
+                             {"http-host", ""}});
     (void)cli::number<std::size_t>(o["port"], "--port", 0, 65535);
+    (void)cli::number<std::size_t>(o["http-port"], "--http-port", 0, 65535);
+#if !EDGESPLIT_HAS_HTTP
+    if (o["http-port"] != "0") fail(errc::unsupported, "this build has no HTTP front end (EDGESPLIT_WITH_HTTP)");
+#endif
     if (o["tls-cert"].empty() != o["tls-key"].empty())
       fail(errc::invalid_argument, "--tls-cert and --tls-key go together");
     if (!o["tls-client-ca"].empty() && o["tls-cert"].empty())
@@ -100,6 +114,16 @@ int main(int argc, char** argv) {
 #else
     server.listen(std::move(listener));
 #endif
+#if EDGESPLIT_HAS_HTTP
+    std::unique_ptr<OipHttpServer> http;
+    if (const auto http_port = cli::number<std::size_t>(o["http-port"], "--http-port", 0, 65535); http_port != 0) {
+      const std::string http_host = o["http-host"].empty() ? o["host"] : o["http-host"];
+      http = std::make_unique<OipHttpServer>(server, http_host, static_cast<std::uint16_t>(http_port));
+      std::printf("cloud_node: Open Inference Protocol, health and /metrics over HTTP on %s port %u "
+                  "(model '%s', version %zu; plain HTTP, for trusted networks only)\n",
+                  http_host.c_str(), static_cast<unsigned>(http->port()), o["model-id"].c_str(), split);
+    }
+#endif
     if (!o["port-file"].empty()) std::ofstream(o["port-file"]) << port << '\n';
     std::printf("cloud_node: serving '%s' layers %zu..%zu on %s port %u (%s)\n", o["model-id"].c_str(), split,
                 model.size(), o["host"].c_str(), static_cast<unsigned>(port), security);
@@ -107,6 +131,9 @@ int main(int argc, char** argv) {
 
     int sig = 0;
     sigwait(&signals, &sig);
+#if EDGESPLIT_HAS_HTTP
+    if (http) http->stop();  // finishes the HTTP requests in flight while the server still answers them
+#endif
     server.shutdown(std::chrono::seconds(5));
     const auto st = server.stats();
     std::printf("cloud_node: stopped; %zu requests, %zu batches, %zu expired, %zu rejected, %zu connections "

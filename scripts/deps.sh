@@ -9,6 +9,7 @@ EDGESPLIT_PACKAGES=(
   catch2 libbenchmark-dev
   libzstd-dev nlohmann-json3-dev zlib1g-dev libzmq3-dev cppzmq-dev
   libssl-dev openssl
+  libcpp-httplib-dev curl python3
   dataset-fashion-mnist
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user
   doxygen

@@ -246,6 +246,8 @@ class CloudServer {
 
   /// The tails this server runs.
   ModelRegistry& models() noexcept { return registry_; }
+  /// The tails this server runs, for listings (metadata, metrics).
+  const ModelRegistry& models() const noexcept { return registry_; }
   /// The batcher every front end feeds: a front end of its own (a ZeroMQ worker) opens sources
   /// on it and submits decoded requests.
   DynamicBatcher& batcher() noexcept { return batcher_; }

@@ -58,6 +58,8 @@ struct BatchRequest {
   Clock::time_point deadline = Clock::time_point::max();  ///< on the batcher's clock; past it the request is answered `timeout` unrun
   /// Memory held for the request (its features and its reply); released once it is answered.
   MemoryBudget::Reservation held;
+  /// Where its outcome is counted (the tail's ModelRegistry::Entry::metrics); may be null.
+  std::shared_ptr<ModelMetrics> metrics;
 };
 
 /// Counters of a batcher's life so far.
@@ -611,6 +613,11 @@ class DynamicBatcher {
       }
       if (ok) {
         count(&BatcherStats::batches);
+        for (const auto& j : batch)
+          if (!j.done && j.req.metrics) {
+            j.req.metrics->executed();  // one tail, one pass: counted once
+            break;
+          }
         const auto compute = clock_.now() - t0;
         std::size_t at = 0;
         for (auto& j : batch) {
@@ -630,6 +637,7 @@ class DynamicBatcher {
       try {
         const TensorView<const float> y = model.forward(j.req.features.cview());
         count(&BatcherStats::batches);
+        if (j.req.metrics) j.req.metrics->executed();
         answer(j, w, y, t0, clock_.now() - t0);
       } catch (const error& e) {
         fail_job(j, w, e.code(), e.what());
@@ -676,12 +684,15 @@ class DynamicBatcher {
       return;
     }
     j.done = true;
+    if (j.req.metrics)
+      j.req.metrics->answered(y.shape().batch(), resp.queue_us, resp.compute_us, micros(clock_.now() - j.enqueued));
     if (deliver(*j.source, frame, std::move(j.req.held))) count(&BatcherStats::responses);
   }
 
   void fail_job(Job& j, WorkerState& w, errc code, const std::string& what) {
     j.done = true;
     if (code != errc::timeout) count(&BatcherStats::request_errors);
+    if (j.req.metrics) j.req.metrics->refused(code);
     try {
       deliver(*j.source, wire::encode_error(w.out, j.req.request_id, code, what), std::move(j.req.held));
     } catch (...) {
@@ -690,6 +701,7 @@ class DynamicBatcher {
 
   // Answers a request that never entered the queue.
   void answer_error(SourceState& s, BatchRequest req, errc code, const char* what) {
+    if (req.metrics) req.metrics->refused(code);
     try {
       std::vector<std::byte> frame;
       wire::encode_error(frame, req.request_id, code, what);

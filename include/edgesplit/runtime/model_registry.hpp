@@ -17,6 +17,7 @@
 #include "edgesplit/core/shape.hpp"
 #include "edgesplit/nn/graph.hpp"
 #include "edgesplit/nn/sequential.hpp"
+#include "edgesplit/runtime/metrics.hpp"
 #include "edgesplit/wire/protocol.hpp"
 
 namespace edgesplit {
@@ -96,6 +97,9 @@ class ModelRegistry {
     /// For a graph tail of several inputs (a cut crossing several tensors): their names and
     /// per-sample shapes, in the order an INFER_TENSORS frame must carry them. Empty otherwise.
     std::vector<std::pair<std::string, Shape>> feature_tensors;
+    /// Its counters (requests by outcome, batches, durations): shared by every version of this
+    /// tail, so they survive weight updates and re-registration.
+    std::shared_ptr<ModelMetrics> metrics;
   };
 
   /// Registers (or replaces) the tail served under (id.model_id, id.split).
@@ -142,6 +146,15 @@ class ModelRegistry {
     const auto it = entries_.find(key);
     return it == entries_.end() ? nullptr : it->second;
   }
+  /// The current version of every tail, ordered by (model id, split): for listings (model
+  /// metadata, metrics).
+  std::vector<std::shared_ptr<const Entry>> entries() const {
+    std::lock_guard lock(mutex_);
+    std::vector<std::shared_ptr<const Entry>> out;
+    out.reserve(entries_.size());
+    for (const auto& kv : entries_) out.push_back(kv.second);
+    return out;
+  }
   /// True while no tail is registered.
   bool empty() const {
     std::lock_guard lock(mutex_);
@@ -153,6 +166,10 @@ class ModelRegistry {
     std::lock_guard lock(mutex_);
     e->generation = ++generation_;
     Key key{e->id.model_id, e->id.split};
+    if (!e->metrics) {  // a new registration: the counters of the tail it replaces, if any
+      const auto it = entries_.find(key);
+      e->metrics = it != entries_.end() ? it->second->metrics : std::make_shared<ModelMetrics>();
+    }
     entries_[std::move(key)] = std::move(e);
   }
 

@@ -186,6 +186,7 @@ class RequestHandler {
     const auto e = registry_.find({h.request.model_id, h.request.split});
     if (e && !e->feature_tensors.empty()) {
       count(&HandlerStats::request_errors);
+      if (e->metrics) e->metrics->refused(errc::shape_mismatch);
       reply_error(s, h.request_id, errc::shape_mismatch,
                   "model '" + h.request.model_id + "' at split " + std::to_string(h.request.split) + " takes " +
                       std::to_string(e->feature_tensors.size()) + " named tensors (an INFER_TENSORS frame), got one");
@@ -220,6 +221,7 @@ class RequestHandler {
     }
     if (!wrong.empty()) {
       count(&HandlerStats::request_errors);
+      if (e && e->metrics) e->metrics->refused(errc::shape_mismatch);
       reply_error(s, h.request_id, errc::shape_mismatch,
                   "model '" + h.request.model_id + "' at split " + std::to_string(h.request.split) + " " + wrong);
       return Verdict::keep;
@@ -241,6 +243,7 @@ class RequestHandler {
       out_shape = e->model.output_shape(shape);
     } catch (const error& err) {
       count(&HandlerStats::request_errors);
+      if (e->metrics) e->metrics->refused(err.code());
       reply_error(s, request_id, err.code(), err.what());
       return Verdict::keep;
     }
@@ -251,6 +254,7 @@ class RequestHandler {
     MemoryBudget::Reservation held = budget_.reserve(need, ok);
     if (!ok) {
       count(&HandlerStats::rejected_budget);
+      if (e->metrics) e->metrics->refused(errc::overloaded);
       reply_error(s, request_id, errc::overloaded, "server memory budget full");
       return Verdict::keep;
     }
@@ -262,6 +266,7 @@ class RequestHandler {
     req.frame.assign(message.begin(), message.end());
     if (r.deadline_us != 0) req.deadline = clock_.now() + std::chrono::microseconds(r.deadline_us);
     req.held = std::move(held);
+    req.metrics = e->metrics;
     batcher_.submit(s.source, std::move(req), s.run_inline);
     return Verdict::keep;
   }

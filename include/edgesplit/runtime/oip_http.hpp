@@ -1,0 +1,782 @@
+// edgesplit/runtime/oip_http.hpp - the Open Inference Protocol (KServe v2) over HTTP/REST, health
+// routes and Prometheus metrics, as one more front end of a CloudServer.
+//
+// Needs cpp-httplib (Debian's libcpp-httplib-dev, a compiled library) and nlohmann-json: CMake
+// option EDGESPLIT_WITH_HTTP, which defines EDGESPLIT_HAS_HTTP=1.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "edgesplit/core/error.hpp"
+#include "edgesplit/core/tensor.hpp"
+#include "edgesplit/core/thread_name.hpp"
+#include "edgesplit/runtime/cloud_server.hpp"
+#include "edgesplit/runtime/metrics.hpp"
+#include "edgesplit/runtime/server_metrics.hpp"
+#include "edgesplit/wire/feature_codec.hpp"
+#include "edgesplit/wire/protocol.hpp"
+
+// After Eigen (through the headers above): httplib.h includes <resolv.h>, whose `_res` macro
+// breaks Eigen's headers when they come later.
+#include <httplib.h>
+
+namespace edgesplit {
+
+/// How the HTTP front end listens and bounds its requests.
+struct HttpOptions {
+  /// Threads serving HTTP connections: each holds one connection at a time (keep-alive
+  /// included), so this also bounds the HTTP requests in flight and the bodies held at once.
+  std::size_t threads = 8;
+  /// Largest request body; larger ones are answered 413 before a byte of them is kept. 0: the
+  /// server's frame cap (ServerOptions::limits.max_payload_bytes).
+  std::size_t max_body_bytes = 0;
+  /// The JSON part of a request is parsed into a document that takes more memory than its text;
+  /// this many bytes per byte of JSON are reserved under the memory budget before parsing (a
+  /// bound on nlohmann-json's worst case: one-byte values in arrays cost 16-byte nodes, doubled
+  /// while a vector grows).
+  std::size_t json_memory_factor = 32;
+  /// A request not answered within this long is answered `timeout` (504): its native deadline.
+  std::chrono::milliseconds request_timeout{30000};
+  std::chrono::seconds read_timeout{5};   ///< a peer silent this long inside a request is dropped
+  std::chrono::seconds write_timeout{5};  ///< a peer that takes no bytes this long is dropped
+  std::chrono::seconds keep_alive_timeout{5};  ///< an idle keep-alive connection is closed after this
+  std::string server_name = "edgesplit";  ///< `name` of the server metadata (GET /v2)
+};
+
+/// Counters of the HTTP front end (bodies only: HTTP headers are not counted).
+struct HttpStats {
+  std::size_t requests = 0;        ///< HTTP requests answered
+  std::size_t in_flight = 0;       ///< HTTP requests being served now
+  std::size_t bytes_received = 0;  ///< request body bytes read
+  std::size_t bytes_sent = 0;      ///< response body bytes written
+};
+
+/// The library version this front end reports as the server's version (GET /v2).
+inline constexpr std::string_view oip_server_version = "0.1.0";
+
+/// Serves a CloudServer's tails over the Open Inference Protocol (KServe v2 REST, the protocol of
+/// Triton, KServe and Seldon), with health routes for Kubernetes probes and `/metrics` for
+/// Prometheus, on its own port beside the native protocol.
+///
+/// - A model is a registered model id; its version is the split (the decimal split number). A
+///   route without a version takes the model's lowest registered split.
+/// - Inference requests become native INFER (or INFER_TENSORS, for a tail of several named inputs)
+///   frames handed to the server's own RequestHandler, so they share its batcher, queue limits,
+///   memory budget, deadlines and per-model metrics with every other front end: HTTP adds no
+///   execution path of its own.
+/// - Everything from the peer is checked before anything is sized from it: body length against
+///   `max_body_bytes`, then the budget; the JSON document's worst-case size against the budget;
+///   datatype, shape (rank, dimensions, overflow, the model's per-sample shape, the element cap),
+///   and data or binary sizes against the shape, before a tensor is allocated. A failure is the
+///   protocol's `{"error": "..."}` with 400 (404 for an unknown model or route, 413 for a body over
+///   the cap, 503 when the server is full, 504 for a request past its deadline, 500 for the
+///   server's own failures).
+class OipHttpServer {
+ public:
+  /// Binds `host`:`port` (0 picks a free port) and starts serving `server`, which must outlive
+  /// this object. errc::io_error when the address cannot be bound.
+  OipHttpServer(CloudServer& server, const std::string& host, std::uint16_t port, HttpOptions options = {})
+      : server_(server), opt_(std::move(options)) {
+    if (opt_.threads == 0) fail(errc::invalid_argument, "HttpOptions::threads must be at least 1");
+    if (opt_.max_body_bytes == 0) opt_.max_body_bytes = server_.options().limits.max_payload_bytes;
+    routes();
+    // httplib owns the queue it is given (its API takes a raw pointer to delete).
+    http_.new_task_queue = [n = opt_.threads] { return new httplib::ThreadPool(n); };
+    http_.set_payload_max_length(opt_.max_body_bytes);
+    http_.set_read_timeout(static_cast<time_t>(opt_.read_timeout.count()), 0);
+    http_.set_write_timeout(static_cast<time_t>(opt_.write_timeout.count()), 0);
+    http_.set_keep_alive_timeout(static_cast<time_t>(opt_.keep_alive_timeout.count()));
+    http_.set_tcp_nodelay(true);
+    const int bound = port == 0 ? http_.bind_to_any_port(host) : (http_.bind_to_port(host, port) ? port : -1);
+    if (bound <= 0) fail(errc::io_error, "cannot bind the HTTP front end to " + host + ":" + std::to_string(port));
+    port_ = static_cast<std::uint16_t>(bound);
+    thread_ = std::thread([this] {
+      name_this_thread("es-http");
+      http_.listen_after_bind();
+      listen_done_ = true;
+    });
+  }
+  OipHttpServer(const OipHttpServer&) = delete;
+  OipHttpServer& operator=(const OipHttpServer&) = delete;
+  ~OipHttpServer() { stop(); }
+
+  /// The port it listens on (the one chosen when 0 was asked for).
+  std::uint16_t port() const noexcept { return port_; }
+
+  /// Stops listening, lets the requests being served finish, joins the threads. Idempotent.
+  void stop() {
+    std::lock_guard lock(stop_mutex_);
+    if (!thread_.joinable()) return;
+    // httplib's stop() does nothing before its loop runs, and must be called once: wait for the
+    // loop to start (or to have failed), then stop it.
+    while (!http_.is_running() && !listen_done_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!listen_done_) http_.stop();
+    thread_.join();
+  }
+
+  /// A snapshot of the counters.
+  HttpStats stats() const noexcept {
+    HttpStats s;
+    s.requests = requests_.load(std::memory_order_relaxed);
+    s.in_flight = in_flight_.load(std::memory_order_relaxed);
+    s.bytes_received = bytes_received_.load(std::memory_order_relaxed);
+    s.bytes_sent = bytes_sent_.load(std::memory_order_relaxed);
+    return s;
+  }
+
+  /// What GET /metrics answers: the server's metrics (write_server_metrics) and this front end's.
+  std::string metrics_text() const {
+    MetricsWriter w;
+    write_server_metrics(w, server_);
+    const HttpStats s = stats();
+    w.family("edgesplit_http_requests_total", "counter", "HTTP requests answered, by status code");
+    for (std::size_t c = 0; c < by_status_.size(); ++c)
+      if (const std::uint64_t n = by_status_[c].load(std::memory_order_relaxed); n != 0)
+        w.sample("edgesplit_http_requests_total", {{"status", std::to_string(c + 100)}}, n);
+    w.family("edgesplit_http_requests_in_flight", "gauge", "HTTP requests being served now");
+    w.sample("edgesplit_http_requests_in_flight", {}, std::uint64_t{s.in_flight});
+    w.family("edgesplit_http_received_bytes_total", "counter", "Request body bytes read by the HTTP front end");
+    w.sample("edgesplit_http_received_bytes_total", {}, std::uint64_t{s.bytes_received});
+    w.family("edgesplit_http_sent_bytes_total", "counter", "Response body bytes written by the HTTP front end");
+    w.sample("edgesplit_http_sent_bytes_total", {}, std::uint64_t{s.bytes_sent});
+    return w.text();
+  }
+
+ private:
+  using json = nlohmann::json;
+  using Entry = ModelRegistry::Entry;
+
+  // A failure to answer with the protocol's error object.
+  struct Refusal {
+    int status;
+    std::string message;
+  };
+
+  // One HTTP request's reply: the worker's RESPONSE or ERROR frame, and the budget it holds
+  // until the HTTP thread has turned it into an answer.
+  struct Reply final : ReplySink {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::vector<std::byte> frame;
+    MemoryBudget::Reservation held;
+    bool done = false;
+    void deliver(std::span<const std::byte> f, MemoryBudget::Reservation h) override {
+      std::lock_guard lock(mutex);
+      if (done) return;
+      frame.assign(f.begin(), f.end());
+      h.shrink_to(frame.size());
+      held = std::move(h);
+      done = true;
+      cv.notify_all();
+    }
+  };
+
+  // One input tensor of a request, once checked.
+  struct Input {
+    std::string name;
+    std::vector<std::size_t> dims;
+    std::size_t count = 0;
+    const json* data = nullptr;  // JSON data, or
+    std::optional<std::size_t> binary_offset;  // offset of its raw bytes after the JSON header
+  };
+
+  static std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+  static int status_of(errc c) noexcept {
+    switch (c) {
+      case errc::unsupported: return 404;
+      case errc::overloaded: return 503;
+      case errc::timeout: return 504;
+      case errc::internal:
+      case errc::io_error:
+      case errc::unreachable:
+      case errc::quarantined: return 500;
+      default: return 400;
+    }
+  }
+
+  void answer(httplib::Response& res, int status, const json& body) {
+    res.status = status;
+    res.set_content(dump(body), "application/json");
+  }
+  void refuse(httplib::Response& res, int status, const std::string& message) {
+    answer(res, status, json{{"error", message}});
+  }
+
+  // The tail `name` at `version` (a decimal split), or its lowest split without one; null if none.
+  std::shared_ptr<const Entry> find(const std::string& name, const std::string& version) const {
+    if (!version.empty()) {
+      if (version.size() > 5 || !std::all_of(version.begin(), version.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return nullptr;
+      const unsigned long v = std::stoul(version);
+      if (v > std::numeric_limits<std::uint16_t>::max()) return nullptr;
+      return server_.models().find({name, static_cast<std::uint16_t>(v)});
+    }
+    for (const auto& e : server_.models().entries())
+      if (e->id.model_id == name) return e;  // entries are ordered by (id, split): the lowest split
+    return nullptr;
+  }
+  static std::string no_model(const std::string& name, const std::string& version) {
+    return "no model '" + name + "'" + (version.empty() ? std::string() : " at version " + version);
+  }
+
+  // The tail's inputs as OIP tensors: names and per-sample shapes (empty shape: undeclared).
+  static std::vector<std::pair<std::string, std::optional<Shape>>> inputs_of(const Entry& e) {
+    std::vector<std::pair<std::string, std::optional<Shape>>> in;
+    if (!e.feature_tensors.empty()) {
+      for (const auto& [name, shape] : e.feature_tensors) in.emplace_back(name, shape);
+      return in;
+    }
+    std::string name = "features";
+    if (!e.model.empty())
+      if (const auto* g = dynamic_cast<const GraphLayer<float>*>(&e.model[0]); g && g->graph().input_names().size() == 1)
+        name = g->graph().input_names()[0];
+    in.emplace_back(name, e.signature);
+    return in;
+  }
+  // The tail's output: its name and per-sample shape, when the input shape is known.
+  static std::pair<std::string, std::optional<Shape>> output_of(const Entry& e) {
+    std::string name = "output";
+    if (!e.model.empty())
+      if (const auto* g = dynamic_cast<const GraphLayer<float>*>(&e.model[0]); g && g->graph().output_names().size() == 1)
+        name = g->graph().output_names()[0];
+    try {
+      std::size_t width = 0;
+      if (!e.feature_tensors.empty()) {
+        for (const auto& t : e.feature_tensors) width += t.second.count();
+        const Shape out = e.model.output_shape(Shape{1, width});
+        return {name, Shape(out.dims().subspan(1))};
+      }
+      if (e.signature) return {name, output_signature(e.model, *e.signature)};
+    } catch (const error&) {
+    }
+    return {name, std::nullopt};
+  }
+  static json shape_json(const std::optional<Shape>& s) {
+    json a = json::array({-1});
+    if (s)
+      for (std::size_t d : s->dims()) a.push_back(d);
+    else
+      a.push_back(-1);
+    return a;
+  }
+
+  void routes() {
+    http_.Get("/v2/health/live", [this](const httplib::Request&, httplib::Response& res) {
+      served(res, [&] { answer(res, server_.healthy() ? 200 : 503, json{{"live", server_.healthy()}}); });
+    });
+    http_.Get("/v2/health/ready", [this](const httplib::Request&, httplib::Response& res) {
+      served(res, [&] { answer(res, server_.ready() ? 200 : 503, json{{"ready", server_.ready()}}); });
+    });
+    http_.Get("/v2", [this](const httplib::Request&, httplib::Response& res) {
+      served(res, [&] {
+        answer(res, 200, json{{"name", opt_.server_name}, {"version", std::string(oip_server_version)},
+                              {"extensions", json::array({"binary_tensor_data"})}});
+      });
+    });
+    http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      served(res, [&] {
+        res.status = 200;
+        res.set_content(metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
+      });
+    });
+    http_.Get(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?/ready)", [this](const httplib::Request& req, httplib::Response& res) {
+      served(res, [&] {
+        const std::string name = req.matches[1], version = req.matches[2];
+        const auto e = find(name, version);
+        if (!e) return refuse(res, 404, no_model(name, version));
+        const bool ready = server_.ready();
+        answer(res, ready ? 200 : 503, json{{"name", name}, {"version", std::to_string(e->id.split)}, {"ready", ready}});
+      });
+    });
+    http_.Get(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)", [this](const httplib::Request& req, httplib::Response& res) {
+      served(res, [&] {
+        const std::string name = req.matches[1], version = req.matches[2];
+        const auto e = find(name, version);
+        if (!e) return refuse(res, 404, no_model(name, version));
+        json versions = json::array();
+        for (const auto& other : server_.models().entries())
+          if (other->id.model_id == name) versions.push_back(std::to_string(other->id.split));
+        json inputs = json::array();
+        for (const auto& [in_name, shape] : inputs_of(*e))
+          inputs.push_back(json{{"name", in_name}, {"datatype", "FP32"}, {"shape", shape_json(shape)}});
+        const auto [out_name, out_shape] = output_of(*e);
+        answer(res, 200,
+               json{{"name", name},
+                    {"versions", versions},
+                    {"platform", "edgesplit"},
+                    {"inputs", inputs},
+                    {"outputs", json::array({json{{"name", out_name}, {"datatype", "FP32"}, {"shape", shape_json(out_shape)}}})}});
+      });
+    });
+    http_.Post(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?/infer)",
+               [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+                 served(res, [&] { infer(req, res, reader); });
+               });
+    // Routes that do not exist, bodies over the cap and anything else httplib answers itself:
+    // the protocol's error object too.
+    http_.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (!res.body.empty()) return;
+      const std::string what = res.status == 404   ? "no route " + req.method + " " + req.path
+                               : res.status == 413 ? "request body over " + std::to_string(opt_.max_body_bytes) + " bytes"
+                                                   : "HTTP " + std::to_string(res.status);
+      res.set_content(dump(json{{"error", what}}), "application/json");
+      count_status(res.status);
+      bytes_sent_.fetch_add(res.body.size(), std::memory_order_relaxed);
+    });
+    http_.set_exception_handler([this](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+      refuse(res, 500, "the server failed on this request");
+    });
+  }
+
+  // Runs a route's body with the counters around it; nothing escapes it.
+  template <class F>
+  void served(httplib::Response& res, F&& body) {
+    in_flight_.fetch_add(1, std::memory_order_relaxed);
+    try {
+      body();
+    } catch (const error& e) {
+      refuse(res, status_of(e.code()), e.what());
+    } catch (const std::bad_alloc&) {
+      refuse(res, 503, "out of memory");
+    } catch (...) {
+      refuse(res, 500, "the server failed on this request");
+    }
+    in_flight_.fetch_sub(1, std::memory_order_relaxed);
+    count_status(res.status);
+    bytes_sent_.fetch_add(res.body.size(), std::memory_order_relaxed);
+  }
+  void count_status(int status) noexcept {
+    requests_.fetch_add(1, std::memory_order_relaxed);
+    if (status >= 100 && status < 600) by_status_[static_cast<std::size_t>(status - 100)].fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // POST .../infer: body under the budget, JSON header (+ binary tensors), checked inputs, one
+  // native frame through the server's handler, the answer as JSON or binary outputs.
+  void infer(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+    MemoryBudget& budget = server_.budget();
+    // The body, reserved before it is read: by its declared length, or chunk by chunk.
+    std::string body;
+    MemoryBudget::Reservation body_held = budget.open();
+    std::optional<Refusal> refusal;
+    std::size_t declared = 0;
+    if (req.has_header("Content-Length")) {
+      declared = static_cast<std::size_t>(std::strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10));
+      if (declared > opt_.max_body_bytes) {
+        // Not even read past: answered at once, and the connection closed after the answer.
+        res.set_header("Connection", "close");
+        return refuse(res, 413, "request body of " + std::to_string(declared) + " bytes, over the cap of " +
+                                    std::to_string(opt_.max_body_bytes));
+      }
+      if (!body_held.grow(declared))
+        refusal = Refusal{503, "server memory budget full"};
+      else
+        body.reserve(declared);
+    }
+    reader([&](const char* data, std::size_t n) {
+      bytes_received_.fetch_add(n, std::memory_order_relaxed);
+      if (refusal) return true;  // read past the refused body, so the connection stays in step
+      if (body.size() + n > opt_.max_body_bytes) {
+        refusal = Refusal{413, "request body over " + std::to_string(opt_.max_body_bytes) + " bytes"};
+        return true;
+      }
+      if (body.size() + n > body_held.bytes() && !body_held.grow(body.size() + n - body_held.bytes())) {
+        refusal = Refusal{503, "server memory budget full"};
+        return true;
+      }
+      body.append(data, n);
+      return true;
+    });
+    if (refusal) return refuse(res, refusal->status, refusal->message);
+
+    const std::string name = req.matches[1], version = req.matches[2];
+    const auto e = find(name, version);
+    if (!e) return refuse(res, 404, no_model(name, version));
+
+    // The JSON header: the whole body, or its first Inference-Header-Content-Length bytes.
+    std::size_t header_len = body.size();
+    if (req.has_header("Inference-Header-Content-Length")) {
+      const std::string v = req.get_header_value("Inference-Header-Content-Length");
+      if (v.empty() || v.size() > 19 || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return refuse(res, 400, "Inference-Header-Content-Length must be a decimal byte count");
+      header_len = static_cast<std::size_t>(std::stoull(v));
+      if (header_len > body.size())
+        return refuse(res, 400, "Inference-Header-Content-Length of " + v + " bytes is more than the body's " +
+                                    std::to_string(body.size()));
+    }
+    const std::string_view text(body.data(), header_len);
+    const std::span<const std::byte> binary(reinterpret_cast<const std::byte*>(body.data()) + header_len, body.size() - header_len);
+    bool ok = false;
+    MemoryBudget::Reservation doc_held =
+        budget.reserve(header_len > std::numeric_limits<std::size_t>::max() / opt_.json_memory_factor
+                           ? std::numeric_limits<std::size_t>::max()
+                           : header_len * opt_.json_memory_factor,
+                       ok);
+    if (!ok) return refuse(res, 503, "server memory budget full");
+    json doc = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+    if (doc.is_discarded()) return refuse(res, 400, "the request is not valid JSON");
+    if (!doc.is_object()) return refuse(res, 400, "the request must be a JSON object");
+
+    std::string id;
+    if (const auto it = doc.find("id"); it != doc.end()) {
+      if (!it->is_string()) return refuse(res, 400, "'id' must be a string");
+      id = it->get<std::string>();
+    }
+    std::vector<Input> inputs;
+    if (auto r = parse_inputs(doc, *e, binary, inputs)) return refuse(res, r->status, r->message);
+    bool binary_output = false;
+    std::string out_name = output_of(*e).first;
+    if (auto r = parse_outputs(doc, out_name, binary_output)) return refuse(res, r->status, r->message);
+
+    // The tensors, in the order the tail takes them, reserved before they are allocated.
+    const auto want = inputs_of(*e);
+    std::size_t total = 0;
+    for (const auto& in : inputs) total += in.count;
+    const std::size_t frame_bytes = Shape::checked_bytes(total, 2 * sizeof(float)) + 4096;  // tensors + frame
+    const wire::DecodeLimits& limits = server_.options().limits;
+    if (total * sizeof(float) + 4096 > limits.max_payload_bytes)
+      return refuse(res, 400, "the request's tensors take " + std::to_string(total * sizeof(float)) +
+                                  " bytes, over the server's cap of " + std::to_string(limits.max_payload_bytes));
+    MemoryBudget::Reservation tensors_held = budget.reserve(frame_bytes, ok);
+    if (!ok) return refuse(res, 503, "server memory budget full");
+    std::vector<Tensor<float>> tensors;
+    std::vector<std::string> names;
+    tensors.reserve(inputs.size());
+    for (const auto& w : want) {
+      const std::string& want_name = w.first;
+      const auto in = std::find_if(inputs.begin(), inputs.end(), [&](const Input& i) { return i.name == want_name; });
+      Tensor<float> t(Shape(std::span<const std::size_t>(in->dims)));
+      if (in->binary_offset) {
+        read_le_floats(binary.subspan(*in->binary_offset, in->count * sizeof(float)), t.data());
+      } else if (auto r = read_json_floats(*in->data, t.data(), in->count)) {
+        return refuse(res, r->status, "input '" + in->name + "': " + r->message);
+      }
+      tensors.push_back(std::move(t));
+      names.push_back(want_name);
+    }
+    inputs.clear();
+    doc = json();
+    doc_held.release();
+    body = std::string();
+    body_held.release();
+
+    // One native frame, handed to the server's own handler as from a greeted connection.
+    CodecConfig raw;
+    raw.bits = wire::raw_f32_bits;
+    raw.limits = limits;
+    wire::InferRequest r;
+    r.model_id = e->id.model_id;
+    r.split = e->id.split;
+    r.deadline_us = static_cast<std::uint32_t>(std::clamp<long long>(
+        std::chrono::duration_cast<std::chrono::microseconds>(opt_.request_timeout).count(), 1, UINT32_MAX));
+    const std::uint32_t request_id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    std::vector<std::byte> frame;
+    if (e->feature_tensors.empty()) {
+      FeatureCodec codec(raw);
+      wire::encode_infer(frame, request_id, r, codec, tensors[0].cview());
+    } else {
+      std::vector<FeatureCodec> codecs;
+      codecs.reserve(tensors.size());
+      std::vector<TensorView<const float>> views;
+      for (const auto& t : tensors) {
+        codecs.emplace_back(raw);
+        views.push_back(t.cview());
+      }
+      wire::encode_infer_tensors(frame, request_id, r, codecs, names, views);
+    }
+    tensors.clear();
+
+    auto reply = std::make_shared<Reply>();
+    Session s;
+    s.peer = "http " + req.remote_addr;
+    s.greeted = true;  // OIP has no HELLO: the model was resolved above
+    s.model = e->id;
+    s.source = server_.batcher().open_source(reply);
+    {
+      FeatureCodec decoder(CodecConfig::decoding(limits));
+      (void)server_.handler().handle(s, frame, decoder);
+    }
+    frame = std::vector<std::byte>();
+    tensors_held.release();
+    bool answered = false;
+    {
+      std::unique_lock lock(reply->mutex);
+      answered = reply->cv.wait_for(lock, opt_.request_timeout + std::chrono::seconds(10), [&] { return reply->done; });
+    }
+    server_.batcher().close_source(s.source);
+    s.source.reset();
+    if (!answered) return refuse(res, 504, "no answer within the request timeout");
+    // The reply object may outlive this request inside the batcher's bookkeeping for a moment:
+    // what it holds under the budget goes back once the answer is made, whatever happens.
+    struct Release {
+      Reply& r;
+      ~Release() {
+        std::lock_guard lock(r.mutex);
+        r.held.release();
+        r.frame = std::vector<std::byte>();
+      }
+    } release{*reply};
+    respond(res, *reply, *e, id, out_name, binary_output);
+  }
+
+  // Checks every input of `doc` against the tail `e` and the binary part; fills `inputs` in the
+  // order of the request. Nothing is allocated from a declared size.
+  std::optional<Refusal> parse_inputs(const json& doc, const Entry& e, std::span<const std::byte> binary,
+                                      std::vector<Input>& inputs) const {
+    const auto it = doc.find("inputs");
+    if (it == doc.end() || !it->is_array() || it->empty()) return Refusal{400, "'inputs' must be a non-empty array"};
+    const auto want = inputs_of(e);
+    if (it->size() != want.size())
+      return Refusal{400, "model '" + e.id.model_id + "' takes " + std::to_string(want.size()) + " input(s), got " +
+                              std::to_string(it->size())};
+    const std::size_t max_elements = server_.options().limits.max_elements;
+    std::size_t binary_at = 0;
+    std::optional<std::size_t> batch;
+    for (const json& in : *it) {
+      if (!in.is_object()) return Refusal{400, "every input must be an object"};
+      Input x;
+      const auto n = in.find("name");
+      if (n == in.end() || !n->is_string()) return Refusal{400, "every input needs a string 'name'"};
+      x.name = n->get<std::string>();
+      const auto w = std::find_if(want.begin(), want.end(), [&](const auto& p) { return p.first == x.name; });
+      if (w == want.end()) {
+        std::string names;
+        for (const auto& p : want) names += (names.empty() ? "'" : ", '") + p.first + "'";
+        return Refusal{400, "model '" + e.id.model_id + "' has no input '" + x.name + "' (its inputs: " + names + ")"};
+      }
+      if (std::any_of(inputs.begin(), inputs.end(), [&](const Input& i) { return i.name == x.name; }))
+        return Refusal{400, "input '" + x.name + "' given twice"};
+      const auto dt = in.find("datatype");
+      if (dt == in.end() || !dt->is_string()) return Refusal{400, "input '" + x.name + "' needs a string 'datatype'"};
+      if (dt->get<std::string>() != "FP32")
+        return Refusal{400, "input '" + x.name + "' has datatype " + dump(*dt) + "; the model takes FP32"};
+      const auto sh = in.find("shape");
+      if (sh == in.end() || !sh->is_array() || sh->size() < 2 || sh->size() > Shape::max_rank)
+        return Refusal{400, "input '" + x.name + "' needs a 'shape' of 2 to " + std::to_string(Shape::max_rank) +
+                                " dimensions, the batch first"};
+      for (const json& d : *sh) {
+        if (!d.is_number_unsigned() || d.get<std::uint64_t>() == 0 || d.get<std::uint64_t>() > UINT32_MAX)
+          return Refusal{400, "input '" + x.name + "' has shape " + dump(*sh) + ": dimensions must be integers 1 to 2^32-1"};
+        x.dims.push_back(static_cast<std::size_t>(d.get<std::uint64_t>()));
+      }
+      try {
+        x.count = Shape(std::span<const std::size_t>(x.dims)).count();
+      } catch (const error&) {
+        return Refusal{400, "input '" + x.name + "' has shape " + dump(*sh) + ", whose element count overflows"};
+      }
+      if (x.count > max_elements)
+        return Refusal{400, "input '" + x.name + "' has " + std::to_string(x.count) + " elements, over the server's cap of " +
+                                std::to_string(max_elements)};
+      if (w->second) {
+        const Shape sample(std::span<const std::size_t>(x.dims).subspan(1));
+        if (!(sample == *w->second))
+          return Refusal{400, "input '" + x.name + "' has shape " + dump(*sh) + "; the model takes " + batch_shape(*w->second)};
+      }
+      if (batch && *batch != x.dims[0])
+        return Refusal{400, "inputs differ in batch: " + std::to_string(*batch) + " and " + std::to_string(x.dims[0])};
+      batch = x.dims[0];
+      const std::size_t bytes = x.count * sizeof(float);  // count <= max_elements: no overflow
+      std::optional<std::uint64_t> binary_size;
+      if (const auto p = in.find("parameters"); p != in.end()) {
+        if (!p->is_object()) return Refusal{400, "input '" + x.name + "': 'parameters' must be an object"};
+        if (const auto b = p->find("binary_data_size"); b != p->end()) {
+          if (!b->is_number_unsigned()) return Refusal{400, "input '" + x.name + "': 'binary_data_size' must be a byte count"};
+          binary_size = b->get<std::uint64_t>();
+        }
+      }
+      const auto data = in.find("data");
+      if (binary_size) {
+        if (data != in.end()) return Refusal{400, "input '" + x.name + "' has both 'data' and 'binary_data_size'"};
+        if (*binary_size != bytes)
+          return Refusal{400, "input '" + x.name + "' declares " + std::to_string(*binary_size) + " bytes of binary data; shape " +
+                                  dump(*sh) + " of FP32 takes " + std::to_string(bytes)};
+        if (binary.size() - binary_at < bytes)
+          return Refusal{400, "input '" + x.name + "': the binary data is truncated (" + std::to_string(binary.size() - binary_at) +
+                                  " bytes left, " + std::to_string(bytes) + " declared)"};
+        x.binary_offset = binary_at;
+        binary_at += bytes;
+      } else {
+        if (data == in.end()) return Refusal{400, "input '" + x.name + "' has neither 'data' nor 'binary_data_size'"};
+        std::size_t leaves = 0;
+        if (auto r = count_leaves(*data, x.dims.size(), x.count, leaves)) return Refusal{400, "input '" + x.name + "': " + r->message};
+        if (leaves != x.count)
+          return Refusal{400, "input '" + x.name + "' has " + std::to_string(leaves) + " values; shape " + dump(*sh) + " takes " +
+                                  std::to_string(x.count)};
+        x.data = &*data;
+      }
+      inputs.push_back(std::move(x));
+    }
+    if (binary_at != binary.size())
+      return Refusal{400, std::to_string(binary.size() - binary_at) + " bytes of binary data belong to no input"};
+    return std::nullopt;
+  }
+
+  // "[-1,16]": a per-sample shape with the batch in front, as the metadata writes it.
+  static std::string batch_shape(const Shape& sample) {
+    std::string t = "[-1";
+    for (std::size_t d : sample.dims()) {
+      t += ',';
+      t.append(std::to_string(d));  // append, not operator+: GCC 12 warns falsely (-Wrestrict) on the latter
+    }
+    t += ']';
+    return t;
+  }
+
+  // The numbers of `data` (a flat array, or arrays nested at most `depth` deep), counted without
+  // copying; stops past `cap`.
+  static std::optional<Refusal> count_leaves(const json& data, std::size_t depth, std::size_t cap, std::size_t& n) {
+    if (!data.is_array()) return Refusal{400, "'data' must be an array of numbers"};
+    if (depth == 0) return Refusal{400, "'data' is nested deeper than the shape"};
+    for (const json& v : data) {
+      if (n > cap) return std::nullopt;
+      if (v.is_array()) {
+        if (auto r = count_leaves(v, depth - 1, cap, n)) return r;
+      } else if (v.is_number()) {
+        ++n;
+      } else {
+        return Refusal{400, "'data' holds " + std::string(v.type_name()) + " values; FP32 takes numbers"};
+      }
+    }
+    return std::nullopt;
+  }
+  // Writes the numbers of `data` (counted by count_leaves) into `out` as floats.
+  static std::optional<Refusal> read_json_floats(const json& data, float* out, std::size_t count) {
+    std::size_t at = 0;
+    std::optional<Refusal> bad;
+    const auto walk = [&](const json& a, const auto& self) -> void {
+      for (const json& v : a) {
+        if (bad || at >= count) return;
+        if (v.is_array()) {
+          self(v, self);
+          continue;
+        }
+        const double d = v.get<double>();
+        if (!(std::fabs(d) <= static_cast<double>(std::numeric_limits<float>::max()))) {
+          bad = Refusal{400, "value " + dump(v) + " is not a finite FP32 number"};
+          return;
+        }
+        out[at++] = static_cast<float>(d);
+      }
+    };
+    walk(data, walk);
+    return bad;
+  }
+  static void read_le_floats(std::span<const std::byte> bytes, float* out) {
+    if constexpr (std::endian::native == std::endian::little) {
+      std::memcpy(out, bytes.data(), bytes.size());
+    } else {
+      for (std::size_t i = 0; i < bytes.size() / 4; ++i) {
+        std::uint32_t u = 0;
+        for (int b = 3; b >= 0; --b) u = (u << 8) | std::to_integer<std::uint32_t>(bytes[4 * i + static_cast<std::size_t>(b)]);
+        out[i] = std::bit_cast<float>(u);
+      }
+    }
+  }
+
+  // The requested outputs: none (all, as JSON), or the tail's one output by name, with
+  // binary_data; a request-wide "binary_data_output" asks for binary too.
+  static std::optional<Refusal> parse_outputs(const json& doc, const std::string& out_name, bool& binary) {
+    if (const auto p = doc.find("parameters"); p != doc.end()) {
+      if (!p->is_object()) return Refusal{400, "'parameters' must be an object"};
+      if (const auto b = p->find("binary_data_output"); b != p->end()) {
+        if (!b->is_boolean()) return Refusal{400, "'binary_data_output' must be true or false"};
+        binary = b->get<bool>();
+      }
+    }
+    const auto o = doc.find("outputs");
+    if (o == doc.end()) return std::nullopt;
+    if (!o->is_array()) return Refusal{400, "'outputs' must be an array"};
+    for (const json& x : *o) {
+      if (!x.is_object() || !x.contains("name") || !x["name"].is_string()) return Refusal{400, "every output needs a string 'name'"};
+      if (x["name"].get<std::string>() != out_name)
+        return Refusal{400, "the model has no output " + dump(x["name"]) + " (its output: '" + out_name + "')"};
+      if (const auto p = x.find("parameters"); p != x.end()) {
+        if (!p->is_object()) return Refusal{400, "an output's 'parameters' must be an object"};
+        if (const auto b = p->find("binary_data"); b != p->end()) {
+          if (!b->is_boolean()) return Refusal{400, "'binary_data' must be true or false"};
+          binary = b->get<bool>();
+        }
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Turns the native reply into the OIP answer.
+  void respond(httplib::Response& res, const Reply& reply, const Entry& e, const std::string& id, const std::string& out_name,
+               bool binary) {
+    const wire::DecodeLimits& limits = server_.options().limits;
+    const wire::FrameHeader h = wire::peek(reply.frame, limits);
+    if (h.type == wire::MessageType::error) {
+      const wire::ErrorMessage m = wire::decode_error(reply.frame, limits);
+      return refuse(res, status_of(m.code), std::string(to_string(m.code)) + ": " + m.message);
+    }
+    FeatureCodec decoder(CodecConfig::decoding(limits));
+    Tensor<float> y;
+    (void)wire::decode_response(reply.frame, decoder, y);
+    json shape = json::array();
+    for (std::size_t d : y.shape().dims()) shape.push_back(d);
+    json out{{"name", out_name}, {"datatype", "FP32"}, {"shape", shape}};
+    json answer_doc{{"model_name", e.id.model_id}, {"model_version", std::to_string(e.id.split)}};
+    if (!id.empty()) answer_doc["id"] = id;
+    if (!binary) {
+      json data = json::array();
+      data.get_ref<json::array_t&>().reserve(y.size());
+      for (std::size_t i = 0; i < y.size(); ++i) data.push_back(y.data()[i]);
+      out["data"] = std::move(data);
+      answer_doc["outputs"] = json::array({std::move(out)});
+      return answer(res, 200, answer_doc);
+    }
+    const std::size_t bytes = y.size() * sizeof(float);
+    out["parameters"] = json{{"binary_data_size", bytes}};
+    answer_doc["outputs"] = json::array({std::move(out)});
+    std::string text = dump(answer_doc);
+    const std::size_t header_len = text.size();
+    text.resize(header_len + bytes);
+    if constexpr (std::endian::native == std::endian::little) {
+      std::memcpy(text.data() + header_len, y.data(), bytes);
+    } else {
+      for (std::size_t i = 0; i < y.size(); ++i) {
+        const auto u = std::bit_cast<std::uint32_t>(y.data()[i]);
+        for (std::size_t b = 0; b < 4; ++b) text[header_len + 4 * i + b] = static_cast<char>((u >> (8 * b)) & 0xff);
+      }
+    }
+    res.status = 200;
+    res.set_header("Inference-Header-Content-Length", std::to_string(header_len));
+    res.body = std::move(text);
+    res.set_header("Content-Type", "application/octet-stream");
+  }
+
+  CloudServer& server_;
+  HttpOptions opt_;
+  httplib::Server http_;
+  std::thread thread_;
+  std::mutex stop_mutex_;
+  std::uint16_t port_ = 0;
+  std::atomic<bool> listen_done_{false};
+  std::atomic<std::uint32_t> next_id_{1};
+  std::atomic<std::size_t> requests_{0}, in_flight_{0}, bytes_received_{0}, bytes_sent_{0};
+  std::array<std::atomic<std::uint64_t>, 500> by_status_{};
+};
+
+}  // namespace edgesplit
