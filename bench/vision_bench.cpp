@@ -34,6 +34,8 @@
 // docs/performance.md ("Whole models against PyTorch") has the command lines and the figures.
 #include <benchmark/benchmark.h>
 
+#include "paired.hpp"
+
 #include <time.h>
 
 #include <algorithm>
@@ -66,71 +68,12 @@ using edgesplit::Tensor;
 using edgesplit::TensorView;
 
 // ---------------------------------------------------------------------------------------------
-// The paired driver (as in conv_bench.cpp).
+// The paired driver: bench/paired.hpp.
 
-struct Variant {
-  std::string name;
-  std::function<void()> run;
-};
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  auto mid = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
-  std::nth_element(v.begin(), mid, v.end());
-  return *mid;
-}
-
-double thread_cpu_us() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) * 1e-3;
-}
-
-// Times one call of f: by the thread's CPU time when `cpu_time`, else by the wall clock.
-double time_call(const std::function<void()>& f, bool cpu_time) {
-  if (cpu_time) {
-    const double t0 = thread_cpu_us();
-    f();
-    return thread_cpu_us() - t0;
-  }
-  const auto t0 = std::chrono::steady_clock::now();
-  f();
-  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// Runs the variants in alternating blocks; returns each one's median per-call time in µs and
-// sets the us_ and (for flops > 0) GFLOPs_ counters.
-std::vector<double> run_paired(benchmark::State& state, std::vector<Variant>& variants, double flops) {
-  const std::size_t n = variants.size();
-  double slowest = 0;
-  for (std::size_t v = 0; v < n; ++v) {
-    time_call(variants[v].run, false);
-    slowest = std::max(slowest, time_call(variants[v].run, false));
-  }
-  const bool cpu_time = slowest > 500;
-  state.counters["cpu_timed"] = cpu_time ? 1 : 0;
-  const int block = std::clamp(static_cast<int>(2000.0 / std::max(slowest, 1e-3)), 3, 200);
-  std::vector<std::vector<double>> t(n);
-  std::size_t first = 0;
-  for (auto _ : state) {
-    for (std::size_t j = 0; j < n; ++j) {
-      const std::size_t v = (first + j) % n;
-      for (int i = 0; i < block; ++i) {
-        const double us = time_call(variants[v].run, cpu_time);
-        if (i > 0) t[v].push_back(us);
-      }
-    }
-    first = (first + 1) % n;
-  }
-  std::vector<double> med(n);
-  for (std::size_t v = 0; v < n; ++v) {
-    med[v] = median(t[v]);
-    state.counters["us_" + variants[v].name] = med[v];
-    if (flops > 0) state.counters["GFLOPs_" + variants[v].name] = med[v] > 0 ? flops / med[v] * 1e-3 : 0;
-  }
-  state.counters["calls"] = static_cast<double>(t[0].size());
-  return med;
-}
+using edgesplit_bench::median;
+using edgesplit_bench::run_paired;
+using edgesplit_bench::time_call;
+using edgesplit_bench::Variant;
 
 // ---------------------------------------------------------------------------------------------
 // Models.

@@ -14,6 +14,7 @@
 
 #include "alloc_counter.hpp"
 #include "edgesplit/edgesplit.hpp"
+#include "edgesplit/nn/testing.hpp"
 #include "test_util.hpp"
 
 using namespace edgesplit;
@@ -592,54 +593,32 @@ TEST_CASE("Conv2D: shapes, FLOPs, parameters, same padding and its spec", "[nn][
 
 namespace {
 
-/// Central-difference check of every gradient of a Conv2D<double> (see test_train.cpp's checker
-/// for the choice of step and tolerance): the loss sum(out * R) is bilinear in input and weights,
-/// so the differences are exact but for rounding, near 1e-10 relative.
+/// Central-difference check of every gradient of a Conv2D<double> (edgesplit/nn/testing.hpp): the
+/// loss sum(out * R) is bilinear in input and weights, so the differences are exact but for
+/// rounding, near 1e-10 relative. Random biases, so that their gradients are checked on values
+/// that are not all zero.
 void check_conv_gradients(Conv2D<double>& conv, const Shape& in_shape, std::uint64_t seed) {
-  constexpr double h = 1e-5, tolerance = 1e-6;
-  auto x = random_tensor_t<double>(in_shape, seed, -2, 2);
   Rng rng(seed + 3);
   for (double& b : conv.bias().span()) b = rng.uniform(-1, 1);  // none without a bias
-  const Shape os = conv.output_shape(in_shape);
-  const auto r = random_tensor_t<double>(os, seed + 1);
-  Tensor<double> out(os), grad_in(in_shape);
-  auto loss = [&] {
-    conv.forward(x.cview(), out.view());
-    double s = 0;
-    for (std::size_t i = 0; i < out.size(); ++i) s += out[i] * r[i];
-    return s;
-  };
-  auto compare = [&](const std::string& what, TensorView<double> v, const std::vector<double>& analytic) {
-    double diff = 0, na = 0, nn = 0;
-    for (std::size_t i = 0; i < v.size(); ++i) {
-      const double keep = v[i];
-      v[i] = keep + h;
-      const double up = loss();
-      v[i] = keep - h;
-      const double down = loss();
-      v[i] = keep;
-      const double numeric = (up - down) / (2 * h);
-      diff += (numeric - analytic[i]) * (numeric - analytic[i]);
-      na += analytic[i] * analytic[i];
-      nn += numeric * numeric;
-    }
-    const double scale = std::max(std::sqrt(na), std::sqrt(nn));
-    const double err = scale == 0 ? 0 : std::sqrt(diff) / scale;
-    INFO(conv.describe() << " on " << in_shape.str() << ": " << what << " relative error " << err);
-    CHECK(scale > 0);
-    CHECK(err < tolerance);
-  };
-  conv.zero_grad();
-  conv.forward(x.cview(), out.view());
-  conv.backward(x.cview(), out.cview(), r.cview(), grad_in.view());
-  auto params = conv.parameters();
+  const testing::GradientReport report = testing::check_layer_gradients(conv, in_shape, seed);
+  auto params = conv.parameters();  // after the check's zero_grad, which allocates the gradients
   REQUIRE(params.size() == (conv.has_bias() ? 2u : 1u));
+  INFO(conv.describe() << " on " << in_shape.str() << ":\n" << report.str());
+  REQUIRE(report.entries.size() == params.size() + 1);
+  for (const auto& e : report.entries) CHECK(e.norm > 0);
+  CHECK(report.ok());
+
+  // The gradients check_layer_gradients left are those of one backward pass on its input x and
+  // output weights R: a second pass (an empty grad_in is allowed) must add the same again.
   std::vector<std::vector<double>> analytic;
   for (const auto& p : params) analytic.emplace_back(p.grad.data(), p.grad.data() + p.grad.size());
-  const std::vector<double> analytic_x(grad_in.data(), grad_in.data() + grad_in.size());
-  for (std::size_t k = 0; k < params.size(); ++k) compare(params[k].name, params[k].value, analytic[k]);
-  compare("input", x.view(), analytic_x);
-
+  Rng rx(seed), rr(seed + 1);
+  Tensor<double> x(in_shape);
+  for (double& v : x.span()) v = rx.uniform(-2, 2);
+  const Shape os = conv.output_shape(in_shape);
+  Tensor<double> r(os), out(os);
+  for (double& v : r.span()) v = rr.uniform(-1, 1);
+  conv.forward(x.cview(), out.view());
   // Gradients accumulate across backward calls until zeroed; an empty grad_in is allowed.
   conv.backward(x.cview(), out.cview(), r.cview(), TensorView<double>{});
   for (std::size_t k = 0; k < params.size(); ++k)
