@@ -677,7 +677,7 @@ TEST_CASE("Trainer learns a non-linear synthetic task to >= 99% in seconds", "[t
   CHECK_FALSE(h.stopped_early);
 }
 
-TEST_CASE("Dense without an Rng starts from seeded He-uniform weights and trains", "[train][trainer]") {
+TEST_CASE("Dense and Conv2D without an Rng start from seeded He-uniform weights; such a model trains", "[train][trainer]") {
   // Dense(in, out) once gave all-zero weights: every hidden unit equal, accuracy stuck at chance.
   const Dense<float> a(8, 32), b(8, 32), c(32, 8);
   float lo = 0, hi = 0;
@@ -690,6 +690,18 @@ TEST_CASE("Dense without an Rng starts from seeded He-uniform weights and trains
   CHECK(std::equal(a.weight().span().begin(), a.weight().span().end(), b.weight().span().begin()));
   for (float v : a.bias().span()) CHECK(v == 0);
   CHECK(c.weight().cview()[0] != a.weight().cview()[0]);  // another shape, another draw
+
+  // Conv2D likewise: He-uniform over fan_in = in / groups x kernel_h x kernel_w.
+  const Conv2D<float> k1(3, 8, 3, 3), k2(3, 8, 3, 3), k3(8, 3, 3, 3);
+  const float klimit = static_cast<float>(std::sqrt(6.0 / 27));
+  float klo = 0, khi = 0;
+  for (float w : k1.weight().span()) klo = std::min(klo, w), khi = std::max(khi, w);
+  CHECK(klo < -0.5f * klimit);
+  CHECK(khi > 0.5f * klimit);
+  CHECK(klo >= -klimit);
+  CHECK(khi <= klimit);
+  CHECK(std::equal(k1.weight().span().begin(), k1.weight().span().end(), k2.weight().span().begin()));
+  CHECK(k3.weight().cview()[0] != k1.weight().cview()[0]);
 
   const auto train = xor_task(4000, 8, 1), test = xor_task(2000, 8, 2);
   Sequential<float> model;

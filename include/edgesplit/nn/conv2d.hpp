@@ -78,31 +78,28 @@ struct Conv2DOptions {
 template <Real T>
 class Conv2D final : public Layer<T> {
  public:
-  /// A layer with zero weights and bias (for loading weights into). errc::invalid_argument for a
+  /// The seed of the weights of a Conv2D built without an Rng.
+  static constexpr std::uint64_t default_seed = 0x5eed'0000'c0d2ull;
+
+  /// A layer with He-uniform weights drawn from `default_seed` and the layer's shape, and zero
+  /// bias: reproducible, and trainable as it is (all-zero weights would never start training).
+  /// Pass an Rng to draw different weights per layer or per run. errc::invalid_argument for a
   /// zero channel count or window size, channels not divisible by `groups`, or a window size over
   /// Window2D::max_extent.
   Conv2D(std::size_t in_channels, std::size_t out_channels, std::size_t kernel_h, std::size_t kernel_w,
          const Conv2DOptions& options = {})
-      : in_(in_channels),
-        out_(out_channels),
-        groups_(options.groups),
-        bias_on_(options.bias),
-        window_(options.window(kernel_h, kernel_w)) {
-    if (in_ == 0 || out_ == 0) fail(errc::invalid_argument, "Conv2D needs in_channels > 0 and out_channels > 0");
-    window_.validate("Conv2D");
-    if (groups_ == 0 || in_ % groups_ != 0 || out_ % groups_ != 0)
-      fail(errc::invalid_argument, "Conv2D groups = " + std::to_string(groups_) + " must be > 0 and divide both in_channels = " +
-                                       std::to_string(in_) + " and out_channels = " + std::to_string(out_));
-    weight_.resize(Shape{out_, in_ / groups_, kernel_h, kernel_w});
-    if (bias_on_) bias_.resize(Shape{out_});
+      : Conv2D(in_channels, out_channels, kernel_h, kernel_w, options, shape_only{}) {
+    Rng rng(default_seed ^ (static_cast<std::uint64_t>(in_channels) << 40) ^
+            (static_cast<std::uint64_t>(out_channels) << 16) ^ (static_cast<std::uint64_t>(kernel_h) << 8) ^
+            static_cast<std::uint64_t>(kernel_w));
+    init(rng);
   }
   /// A layer with He-uniform weights (bound sqrt(6 / fan_in), fan_in = in/groups * kernel_h *
-  /// kernel_w, as Dense uses) and zero bias.
+  /// kernel_w, as Dense uses) from `rng`, and zero bias.
   Conv2D(std::size_t in_channels, std::size_t out_channels, std::size_t kernel_h, std::size_t kernel_w,
          const Conv2DOptions& options, Rng& rng)
-      : Conv2D(in_channels, out_channels, kernel_h, kernel_w, options) {
-    const double limit = std::sqrt(6.0 / static_cast<double>(depth()));
-    for (T& w : weight_.span()) w = static_cast<T>(rng.uniform(-limit, limit));
+      : Conv2D(in_channels, out_channels, kernel_h, kernel_w, options, shape_only{}) {
+    init(rng);
   }
 
   std::string_view name() const noexcept override { return "Conv2D"; }
@@ -273,6 +270,26 @@ class Conv2D final : public Layer<T> {
   }
 
  private:
+  struct shape_only {};
+  Conv2D(std::size_t in_channels, std::size_t out_channels, std::size_t kernel_h, std::size_t kernel_w,
+         const Conv2DOptions& options, shape_only)
+      : in_(in_channels),
+        out_(out_channels),
+        groups_(options.groups),
+        bias_on_(options.bias),
+        window_(options.window(kernel_h, kernel_w)) {
+    if (in_ == 0 || out_ == 0) fail(errc::invalid_argument, "Conv2D needs in_channels > 0 and out_channels > 0");
+    window_.validate("Conv2D");
+    if (groups_ == 0 || in_ % groups_ != 0 || out_ % groups_ != 0)
+      fail(errc::invalid_argument, "Conv2D groups = " + std::to_string(groups_) + " must be > 0 and divide both in_channels = " +
+                                       std::to_string(in_) + " and out_channels = " + std::to_string(out_));
+    weight_.resize(Shape{out_, in_ / groups_, kernel_h, kernel_w});
+    if (bias_on_) bias_.resize(Shape{out_});
+  }
+  void init(Rng& rng) {
+    const double limit = std::sqrt(6.0 / static_cast<double>(depth()));
+    for (T& w : weight_.span()) w = static_cast<T>(rng.uniform(-limit, limit));
+  }
   // The sizes of one forward or backward pass on an input that passed check_input().
   struct Geometry {
     std::size_t batch, height, width, plane;  // plane = H * W
