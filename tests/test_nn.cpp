@@ -735,6 +735,29 @@ void check_direct_kernel(const Conv2D<T>& conv, const Tensor<T>& x, const Tensor
   CHECK(bad == 0);
 }
 
+// Runs `kernel` and its scalar reference `reference` (each called as (input, channels, height,
+// width, window, weights, out_channels, bias, output)) on every sample and group of `conv`'s
+// input `x`, and compares the two outputs with check_direct_kernel.
+template <class T, class Kernel, class Reference>
+void run_per_group(const Conv2D<T>& conv, const Tensor<T>& x, Kernel kernel, Reference reference, const char* what) {
+  const Window2D& w = conv.window();
+  const std::size_t batch = x.shape()[0], in = x.shape()[1], h = x.shape()[2], wd = x.shape()[3];
+  const std::size_t groups = conv.options().groups, out = conv.out_channels();
+  const std::size_t ig = in / groups, og = out / groups, plane = h * wd;
+  const std::size_t positions = w.out_h(h) * w.out_w(wd), depth = ig * w.kernel_h * w.kernel_w;
+  Tensor<T> simd(conv.output_shape(x.shape())), scalar(simd.shape());
+  for (std::size_t n = 0; n < batch; ++n)
+    for (std::size_t g = 0; g < groups; ++g) {
+      const T* xg = x.data() + (n * in + g * ig) * plane;
+      const T* wg = conv.weight().data() + g * og * depth;
+      const T* bg = conv.has_bias() ? conv.bias().data() + g * og : nullptr;
+      const std::size_t yo = (n * out + g * og) * positions;
+      kernel(xg, ig, h, wd, w, wg, og, bg, simd.data() + yo);
+      reference(xg, ig, h, wd, w, wg, og, bg, scalar.data() + yo);
+    }
+  check_direct_kernel(conv, x, simd, scalar, what);
+}
+
 template <class T>
 void check_depthwise_kernel() {
   std::uint64_t seed = 5000;
@@ -802,20 +825,9 @@ void check_stride1_kernel() {
           const Window2D& w = conv.window();
           if (w.out_h(hw[0]) == 0 || w.out_w(hw[1]) == 0) continue;
           const auto x = random_tensor_t<T>(Shape{2, in, hw[0], hw[1]}, seed * 13);
-          Tensor<T> simd(conv.output_shape(x.shape())), scalar(simd.shape());
-          const std::size_t ig = in / groups, og = out / groups, plane = hw[0] * hw[1];
-          const std::size_t positions = w.out_h(hw[0]) * w.out_w(hw[1]), depth = ig * kd[0] * kd[1];
-          std::vector<T> scratch(kernels::conv2d_stride1_scratch<T>(ig, hw[0], hw[1], w, og));
-          for (std::size_t n = 0; n < 2; ++n)
-            for (std::size_t g = 0; g < groups; ++g) {
-              const T* xg = x.data() + (n * in + g * ig) * plane;
-              const T* wg = conv.weight().data() + g * og * depth;
-              const T* bg = conv.has_bias() ? conv.bias().data() + g * og : nullptr;
-              const std::size_t yo = (n * out + g * og) * positions;
-              kernels::conv2d_stride1(xg, ig, hw[0], hw[1], w, wg, og, bg, simd.data() + yo, scratch.data());
-              kernels::conv2d_stride1_scalar(xg, ig, hw[0], hw[1], w, wg, og, bg, scalar.data() + yo);
-            }
-          check_direct_kernel(conv, x, simd, scalar, "stride1");
+          std::vector<T> scratch(kernels::conv2d_stride1_scratch<T>(in / groups, hw[0], hw[1], w, out / groups));
+          run_per_group(conv, x, [&](auto... a) { kernels::conv2d_stride1(a..., scratch.data()); },
+                        [](auto... a) { kernels::conv2d_stride1_scalar(a...); }, "stride1");
           ++checked;
         }
   CHECK(checked > 100);
@@ -852,20 +864,10 @@ void check_strided_kernel() {
             const Window2D& w = conv.window();
             if (w.out_h(hw[0]) == 0 || w.out_w(hw[1]) == 0) continue;
             const auto x = random_tensor_t<T>(Shape{2, in, hw[0], hw[1]}, seed * 17);
-            Tensor<T> simd(conv.output_shape(x.shape())), scalar(simd.shape());
-            const std::size_t ig = in / groups, og = out / groups, plane = hw[0] * hw[1];
-            const std::size_t positions = w.out_h(hw[0]) * w.out_w(hw[1]), depth = ig * kd[0] * kd[1];
-            std::vector<T> scratch(kernels::conv2d_direct_scratch<T>(ig, hw[0], hw[1], w, og));
-            for (std::size_t n = 0; n < 2; ++n)
-              for (std::size_t g = 0; g < groups; ++g) {
-                const T* xg = x.data() + (n * in + g * ig) * plane;
-                const T* wg = conv.weight().data() + g * og * depth;
-                const T* bg = conv.has_bias() ? conv.bias().data() + g * og : nullptr;
-                const std::size_t yo = (n * out + g * og) * positions;
-                kernels::conv2d_direct(xg, ig, hw[0], hw[1], w, wg, og, bg, simd.data() + yo, scratch.data());
-                kernels::conv2d_direct_scalar(xg, ig, hw[0], hw[1], w, wg, og, bg, scalar.data() + yo);
-              }
-            check_direct_kernel(conv, x, simd, scalar, "strided");
+            const std::size_t ig = in / groups;
+            std::vector<T> scratch(kernels::conv2d_direct_scratch<T>(ig, hw[0], hw[1], w, out / groups));
+            run_per_group(conv, x, [&](auto... a) { kernels::conv2d_direct(a..., scratch.data()); },
+                          [](auto... a) { kernels::conv2d_direct_scalar(a...); }, "strided");
             ++checked;
             via_layer += kernels::conv2d_direct_suits(ig, hw[1], w);
           }
