@@ -677,7 +677,7 @@ TEST_CASE("Trainer learns a non-linear synthetic task to >= 99% in seconds", "[t
   CHECK_FALSE(h.stopped_early);
 }
 
-TEST_CASE("Dense and Conv2D without an Rng start from seeded He-uniform weights; such a model trains", "[train][trainer]") {
+TEST_CASE("Dense and Conv2D without an Rng start from seeded He-uniform weights and such a model trains", "[train][trainer]") {
   // Dense(in, out) once gave all-zero weights: every hidden unit equal, accuracy stuck at chance.
   const Dense<float> a(8, 32), b(8, 32), c(32, 8);
   float lo = 0, hi = 0;
