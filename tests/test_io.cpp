@@ -583,3 +583,338 @@ TEST_CASE("Fashion-MNIST: a reduced training run reaches its measured accuracy f
   CHECK(acc >= 0.78);
 }
 #endif
+
+// .npy (io/npy.hpp, no dependency): round trips, the bytes numpy writes, format 2.0 and 3.0,
+// every malformed or unsupported file, and the fuzz corpus. The reference bytes below, and the
+// valid-* files of tests/corpus-npy/, were written by numpy 1.24.2 (np.save, and
+// np.lib.format.write_array with version=(2, 0) and (3, 0)); the bad-* files are numpy's output
+// edited by hand or headers written by hand.
+#include <algorithm>
+#include <limits>
+#include <string_view>
+
+#include "fuzz/npy_entry.hpp"
+
+namespace {
+
+std::vector<std::byte> from_hex(std::string_view hex) {
+  std::vector<std::byte> out;
+  auto nibble = [](char c) { return static_cast<unsigned>(c <= '9' ? c - '0' : c - 'a' + 10); };
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2)
+    out.push_back(static_cast<std::byte>(nibble(hex[i]) << 4 | nibble(hex[i + 1])));
+  return out;
+}
+
+// np.save of np.arange(6, dtype=np.float32).reshape(2, 3) * 0.5 - 1
+const std::string numpy_2x3 =
+    "934e554d5059010076007b276465736372273a20273c6634272c2027666f727472616e5f6f72646572273a2046616c73"
+    "652c20277368617065273a2028322c2033292c207d202020202020202020202020202020202020202020202020202020"
+    "202020202020202020202020202020202020202020202020202020202020200a000080bf000000bf000000000000003f"
+    "0000803f0000c03f";
+// np.save of np.array([1.5], np.float32)
+const std::string numpy_1 =
+    "934e554d5059010076007b276465736372273a20273c6634272c2027666f727472616e5f6f72646572273a2046616c73"
+    "652c20277368617065273a2028312c292c207d2020202020202020202020202020202020202020202020202020202020"
+    "202020202020202020202020202020202020202020202020202020202020200a0000c03f";
+// np.lib.format.write_array of np.array([1.5, -2], np.float32) with version=(2, 0)
+const std::string numpy_v2 =
+    "934e554d50590200740000007b276465736372273a20273c6634272c2027666f727472616e5f6f72646572273a204661"
+    "6c73652c20277368617065273a2028322c292c207d202020202020202020202020202020202020202020202020202020"
+    "202020202020202020202020202020202020202020202020202020202020200a0000c03f000000c0";
+
+// A version 1.0 file with header text `dict` (sent as is: the caller supplies any padding and
+// the '\n') followed by `data`.
+std::vector<std::byte> npy_file(const std::string& dict, const std::vector<float>& data = {}, unsigned major = 1) {
+  std::vector<std::byte> out;
+  for (char c : std::string_view("\x93NUMPY", 6)) out.push_back(static_cast<std::byte>(c));
+  out.push_back(static_cast<std::byte>(major));
+  out.push_back(std::byte{0});
+  const std::size_t n = dict.size();
+  for (std::size_t i = 0; i < (major == 1 ? 2u : 4u); ++i) out.push_back(static_cast<std::byte>((n >> (8 * i)) & 0xff));
+  for (char c : dict) out.push_back(static_cast<std::byte>(c));
+  const std::size_t at = out.size();
+  out.resize(at + data.size() * 4);
+  if (!data.empty()) std::memcpy(out.data() + at, data.data(), data.size() * 4);
+  return out;
+}
+
+std::string f4_dict(const std::string& shape) {
+  return "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }\n";
+}
+
+bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
+  return a.shape() == b.shape() && (a.size() == 0 || std::memcmp(a.data(), b.data(), a.bytes()) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("npy: every rank round-trips bit for bit through bytes and files", "[io][npy]") {
+  TempDir dir("npy");
+  const float special[] = {-0.0f, std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                           std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::denorm_min(),
+                           std::numeric_limits<float>::max(), std::numeric_limits<float>::lowest(), 1e-30f};
+  const std::vector<Shape> shapes = {Shape{1}, Shape{8}, Shape{2, 3}, Shape{2, 3, 4, 4}, Shape{2, 1, 1, 1, 1, 1, 1, 3},
+                                     Shape{0, 3}, Shape{1234567}, Shape{100000000000, 0}};
+  for (const Shape& s : shapes) {
+    INFO("shape " << s.str());
+    Tensor<float> t(s);
+    for (std::size_t i = 0; i < t.size(); ++i) t[i] = i < 8 ? special[i] : static_cast<float>(i) * 0.37f - 5;
+    const auto bytes = to_npy(t.cview());
+    CHECK((bytes.size() - t.bytes()) % 64 == 0);  // numpy's alignment of the data
+    CHECK(same_bits(parse_npy(bytes), t));
+    const auto path = dir.path / "t.npy";
+    save_npy(path, t.cview());
+    CHECK_FALSE(fs::exists(dir.path / "t.npy.tmp"));
+    CHECK(read_file(path) == bytes);
+    CHECK(same_bits(read_npy(path), t));
+    CHECK(same_bits(read_npy(path.string()), t));  // a std::string path converts
+  }
+  // a file is replaced whole
+  save_npy(dir.path / "t.npy", Tensor<float>(Shape{2}, 7.0f).cview());
+  CHECK(same_bits(read_npy(dir.path / "t.npy"), Tensor<float>(Shape{2}, 7.0f)));
+}
+
+TEST_CASE("npy: to_npy writes the bytes numpy writes, and reads numpy's files", "[io][npy]") {
+  Tensor<float> x(Shape{2, 3});
+  for (std::size_t i = 0; i < 6; ++i) x[i] = static_cast<float>(i) * 0.5f - 1;
+  CHECK(to_npy(x.cview()) == from_hex(numpy_2x3));
+  CHECK(same_bits(parse_npy(from_hex(numpy_2x3)), x));
+  const Tensor<float> one(Shape{1}, 1.5f);
+  CHECK(to_npy(one.cview()) == from_hex(numpy_1));
+  CHECK(same_bits(parse_npy(from_hex(numpy_1)), one));
+  // np.save(f, np.zeros((0, 3), np.float32)): numpy_2x3's header with shape (0, 3) and no data
+  std::string empty_hex = numpy_2x3.substr(0, 2 * 128);
+  const auto at = empty_hex.find("28322c2033");  // "(2, 3"
+  REQUIRE(at != std::string::npos);
+  empty_hex.replace(at, 10, "28302c2033");
+  CHECK(to_npy(Tensor<float>(Shape{0, 3}).cview()) == from_hex(empty_hex));
+  CHECK(parse_npy(from_hex(empty_hex)).shape() == Shape{0, 3});
+  expect_errc(errc::invalid_argument, [] { (void)to_npy(TensorView<const float>()); });
+}
+
+TEST_CASE("npy: format 2.0 and 3.0 files, any key order, quotes and whitespace", "[io][npy]") {
+  Tensor<float> two(Shape{2});
+  two[0] = 1.5f;
+  two[1] = -2;
+  const auto v2 = from_hex(numpy_v2);
+  CHECK(same_bits(parse_npy(v2), two));
+  auto v3 = v2;
+  v3[6] = std::byte{3};  // 3.0 differs only in allowing UTF-8 in the header
+  CHECK(same_bits(parse_npy(v3), two));
+  CHECK(same_bits(parse_npy(npy_file(f4_dict("(2,)"), {1.5f, -2}, 2)), two));
+
+  const std::vector<float> six = {1, 2, 3, 4, 5, 6};
+  for (const std::string& dict : std::vector<std::string>{
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }\n",         // numpy's, unpadded
+           "{'descr':'<f4','fortran_order':False,'shape':(2,3)}\n",                 // no spaces
+           "{'shape': (2, 3), 'fortran_order': False, 'descr': '<f4'}\n",           // another order
+           "{\"descr\": \"<f4\", \"fortran_order\": False, \"shape\": (2, 3,)}\n",  // double quotes, trailing comma
+           "{ 'fortran_order' :\tFalse ,\n 'shape' : ( 2 ,\t3 ) , 'descr' : '<f4' , }\r\n",
+           "  {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }" + std::string(300, ' ') + "\n",
+       }) {
+    INFO(dict);
+    const auto t = parse_npy(npy_file(dict, six));
+    CHECK(t.shape() == Shape{2, 3});
+    CHECK(t[5] == 6);
+  }
+}
+
+TEST_CASE("npy: every malformed or unsupported file is a typed error that says what it found", "[io][npy]") {
+  const auto good = from_hex(numpy_2x3);
+  const std::vector<float> six(6, 1.0f);
+  auto message_of = [](const std::vector<std::byte>& b) -> std::string {
+    try {
+      (void)parse_npy(b);
+    } catch (const edgesplit::error& e) {
+      return e.what();
+    }
+    return "nothing thrown";
+  };
+  auto parse = [](const std::vector<std::byte>& b) { return [b] { (void)parse_npy(b); }; };
+
+  // framing: magic, version, header length
+  auto bad_magic = good;
+  bad_magic[5] = std::byte{'Z'};
+  expect_errc(errc::corrupt_frame, parse(bad_magic));
+  expect_errc(errc::corrupt_frame, parse({}));
+  expect_errc(errc::corrupt_frame, parse({good.begin(), good.begin() + 5}));  // inside the magic
+  expect_errc(errc::corrupt_frame, parse({good.begin(), good.begin() + 9}));  // inside the header length
+  expect_errc(errc::corrupt_frame, parse({good.begin(), good.begin() + 40}));  // inside the header
+  const auto v2 = npy_file(f4_dict("(2,)"), {1, 2}, 2);
+  expect_errc(errc::corrupt_frame, parse({v2.begin(), v2.begin() + 11}));  // 2.0: inside the u32 length
+  for (unsigned v : {0u, 4u, 0xffu}) {
+    auto version = good;
+    version[6] = static_cast<std::byte>(v);
+    expect_errc(errc::version_mismatch, parse(version));
+  }
+  auto minor = good;
+  minor[7] = std::byte{1};
+  expect_errc(errc::version_mismatch, parse(minor));
+  auto past_end = good;
+  past_end[8] = std::byte{0xff};
+  past_end[9] = std::byte{0x00};  // 255 bytes of header in a 152-byte file
+  expect_errc(errc::corrupt_frame, parse(past_end));
+  auto huge = npy_file(f4_dict("(1,)"), {1}, 2);
+  huge[11] = std::byte{0x10};  // 2.0: a 256 MiB header, over the 64 KiB cap
+  expect_errc(errc::too_large, parse(huge));
+  expect_errc(errc::corrupt_frame, parse(npy_file("", {})));  // empty header
+
+  // the dict
+  for (const std::string& dict : std::vector<std::string>{
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }",   // no final '\n'
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), } x\n",
+           "'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)\n",      // not a dict
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), \n",   // unclosed
+           "{'descr': '<f4' 'fortran_order': False, 'shape': (2, 3)}\n",     // no comma
+           "{'descr': '<f4',, 'fortran_order': False, 'shape': (2, 3)}\n",
+           "{descr: '<f4', 'fortran_order': False, 'shape': (2, 3)}\n",      // unquoted key
+           "{'descr' '<f4', 'fortran_order': False, 'shape': (2, 3)}\n",     // no colon
+           "{'descr': '<f4, 'fortran_order': False, 'shape': (2, 3)}\n",     // quotes do not match
+           "{'descr': '<f4\", 'fortran_order': False, 'shape': (2, 3)}\n",
+           "{'descr': '<\\x66\\x34', 'fortran_order': False, 'shape': (2, 3)}\n",  // escapes
+           "{'descr': '<f4', 'fortran_order': false, 'shape': (2, 3)}\n",
+           "{'descr': '<f4', 'fortran_order': 0, 'shape': (2, 3)}\n",
+           "{'descr': '<f4', 'fortran_order': False, 'shape': [2, 3]}\n",    // a list, not a tuple
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (6)}\n",       // an int, not a tuple
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3}\n",
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2,, 3)}\n",
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3.0)}\n",
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 03)}\n",   // leading zero
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3L)}\n",
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, +3)}\n",
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (-2, -3)}\n",  // negative
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, - 3)}\n",
+           "{'descr': '<f4', 'fortran_order': False}\n",                     // missing key
+           "{'descr': '<f4', 'shape': (2, 3)}\n",
+           "{'fortran_order': False, 'shape': (2, 3)}\n",
+           "{}\n",
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'shape': (2, 3)}\n",  // duplicate
+           "{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)}\n",
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'extra': 1}\n",  // unknown key
+           "{'descr': '', 'fortran_order': False, 'shape': (2, 3)}\n",      // empty dtype
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)}\n" + std::string(1, '\0'),
+       }) {
+    INFO(dict);
+    expect_errc(errc::corrupt_frame, parse(npy_file(dict, six)));
+  }
+  std::string non_ascii = f4_dict("(2, 3)");
+  non_ascii[3] = '\xe9';
+  expect_errc(errc::corrupt_frame, parse(npy_file(non_ascii, six)));
+
+  // well-formed, not supported: the message names what was found
+  for (const char* dtype : {"<f8", "<f2", "|u1", "<i4", "|b1", "<c8", "=f4", "f4", "<U10", "|O"}) {
+    const auto b = npy_file("{'descr': '" + std::string(dtype) + "', 'fortran_order': False, 'shape': (2, 3), }\n", six);
+    expect_errc(errc::unsupported, parse(b));
+    CHECK_THAT(message_of(b), Catch::Contains(std::string("dtype '") + dtype + "' is not supported; save float32 (np.float32)"));
+  }
+  const auto big = npy_file("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }\n", six);
+  expect_errc(errc::unsupported, parse(big));
+  CHECK_THAT(message_of(big), Catch::Contains("big-endian"));
+  const auto fortran = npy_file("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }\n", six);
+  expect_errc(errc::unsupported, parse(fortran));
+  CHECK_THAT(message_of(fortran), Catch::Contains("fortran_order True"));
+  expect_errc(errc::unsupported, parse(npy_file("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }\n", {1, 2})));
+  const auto scalar = npy_file(f4_dict("()"), {3});
+  expect_errc(errc::unsupported, parse(scalar));
+  CHECK_THAT(message_of(scalar), Catch::Contains("0-d array"));
+  expect_errc(errc::unsupported, parse(npy_file(f4_dict("(1, 1, 1, 1, 1, 1, 1, 1, 1)"), {3})));  // rank 9
+  std::string deep = "(1";
+  for (int i = 0; i < 2000; ++i) deep += ", 1";
+  expect_errc(errc::unsupported, parse(npy_file(f4_dict(deep + ")"), {3})));  // rank 2001: counted, not stored
+
+  // sizes: refused from the header alone, before any allocation
+  expect_errc(errc::too_large, parse(npy_file(f4_dict("(4294967296, 4294967296)"))));            // count overflows
+  expect_errc(errc::too_large, parse(npy_file(f4_dict("(4611686018427387904,)"))));             // x 4 overflows
+  expect_errc(errc::too_large, parse(npy_file(f4_dict("(99999999999999999999999,)"))));         // over 64 bits
+  expect_errc(errc::too_large, parse(npy_file(f4_dict("(1073741824, 3)"))));                    // over max_bytes
+  expect_errc(errc::corrupt_frame, parse(npy_file(f4_dict("(100000, 1000)"))));                 // 400 MB claimed, none there
+  CHECK(parse_npy(npy_file(f4_dict("(0, 4294967296, 4294967296)"))).size() == 0);  // a 0 makes the count 0, as in Shape
+  NpyLimits small;
+  small.max_bytes = 20;
+  expect_errc(errc::too_large, [&] { (void)parse_npy(npy_file(f4_dict("(2, 3)"), six), small); });
+  small = {};
+  small.max_header_bytes = 100;
+  expect_errc(errc::too_large, [&] { (void)parse_npy(good, small); });  // numpy's 118-byte header
+
+  // data: exactly count x 4 bytes
+  expect_errc(errc::corrupt_frame, parse({good.begin(), good.end() - 1}));
+  expect_errc(errc::corrupt_frame, parse({good.begin(), good.end() - 24}));  // header only
+  auto trailing = good;
+  trailing.push_back(std::byte{0});
+  expect_errc(errc::corrupt_frame, parse(trailing));
+  CHECK_THAT(message_of(trailing), Catch::Contains("trailing bytes"));
+  expect_errc(errc::corrupt_frame, parse(npy_file(f4_dict("(0, 3)"), {1})));  // data for an empty array
+}
+
+TEST_CASE("npy: files that cannot be read or written are io_error", "[io][npy]") {
+  TempDir dir("npyio");
+  expect_errc(errc::io_error, [&] { (void)read_npy(dir.path / "missing.npy"); });
+  expect_errc(errc::io_error, [&] { (void)read_npy(dir.path); });
+  const Tensor<float> t(Shape{2}, 1.0f);
+  expect_errc(errc::io_error, [&] { save_npy(dir.path / "no" / "such" / "dir.npy", t.cview()); });
+  fs::create_directories(dir.path / "taken.npy");  // rename onto a directory fails
+  expect_errc(errc::io_error, [&] { save_npy(dir.path / "taken.npy", t.cview()); });
+  CHECK_FALSE(fs::exists(dir.path / "taken.npy.tmp"));
+  // a file over the limits is refused from its size, before it is read
+  write_file(dir.path / "big.npy", std::vector<std::byte>(4096));
+  NpyLimits small;
+  small.max_bytes = 1000;
+  small.max_header_bytes = 1000;
+  expect_errc(errc::too_large, [&] { (void)read_npy(dir.path / "big.npy", small); });
+  // messages name the file
+  write_file(dir.path / "x.npy", npy_file("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }\n", {0, 0}));
+  try {
+    (void)read_npy(dir.path / "x.npy");
+    FAIL("nothing thrown");
+  } catch (const edgesplit::error& e) {
+    CHECK(e.code() == errc::unsupported);
+    CHECK_THAT(e.what(), Catch::Contains("x.npy: dtype '<f8' is not supported; save float32 (np.float32)"));
+  }
+}
+
+TEST_CASE("npy: every truncation and byte flip is refused or read, never a crash", "[io][npy]") {
+  const auto good = from_hex(numpy_2x3);
+  for (std::size_t len = 0; len < good.size(); ++len) {
+    INFO("first " << len << " bytes");
+    expect_errc(errc::corrupt_frame, [&] { (void)parse_npy(std::span(good.data(), len)); });
+  }
+  std::size_t read = 0;
+  for (std::size_t i = 0; i < good.size(); ++i)
+    for (unsigned v : {0x00u, 0x20u, 0x27u, 0x29u, 0x2cu, 0x31u, 0x7du, 0x80u, 0xffu}) {
+      auto flipped = good;
+      flipped[i] = static_cast<std::byte>(v);
+      if (edgesplit_fuzz::decode_npy_all(flipped)) ++read;  // aborts on a broken promise
+    }
+  CHECK(read > 0);
+}
+
+TEST_CASE("npy: the fuzz corpus replays through the fuzzer's entry point", "[io][npy][fuzz]") {
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(EDGESPLIT_NPY_CORPUS_DIR))
+    if (e.is_regular_file()) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  REQUIRE(files.size() >= 10);
+  std::size_t valid = 0, bad = 0;
+  for (const fs::path& p : files) {
+    const auto bytes = read_file(p);
+    const bool ok = edgesplit_fuzz::decode_npy_all(bytes);
+    const std::string name = p.filename().string();
+    INFO(name);
+    if (name.rfind("valid-", 0) == 0) {
+      CHECK(ok);
+      ++valid;
+    }
+    if (name.rfind("bad-", 0) == 0) {
+      CHECK_FALSE(ok);
+      ++bad;
+    }
+  }
+  CHECK(valid >= 5);
+  CHECK(bad >= 10);
+  // numpy's own files among them are what to_npy writes for the same tensors
+  for (const char* name : {"valid-f32-2x3", "valid-f32-empty-0x3", "valid-f32-rank8", "valid-f32-nchw"}) {
+    INFO(name);
+    const auto bytes = read_file(fs::path(EDGESPLIT_NPY_CORPUS_DIR) / name);
+    CHECK(to_npy(parse_npy(bytes).cview()) == bytes);
+  }
+}

@@ -8,6 +8,7 @@
 #include "edgesplit/core/random.hpp"
 #include "edgesplit/core/shape.hpp"
 #include "edgesplit/core/tensor.hpp"
+#include "edgesplit/io/npy.hpp"
 #include "edgesplit/nn/activations.hpp"
 #include "edgesplit/nn/batchnorm.hpp"
 #include "edgesplit/nn/collaborative.hpp"
