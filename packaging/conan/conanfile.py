@@ -28,9 +28,9 @@ class EdgesplitConan(ConanFile):
     settings = "os", "arch", "compiler", "build_type"
     # Each optional dependency is used by its own headers only (see the top CMakeLists.txt).
     options = {"with_json": [True, False], "with_zlib": [True, False], "with_zstd": [True, False],
-               "with_zmq": [True, False], "with_tls": [True, False]}
+               "with_zmq": [True, False], "with_tls": [True, False], "with_onnx": [True, False]}
     default_options = {"with_json": True, "with_zlib": True, "with_zstd": True, "with_zmq": False,
-                       "with_tls": False}
+                       "with_tls": False, "with_onnx": False}
     no_copy_source = True
 
     def export_sources(self):
@@ -56,6 +56,8 @@ class EdgesplitConan(ConanFile):
             self.requires("cppzmq/[>=4.7 <5]")
         if self.options.with_tls:
             self.requires("openssl/[>=1.1.1 <4]")
+        if self.options.with_onnx:
+            self.requires("onnx/[>=1.12 <2]")
 
     def package_id(self):
         # Nothing is compiled: the package is the same for every compiler, OS and build type.
@@ -77,6 +79,7 @@ class EdgesplitConan(ConanFile):
         tc.cache_variables["EDGESPLIT_WITH_ZSTD"] = bool(self.options.with_zstd)
         tc.cache_variables["EDGESPLIT_WITH_ZMQ"] = bool(self.options.with_zmq)
         tc.cache_variables["EDGESPLIT_WITH_TLS"] = bool(self.options.with_tls)
+        tc.cache_variables["EDGESPLIT_WITH_ONNX"] = bool(self.options.with_onnx)
         tc.generate()
         CMakeDeps(self).generate()
 
@@ -109,6 +112,9 @@ class EdgesplitConan(ConanFile):
             self.cpp_info.requires.append("cppzmq::cppzmq")
         if self.options.with_tls:
             self.cpp_info.requires.extend(["openssl::ssl", "openssl::crypto"])
+        if self.options.with_onnx:
+            self.cpp_info.requires.append("onnx::onnx")  # brings onnx_proto and protobuf
+            self.cpp_info.defines.append("EDGESPLIT_HAS_ONNX=1")
             self.cpp_info.defines.append("EDGESPLIT_HAS_TLS=1")
         if self.settings.os in ("Linux", "FreeBSD"):
             self.cpp_info.system_libs = ["pthread"]

@@ -18,6 +18,7 @@ vcpkg_check_features(OUT_FEATURE_OPTIONS FEATURE_OPTIONS
     zstd EDGESPLIT_WITH_ZSTD
     zmq EDGESPLIT_WITH_ZMQ
     tls EDGESPLIT_WITH_TLS
+    onnx EDGESPLIT_WITH_ONNX
 )
 
 vcpkg_cmake_configure(

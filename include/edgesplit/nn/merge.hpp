@@ -1,6 +1,7 @@
 // edgesplit/nn/merge.hpp - nodes where branches of a graph meet: Add (residual) and Concat.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -149,64 +150,91 @@ class Add final : public Merge<T> {
   }
 };
 
-/// Concatenation along the channel axis (axis 1 of NCHW, the feature axis of {N, F}): the join of
-/// Inception and DenseNet blocks. Inputs agree in every dimension but the second.
+/// Concatenation along one axis, the channel axis (1) by default: the join of Inception and
+/// DenseNet blocks (axis 1 of NCHW, the feature axis of {N, F}). Inputs agree in every dimension
+/// but that axis. Other axes (>= 1: the batch axis stays) serve imported models.
 template <Real T>
 class Concat final : public Merge<T> {
  public:
+  /// Joins along `axis` (1 to 7).
+  explicit Concat(std::size_t axis = 1) : axis_(axis) {
+    if (axis == 0 || axis >= Shape::max_rank)
+      fail(errc::invalid_argument, "Concat needs an axis from 1 to 7 (0 is the batch), got " + std::to_string(axis));
+  }
   std::string_view name() const noexcept override { return "Concat"; }
+  std::string describe() const override { return axis_ == 1 ? "Concat" : "Concat(axis " + std::to_string(axis_) + ")"; }
   std::unique_ptr<Merge<T>> clone() const override { return std::make_unique<Concat>(*this); }
+  /// No settings at the channel axis (so files and architecture hashes of channel joins are
+  /// those of a Concat without axis); {"axis": a} otherwise.
+  LayerSpec spec() const override {
+    LayerSpec s{"Concat", {}, {}};
+    if (axis_ != 1) s.integers["axis"] = axis_;
+    return s;
+  }
+  std::size_t axis() const noexcept { return axis_; }  ///< the joined axis
 
  protected:
   void check_inputs(std::span<const Shape> in) const override {
     Merge<T>::check_inputs(in);
     for (const Shape& s : in) {
-      bool fits = s.rank() == in[0].rank();
-      for (std::size_t d = 2; fits && d < s.rank(); ++d) fits = s[d] == in[0][d];
+      bool fits = s.rank() == in[0].rank() && axis_ < s.rank();
+      for (std::size_t d = 1; fits && d < s.rank(); ++d) fits = d == axis_ || s[d] == in[0][d];
       if (!fits)
-        fail(errc::shape_mismatch,
-             "Concat needs inputs that differ only in the channel axis (1), got " + in[0].str() + " and " + s.str());
+        fail(errc::shape_mismatch, describe() + " needs inputs that differ only in axis " + std::to_string(axis_) +
+                                       ", got " + in[0].str() + " and " + s.str());
     }
   }
   Shape output_shape_impl(std::span<const Shape> in) const override {
     std::array<std::size_t, 8> d{};
-    std::size_t channels = 0;
+    std::size_t total = 0;
     for (const Shape& s : in) {
-      if (s[1] > std::numeric_limits<std::size_t>::max() - channels) fail(errc::too_large, "Concat: channels overflow");
-      channels += s[1];
+      if (s[axis_] > std::numeric_limits<std::size_t>::max() - total) fail(errc::too_large, "Concat: axis size overflows");
+      total += s[axis_];
     }
     for (std::size_t i = 0; i < in[0].rank(); ++i) d[i] = in[0][i];
-    d[1] = channels;
+    d[axis_] = total;
     return Shape(std::span<const std::size_t>(d.data(), in[0].rank()));
   }
   std::uint64_t flops_impl(std::span<const Shape>) const override { return 0; }
   void forward_impl(std::span<const TensorView<const T>> in, TensorView<T> out) override {
-    const std::size_t batch = out.shape().batch(), row = out.size() / batch;
+    const std::size_t outer = outer_count(out.shape()), row = out.size() / outer;
     std::size_t offset = 0;
     for (const auto& x : in) {
-      const std::size_t part = x.size() / batch;
-      for (std::size_t n = 0; n < batch; ++n)
+      const std::size_t part = x.size() / outer;
+      for (std::size_t n = 0; n < outer; ++n)
         std::memcpy(out.data() + n * row + offset, x.data() + n * part, part * sizeof(T));
       offset += part;
     }
   }
   void backward_impl(std::span<const TensorView<const T>> in, TensorView<const T> grad_out,
                      std::span<const TensorView<T>> grad_in) override {
-    const std::size_t batch = grad_out.shape().batch(), row = grad_out.size() / batch;
+    const std::size_t outer = outer_count(grad_out.shape()), row = grad_out.size() / outer;
     std::size_t offset = 0;
     for (std::size_t k = 0; k < in.size(); ++k) {
-      const std::size_t part = in[k].size() / batch;
+      const std::size_t part = in[k].size() / outer;
       if (grad_in[k].data() != nullptr)
-        for (std::size_t n = 0; n < batch; ++n)
+        for (std::size_t n = 0; n < outer; ++n)
           std::memcpy(grad_in[k].data() + n * part, grad_out.data() + n * row + offset, part * sizeof(T));
       offset += part;
     }
   }
+
+ private:
+  // The product of the axes before the joined one: how many blocks each input contributes.
+  std::size_t outer_count(const Shape& s) const noexcept {
+    std::size_t n = 1;
+    for (std::size_t i = 0; i < axis_; ++i) n *= s[i];
+    return n;
+  }
+
+  std::size_t axis_;
 };
 
 /// A new merge of `spec.type` ("Add" or "Concat"); errc::unsupported for any other type.
 template <Real T>
 std::unique_ptr<Merge<T>> make_merge(const LayerSpec& spec) {
+  if (spec.type == "Concat" && spec.reals.empty() && spec.integers.size() == 1 && spec.integers.count("axis"))
+    return std::make_unique<Concat<T>>(static_cast<std::size_t>(std::min<std::uint64_t>(spec.integers.at("axis"), 64)));
   if (!spec.integers.empty() || !spec.reals.empty())
     fail(errc::invalid_argument, spec.type + " takes no settings");
   if (spec.type == "Add") return std::make_unique<Add<T>>();
