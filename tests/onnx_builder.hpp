@@ -2,6 +2,7 @@
 // test_onnx_export.cpp) feed import_onnx.
 #pragma once
 
+#include <catch2/catch.hpp>
 #include <onnx/onnx_pb.h>
 
 #include <cstddef>
@@ -91,5 +92,31 @@ struct OnnxBuilder {
     return edgesplit::import_onnx(std::span<const unsigned char>(reinterpret_cast<const unsigned char*>(b.data()), b.size()), o);
   }
 };
+
+// A tensor of uniform values in [lo, hi) from a fixed seed.
+inline edgesplit::Tensor<float> random_input(const edgesplit::Shape& s, std::uint64_t seed, double lo = -1, double hi = 1) {
+  edgesplit::Rng rng(seed);
+  edgesplit::Tensor<float> t(s);
+  for (std::size_t i = 0; i < t.size(); ++i) t[i] = static_cast<float>(rng.uniform(lo, hi));
+  return t;
+}
+
+// An ONNX model from its serialized bytes.
+inline edgesplit::OnnxModel load_bytes(const std::string& b) {
+  return edgesplit::import_onnx(std::span<const unsigned char>(reinterpret_cast<const unsigned char*>(b.data()), b.size()));
+}
+
+// Runs f, which must throw edgesplit::error of `code` whose message holds `text`.
+template <class F>
+void require_error(F&& f, edgesplit::errc code, const std::string& text) {
+  try {
+    f();
+    FAIL("no error; expected " << edgesplit::to_string(code) << " mentioning '" << text << "'");
+  } catch (const edgesplit::error& e) {
+    INFO(e.what());
+    CHECK(e.code() == code);
+    CHECK(std::string(e.what()).find(text) != std::string::npos);
+  }
+}
 
 }  // namespace edgesplit_test

@@ -18,25 +18,12 @@
 #include "test_util.hpp"
 
 using namespace edgesplit;
+using edgesplit_test::load_bytes;
 using edgesplit_test::OnnxBuilder;
+using edgesplit_test::random_input;
+using edgesplit_test::require_error;
 
 namespace {
-
-OnnxModel load_bytes(const std::string& b) {
-  return import_onnx(std::span<const unsigned char>(reinterpret_cast<const unsigned char*>(b.data()), b.size()));
-}
-
-template <class F>
-void require_error(F&& f, errc code, const std::string& text) {
-  try {
-    f();
-    FAIL("no error; expected " << to_string(code) << " mentioning '" << text << "'");
-  } catch (const error& e) {
-    INFO(e.what());
-    CHECK(e.code() == code);
-    CHECK(std::string(e.what()).find(text) != std::string::npos);
-  }
-}
 
 // The residual CNN of the first test, as ONNX (PyTorch's export of conv-bn-relu blocks):
 // x [N,3,8,8] -> Conv 3->4 3x3 pad 1 -> BatchNorm -> Relu = a
@@ -109,13 +96,6 @@ struct ResidualCnn {
     return g;
   }
 };
-
-Tensor<float> random_input(const Shape& s, std::uint64_t seed) {
-  Rng rng(seed);
-  Tensor<float> t(s);
-  for (std::size_t i = 0; i < t.size(); ++i) t[i] = static_cast<float>(rng.uniform(-1, 1));
-  return t;
-}
 
 }  // namespace
 

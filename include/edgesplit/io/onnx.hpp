@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -19,6 +20,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -447,6 +449,21 @@ class Importer {
     if (op == "Mul") return binary(n, BinaryOp::mul);
     if (op == "Div") return binary(n, BinaryOp::div);
     if (op == "PRelu") return binary(n, BinaryOp::prelu);
+    if (op == "Max" || op == "Min") {  // variadic in ONNX: one input is a copy, two a binary op
+      if (n.input_size() == 1) return known(n, {}), alias(n, get(n.input(0), "input"));
+      if (n.input_size() == 2) return binary(n, op == "Max" ? BinaryOp::max : BinaryOp::min);
+      known(n, {});
+      std::string acc = n.input(0);  // more inputs: a chain of binary nodes
+      for (int i = 1; i < n.input_size(); ++i) {
+        Node step;
+        step.add_input(acc);
+        step.add_input(n.input(i));
+        step.add_output(i + 1 == n.input_size() ? n.output(0) : n.output(0) + "/" + std::to_string(i));
+        binary_numpy(step, op == "Max" ? BinaryOp::max : BinaryOp::min);
+        acc = step.output(0);
+      }
+      return;
+    }
     if (op == "Conv") return conv(n, index);
     if (op == "BatchNormalization") return batchnorm(n);
     if (op == "Gemm") return gemm(n);
