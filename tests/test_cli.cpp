@@ -195,6 +195,17 @@ TEST_CASE("edgesplit plan picks a cut and serve and edge answer over TCP as the 
   REQUIRE(pa.status == 0);
   CHECK(pa.out.find("the whole model: 100.00% top-1") != std::string::npos);
 
+  // The pick's kind of run: accuracy against the labels, and one request at a time through the
+  // runtime over a simulated link on a virtual clock (the link's round trip is in every answer).
+  const Run r = tool(s, "run " + model + " --input " + s("x.npy") + " --output " + s("yr.npy") + " --cut sum --codec int8 --labels " +
+                            s("labels.npy") + " --link 2,40 --edge-slowdown 10");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("top-1 accuracy of the split at sum, int8 on 7 samples") != std::string::npos);
+  const std::size_t at = r.out.find("latency ");
+  REQUIRE(at != std::string::npos);
+  CHECK(std::stod(r.out.substr(at + 8)) >= 40.0);  // ms: at least the 40 ms round trip
+
   // serve in the background on a free loopback port, edge against it, then stop it.
   const std::string serve = std::string(EDGESPLIT_CLI) + " serve " + model + " --cut sum --port 0 --port-file " +
                             s("port.txt") + " > " + s("serve.log") + " 2>&1 & echo $! > " + s("serve.pid");

@@ -14,6 +14,7 @@
 
 #include "edgesplit/edgesplit.hpp"
 #include "edgesplit/io/onnx.hpp"
+#include "fuzz/onnx_entry.hpp"
 #include "onnx_builder.hpp"
 #include "test_util.hpp"
 
@@ -345,4 +346,24 @@ TEST_CASE("ONNX import reads a model file and names the file in its errors", "[o
   require_error([&] { (void)import_onnx(path, small); }, errc::too_large, "max_file_bytes");
   require_error([&] { (void)import_onnx(path + ".missing"); }, errc::io_error, "cannot open");
   std::remove(path.c_str());
+}
+
+TEST_CASE("ONNX import: the fuzz corpus replays through the fuzzer's entry point", "[onnx][fuzz]") {
+  std::size_t valid = 0, bad = 0;
+  for (const auto& e : std::filesystem::directory_iterator(EDGESPLIT_ONNX_CORPUS_DIR)) {
+    std::ifstream f(e.path(), std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const std::string name = e.path().filename().string();
+    INFO(name);
+    const bool imported = edgesplit_fuzz::import_onnx_all(std::as_bytes(std::span(bytes.data(), bytes.size())));
+    if (name.rfind("valid-", 0) == 0) {
+      CHECK(imported);
+      ++valid;
+    } else {
+      CHECK_FALSE(imported);
+      ++bad;
+    }
+  }
+  CHECK(valid >= 3);
+  CHECK(bad >= 9);
 }

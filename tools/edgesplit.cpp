@@ -27,6 +27,7 @@
 #include <vector>
 
 #include <edgesplit/edgesplit.hpp>
+#include <edgesplit/eval/ground_truth.hpp>
 #include <edgesplit/io/npy.hpp>
 #include <edgesplit/io/onnx.hpp>
 #include <edgesplit/io/onnx_export.hpp>
@@ -58,10 +59,16 @@ const char* const help_text[][2] = {
                 "  Prints the model's inputs, nodes (kind, shape per sample, parameters, FLOPs) and every\n"
                 "  candidate cut with the bytes it sends per sample at fp32, int8, int4 and int2.\n"},
     {"run", "edgesplit run MODEL --input X.npy[,X2.npy] --output Y.npy[,Y2.npy]\n"
-            "               [--cut T1[,T2] --codec fp32|int8|int4|int2 [--per-channel] [--zstd]]\n"
+            "               [--cut T1[,T2] --codec fp32|int8|int4|int2 [--per-channel] [--zstd]] [--repeat N]\n"
+            "               [--labels L.npy] [--link wifi|lte|3g|RATE_MBPS[,RTT_MS] [--edge-slowdown X]]\n"
             "  Runs the model on the inputs (float32 .npy, axis 0 the batch) and writes its outputs. With\n"
             "  --cut, runs the head, sends the cut's tensors through the codec (encoded and decoded, as on\n"
-            "  the wire) and runs the tail: the answer a split deployment gives.\n"},
+            "  the wire) and runs the tail: the answer a split deployment gives. --repeat N runs the whole\n"
+            "  model N more times on the same inputs and prints the median time of one run (one thread).\n"
+            "  --labels (class indices, one per sample) prints the top-1 accuracy of the answers. --link\n"
+            "  also sends the samples one by one through the runtime (edge client, simulated link, cloud\n"
+            "  server) on a virtual clock, the edge this machine X times slower, and prints the measured\n"
+            "  latency and bytes of one request.\n"},
     {"split", "edgesplit split MODEL --cut T1[,T2] --head HEAD.onnx --tail TAIL.onnx\n"
               "  Writes the head (inputs -> cut) and the tail (cut -> outputs) as ONNX files that any ONNX\n"
               "  engine can serve.\n"},
@@ -280,20 +287,65 @@ int inspect(const Args& a) {
 
 // ---- run -----------------------------------------------------------------------------------------
 
+LinkProfile link_from(const std::string& s);
+std::vector<std::size_t> read_labels(const std::string& path, std::size_t n, std::size_t classes);
+double top1(const Tensor<float>& logits, const std::vector<std::size_t>& labels);
+
+// The top-1 accuracy of the first output against --labels, when given.
+void report_accuracy(const Args& a, const Graph<float>& g, const std::vector<Tensor<float>>& ys, const char* what) {
+  if (!a.has("labels")) return;
+  const Tensor<float>& y = ys.at(0);
+  const auto labels = read_labels(a.one("labels"), y.shape().batch(), y.size() / y.shape().batch());
+  std::printf("top-1 accuracy of %s on %zu samples: %.2f%%\n", what, labels.size(), top1(y, labels));
+  (void)g;
+}
+
 int run(const Args& a) {
   Graph<float> g = load_model(a.positional[0]);
   const std::vector<Tensor<float>> xs = read_inputs(g, a.one("input"));
+  if ((a.has("link") || a.has("edge-slowdown")) && !a.has("cut")) throw usage_error("--link and --edge-slowdown need --cut");
   if (!a.has("cut")) {
     if (a.has("codec") || a.has("per-channel") || a.has("zstd")) throw usage_error("--codec, --per-channel and --zstd need --cut");
-    write_outputs(forward_all(g, views(xs)), a.one("output"));
+    const std::vector<Tensor<float>> ys = forward_all(g, views(xs));
+    write_outputs(ys, a.one("output"));
+    report_accuracy(a, g, ys, "the whole model");
+    if (a.has("repeat")) {
+      const std::size_t n = cli::number<std::size_t>(a.one("repeat"), "--repeat", 1, 100000);
+      const auto in = views(xs);
+      std::vector<double> ms;
+      for (std::size_t r = 0; r < n; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        g.forward(std::span<const TensorView<const float>>(in.data(), in.size()));
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::nth_element(ms.begin(), ms.begin() + static_cast<std::ptrdiff_t>(n / 2), ms.end());
+      std::printf("median of %zu runs at batch %zu: %.3f ms\n", n, xs[0].shape().batch(), ms[n / 2]);
+    }
     return 0;
   }
+  if (a.has("repeat")) throw usage_error("--repeat times the whole model: drop --cut");
   const CodecConfig cc = codec_from(a);
-  auto [head, tail] = g.cut(split_list(a.one("cut"), "--cut"));
+  const std::vector<std::string> cut = split_list(a.one("cut"), "--cut");
+  auto [head, tail] = g.cut(cut);
   std::size_t bytes = 0;
-  write_outputs(run_split(head, tail, views(xs), cc, &bytes), a.one("output"));
+  const std::vector<Tensor<float>> ys = run_split(head, tail, views(xs), cc, &bytes);
+  write_outputs(ys, a.one("output"));
   std::printf("%zu samples, %zu bytes crossed (%.1f per sample)\n", xs[0].shape().batch(), bytes,
               static_cast<double>(bytes) / static_cast<double>(xs[0].shape().batch()));
+  report_accuracy(a, g, ys, ("the split at " + a.one("cut") + ", " + a.get("codec", "fp32")).c_str());
+  if (a.has("link")) {
+    if (xs.size() != 1) fail(errc::unsupported, "--link measures models of one input");
+    const LinkProfile link = link_from(a.one("link"));
+    GroundTruthOptions gt;
+    gt.requests = std::min<std::size_t>(xs[0].shape().batch(), 15);
+    gt.warmup = 2;
+    gt.edge_slowdown = cli::number<double>(a.get("edge-slowdown", "1"), "--edge-slowdown", 1, 1e6);
+    const Measured m = measure_graph_cut(g, cut, CodecSpec{a.get("codec", "fp32"), cc}, xs[0].cview(), link, link, gt);
+    std::printf("on %s, edge %sx slower than this machine, one sample per request (median of %zu):\n"
+                "  latency %.2f ms = edge %.2f + encode %.2f + uplink %.2f + cloud %.2f + downlink %.2f + decode %.2f; %.0f bytes sent\n",
+                link.name.c_str(), a.get("edge-slowdown", "1").c_str(), gt.requests, 1e3 * m.latency_s, 1e3 * m.edge_s,
+                1e3 * m.encode_s, 1e3 * m.uplink_s, 1e3 * m.cloud_s, 1e3 * m.downlink_s, 1e3 * m.decode_reply_s, m.bytes);
+  }
   return 0;
 }
 
@@ -521,7 +573,8 @@ int edge(const Args& a) {
 int main(int argc, char** argv) {
   const std::map<std::string, std::map<std::string, int>> commands = {
       {"inspect", {}},
-      {"run", {{"input", 1}, {"output", 1}, {"cut", 1}, {"codec", 1}, {"per-channel", 0}, {"zstd", 0}}},
+      {"run", {{"input", 1}, {"output", 1}, {"cut", 1}, {"codec", 1}, {"per-channel", 0}, {"zstd", 0}, {"repeat", 1}, {"labels", 1},
+              {"link", 1}, {"edge-slowdown", 1}}},
       {"split", {{"cut", 1}, {"head", 1}, {"tail", 1}}},
       {"plan", {{"link", 1}, {"edge-profile", 1}, {"edge-slowdown", 1}, {"cloud-profile", 1}, {"accuracy-data", 2}, {"max-loss", 1}}},
       {"serve", {{"cut", 1}, {"port", 1}, {"host", 1}, {"port-file", 1}, {"model-id", 1}}},

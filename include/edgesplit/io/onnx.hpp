@@ -89,6 +89,14 @@ inline std::size_t checked_count(const std::vector<std::int64_t>& dims, const st
   return n;
 }
 
+// A double as the nearest float, infinite beyond float's range (as IEEE rounding gives; a plain
+// cast of an out-of-range double is undefined behaviour).
+inline float to_f32(double d) {
+  if (std::isfinite(d) && std::fabs(d) > static_cast<double>(std::numeric_limits<float>::max()))
+    return d > 0 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
+  return static_cast<float>(d);
+}
+
 inline std::string dims_str(const std::vector<std::int64_t>& d) {
   std::string s = "[";
   for (std::size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
@@ -184,7 +192,7 @@ inline Tensor<float> to_tensor(const Value& c, bool drop_batch_axis) {
   for (std::size_t i = 0; i < c.dims.size(); ++i) d[i] = static_cast<std::size_t>(c.dims[i]);
   if (drop_batch_axis) d[0] = 1;
   Tensor<float> t(Shape(std::span<const std::size_t>(d.data(), r)));
-  for (std::size_t i = 0; i < t.size(); ++i) t[i] = static_cast<float>(c.data[i]);
+  for (std::size_t i = 0; i < t.size(); ++i) t[i] = to_f32(c.data[i]);
   return t;
 }
 
@@ -284,6 +292,11 @@ class Importer {
     if (!v) fail(errc::corrupt_frame, "input " + std::to_string(i) + " is missing");
     return *v;
   }
+  // Input i, computed or constant; errc::corrupt_frame when the node lacks it.
+  const Value& operand(const Node& n, int i) const {
+    if (i >= n.input_size() || n.input(i).empty()) fail(errc::corrupt_frame, "input " + std::to_string(i) + " is missing");
+    return get(n.input(i), "input");
+  }
   bool is_constant(const Node& n, int i) const { return i < n.input_size() && !n.input(i).empty() && get(n.input(i), "input").constant; }
   bool present(const Node& n, int i) const { return i < n.input_size() && !n.input(i).empty(); }
 
@@ -377,10 +390,21 @@ class Importer {
     if (!a) return {};
     return {a->ints().begin(), a->ints().end()};
   }
+  // The one value of a scalar constant (rank 0, or one element).
+  static double scalar(const Value& v, const char* what) {
+    if (v.data.size() != 1)
+      fail(errc::invalid_argument, std::string(what) + " needs one value, got " + std::to_string(v.data.size()) + " (shape " + dims_str(v.dims) + ")");
+    return v.data[0];
+  }
   static std::vector<std::int64_t> as_ints(const Value& v) {
     std::vector<std::int64_t> r;
-    for (double d : v.data) r.push_back(static_cast<std::int64_t>(d));
+    for (double d : v.data) r.push_back(to_int(d));
     return r;
+  }
+  // A whole number of a constant as an integer; errc::invalid_argument beyond +-2^62 or NaN.
+  static std::int64_t to_int(double d) {
+    if (!(std::fabs(d) <= 0x1p62)) fail(errc::invalid_argument, "value " + std::to_string(d) + " is not an integer in range");
+    return static_cast<std::int64_t>(d);
   }
   // An axis in [-rank, rank) made non-negative.
   static std::size_t axis(std::int64_t a, std::size_t rank, const char* what) {
@@ -432,7 +456,7 @@ class Importer {
     if (op == "Constant") return constant_node(n);
     if (op == "Shape") return shape_node(n);
     if (all_const && fold(n)) return;
-    if (op == "Identity") return known(n, {}), alias(n, get(n.input(0), "input"));
+    if (op == "Identity") return known(n, {}), alias(n, operand(n, 0));
     if (op == "Dropout") return dropout(n);
     if (op == "Relu") return known(n, {}), unary(n, std::make_unique<ReLU<float>>());
     if (op == "LeakyRelu") return known(n, {"alpha"}), unary(n, std::make_unique<LeakyReLU<float>>(float_attr(n, "alpha", 0.01)));
@@ -450,7 +474,7 @@ class Importer {
     if (op == "Div") return binary(n, BinaryOp::div);
     if (op == "PRelu") return binary(n, BinaryOp::prelu);
     if (op == "Max" || op == "Min") {  // variadic in ONNX: one input is a copy, two a binary op
-      if (n.input_size() == 1) return known(n, {}), alias(n, get(n.input(0), "input"));
+      if (n.input_size() <= 1) return known(n, {}), alias(n, operand(n, 0));
       if (n.input_size() == 2) return binary(n, op == "Max" ? BinaryOp::max : BinaryOp::min);
       known(n, {});
       std::string acc = n.input(0);  // more inputs: a chain of binary nodes
@@ -498,7 +522,7 @@ class Importer {
   // Shape of a computed tensor is known at load time (the batch is the declared one).
   void shape_node(const Node& n) {
     known(n, {"start", "end"});
-    const Value& x = get(n.input(0), "input");
+    const Value& x = operand(n, 0);
     std::vector<std::int64_t> d = x.constant ? x.dims : full_dims(x);
     if (!x.constant && batch_ == 0)
       fail(errc::unsupported, "Shape of a tensor whose batch is symbolic: export with a fixed batch, or fold the shape");
@@ -513,7 +537,7 @@ class Importer {
   // Operators on constants, evaluated at load time; false when the operator is not one of them.
   bool fold(const Node& n) {
     const std::string& op = n.op_type();
-    if (op == "Identity" || op == "Dropout") return alias(n, get(n.input(0), "input")), true;
+    if (op == "Identity" || op == "Dropout") return alias(n, operand(n, 0)), true;
     if (op == "Cast") {
       known(n, {"to"});
       Value v = constant(n, 0);
@@ -523,7 +547,7 @@ class Importer {
         v.integer = true;
       } else if (to == onnx::TensorProto::FLOAT || to == onnx::TensorProto::DOUBLE) {
         if (to == onnx::TensorProto::FLOAT)
-          for (double& d : v.data) d = static_cast<float>(d);
+          for (double& d : v.data) d = to_f32(d);
         v.integer = false;
       } else {
         fail(errc::unsupported, std::string("Cast to ") + dtype_name(static_cast<int>(to)) + " is not supported");
@@ -539,7 +563,7 @@ class Importer {
       std::vector<double> out;
       const auto len = static_cast<std::int64_t>(data.data.size());
       for (double d : idx.data) {
-        auto i = static_cast<std::int64_t>(d);
+        const std::int64_t i = to_int(d);
         if (i < -len || i >= len) fail(errc::invalid_argument, "Gather index " + std::to_string(i) + " out of range");
         out.push_back(data.data[static_cast<std::size_t>(i < 0 ? i + len : i)]);
       }
@@ -554,10 +578,14 @@ class Importer {
       if (op == "Unsqueeze") {
         const std::size_t r = v.dims.size() + axes.size();
         std::vector<char> mark(r, 0);
-        for (auto a : axes) mark[axis(a, r, "Unsqueeze axis")] = 1;
+        for (auto a : axes) {
+          const std::size_t k = axis(a, r, "Unsqueeze axis");
+          if (mark[k]) fail(errc::invalid_argument, "Unsqueeze axis " + std::to_string(a) + " repeated");
+          mark[k] = 1;
+        }
         std::vector<std::int64_t> d;
         std::size_t k = 0;
-        for (std::size_t i = 0; i < r; ++i) d.push_back(mark[i] ? 1 : v.dims.at(k++));
+        for (std::size_t i = 0; i < r; ++i) d.push_back(mark[i] ? 1 : v.dims[k++]);
         v.dims = d;
       } else {
         std::vector<char> mark(v.dims.size(), axes.empty());
@@ -621,7 +649,7 @@ class Importer {
           if (y == 0) fail(errc::invalid_argument, "integer division by zero");
           r = std::trunc(r);
         }
-        v.data[i] = integer ? r : static_cast<double>(static_cast<float>(r));
+        v.data[i] = integer ? r : static_cast<double>(to_f32(r));
       }
       v.integer = integer;
       return set_output(n, 0, std::move(v)), true;
@@ -637,7 +665,7 @@ class Importer {
       const Value& t = constant(n, 2);
       if (!t.data.empty() && t.data[0] != 0) fail(errc::unsupported, "Dropout in training mode");
     }
-    alias(n, get(n.input(0), "input"));
+    alias(n, operand(n, 0));
   }
 
   void clip(const Node& n) {
@@ -648,8 +676,8 @@ class Importer {
       hi = float_attr(n, "max", hi);
     } else {
       known(n, {});
-      if (const Value* v = constant_or_null(n, 1)) lo = v->data.at(0);
-      if (const Value* v = constant_or_null(n, 2)) hi = v->data.at(0);
+      if (const Value* v = constant_or_null(n, 1)) lo = to_f32(scalar(*v, "min"));
+      if (const Value* v = constant_or_null(n, 2)) hi = to_f32(scalar(*v, "max"));
     }
     unary(n, std::make_unique<Clip<float>>(lo, hi));
   }
@@ -833,9 +861,9 @@ class Importer {
       fail(errc::shape_mismatch, "bias " + dims_str(b->dims) + " for " + std::to_string(m) + " output channels");
     o.bias = b != nullptr;
     Conv2D<float> layer(c, m, kh, kw, o);
-    for (std::size_t i = 0; i < layer.weight().size(); ++i) layer.weight()[i] = static_cast<float>(w.data[i]);
+    for (std::size_t i = 0; i < layer.weight().size(); ++i) layer.weight()[i] = to_f32(w.data[i]);
     if (b)
-      for (std::size_t i = 0; i < m; ++i) layer.bias()[i] = static_cast<float>(b->data[i]);
+      for (std::size_t i = 0; i < m; ++i) layer.bias()[i] = to_f32(b->data[i]);
     const int bn = one_d ? -1 : foldable_batchnorm(n, index);
     if (bn < 0) return windowed(n.output(0), x, std::make_unique<Conv2D<float>>(std::move(layer)));
     const Node& bnode = model_.graph().node(bn);
@@ -857,7 +885,7 @@ class Importer {
       if (v.data.size() != channels)
         fail(errc::shape_mismatch, "input " + std::to_string(i + 1) + " has " + std::to_string(v.data.size()) +
                                        " values for " + std::to_string(channels) + " channels");
-      for (std::size_t k = 0; k < channels; ++k) (*dst[i])[k] = static_cast<float>(v.data[k]);
+      for (std::size_t k = 0; k < channels; ++k) (*dst[i])[k] = to_f32(v.data[k]);
     }
     return bn;
   }
@@ -882,7 +910,7 @@ class Importer {
     auto dense = std::make_unique<Dense<float>>(k, p);
     for (std::size_t o = 0; o < p; ++o)
       for (std::size_t i = 0; i < k; ++i)
-        dense->weight()[o * k + i] = static_cast<float>(alpha * bm.data[tb ? o * k + i : i * p + o]);
+        dense->weight()[o * k + i] = to_f32(alpha * bm.data[tb ? o * k + i : i * p + o]);
     std::fill_n(dense->bias().data(), p, 0.0f);
     const bool has_c = present(n, 2);
     if (has_c && is_constant(n, 2)) {
@@ -892,7 +920,7 @@ class Importer {
       if (!(row || cn == 1))
         fail(errc::unsupported, "a constant C " + dims_str(c.dims) + " that spans the batch axis (a bias [" + std::to_string(p) +
                                     "] or a scalar is supported)");
-      for (std::size_t o = 0; o < p; ++o) dense->bias()[o] = static_cast<float>(beta * c.data[row ? o : 0]);
+      for (std::size_t o = 0; o < p; ++o) dense->bias()[o] = to_f32(beta * c.data[row ? o : 0]);
     }
     if (!has_c || is_constant(n, 2)) return unary(n, std::move(dense), 2);
     // A computed C: Dense, then beta * C added with broadcasting.
@@ -900,7 +928,7 @@ class Importer {
     const std::string prod = add_layer(n.output(0) + "/AB", a.name, std::move(dense), 2);
     std::string cname = c.name;
     if (beta != 1.0)
-      cname = add_layer(n.output(0) + "/betaC", c.name, std::make_unique<ConstantOp<float>>(BinaryOp::mul, Tensor<float>(Shape{1}, static_cast<float>(beta))), c.rank);
+      cname = add_layer(n.output(0) + "/betaC", c.name, std::make_unique<ConstantOp<float>>(BinaryOp::mul, Tensor<float>(Shape{1}, to_f32(beta))), c.rank);
     if (c.rank != 2) fail(errc::unsupported, "a computed C of rank " + std::to_string(c.rank));
     std::unique_ptr<Merge<float>> m;
     if (graph_.sample_shape(prod) == graph_.sample_shape(cname)) m = std::make_unique<Add<float>>();
@@ -922,7 +950,7 @@ class Importer {
     const Value& b = constant(n, 1);
     if (b.dims.size() == 1) {
       Tensor<float> t(Shape{static_cast<std::size_t>(b.dims[0]), 1});
-      for (std::size_t i = 0; i < t.size(); ++i) t[i] = static_cast<float>(b.data[i]);
+      for (std::size_t i = 0; i < t.size(); ++i) t[i] = to_f32(b.data[i]);
       if (a.rank == 2) return unary(n, std::make_unique<MatMulConst<float>>(t), 1);
       const std::string mid = add_layer(n.output(0) + "/col", a.name, std::make_unique<MatMulConst<float>>(t), a.rank);
       auto d = sample_dims(a);
@@ -1042,7 +1070,7 @@ class Importer {
         mark[k] = 1;
       }
       std::size_t j = 0;
-      for (std::size_t i = 1; i < r; ++i) d.push_back(mark[i] ? 1 : xs.at(j++));
+      for (std::size_t i = 1; i < r; ++i) d.push_back(mark[i] ? 1 : xs[j++]);  // x.rank - 1 unmarked: all of xs
     } else {
       std::vector<char> mark(x.rank, axes.empty());
       for (auto a : axes) {
@@ -1115,7 +1143,7 @@ class Importer {
       value = float_attr(n, "value", 0.0);
     } else {
       pads = as_ints(constant(n, 1));
-      if (const Value* v = constant_or_null(n, 2)) value = v->data.at(0);
+      if (const Value* v = constant_or_null(n, 2)) value = to_f32(scalar(*v, "constant_value"));
       if (present(n, 3)) fail(errc::unsupported, "Pad with axes");
     }
     if (pads.size() != 2 * x.rank) fail(errc::invalid_argument, "pads of " + std::to_string(pads.size()) + " values for rank " + std::to_string(x.rank));
