@@ -37,7 +37,7 @@ const std::set<std::string> claimed = {
     "Conv", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div", "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh",
     "HardSigmoid", "HardSwish", "Softmax", "LogSoftmax", "BatchNormalization", "MaxPool", "AveragePool",
     "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Pad",
-    "Identity", "Dropout", "Constant", "Max", "Min",
+    "Identity", "Dropout", "Constant", "Max", "Min", "Erf",
     // folded at load time when their inputs are constants
     "Shape", "Gather", "Cast"};
 

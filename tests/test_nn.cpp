@@ -132,6 +132,7 @@ TEST_CASE("Activations equal double-precision references", "[nn][activations]") 
   check_activation(Tanh<float>{}, [](double x) { return std::tanh(x); }, 8, 0);
   check_activation(GELU<float>{}, ref_gelu, 8, 8);
   check_activation(GELUTanh<float>{}, ref_gelu_tanh, 8, 8);
+  check_activation(Erf<float>{}, [](double x) { return std::erf(x); }, 8, 8);
   // ReLU6 and Clip (bounds that are floats) only select: exact. HardSigmoid rounds its slope to
   // float and rounds a product and a sum: alpha <= 1/5 keeps the first two within one ulp of x,
   // the sum is one ulp of the result. HardSwish rounds x + 3, a product and a quotient: three

@@ -167,8 +167,9 @@ TEST_CASE("Gradient check: every activation and Softmax", "[train][grad]") {
   Tanh<double> tanh_;
   GELU<double> gelu;
   GELUTanh<double> gelu_tanh;
+  Erf<double> erf;
   Softmax<double> softmax;
-  for (Layer<double>* l : std::initializer_list<Layer<double>*>{&relu, &leaky, &id, &sig, &tanh_, &gelu, &gelu_tanh, &softmax})
+  for (Layer<double>* l : std::initializer_list<Layer<double>*>{&relu, &leaky, &id, &sig, &tanh_, &gelu, &gelu_tanh, &erf, &softmax})
     check_layer(*l, s, 20);
 }
 

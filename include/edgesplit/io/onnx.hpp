@@ -462,6 +462,7 @@ class Importer {
     if (op == "LeakyRelu") return known(n, {"alpha"}), unary(n, std::make_unique<LeakyReLU<float>>(float_attr(n, "alpha", 0.01)));
     if (op == "Sigmoid") return known(n, {}), unary(n, std::make_unique<Sigmoid<float>>());
     if (op == "Tanh") return known(n, {}), unary(n, std::make_unique<Tanh<float>>());
+    if (op == "Erf") return known(n, {}), unary(n, std::make_unique<Erf<float>>());
     if (op == "HardSigmoid")
       return known(n, {"alpha", "beta"}),
              unary(n, std::make_unique<HardSigmoid<float>>(float_attr(n, "alpha", 0.2), float_attr(n, "beta", 0.5)));
@@ -813,7 +814,7 @@ class Importer {
     for (int j = k + 1; j < g.node_size(); ++j) {
       const Node& b = g.node(j);
       if (b.input_size() == 0 || b.input(0) != out) continue;
-      if (b.op_type() != "BatchNormalization" || b.input_size() != 5) return -1;
+      if (b.op_type() != "BatchNormalization" || b.input_size() != 5 || b.output_size() == 0 || b.output(0).empty()) return -1;
       for (int i = 1; i < 5; ++i)
         if (!values_.count(b.input(i)) || !values_.at(b.input(i)).constant) return -1;
       for (int i = 1; i < b.output_size(); ++i)

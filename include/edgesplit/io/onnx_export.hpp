@@ -247,6 +247,7 @@ class Exporter {
     if (const auto* a = as<LeakyReLU<float>>(l)) return attr(add("LeakyRelu", {x}, out), "alpha", a->policy().alpha), true;
     if (as<Sigmoid<float>>(l)) return add("Sigmoid", {x}, out), true;
     if (as<Tanh<float>>(l)) return add("Tanh", {x}, out), true;
+    if (as<Erf<float>>(l)) return add("Erf", {x}, out), true;
     if (as<HardSwish<float>>(l)) return add("HardSwish", {x}, out), true;
     if (const auto* a = as<HardSigmoid<float>>(l)) {
       auto* n = add("HardSigmoid", {x}, out);

@@ -127,6 +127,19 @@ struct Tanh {
   }
 };
 
+/// The error function erf(x): ONNX's Erf, of which exported GELUs are built.
+struct Erf {
+  static constexpr const char* name = "Erf";  ///< kind name, used in files
+  static constexpr std::uint64_t flops_per_element = 10;  ///< nominal cost for planning
+  /// The function.
+  template <class V> V operator()(V x) const { return xsimd::erf(x); }
+  /// The gradient: g 2 / sqrt(pi) exp(-x^2).
+  template <class V> V grad(V x, V, V g) const {
+    using S = kernels::scalar_of_t<V>;
+    return g * V(S(2 * std::numbers::inv_sqrtpi)) * xsimd::exp(-x * x);
+  }
+};
+
 /// GELU, exact form: x * Phi(x) with Phi the standard normal CDF, via erf.
 struct GELU {
   static constexpr const char* name = "GELU";  ///< kind name, used in files
@@ -365,6 +378,8 @@ template <Real T> using Sigmoid = Activation<T, act::Sigmoid>;
 template <Real T> using Tanh = Activation<T, act::Tanh>;
 /// Exact GELU as a layer.
 template <Real T> using GELU = Activation<T, act::GELU>;
+/// erf(x) as a layer (ONNX's Erf).
+template <Real T> using Erf = Activation<T, act::Erf>;
 /// Tanh-approximated GELU as a layer.
 template <Real T> using GELUTanh = Activation<T, act::GELUTanh>;
 /// min(max(x, 0), 6) as a layer.

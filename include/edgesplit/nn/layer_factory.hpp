@@ -122,7 +122,7 @@ inline std::size_t layer_storage(const LayerSpec& spec) {
     return 0;
   if (spec.type == "Dropout" || spec.type == "Identity" || spec.type == "ReLU" || spec.type == "LeakyReLU" ||
       spec.type == "Sigmoid" || spec.type == "Tanh" || spec.type == "GELU" || spec.type == "GELUTanh" ||
-      spec.type == "Softmax")
+      spec.type == "Erf" || spec.type == "Softmax")
     return 0;
   fail(errc::unsupported, "unknown layer type '" + spec.type + "'");
 }
@@ -163,6 +163,7 @@ std::unique_ptr<Layer<T>> make_layer(const LayerSpec& spec) {
   if (t == "Tanh") return std::make_unique<Tanh<T>>();
   if (t == "GELU") return std::make_unique<GELU<T>>();
   if (t == "GELUTanh") return std::make_unique<GELUTanh<T>>();
+  if (t == "Erf") return std::make_unique<Erf<T>>();
   if (t == "BatchNorm2D")
     return std::make_unique<BatchNorm2D<T>>(detail::spec_size(spec, "channels"), detail::spec_real(spec, "epsilon"),
                                             detail::spec_real(spec, "momentum"));
