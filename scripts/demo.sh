@@ -4,6 +4,8 @@
 # cache), cut in two, its tail served by a CloudServer, its head run by an EdgeClient, over
 # simulated Wi-Fi, LTE and 3G links.
 #   scripts/demo.sh            (extra arguments are passed to split_demo, e.g. --bits 4)
+# A model from PyTorch, through ONNX and the `edgesplit` tool, is the second demo:
+# scripts/onnx_demo.sh.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/deps.sh"
