@@ -654,7 +654,7 @@ TEST_CASE("npy: every rank round-trips bit for bit through bytes and files", "[i
                            std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::denorm_min(),
                            std::numeric_limits<float>::max(), std::numeric_limits<float>::lowest(), 1e-30f};
   const std::vector<Shape> shapes = {Shape{1}, Shape{8}, Shape{2, 3}, Shape{2, 3, 4, 4}, Shape{2, 1, 1, 1, 1, 1, 1, 3},
-                                     Shape{0, 3}, Shape{1234567}, Shape{100000000000, 0}};
+                                     Shape{0, 3}, Shape{1234567}, Shape{std::numeric_limits<std::size_t>::max() / 2, 0}};
   for (const Shape& s : shapes) {
     INFO("shape " << s.str());
     Tensor<float> t(s);
@@ -825,10 +825,10 @@ TEST_CASE("npy: every malformed or unsupported file is a typed error that says w
   // sizes: refused from the header alone, before any allocation
   expect_errc(errc::too_large, parse(npy_file(f4_dict("(4294967296, 4294967296)"))));            // count overflows
   expect_errc(errc::too_large, parse(npy_file(f4_dict("(4611686018427387904,)"))));             // x 4 overflows
-  expect_errc(errc::too_large, parse(npy_file(f4_dict("(99999999999999999999999,)"))));         // over 64 bits
+  expect_errc(errc::too_large, parse(npy_file(f4_dict("(99999999999999999999999,)"))));         // over any size_t
   expect_errc(errc::too_large, parse(npy_file(f4_dict("(1073741824, 3)"))));                    // over max_bytes
   expect_errc(errc::corrupt_frame, parse(npy_file(f4_dict("(100000, 1000)"))));                 // 400 MB claimed, none there
-  CHECK(parse_npy(npy_file(f4_dict("(0, 4294967296, 4294967296)"))).size() == 0);  // a 0 makes the count 0, as in Shape
+  CHECK(parse_npy(npy_file(f4_dict("(0, 2147483648, 2147483648)"))).size() == 0);  // a 0 makes the count 0, as in Shape
   NpyLimits small;
   small.max_bytes = 20;
   expect_errc(errc::too_large, [&] { (void)parse_npy(npy_file(f4_dict("(2, 3)"), six), small); });

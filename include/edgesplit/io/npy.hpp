@@ -182,7 +182,7 @@ class NpyHeaderParser {
     while (peek() >= '0' && peek() <= '9') {
       const auto digit = static_cast<std::size_t>(peek() - '0');
       if (v > (std::numeric_limits<std::size_t>::max() - digit) / 10)
-        fail(errc::too_large, what_ + ": a 'shape' dimension does not fit in 64 bits");
+        fail(errc::too_large, what_ + ": a 'shape' dimension does not fit in a size_t");
       v = v * 10 + digit;
       ++at_;
     }
@@ -241,10 +241,12 @@ inline Tensor<float> parse_npy_named(std::span<const std::byte> bytes, const Npy
   if (h.rank > Shape::max_rank)
     fail(errc::unsupported, what + ": rank " + std::to_string(h.rank) + " is over edgesplit's " + std::to_string(Shape::max_rank));
   const std::span<const std::size_t> dims(h.dims.data(), h.rank);
-  std::size_t count = 1;
+  // A 0 anywhere makes the array empty whatever the other dimensions, as in Shape.
+  const bool empty = std::find(dims.begin(), dims.end(), std::size_t{0}) != dims.end();
+  std::size_t count = empty ? 0 : 1;
   for (std::size_t d : dims) {
-    if (d != 0 && count > std::numeric_limits<std::size_t>::max() / 4 / d)
-      fail(errc::too_large, what + ": the shape's byte count overflows");
+    if (empty) break;
+    if (count > std::numeric_limits<std::size_t>::max() / 4 / d) fail(errc::too_large, what + ": the shape's byte count overflows");
     count *= d;
   }
   const std::size_t need = count * 4;  // cannot overflow: checked above
