@@ -292,12 +292,11 @@ std::vector<std::size_t> read_labels(const std::string& path, std::size_t n, std
 double top1(const Tensor<float>& logits, const std::vector<std::size_t>& labels);
 
 // The top-1 accuracy of the first output against --labels, when given.
-void report_accuracy(const Args& a, const Graph<float>& g, const std::vector<Tensor<float>>& ys, const char* what) {
+void report_accuracy(const Args& a, const std::vector<Tensor<float>>& ys, const char* what) {
   if (!a.has("labels")) return;
   const Tensor<float>& y = ys.at(0);
   const auto labels = read_labels(a.one("labels"), y.shape().batch(), y.size() / y.shape().batch());
   std::printf("top-1 accuracy of %s on %zu samples: %.2f%%\n", what, labels.size(), top1(y, labels));
-  (void)g;
 }
 
 int run(const Args& a) {
@@ -308,7 +307,7 @@ int run(const Args& a) {
     if (a.has("codec") || a.has("per-channel") || a.has("zstd")) throw usage_error("--codec, --per-channel and --zstd need --cut");
     const std::vector<Tensor<float>> ys = forward_all(g, views(xs));
     write_outputs(ys, a.one("output"));
-    report_accuracy(a, g, ys, "the whole model");
+    report_accuracy(a, ys, "the whole model");
     if (a.has("repeat")) {
       const std::size_t n = cli::number<std::size_t>(a.one("repeat"), "--repeat", 1, 100000);
       const auto in = views(xs);
@@ -332,7 +331,7 @@ int run(const Args& a) {
   write_outputs(ys, a.one("output"));
   std::printf("%zu samples, %zu bytes crossed (%.1f per sample)\n", xs[0].shape().batch(), bytes,
               static_cast<double>(bytes) / static_cast<double>(xs[0].shape().batch()));
-  report_accuracy(a, g, ys, ("the split at " + a.one("cut") + ", " + a.get("codec", "fp32")).c_str());
+  report_accuracy(a, ys, ("the split at " + a.one("cut") + ", " + a.get("codec", "fp32")).c_str());
   if (a.has("link")) {
     if (xs.size() != 1) fail(errc::unsupported, "--link measures models of one input");
     const LinkProfile link = link_from(a.one("link"));
