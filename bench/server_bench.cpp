@@ -6,7 +6,8 @@
 // transport -> CloudServer -> reply), one server worker. BM_ServerRaw: the same server (1 or 2
 // workers) under a light load generator that sends pre-encoded frames and reads replies on the
 // client thread itself, so less of the 2 cores goes to the clients. BM_TailForward: the tail
-// alone on one core at batch 1..64, the ceiling of what batching can gain.
+// alone on one core at batch 1..64, the ceiling of what batching can gain. BM_Protocol (with
+// EDGESPLIT_WITH_HTTP): the native TCP protocol beside the Open Inference Protocol over HTTP.
 // Counters: samples/s (items_per_second); p50 and p99 request latency in microseconds;
 // mean_batch; cpu_us, the CPU time of the whole process (clients included) per request.
 // batching: 0 = off (max_batch = 1); 1 = max_batch 64, max_queue_delay 500 us (a worker waits
@@ -29,6 +30,14 @@
 #include <edgesplit/runtime/cloud_server.hpp>
 #include <edgesplit/runtime/edge_client.hpp>
 #include <edgesplit/transport/inproc.hpp>
+#include <edgesplit/transport/tcp.hpp>
+#if EDGESPLIT_HAS_HTTP
+#include <cstring>
+#include <memory>
+#include <string>
+// Last: httplib.h must come after Eigen (see the header).
+#include <edgesplit/runtime/oip_http.hpp>
+#endif
 
 using namespace edgesplit;
 
@@ -243,6 +252,143 @@ void BM_TailForward(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * batch));
 }
 
+#if EDGESPLIT_HAS_HTTP
+// BM_Protocol: the cost of the standard protocols. One CloudServer, the tail after split 2 and the
+// same features (one sample of 512 fp32 in, 10 scores out), answered over the native TCP protocol
+// and over the Open Inference Protocol (KServe v2 REST) with JSON tensors and with the binary data
+// extension, by 1 and 64 closed-loop clients. Every client is a light generator: its request is
+// encoded once (a native INFER frame, a JSON body, a binary body) and it reads each answer on its
+// own thread, so the figures are the protocols' and the server's, not a client library's. One
+// server worker, batching up to 64 with no waiting; the HTTP front end has a thread per client
+// (HttpOptions::threads = 64: a kept-alive connection holds its thread).
+constexpr std::size_t kSplit = 2;
+const wire::ModelIdentity kId = model_id(kSplit);
+
+// One client's connection and its pre-encoded request, for one protocol:
+// 0 = native TCP (INFER frame, raw fp32 features), 1 = OIP JSON, 2 = OIP binary data extension.
+class Client {
+ public:
+  Client(int protocol, std::uint16_t native_port, std::uint16_t http_port, const Tensor<float>& features)
+      : protocol_(protocol) {
+    if (protocol == 0) {
+      tcp_ = std::make_unique<TcpTransport>(TcpTransport::connect("127.0.0.1", native_port));
+      std::vector<std::byte> hello;
+      wire::encode_hello(hello, kId, 0, {});
+      tcp_->send(hello, no_deadline);
+      Message m;
+      if (!tcp_->receive(no_deadline, m) || wire::peek(m.view()).type != wire::MessageType::hello) std::abort();
+      CodecConfig cfg;
+      cfg.bits = wire::raw_f32_bits;
+      FeatureCodec codec(cfg);
+      wire::encode_infer(frame_, 1, {kId.model_id, kId.split, 0}, codec, features.cview());
+      return;
+    }
+    http_ = std::make_unique<httplib::Client>("127.0.0.1", http_port);
+    http_->set_keep_alive(true);
+    http_->set_read_timeout(30, 0);
+    const std::string dims = "[1," + std::to_string(features.size()) + "]";
+    if (protocol == 1) {
+      body_ = R"({"inputs":[{"name":"features","datatype":"FP32","shape":)" + dims + R"(,"data":[)";
+      for (std::size_t i = 0; i < features.size(); ++i) {
+        if (i) body_ += ',';
+        body_ += std::to_string(features[i]);
+      }
+      body_ += "]}]}";
+      type_ = "application/json";
+    } else {
+      const std::size_t bytes = features.size() * sizeof(float);
+      body_ = R"({"inputs":[{"name":"features","datatype":"FP32","shape":)" + dims +
+              R"(,"parameters":{"binary_data_size":)" + std::to_string(bytes) +
+              R"(}}],"parameters":{"binary_data_output":true}})";
+      header_length_ = std::to_string(body_.size());
+      body_.resize(body_.size() + bytes);
+      std::memcpy(body_.data() + body_.size() - bytes, features.data(), bytes);  // little-endian hosts
+      type_ = "application/octet-stream";
+    }
+  }
+
+  // One request and its answer; aborts on anything but a successful answer.
+  void round_trip() {
+    if (protocol_ == 0) {
+      tcp_->send(frame_, no_deadline);
+      if (!tcp_->receive(no_deadline, reply_) || wire::peek(reply_.view()).type != wire::MessageType::response) std::abort();
+      return;
+    }
+    httplib::Headers headers;
+    if (protocol_ == 2) headers.emplace("Inference-Header-Content-Length", header_length_);
+    auto r = http_->Post("/v2/models/fmnist-mlp/versions/2/infer", headers, body_, type_.c_str());
+    if (!r || r->status != 200) std::abort();
+  }
+
+ private:
+  int protocol_;
+  std::unique_ptr<TcpTransport> tcp_;
+  std::vector<std::byte> frame_;
+  Message reply_;
+  std::unique_ptr<httplib::Client> http_;
+  std::string body_, type_, header_length_;
+};
+
+// state.range(0): protocol (above); range(1): clients.
+void BM_Protocol(benchmark::State& state) {
+  const int protocol = static_cast<int>(state.range(0));
+  const auto clients = static_cast<std::size_t>(state.range(1));
+  const std::size_t per_client = requests_per_client(clients);
+  auto [head, tail] = cloud_mlp().split(kSplit);
+  ServerOptions so;
+  so.workers = 1;
+  so.max_batch = 64;
+  so.max_queue_delay = std::chrono::microseconds(0);
+  so.queue_capacity = 4096;
+  CloudServer server(so);
+  server.register_model(kId, std::move(tail));
+  auto listener = TcpListener::bind("127.0.0.1", 0);
+  const std::uint16_t native_port = listener.port();
+  server.listen(std::move(listener));
+  HttpOptions ho;
+  ho.threads = 64;
+  OipHttpServer http(server, "127.0.0.1", 0, ho);
+
+  const Tensor<float> features = head.predict(Tensor<float>(Shape{1, 784}, 0.5f).cview());
+  std::vector<std::unique_ptr<Client>> ends;
+  for (std::size_t c = 0; c < clients; ++c)
+    ends.push_back(std::make_unique<Client>(protocol, native_port, http.port(), features));
+  for (auto& e : ends) e->round_trip();  // connected and warm
+
+  std::vector<double> latencies;
+  std::size_t done = 0;
+  const auto batches0 = server.stats().batches;
+  const auto responses0 = server.stats().responses;
+  const double cpu0 = process_cpu_us();
+  for (auto _ : state) {
+    std::vector<std::vector<double>> per(clients);
+    std::vector<std::thread> threads;
+    for (std::size_t c = 0; c < clients; ++c)
+      threads.emplace_back([&, c] {
+        name_this_thread("bench-client");
+        per[c].reserve(per_client);
+        for (std::size_t i = 0; i < per_client; ++i) {
+          const auto t0 = std::chrono::steady_clock::now();
+          ends[c]->round_trip();
+          per[c].push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+        }
+      });
+    for (auto& t : threads) t.join();
+    for (auto& v : per) latencies.insert(latencies.end(), v.begin(), v.end());
+    done += clients * per_client;
+  }
+  state.counters["cpu_us"] = (process_cpu_us() - cpu0) / double(done);
+  state.SetItemsProcessed(static_cast<std::int64_t>(done));
+  const auto st = server.stats();
+  state.counters["mean_batch"] =
+      st.batches > batches0 ? double(st.responses - responses0) / double(st.batches - batches0) : 0;
+  std::sort(latencies.begin(), latencies.end());
+  state.counters["p50_us"] = latencies[latencies.size() / 2];
+  state.counters["p99_us"] = latencies[latencies.size() * 99 / 100];
+}
+
+#endif  // EDGESPLIT_HAS_HTTP
+
 }  // namespace
 
 BENCHMARK(BM_InProcRoundTrip)->ArgName("path")->DenseRange(0, 2)->UseRealTime()->Unit(benchmark::kMicrosecond);
@@ -259,5 +405,13 @@ BENCHMARK(BM_Server)
     ->ArgsProduct({{1, 8, 64}, {0, 1, 2}, {0, 2}, {0, 1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+
+#if EDGESPLIT_HAS_HTTP
+BENCHMARK(BM_Protocol)
+    ->ArgNames({"protocol", "clients"})
+    ->ArgsProduct({{0, 1, 2}, {1, 64}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+#endif
 
 BENCHMARK_MAIN();

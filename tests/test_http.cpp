@@ -14,6 +14,8 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -689,4 +691,199 @@ TEST_CASE("/metrics parses as Prometheus text and its counters move as requests 
   CHECK(metric(after, "edgesplit_memory_in_use_bytes{}") == 0);
   CHECK(metric(after, "edgesplit_memory_peak_bytes{}") > 0);
   CHECK(metric(after, "edgesplit_ready{}") == 1);
+}
+
+TEST_CASE("Duration histogram quantiles interpolate inside their bucket as Prometheus does", "[http][metrics]") {
+  DurationHistogram h;
+  CHECK(h.snapshot().quantile(0.5) == 0.0);  // no observations
+  for (int i = 0; i < 100; ++i) h.observe(75);  // bucket (50, 100]
+  const auto one = h.snapshot();
+  CHECK(one.quantile(0.5) == Approx(75.0));   // 50 + 50 * 50/100
+  CHECK(one.quantile(0.99) == Approx(99.5));  // 50 + 50 * 99/100
+  for (int i = 0; i < 100; ++i) h.observe(20);  // bucket [0, 50]
+  const auto two = h.snapshot();
+  CHECK(two.quantile(0.25) == Approx(25.0));  // rank 50 of the 100 in [0, 50]
+  CHECK(two.quantile(0.75) == Approx(75.0));  // rank 50 of the 100 in (50, 100]
+  const auto later = two.since(one);          // the 100 observations of 20 µs alone
+  CHECK(later.count() == 100);
+  CHECK(later.sum_us == 2000);
+  CHECK(later.quantile(0.5) == Approx(25.0));
+  h.observe(60'000'000);  // past the last bound: +Inf, reported as the largest finite bound
+  CHECK(h.snapshot().since(two).quantile(0.5) == Approx(static_cast<double>(duration_buckets_us.back())));
+  auto sum = one;
+  sum += later;
+  CHECK(sum.count() == 200);
+  CHECK(sum.quantile(0.75) == Approx(two.quantile(0.75)));
+  CHECK_THROWS_AS(StatusHistory(CloudServer(small_options()), 0ms), error);
+}
+
+TEST_CASE("Status report: the last minute per model and summed, and a self-contained page", "[http][status]") {
+  CloudServer server(small_options());
+  Split s = make_split();
+  server.register_model(kModel, s.tail);
+  HttpOptions ho;
+  ho.status_interval = 20ms;
+  OipHttpServer http(server, "127.0.0.1", 0, ho);
+  auto c = client(http.port());
+  const auto status = [&] {
+    auto r = c.Get("/status");
+    REQUIRE(r);
+    REQUIRE(r->status == 200);
+    CHECK(r->get_header_value("Content-Type") == "application/json");
+    return parse(r->body);
+  };
+  const json before = status();
+  CHECK(before["server"]["name"] == "edgesplit");
+  CHECK(before["server"]["ready"] == true);
+  CHECK(before["now"]["requests_total"] == 0);
+  CHECK(before["now"]["memory_budget"] == small_options().memory_budget);
+  REQUIRE(before["models"].size() == 1);
+  CHECK(before["models"][0]["name"] == "toy");
+  CHECK(before["models"][0]["version"] == "2");
+
+  const std::string path = "/v2/models/toy/versions/2/infer";
+  for (std::size_t batch : {1, 2, 3})
+    REQUIRE(c.Post(path, json{{"inputs", json::array({tensor_json("features", random_input(batch, kHidden, batch))})}}.dump(),
+                   "application/json")
+                ->status == 200);
+  const Tensor<float> hot(Shape{1, kHidden}, 3e38f);  // answered ERROR non_finite by the tail
+  CHECK(is_error(c.Post(path, json{{"inputs", json::array({tensor_json("features", hot)})}}.dump(), "application/json"), 400));
+  std::this_thread::sleep_for(100ms);  // a few samples after the requests
+
+  const json after = status();
+  CHECK(after["now"]["requests_total"] == 4);
+  CHECK(after["now"]["errors_total"] == 1);
+  CHECK(after["now"]["http_requests"].get<std::uint64_t>() >= 5);
+  const json& minute = after["last_minute"];
+  CHECK(minute["requests"] == 4);
+  CHECK(minute["errors"] == 1);
+  CHECK(minute["requests_per_s"].get<double>() > 0);
+  CHECK(minute["p50_us"].get<double>() > 0);
+  CHECK(minute["p99_us"].get<double>() >= minute["p50_us"].get<double>());
+  // Rows answered per forward pass: the refused request's pass ran too, its row is not counted.
+  const double passes = after["models"][0]["executions"].get<double>();
+  CHECK(passes >= 1);
+  CHECK(passes <= 4);
+  CHECK(minute["mean_batch"].get<double>() == Approx(6.0 / passes));
+  CHECK(after["models"][0]["requests"] == 4);
+  CHECK(after["models"][0]["inferences"] == 6);  // the refused request's row is not an inference
+  CHECK(after["models"][0]["last_minute"]["requests"] == 4);
+  // One series point per interval; every request falls in exactly one: rate x interval sums to 4.
+  const json& z = after["series"];
+  const std::size_t points = z["t_s"].size();
+  CHECK(points >= 5);
+  for (const char* k : {"requests_per_s", "errors_per_s", "p50_us", "p99_us", "mean_batch", "queue_depth", "memory_in_use",
+                        "connections_open", "http_in_flight"})
+    CHECK(z[k].size() == points);
+  double counted = 0, previous = -after["window_s"].get<double>();
+  for (std::size_t i = 0; i < points; ++i) {
+    const double t = z["t_s"][i].get<double>();
+    counted += z["requests_per_s"][i].get<double>() * (t - previous);
+    previous = t;
+  }
+  CHECK(counted == Approx(4.0).epsilon(1e-9));
+  CHECK(z["t_s"][points - 1].get<double>() == 0.0);
+
+  auto page = c.Get("/");
+  REQUIRE(page);
+  CHECK(page->status == 200);
+  CHECK(page->get_header_value("Content-Type") == "text/html; charset=utf-8");
+  CHECK(page->body.find("fetch('/status'") != std::string::npos);
+  // Self-contained: nothing loaded from elsewhere.
+  CHECK(page->body.find("://") == std::string::npos);
+  CHECK(page->body.find("src=") == std::string::npos);
+  CHECK(page->body.find("href=") == std::string::npos);
+  CHECK(page->body.find("@import") == std::string::npos);
+}
+
+namespace {
+// Output of `command` (its stdout), run through the shell.
+std::string run_output(const std::string& command) {
+  std::string out;
+  if (FILE* p = ::popen(command.c_str(), "r")) {
+    char buf[4096];
+    while (const std::size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+    ::pclose(p);
+  }
+  return out;
+}
+// The integer inside the element `id` of a page's DOM, or -1.
+long long element_number(const std::string& dom, const std::string& id) {
+  std::smatch m;
+  if (!std::regex_search(dom, m, std::regex("id=\"" + id + "\"[^>]*>([0-9]+)<"))) return -1;
+  return std::stoll(m[1]);
+}
+}  // namespace
+
+TEST_CASE("Status page in a real browser: headless Chromium shows the figures and they change under load", "[http][status][browser]") {
+  const std::string chromium = run_output("command -v chromium || command -v chromium-browser");
+  if (chromium.empty()) {
+    WARN("chromium is not installed (Debian package chromium): the status page was not loaded in a browser");
+    return;
+  }
+  CloudServer server(small_options());
+  Split s = make_split();
+  server.register_model(kModel, s.tail);
+  HttpOptions ho;
+  ho.status_interval = 200ms;
+  OipHttpServer http(server, "127.0.0.1", 0, ho);
+  const std::string url = "http://127.0.0.1:" + std::to_string(http.port()) + "/";
+
+  // Load: OIP requests one after another until the browser has looked (bounded in count too).
+  std::atomic<bool> stop{false};
+  std::atomic<int> answered{0};
+  std::thread load([&] {
+    auto c = client(http.port());
+    const std::string body = json{{"inputs", json::array({tensor_json("features", random_input(2, kHidden, 9))})}}.dump();
+    for (int i = 0; i < 20000 && !stop; ++i) {
+      if (auto r = c.Post("/v2/models/toy/versions/2/infer", body, "application/json"); r && r->status == 200) ++answered;
+      std::this_thread::sleep_for(2ms);
+    }
+  });
+  struct Stop {
+    std::atomic<bool>& flag;
+    std::thread& t;
+    ~Stop() {
+      flag = true;
+      t.join();
+    }
+  } joiner{stop, load};
+
+  char dir_template[] = "/tmp/edgesplit-chromium-XXXXXX";
+  REQUIRE(::mkdtemp(dir_template) != nullptr);
+  const std::string profile = dir_template;
+  const std::string browser = "timeout 90 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage "
+                              "--no-first-run --hide-scrollbars --user-data-dir=" + profile +
+                              " --window-size=1100,760 --virtual-time-budget=2500 ";
+  while (answered < 20) std::this_thread::sleep_for(10ms);
+  const std::string first = run_output(browser + "--dump-dom " + url + " 2>/dev/null");
+  INFO(first.substr(0, 2000));
+  REQUIRE(first.find("data-updates=\"") != std::string::npos);
+  CHECK(first.find("data-updates=\"0\"") == std::string::npos);  // the script ran and drew a report
+  const long long seen = element_number(first, "requests-total");
+  CHECK(seen >= 20);
+  CHECK(first.find("<td>toy</td><td>2</td>") != std::string::npos);
+  CHECK(std::regex_search(first, std::regex("id=\"chart-rps\"[^>]*><polyline")));
+  CHECK(std::regex_search(first, std::regex("id=\"rps\"[^>]*>[0-9.]+<")));
+  CHECK(first.find(">ready<") != std::string::npos);
+
+  std::this_thread::sleep_for(500ms);
+  const std::string second = run_output(browser + "--dump-dom " + url + " 2>/dev/null");
+  CHECK(element_number(second, "requests-total") > seen);
+
+  // The screenshot the docs show, kept as a test artifact in the build tree.
+  const std::string png = std::string(EDGESPLIT_TEST_ARTIFACT_DIR) + "/status-page.png";
+  std::remove(png.c_str());
+  run_output(browser + "--screenshot=" + png + " " + url + " >/dev/null 2>&1");
+  std::FILE* f = std::fopen(png.c_str(), "rb");
+  REQUIRE(f != nullptr);
+  unsigned char sig[8] = {};
+  const std::size_t n = std::fread(sig, 1, sizeof sig, f);
+  std::fseek(f, 0, SEEK_END);
+  const long size = std::ftell(f);
+  std::fclose(f);
+  CHECK(n == 8);
+  CHECK(std::memcmp(sig, "\x89PNG\r\n\x1a\n", 8) == 0);
+  CHECK(size > 10000);  // a rendered page, not a blank image
+  run_output("rm -rf " + profile);
 }

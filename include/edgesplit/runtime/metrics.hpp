@@ -2,6 +2,7 @@
 // text exposition format (0.0.4) to publish them and any other number.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstddef>
@@ -32,6 +33,35 @@ class DurationHistogram {
     std::array<std::uint64_t, duration_buckets_us.size() + 1> cumulative{};  ///< observations <= each bound
     std::uint64_t sum_us = 0;  ///< sum of all observations
     std::uint64_t count() const noexcept { return cumulative.back(); }  ///< observations
+
+    /// The observations made between `earlier` and this snapshot (of the same histogram).
+    Snapshot since(const Snapshot& earlier) const noexcept {
+      Snapshot d;
+      for (std::size_t i = 0; i < cumulative.size(); ++i)
+        d.cumulative[i] = cumulative[i] >= earlier.cumulative[i] ? cumulative[i] - earlier.cumulative[i] : 0;
+      d.sum_us = sum_us >= earlier.sum_us ? sum_us - earlier.sum_us : 0;
+      return d;
+    }
+    /// Adds another histogram's counts (to sum the models of a server).
+    Snapshot& operator+=(const Snapshot& o) noexcept {
+      for (std::size_t i = 0; i < cumulative.size(); ++i) cumulative[i] += o.cumulative[i];
+      sum_us += o.sum_us;
+      return *this;
+    }
+    /// The `q` quantile (0..1) in microseconds, interpolated linearly inside its bucket as
+    /// Prometheus' histogram_quantile() does (the first bucket starts at 0; a rank in +Inf gives
+    /// the largest finite bound). 0 without observations.
+    double quantile(double q) const noexcept {
+      if (count() == 0) return 0.0;
+      const double rank = std::clamp(q, 0.0, 1.0) * static_cast<double>(count());
+      std::size_t i = 0;
+      while (i + 1 < cumulative.size() && static_cast<double>(cumulative[i]) < rank) ++i;
+      if (i == duration_buckets_us.size()) return static_cast<double>(duration_buckets_us.back());
+      const double lo = i == 0 ? 0.0 : static_cast<double>(duration_buckets_us[i - 1]);
+      const double below = i == 0 ? 0.0 : static_cast<double>(cumulative[i - 1]);
+      const double in = static_cast<double>(cumulative[i]) - below;
+      return lo + (static_cast<double>(duration_buckets_us[i]) - lo) * (in > 0 ? (rank - below) / in : 1.0);
+    }
   };
 
   /// Records one duration.

@@ -34,6 +34,7 @@
 #include "edgesplit/runtime/cloud_server.hpp"
 #include "edgesplit/runtime/metrics.hpp"
 #include "edgesplit/runtime/server_metrics.hpp"
+#include "edgesplit/runtime/status_page.hpp"
 #include "edgesplit/wire/feature_codec.hpp"
 #include "edgesplit/wire/protocol.hpp"
 
@@ -62,6 +63,10 @@ struct HttpOptions {
   std::chrono::seconds write_timeout{5};  ///< a peer that takes no bytes this long is dropped
   std::chrono::seconds keep_alive_timeout{5};  ///< an idle keep-alive connection is closed after this
   std::string server_name = "edgesplit";  ///< `name` of the server metadata (GET /v2)
+  /// The status page (GET /) and its report (GET /status) show the last `status_window`, sampled
+  /// every `status_interval` by a thread of their own.
+  std::chrono::milliseconds status_interval{1000};
+  std::chrono::milliseconds status_window{60000};  ///< see status_interval
 };
 
 /// Counters of the HTTP front end (bodies only: HTTP headers are not counted).
@@ -77,7 +82,8 @@ inline constexpr std::string_view oip_server_version = "0.1.0";
 
 /// Serves a CloudServer's tails over the Open Inference Protocol (KServe v2 REST, the protocol of
 /// Triton, KServe and Seldon), with health routes for Kubernetes probes and `/metrics` for
-/// Prometheus, on its own port beside the native protocol.
+/// Prometheus, on its own port beside the native protocol, and a live status page at GET / (its
+/// report, JSON, at GET /status: runtime/status_page.hpp).
 ///
 /// - A model is a registered model id; its version is the split (the decimal split number). A
 ///   route without a version takes the model's lowest registered split.
@@ -97,7 +103,7 @@ class OipHttpServer {
   /// Binds `host`:`port` (0 picks a free port) and starts serving `server`, which must outlive
   /// this object. errc::io_error when the address cannot be bound.
   OipHttpServer(CloudServer& server, const std::string& host, std::uint16_t port, HttpOptions options = {})
-      : server_(server), opt_(std::move(options)) {
+      : server_(server), opt_(std::move(options)), history_(server, opt_.status_interval, opt_.status_window) {
     if (opt_.threads == 0) fail(errc::invalid_argument, "HttpOptions::threads must be at least 1");
     if (opt_.max_body_bytes == 0) opt_.max_body_bytes = server_.options().limits.max_payload_bytes;
     routes();
@@ -111,10 +117,16 @@ class OipHttpServer {
     const int bound = port == 0 ? http_.bind_to_any_port(host) : (http_.bind_to_port(host, port) ? port : -1);
     if (bound <= 0) fail(errc::io_error, "cannot bind the HTTP front end to " + host + ":" + std::to_string(port));
     port_ = static_cast<std::uint16_t>(bound);
+    history_.sample(counts());  // the window starts before the first request can arrive
     thread_ = std::thread([this] {
       name_this_thread("es-http");
       http_.listen_after_bind();
       listen_done_ = true;
+    });
+    sampler_ = std::thread([this] {
+      name_this_thread("es-status");
+      std::unique_lock lock(sampler_mutex_);
+      while (!sampler_cv_.wait_for(lock, history_.interval(), [this] { return sampler_stop_; })) history_.sample(counts());
     });
   }
   OipHttpServer(const OipHttpServer&) = delete;
@@ -128,6 +140,12 @@ class OipHttpServer {
   void stop() {
     std::lock_guard lock(stop_mutex_);
     if (!thread_.joinable()) return;
+    {
+      std::lock_guard sl(sampler_mutex_);
+      sampler_stop_ = true;
+    }
+    sampler_cv_.notify_all();
+    sampler_.join();
     // httplib's stop() does nothing before its loop runs, and must be called once: wait for the
     // loop to start (or to have failed), then stop it.
     while (!http_.is_running() && !listen_done_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -144,6 +162,10 @@ class OipHttpServer {
     s.bytes_sent = bytes_sent_.load(std::memory_order_relaxed);
     return s;
   }
+
+  /// What GET /status answers: the server now and over the last status_window
+  /// (StatusHistory::json).
+  nlohmann::json status() const { return history_.json(opt_.server_name, counts()); }
 
   /// What GET /metrics answers: the server's metrics (write_server_metrics) and this front end's.
   std::string metrics_text() const {
@@ -200,6 +222,10 @@ class OipHttpServer {
     const json* data = nullptr;  // JSON data, or
     std::optional<std::size_t> binary_offset;  // offset of its raw bytes after the JSON header
   };
+
+  HttpCounts counts() const noexcept {
+    return HttpCounts{requests_.load(std::memory_order_relaxed), in_flight_.load(std::memory_order_relaxed)};
+  }
 
   static std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
@@ -294,6 +320,15 @@ class OipHttpServer {
         answer(res, 200, json{{"name", opt_.server_name}, {"version", std::string(oip_server_version)},
                               {"extensions", json::array({"binary_tensor_data"})}});
       });
+    });
+    http_.Get("/", [this](const httplib::Request&, httplib::Response& res) {
+      served(res, [&] {
+        res.status = 200;
+        res.set_content(std::string(status_page_html()), "text/html; charset=utf-8");
+      });
+    });
+    http_.Get("/status", [this](const httplib::Request&, httplib::Response& res) {
+      served(res, [&] { answer(res, 200, status()); });
     });
     http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       served(res, [&] {
@@ -772,6 +807,11 @@ class OipHttpServer {
   httplib::Server http_;
   std::thread thread_;
   std::mutex stop_mutex_;
+  StatusHistory history_;
+  std::thread sampler_;  // samples history_ every status_interval until stop()
+  std::mutex sampler_mutex_;
+  std::condition_variable sampler_cv_;
+  bool sampler_stop_ = false;
   std::uint16_t port_ = 0;
   std::atomic<bool> listen_done_{false};
   std::atomic<std::uint32_t> next_id_{1};
