@@ -6,16 +6,22 @@
 //
 //   edge_node [--model FILE] [--split K] [--host 127.0.0.1] [--port 7000] [--bits 8]
 //             [--limit 1000] [--timeout-ms 500] [--data DIR]
-//             [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
+//             [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--metrics-file FILE]
 //
 // With --tls-ca it speaks TLS 1.3 and accepts only a server certificate of that CA for --host;
 // --tls-cert and --tls-key present a client certificate (for a cloud node that asks for one).
+// --metrics-file writes the edge client's metrics (answers by path, reconnections, the link
+// estimate) in the Prometheus text format when the run ends, replacing FILE at once: the form
+// node_exporter's textfile collector reads for a batch job.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <vector>
 
 #include <edgesplit/io/idx.hpp>
 #include <edgesplit/runtime/edge_client.hpp>
+#include <edgesplit/runtime/edge_metrics.hpp>
 #include <edgesplit/transport/tcp.hpp>
 #if EDGESPLIT_HAS_TLS
 #include <edgesplit/transport/tls.hpp>
@@ -31,7 +37,8 @@ int main(int argc, char** argv) {
     o = node::parse_options(argc, argv,
                             {{"model", node::default_model}, {"split", "2"}, {"host", "127.0.0.1"}, {"port", "7000"},
                              {"bits", "8"}, {"limit", "1000"}, {"timeout-ms", "500"}, {"data", fashion_mnist_dir.string()},
-                             {"model-id", "fmnist-mlp"}, {"tls-ca", ""}, {"tls-cert", ""}, {"tls-key", ""}});
+                             {"model-id", "fmnist-mlp"}, {"tls-ca", ""}, {"tls-cert", ""}, {"tls-key", ""},
+                             {"metrics-file", ""}});
     if (o["tls-cert"].empty() != o["tls-key"].empty())
       fail(errc::invalid_argument, "--tls-cert and --tls-key go together");
     if (!o["tls-cert"].empty() && o["tls-ca"].empty()) fail(errc::invalid_argument, "--tls-cert needs --tls-ca");
@@ -104,6 +111,17 @@ int main(int argc, char** argv) {
                 100.0 * double(correct) / double(n), cloud, n - cloud);
     if (!client.last_error().empty()) std::printf("edge_node: the cloud said: %s\n", client.last_error().c_str());
     std::printf("edge_node: latency p50 %.2f ms, p99 %.2f ms\n", ms[ms.size() / 2], ms[ms.size() * 99 / 100]);
+    if (const std::string path = o["metrics-file"]; !path.empty()) {
+      MetricsWriter w;
+      write_edge_metrics(w, client, o["model-id"]);
+      const std::string tmp = path + ".tmp";
+      {
+        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+        f << w.text();
+        if (!f.flush()) fail(errc::io_error, "cannot write " + tmp);
+      }
+      std::filesystem::rename(tmp, path);  // readers see the old file or the new one, never half
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "edge_node: %s\n", e.what());
     return 1;

@@ -78,8 +78,9 @@ cmake --build "$out/asan" -j"$jobs"
 "$out/asan/examples/quickstart" | grep "SIMD kernels"
 # The studies (examples that train and measure: library code the unit tests cover) and ONNX's
 # conformance data (a thousand well-formed models) are built and run once, in the g++ stage
-# below; the nodes, the tools and the ONNX importer's bad-input tests (test_onnx) run here.
-ctest --test-dir "$out/asan" --output-on-failure -j"$jobs" -LE study
+# below, as is the container image's test; the nodes, the tools and the ONNX importer's
+# bad-input tests (test_onnx) run here.
+ctest --test-dir "$out/asan" --output-on-failure -j"$jobs" -LE "study|container"
 
 step "clang + ThreadSanitizer: build, run transport, runtime and ZeroMQ tests"
 # (A ThreadSanitizer build's edgesplit_tests holds only those tests' files: tests/CMakeLists.txt.)

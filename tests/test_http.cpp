@@ -693,6 +693,39 @@ TEST_CASE("/metrics parses as Prometheus text and its counters move as requests 
   CHECK(metric(after, "edgesplit_ready{}") == 1);
 }
 
+TEST_CASE("Edge metrics: answers by path, the link estimate and the connection, as Prometheus text", "[http][metrics]") {
+  Split s = make_split();
+  CloudServer server(small_options());
+  server.register_model(kModel, s.tail);
+  EdgeClient edge(s.head, [&] { return server.connect_in_process(); }, edge_options(), Fallback{s.tail, Fallback::Input::features});
+  for (std::uint64_t i = 0; i < 3; ++i)
+    REQUIRE(edge.infer(random_input(1, kIn, i).cview(), deadline_after(5s)).path == AnswerPath::cloud);
+  const auto scrape = [&] {
+    MetricsWriter w;
+    write_edge_metrics(w, edge, "toy");
+    return check_exposition(w.text());
+  };
+  const auto m = scrape();
+  CHECK(metric(m, "edgesplit_edge_requests_total{model=toy,path=cloud}") == 3);
+  CHECK(m.count("edgesplit_edge_requests_total{model=toy,path=fallback}") == 1);
+  CHECK(metric(m, "edgesplit_edge_requests_total{model=toy,path=fallback}") == 0);
+  CHECK(metric(m, "edgesplit_edge_submitted_total{model=toy}") == 3);
+  CHECK(metric(m, "edgesplit_edge_connected{model=toy}") == 1);
+  const LinkModel link = edge.link_estimate();
+  CHECK(metric(m, "edgesplit_edge_link_uplink_bits_per_second{model=toy}") == link.uplink_bps);
+  CHECK(metric(m, "edgesplit_edge_link_rtt_seconds{model=toy}") == link.rtt_s);
+  CHECK(metric(m, "edgesplit_edge_weight_updates_total{model=toy,result=refused}") == 0);
+
+  // The cloud goes away: the next request is answered by the fallback, and the gauge says so.
+  server.shutdown(0ms);
+  CHECK(edge.infer(random_input(1, kIn, 9).cview(), deadline_after(2s)).path == AnswerPath::fallback);
+  const auto after = scrape();
+  CHECK(metric(after, "edgesplit_edge_requests_total{model=toy,path=cloud}") == 3);
+  CHECK(metric(after, "edgesplit_edge_requests_total{model=toy,path=fallback}") == 1);
+  CHECK(metric(after, "edgesplit_edge_submitted_total{model=toy}") == 4);
+  CHECK(metric(after, "edgesplit_edge_connected{model=toy}") == 0);
+}
+
 TEST_CASE("Duration histogram quantiles interpolate inside their bucket as Prometheus does", "[http][metrics]") {
   DurationHistogram h;
   CHECK(h.snapshot().quantile(0.5) == 0.0);  // no observations

@@ -737,6 +737,67 @@ TEST_CASE("Sequential::summary lists shapes, parameters, FLOPs and every split p
   CHECK(std::count(s.begin(), s.end(), '\n') == 6);                               // header, input, 3 layers, total
 }
 
+TEST_CASE("A declared input shape: Dense layers take their input width from the model, split and summary keep it", "[train][nn]") {
+  // The Keras way: the input shape once, then output widths only.
+  Sequential<float> m(Shape{784});
+  m.add<Dense<float>>(300);
+  m.add<ReLU<float>>();
+  m.add<Dense<float>>(100);
+  m.add<Dense<float>>(10);
+  auto dense = [&](std::size_t i) { return dynamic_cast<const Dense<float>&>(m[i]); };
+  CHECK(dense(0).in_features() == 784);
+  CHECK(dense(2).in_features() == 300);
+  CHECK(dense(3).in_features() == 100);
+  // The same layers as the two-argument form: the same default weights, drawn from the same seed.
+  Dense<float> explicit_first(784, 300);
+  CHECK(m.parameters()[0].value.span().size() == explicit_first.parameters()[0].value.span().size());
+  CHECK(std::equal(m.parameters()[0].value.span().begin(), m.parameters()[0].value.span().end(),
+                   explicit_first.parameters()[0].value.span().begin()));
+  CHECK(m.predict(Tensor<float>(Shape{2, 784}, 0.5f).cview()).shape() == Shape{2, 10});
+
+  // split(): the head keeps the input shape, the tail's is what the head outputs.
+  const auto [head, tail] = m.split(2);
+  REQUIRE(head.input());
+  CHECK(*head.input() == Shape{784});
+  REQUIRE(tail.input());
+  CHECK(*tail.input() == Shape{300});
+  CHECK(m.summary() == m.summary(Shape{784}));
+  CHECK(Sequential<float>(m).input() == m.input());  // copies keep it
+
+  // Without a declared shape: the width of the last Dense, through element-wise layers, with an Rng.
+  Rng rng(5);
+  Sequential<float> plain;
+  plain.add<Dense<float>>(784, 64, rng);
+  plain.add<ReLU<float>>();
+  plain.add<Dropout<float>>(0.5, 1);
+  CHECK(plain.add<Dense<float>>(10, rng).in_features() == 64);
+  expect_errc(errc::invalid_argument, [] { Sequential<float>().add<Dense<float>>(10); });  // nothing to take it from
+  try {
+    Sequential<float>().add<Dense<float>>(10);
+  } catch (const error& e) {
+    CHECK(std::string(e.what()).find("declare the model's input shape") != std::string::npos);
+  }
+  expect_errc(errc::invalid_argument, [] { (void)Sequential<float>().summary(); });
+
+  // Images: a Dense after a convolution flattens it, as it does when it runs.
+  Sequential<float> cnn(Shape{1, 28, 28});
+  cnn.add<Conv2D<float>>(1, 8, 3, 3);
+  cnn.add<ReLU<float>>();
+  CHECK(cnn.add<Dense<float>>(10).in_features() == 8u * 26u * 26u);
+  CHECK(cnn.predict(Tensor<float>(Shape{3, 1, 28, 28}, 0.25f).cview()).shape() == Shape{3, 10});
+  Sequential<float> after_conv;  // no declared shape: a Conv2D's output size is not known
+  after_conv.add<Conv2D<float>>(1, 8, 3, 3);
+  expect_errc(errc::invalid_argument, [&] { after_conv.add<Dense<float>>(3); });
+  Sequential<float> after_dense_conv;  // nor after a Dense whose output a layer reshapes
+  after_dense_conv.add<Dense<float>>(4, 8);
+  after_dense_conv.add<GlobalAvgPool<float>>();
+  expect_errc(errc::invalid_argument, [&] { after_dense_conv.add<Dense<float>>(3); });
+
+  expect_errc(errc::invalid_argument, [] { Sequential<float>(Shape{0}); });
+  CHECK(Shape{784}.with_leading(32) == Shape{32, 784});
+  expect_errc(errc::invalid_argument, [] { (void)Shape{1, 1, 1, 1, 1, 1, 1, 1}.with_leading(1); });
+}
+
 TEST_CASE("Dataset::split and validation_split hold out the last rows of the training set", "[train][trainer]") {
   const auto data = xor_task(1000, 8, 7);
   const auto parts = data.split(0.2);  // not bound by name: clang 14 cannot capture such bindings

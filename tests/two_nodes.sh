@@ -29,7 +29,8 @@ cloud=$!
 for _ in $(seq 100); do [ -s "$work/port" ] && break; sleep 0.1; done
 [ -s "$work/port" ] || { cat "$work/cloud.log"; echo "cloud_node did not start"; exit 1; }
 port="$(cat "$work/port")"
-out="$(timeout 120 "$bin/edge_node" --model "$model" --port "$port" --limit 300 --timeout-ms 5000 "${edge_tls[@]}")"
+out="$(timeout 120 "$bin/edge_node" --model "$model" --port "$port" --limit 300 --timeout-ms 5000 "${edge_tls[@]}" \
+  --metrics-file "$work/edge.prom")"
 echo "$out"
 if [ "$mode" = tls ]; then
   # Without a client certificate: every image answered by the local fallback.
@@ -42,4 +43,7 @@ wait "$cloud"
 cloud=
 cat "$work/cloud.log"
 grep -q "300 answered by the cloud" <<<"$out"
+# The edge's metrics file (Prometheus text): the same 300 answers, by path.
+grep -qx 'edgesplit_edge_requests_total{model="fmnist-mlp",path="cloud"} 300' "$work/edge.prom"
+grep -qx 'edgesplit_edge_submitted_total{model="fmnist-mlp"} 300' "$work/edge.prom"
 if [ "$mode" = tls ]; then grep -q "TLS 1.3, clients need a certificate" "$work/cloud.log"; else grep -q "plain TCP" "$work/cloud.log"; fi

@@ -90,12 +90,12 @@ void getting_started() {
 
   // [snippet getting-started-model]
   Rng rng(7);                                  // every weight comes from a seeded Rng
-  Sequential<float> model;                     // 20 features in, 3 classes out
-  model.add<Dense<float>>(20, 64, rng);
+  Sequential<float> model(Shape{20});          // 20 features in
+  model.add<Dense<float>>(64, rng);            // each Dense takes the width before it
   model.add<ReLU<float>>();
-  model.add<Dense<float>>(64, 32, rng);
+  model.add<Dense<float>>(32, rng);
   model.add<ReLU<float>>();
-  model.add<Dense<float>>(32, 3, rng);         // logits
+  model.add<Dense<float>>(3, rng);             // logits: 3 classes
   // [end]
 
   // [snippet getting-started-train]

@@ -1,50 +1,14 @@
-// edgesplit/edgesplit.hpp - the public API in one include.
+// edgesplit/edgesplit.hpp - the whole library in one include: models and training, quantization,
+// the wire format, transports, planning and the runtime. A program that needs only a part can
+// include that module instead (edgesplit/nn.hpp for training alone: no sockets, no runtime), or
+// single headers. Headers of optional dependencies are included on their own: io/safetensors.hpp
+// and io/idx.hpp, io/onnx.hpp, transport/tls.hpp, transport/zmq.hpp, runtime/oip_http.hpp.
 #pragma once
 
-#include "edgesplit/core/dtype.hpp"
-#include "edgesplit/core/error.hpp"
-#include "edgesplit/core/im2col.hpp"
-#include "edgesplit/core/kernels.hpp"
-#include "edgesplit/core/random.hpp"
-#include "edgesplit/core/shape.hpp"
-#include "edgesplit/core/tensor.hpp"
-#include "edgesplit/io/npy.hpp"
-#include "edgesplit/nn/activations.hpp"
-#include "edgesplit/nn/batchnorm.hpp"
-#include "edgesplit/nn/collaborative.hpp"
-#include "edgesplit/nn/conv2d.hpp"
-#include "edgesplit/nn/dataset.hpp"
-#include "edgesplit/nn/dense.hpp"
-#include "edgesplit/nn/dropout.hpp"
-#include "edgesplit/nn/fold.hpp"
-#include "edgesplit/nn/graph.hpp"
-#include "edgesplit/nn/layer.hpp"
-#include "edgesplit/nn/layer_factory.hpp"
-#include "edgesplit/nn/loss.hpp"
-#include "edgesplit/nn/merge.hpp"
-#include "edgesplit/nn/multi_exit.hpp"
-#include "edgesplit/nn/optimizer.hpp"
-#include "edgesplit/nn/pool.hpp"
-#include "edgesplit/nn/sequential.hpp"
-#include "edgesplit/nn/standardizer.hpp"
-#include "edgesplit/nn/trainer.hpp"
-#include "edgesplit/nn/weights.hpp"
-#include "edgesplit/quant/bit_pack.hpp"
-#include "edgesplit/quant/calibration.hpp"
-#include "edgesplit/quant/quant_params.hpp"
-#include "edgesplit/quant/quantize.hpp"
-#include "edgesplit/quant/quantized_dense.hpp"
-#include "edgesplit/quant/quantizer.hpp"
-#include "edgesplit/wire/crc32c.hpp"
-#include "edgesplit/wire/feature_codec.hpp"
-#include "edgesplit/wire/frame.hpp"
-#include "edgesplit/wire/tensor_payload.hpp"
-#include "edgesplit/transport/clock.hpp"
-#include "edgesplit/transport/inproc.hpp"
-#include "edgesplit/transport/simulated_link.hpp"
-#include "edgesplit/transport/tcp.hpp"
-#include "edgesplit/transport/transport.hpp"
-// Not included here because they need optional dependencies (CMake options EDGESPLIT_WITH_JSON
-// and EDGESPLIT_WITH_ZLIB); include them directly:
-//   edgesplit/io/safetensors.hpp  weights files (nlohmann-json)
-//   edgesplit/io/idx.hpp          IDX data sets such as Fashion-MNIST, gzip-compressed (zlib)
+#include "edgesplit/core.hpp"
+#include "edgesplit/nn.hpp"
+#include "edgesplit/plan.hpp"
+#include "edgesplit/quant.hpp"
+#include "edgesplit/runtime.hpp"
+#include "edgesplit/transport.hpp"
+#include "edgesplit/wire.hpp"

@@ -52,6 +52,15 @@ class Shape {
     return s;
   }
 
+  /// This shape with a dimension `b` put in front: a per-sample shape made a batch's
+  /// (`Shape{784}.with_leading(32)` is [32, 784]). errc::invalid_argument past max_rank.
+  Shape with_leading(std::size_t b) const {
+    std::array<std::size_t, max_rank + 1> d{};
+    d[0] = b;
+    for (std::size_t i = 0; i < rank_; ++i) d[i + 1] = dims_[i];
+    return Shape(std::span<const std::size_t>(d.data(), rank_ + 1));
+  }
+
   /// Same rank and the same dimensions.
   friend bool operator==(const Shape& a, const Shape& b) noexcept {
     if (a.rank_ != b.rank_) return false;

@@ -5,15 +5,21 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "edgesplit/core/random.hpp"
 #include "edgesplit/nn/layer.hpp"
 
 namespace edgesplit {
+
+template <Real T>
+class Dense;
 
 /// What the planner needs to know about one layer for a given input shape.
 struct LayerInfo {
@@ -31,12 +37,17 @@ template <Real T>
 class Sequential {
  public:
   Sequential() = default;
+  /// A model with a declared per-sample input shape (no batch dimension: `Shape{784}`, or
+  /// `Shape{1, 28, 28}` for images), as Keras' `Input(shape=...)`: layers added later may leave
+  /// out the input size they would repeat (`model.add<Dense<float>>(512)`), and summary() needs
+  /// no shape. errc::invalid_argument for an empty shape.
+  explicit Sequential(const Shape& input) { this->input(input); }
   /// Moves the layers and the workspace.
   Sequential(Sequential&&) noexcept = default;
   /// Moves the layers and the workspace.
   Sequential& operator=(Sequential&&) noexcept = default;
   /// Deep copy: weights are copied, the workspace is not.
-  Sequential(const Sequential& o) {
+  Sequential(const Sequential& o) : input_(o.input_) {
     layers_.reserve(o.layers_.size());
     for (const auto& l : o.layers_) layers_.push_back(l->clone());
   }
@@ -46,11 +57,30 @@ class Sequential {
     return *this;
   }
 
-  /// Appends a layer constructed in place: `model.add<Dense<float>>(784, 512, rng)`.
+  /// Declares the per-sample input shape (see the constructor); returns the model.
+  Sequential& input(const Shape& per_sample) {
+    if (per_sample.rank() == 0 || per_sample.count() == 0)
+      fail(errc::invalid_argument, "Sequential input shape must have at least one dimension, none of them 0");
+    input_ = per_sample;
+    return *this;
+  }
+  /// The declared per-sample input shape, if any.
+  const std::optional<Shape>& input() const noexcept { return input_; }
+
+  /// Appends a layer constructed in place: `model.add<Dense<float>>(784, 512, rng)`. A Dense
+  /// may be given its output width alone (`add<Dense<float>>(512)`, or `(512, rng)`): its input
+  /// width is then the per-sample size of what the model outputs so far (a Dense flattens what
+  /// it takes: [N, 8, 14, 14] is 1568 features), known from the declared input shape, or from the
+  /// last Dense when only element-wise layers follow it; errc::invalid_argument otherwise.
   template <class L, class... Args>
   L& add(Args&&... args) {
     static_assert(std::is_base_of_v<Layer<T>, L>, "add<L>: L must derive from Layer<T>");
-    auto p = std::make_unique<L>(std::forward<Args>(args)...);
+    std::unique_ptr<L> p;
+    if constexpr (std::is_same_v<L, Dense<T>> && output_width_only<Args...>()) {
+      p = std::make_unique<L>(next_width(), std::forward<Args>(args)...);
+    } else {
+      p = std::make_unique<L>(std::forward<Args>(args)...);
+    }
     L& ref = *p;
     layers_.push_back(std::move(p));
     return ref;
@@ -136,6 +166,11 @@ class Sequential {
                                    std::to_string(layers_.size()) + " layers");
     Sequential head, tail;
     for (std::size_t i = 0; i < layers_.size(); ++i) (i < k ? head : tail).layers_.push_back(layers_[i]->clone());
+    if (input_) {  // the tail's input is what the head outputs
+      head.input_ = input_;
+      const Shape out = head.output_shape(input_->with_leading(1));
+      tail.input_ = Shape(out.dims().subspan(1));
+    }
     return {std::move(head), std::move(tail)};
   }
 
@@ -156,9 +191,17 @@ class Sequential {
   /// with the bytes a cut there sends per sample at fp32 (`split(k)` keeps layers [0, k) on the
   /// edge; k = 0 sends the input), so that no split index is counted by hand.
   std::string summary(const Shape& sample) const {
-    std::vector<std::size_t> dims{1};
-    for (std::size_t d : sample.dims()) dims.push_back(d);
-    const Shape in{std::span<const std::size_t>(dims)};
+    return table(sample);
+  }
+  /// summary() of the declared input shape; errc::invalid_argument when none was declared.
+  std::string summary() const {
+    if (!input_) fail(errc::invalid_argument, "summary() of a model without a declared input shape: pass one, summary(Shape{784})");
+    return table(*input_);
+  }
+
+ private:
+  std::string table(const Shape& sample) const {
+    const Shape in = sample.with_leading(1);
     const std::vector<LayerInfo> info = describe(in);
     const auto per_sample = [](const Shape& s) {
       std::string t = "[";
@@ -188,6 +231,8 @@ class Sequential {
                   static_cast<unsigned long long>(flops));
     return out + line;
   }
+
+ public:
 
   /// FLOPs of a forward pass on an input of shape `in`, summed over the layers.
   std::uint64_t flops(Shape in) const {
@@ -223,6 +268,47 @@ class Sequential {
   }
 
  private:
+  // add<Dense<T>>(out) or add<Dense<T>>(out, rng): the output width alone.
+  template <class... Args>
+  static constexpr bool output_width_only() {
+    if constexpr (sizeof...(Args) == 1) {
+      return (std::is_integral_v<std::remove_cvref_t<Args>> && ...);
+    } else if constexpr (sizeof...(Args) == 2) {
+      using First = std::remove_cvref_t<std::tuple_element_t<0, std::tuple<Args...>>>;
+      using Second = std::remove_cvref_t<std::tuple_element_t<1, std::tuple<Args...>>>;
+      return std::is_integral_v<First> && std::is_same_v<Second, Rng>;
+    } else {
+      return false;
+    }
+  }
+
+  // The width of what the model outputs so far, for a Dense added without its input width.
+  std::size_t next_width() const {
+    const auto unknown = [] {
+      fail(errc::invalid_argument,
+           "add<Dense>(out): the input width is unknown; declare the model's input shape "
+           "(Sequential<float> model(Shape{784})) or give it (add<Dense<float>>(784, out))");
+    };
+    Shape out;
+    if (input_) {
+      out = output_shape(input_->with_leading(1));
+    } else {
+      std::size_t i = layers_.size();
+      while (i > 0 && layers_[i - 1]->name() != "Dense") --i;
+      if (i == 0) unknown();
+      out = Shape{1, static_cast<const Dense<T>&>(*layers_[i - 1]).out_features()};
+      for (std::size_t j = i; j < layers_.size(); ++j) {  // element-wise layers keep the width
+        bool same = false;
+        try {
+          same = layers_[j]->output_shape(out) == out;
+        } catch (const error&) {  // a layer that takes other shapes: not element-wise
+        }
+        if (!same) unknown();
+      }
+    }
+    return out.features();
+  }
+
   std::vector<Parameter<T>> named(std::vector<Parameter<T>> (Layer<T>::*which)()) {
     std::vector<Parameter<T>> all;
     for (std::size_t i = 0; i < layers_.size(); ++i)
@@ -234,6 +320,7 @@ class Sequential {
   }
 
   std::vector<std::unique_ptr<Layer<T>>> layers_;
+  std::optional<Shape> input_;  // declared per-sample input shape
   std::vector<Tensor<T>> acts_;   // output of each layer, kept for backward
   std::vector<Tensor<T>> grads_;  // two ping-pong buffers for input gradients
 };

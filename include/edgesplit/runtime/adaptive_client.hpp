@@ -198,6 +198,23 @@ class AdaptiveClient {
     std::lock_guard lock(state_->mutex);
     return state_->selector.switches();
   }
+  /// The counters of every plan's client so far, summed.
+  EdgeStats stats() const {
+    std::lock_guard lock(state_->mutex);
+    EdgeStats sum;
+    for (const auto& [key, c] : state_->clients) {
+      const EdgeStats s = c->stats();
+      sum.submitted += s.submitted;
+      sum.cloud_answers += s.cloud_answers;
+      sum.fallbacks += s.fallbacks;
+      sum.reconnects += s.reconnects;
+      sum.connect_failures += s.connect_failures;
+      sum.weight_updates += s.weight_updates;
+      sum.weights_refused += s.weights_refused;
+      sum.late_replies += s.late_replies;
+    }
+    return sum;
+  }
   /// Plans that have had a client so far.
   std::size_t clients() const {
     std::lock_guard lock(state_->mutex);

@@ -48,9 +48,7 @@ inline std::optional<Shape> input_signature(const Sequential<float>& model) {
 
 /// The per-sample shape `model` produces from per-sample input `signature`.
 inline Shape output_signature(const Sequential<float>& model, const Shape& signature) {
-  std::vector<std::size_t> dims{1};
-  for (std::size_t d : signature.dims()) dims.push_back(d);
-  const Shape out = model.output_shape(Shape(std::span<const std::size_t>(dims)));
+  const Shape out = model.output_shape(signature.with_leading(1));
   return Shape(out.dims().subspan(1));
 }
 

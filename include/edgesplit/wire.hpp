@@ -1,0 +1,9 @@
+// edgesplit/wire.hpp - the wire format: frames, the feature codec, tensor payloads and the
+// native protocol's messages.
+#pragma once
+
+#include "edgesplit/wire/crc32c.hpp"
+#include "edgesplit/wire/feature_codec.hpp"
+#include "edgesplit/wire/frame.hpp"
+#include "edgesplit/wire/protocol.hpp"
+#include "edgesplit/wire/tensor_payload.hpp"
