@@ -62,6 +62,9 @@ struct HttpOptions {
   std::chrono::seconds read_timeout{5};   ///< a peer silent this long inside a request is dropped
   std::chrono::seconds write_timeout{5};  ///< a peer that takes no bytes this long is dropped
   std::chrono::seconds keep_alive_timeout{5};  ///< an idle keep-alive connection is closed after this
+  /// Requests a kept-alive connection may carry before the server closes it (cpp-httplib's own
+  /// default is 5: a busy client would reconnect every fifth request).
+  std::size_t keep_alive_max_requests = 1000;
   std::string server_name = "edgesplit";  ///< `name` of the server metadata (GET /v2)
   /// The status page (GET /) and its report (GET /status) show the last `status_window`, sampled
   /// every `status_interval` by a thread of their own.
@@ -113,6 +116,7 @@ class OipHttpServer {
     http_.set_read_timeout(static_cast<time_t>(opt_.read_timeout.count()), 0);
     http_.set_write_timeout(static_cast<time_t>(opt_.write_timeout.count()), 0);
     http_.set_keep_alive_timeout(static_cast<time_t>(opt_.keep_alive_timeout.count()));
+    http_.set_keep_alive_max_count(opt_.keep_alive_max_requests);
     http_.set_tcp_nodelay(true);
     const int bound = port == 0 ? http_.bind_to_any_port(host) : (http_.bind_to_port(host, port) ? port : -1);
     if (bound <= 0) fail(errc::io_error, "cannot bind the HTTP front end to " + host + ":" + std::to_string(port));
