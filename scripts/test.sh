@@ -67,7 +67,8 @@ for target in aarch64-linux-gnu:qemu-aarch64 arm-linux-gnueabihf:qemu-arm; do
     -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/$triple.cmake" >/dev/null
   cmake --build "$out/$triple" -j"$jobs"
   "$emu" -L "/usr/$triple" "$out/$triple/examples/quickstart" | grep "SIMD kernels"
-  ctest --test-dir "$out/$triple" --output-on-failure -j"$jobs"
+  # (The container image's test builds for this machine, not the target: the g++ stage runs it.)
+  ctest --test-dir "$out/$triple" --output-on-failure -j"$jobs" -LE container
 done
 
 step "clang + AddressSanitizer + UndefinedBehaviorSanitizer: build and test"
