@@ -85,6 +85,36 @@ void set_server_counters(benchmark::State& state, const CloudServer& server, std
   state.counters["mean_batch"] = st.batches ? double(st.responses) / double(st.batches) : 0;
 }
 
+// The benchmark's iterations, each a closed-loop run: `clients` threads, each calling
+// round_trip(client index) `per_client` times one after another. Sets the p50_us and p99_us
+// counters from every call's latency; returns the requests made.
+template <class RoundTrip>
+std::size_t closed_loop(benchmark::State& state, std::size_t clients, std::size_t per_client, RoundTrip round_trip) {
+  std::vector<double> latencies;
+  std::size_t done = 0;
+  for (auto _ : state) {
+    std::vector<std::vector<double>> per(clients);
+    std::vector<std::thread> threads;
+    for (std::size_t c = 0; c < clients; ++c)
+      threads.emplace_back([&, c] {
+        name_this_thread("bench-client");
+        per[c].reserve(per_client);
+        for (std::size_t i = 0; i < per_client; ++i) {
+          const auto t0 = std::chrono::steady_clock::now();
+          round_trip(c);
+          per[c].push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+        }
+      });
+    for (auto& t : threads) t.join();
+    for (auto& v : per) latencies.insert(latencies.end(), v.begin(), v.end());
+    done += clients * per_client;
+  }
+  std::sort(latencies.begin(), latencies.end());
+  state.counters["p50_us"] = latencies[latencies.size() / 2];
+  state.counters["p99_us"] = latencies[latencies.size() * 99 / 100];
+  return done;
+}
+
 // state.range(0): clients; range(1): batching mode (above); range(2): split point; range(3):
 // connection: 0 = in-process pair served by a reader thread each, 1 = connect_in_process() (the
 // server half on the client's thread when a batch is due at once), 2 = TCP on 127.0.0.1 (the
@@ -121,31 +151,12 @@ void BM_Server(benchmark::State& state) {
         eo));
   Tensor<float> x(Shape{1, 784}, 0.5f);
 
-  std::vector<double> latencies;
-  std::size_t done = 0;
   const double cpu0 = process_cpu_us();
-  for (auto _ : state) {
-    std::vector<std::vector<double>> per(clients);
-    std::vector<std::thread> threads;
-    for (std::size_t c = 0; c < clients; ++c)
-      threads.emplace_back([&, c] {
-        name_this_thread("bench-client");
-        per[c].reserve(per_client);
-        for (std::size_t i = 0; i < per_client; ++i) {
-          const auto t0 = std::chrono::steady_clock::now();
-          const InferResult r = edge[c]->infer(x.cview(), deadline_after(std::chrono::seconds(30)));
-          if (r.path != AnswerPath::cloud) std::abort();
-          per[c].push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
-        }
-      });
-    for (auto& t : threads) t.join();
-    for (auto& v : per) latencies.insert(latencies.end(), v.begin(), v.end());
-    done += clients * per_client;
-  }
+  const std::size_t done = closed_loop(state, clients, per_client, [&](std::size_t c) {
+    const InferResult r = edge[c]->infer(x.cview(), deadline_after(std::chrono::seconds(30)));
+    if (r.path != AnswerPath::cloud) std::abort();
+  });
   set_server_counters(state, server, done, cpu0);
-  std::sort(latencies.begin(), latencies.end());
-  state.counters["p50_us"] = latencies[latencies.size() / 2];
-  state.counters["p99_us"] = latencies[latencies.size() * 99 / 100];
 }
 
 // The same server under a light load generator: each client thread sends a pre-encoded INFER
@@ -361,36 +372,15 @@ void BM_Protocol(benchmark::State& state) {
     ends.push_back(std::make_unique<Client>(protocol, native_port, http.port(), features));
   for (auto& e : ends) e->round_trip();  // connected and warm
 
-  std::vector<double> latencies;
-  std::size_t done = 0;
   const auto batches0 = server.stats().batches;
   const auto responses0 = server.stats().responses;
   const double cpu0 = process_cpu_us();
-  for (auto _ : state) {
-    std::vector<std::vector<double>> per(clients);
-    std::vector<std::thread> threads;
-    for (std::size_t c = 0; c < clients; ++c)
-      threads.emplace_back([&, c] {
-        name_this_thread("bench-client");
-        per[c].reserve(per_client);
-        for (std::size_t i = 0; i < per_client; ++i) {
-          const auto t0 = std::chrono::steady_clock::now();
-          ends[c]->round_trip();
-          per[c].push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
-        }
-      });
-    for (auto& t : threads) t.join();
-    for (auto& v : per) latencies.insert(latencies.end(), v.begin(), v.end());
-    done += clients * per_client;
-  }
+  const std::size_t done = closed_loop(state, clients, per_client, [&](std::size_t c) { ends[c]->round_trip(); });
   state.counters["cpu_us"] = (process_cpu_us() - cpu0) / double(done);
   state.SetItemsProcessed(static_cast<std::int64_t>(done));
   const auto st = server.stats();
   state.counters["mean_batch"] =
       st.batches > batches0 ? double(st.responses - responses0) / double(st.batches - batches0) : 0;
-  std::sort(latencies.begin(), latencies.end());
-  state.counters["p50_us"] = latencies[latencies.size() / 2];
-  state.counters["p99_us"] = latencies[latencies.size() * 99 / 100];
 }
 
 #endif  // EDGESPLIT_HAS_HTTP
