@@ -863,6 +863,81 @@ TEST_CASE("Weight push never lets a request see half-updated weights", "[runtime
   CHECK(client.stats().weight_updates >= 1);
 }
 
+TEST_CASE("A Deployment states model, cut and codec once, for the cloud and the edge", "[runtime]") {
+  Sequential<float> model = mlp({kIn, kHidden, 12, kOut}, 45);
+  CodecConfig fp32;
+  fp32.bits = wire::raw_f32_bits;
+  const Deployment d("toy", 2, fp32);
+  auto [head, tail] = d.cut(model);
+  CHECK(head.size() == 2);
+  CHECK(tail.size() == model.size() - 2);
+
+  CloudServer server;
+  server.register_model(d, tail);
+  EdgeClient client(head, inproc_connector(server), d);  // EdgeOptions(d): the rest at defaults
+  const EdgeOptions eo(d);
+  CHECK(eo.model.model_id == "toy");
+  CHECK(eo.model.split == 2);
+  CHECK(eo.model.major == 1);
+  CHECK(eo.codec.bits == wire::raw_f32_bits);
+
+  // fp32 features: the cloud's answer is the split model's, exactly.
+  const auto x = random_input(3, kIn, 6);
+  auto r = client.infer(x.cview(), deadline_after(5s));
+  REQUIRE(r.path == AnswerPath::cloud);
+  const Tensor<float> before = tail.predict(head.predict(x.cview()).cview());
+  REQUIRE(r.output.shape() == before.shape());
+  for (std::size_t i = 0; i < before.size(); ++i) CHECK(r.output[i] == before[i]);
+
+  // The cloud pushes an updated head by handing over the model; the edge swaps it in between
+  // requests (the receiver stages it: bounded wait for the first request that sees it).
+  Sequential<float> updated = head;
+  for (auto& p : updated.parameters())
+    for (float& v : p.value.span()) v = -v;
+  const Tensor<float> after = tail.predict(updated.predict(x.cview()).cview());
+  CHECK(server.push_weights(d, updated) == 1);
+  bool landed = false;
+  for (int i = 0; i < 2000 && !landed; ++i) {
+    r = client.infer(x.cview(), deadline_after(5s));
+    REQUIRE(r.path == AnswerPath::cloud);
+    landed = std::equal(after.data(), after.data() + after.size(), r.output.data());
+    if (!landed) std::this_thread::sleep_for(1ms);
+  }
+  CHECK(landed);
+  CHECK(client.stats().weight_updates == 1);
+  CHECK(client.stats().weights_refused == 0);
+  // A model of another architecture is refused by the edge, which keeps its weights.
+  Sequential<float> other = mlp({kIn, 7}, 1);
+  CHECK(server.push_weights(d, other) == 1);
+  for (int i = 0; i < 2000 && client.stats().weights_refused == 0; ++i) std::this_thread::sleep_for(1ms);
+  CHECK(client.stats().weights_refused == 1);
+  r = client.infer(x.cview(), deadline_after(5s));
+  CHECK(std::equal(after.data(), after.data() + after.size(), r.output.data()));
+  server.shutdown(500ms);
+
+  // What the protocol cannot carry is refused before anything is sent.
+  expect_errc(errc::invalid_argument, [] { (void)Deployment("", 2).identity(); });
+  expect_errc(errc::invalid_argument, [] { (void)Deployment("toy", 65536).identity(); });
+  CHECK(Deployment("toy", 65535).identity().split == 65535);
+  expect_errc(errc::invalid_argument, [] { (void)EdgeOptions(Deployment("toy", 70000)); });
+  expect_errc(errc::out_of_range, [&] { (void)Deployment("toy", model.size() + 1).cut(model); });
+
+  // From the planner's choice: the codec is looked up by name among the measured specs.
+  Plan plan;
+  plan.split = 3;
+  plan.codec = "int4";
+  const Deployment planned = to_deployment(plan, "toy", standard_codecs(false), 2);
+  CHECK(planned.model_id == "toy");
+  CHECK(planned.split == 3);
+  CHECK(planned.codec.bits == 4);
+  CHECK(planned.major == 2);
+  plan.codec = "int3";
+  expect_errc(errc::invalid_argument, [&] { (void)to_deployment(plan, "toy", standard_codecs(false)); });
+  plan.codec = "-";  // all on the edge: no tail to serve
+  plan.split = model.size();
+  expect_errc(errc::invalid_argument, [&] { (void)to_deployment(plan, "toy", standard_codecs(false)); });
+}
+
 TEST_CASE("Cascade: the edge answers when confident, the cloud otherwise", "[runtime]") {
   auto s = make_split(43);
   CloudServer server;

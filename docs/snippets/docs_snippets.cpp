@@ -112,21 +112,19 @@ void getting_started() {
   check(acc > 0.9, "getting started: trained model scores " + std::to_string(acc) + " > 0.9 on the test set");
 
   // [snippet getting-started-split]
-  auto [head, tail] = model.split(2);          // edge: Dense + ReLU; cloud: the other three layers
-  const wire::ModelIdentity id{"my-model", 1, 0, 2};  // model id, version 1.0, split point 2
+  Deployment d("my-model", 2);                 // model id, split point (version 1.0)
+  d.codec.bits = 8;                            // int8 features on the link (32: exact floats)
+  auto [head, tail] = d.cut(model);            // edge: Dense + ReLU; cloud: the other three layers
 
   CloudServer server;                          // the cloud: serves registered tails
-  server.register_model(id, tail);
+  server.register_model(d, tail);
 
-  EdgeOptions eo;                              // the edge: runs the head, sends the features
-  eo.model = id;
-  eo.codec.bits = 8;                           // int8 features on the link (32: exact floats)
-  std::uint64_t seed = 1;
+  std::uint64_t seed = 1;                      // the edge: runs the head, sends the features
   EdgeClient client(head, [&] {                // how to (re)connect: here an in-process pair
     auto [edge_end, cloud_end] = InProcTransport::make_pair();  // shaped like an LTE uplink
     server.serve(SimulatedLink<InProcTransport>(std::move(cloud_end), LinkProfile::lte(), seed++));
     return Channel(SimulatedLink<InProcTransport>(std::move(edge_end), LinkProfile::lte(), seed++));
-  }, eo);
+  }, d);
 
   const InferResult r = client.infer(test.inputs.batch(0, 16), deadline_after(5s));
   std::printf("answered by %s: %s, %zu bytes sent, %.1f ms on the network\n", to_string(r.path),
@@ -149,22 +147,21 @@ void split_inference() {
   Sequential<float> edge_model = mlp({20, 3}, 13);  // a small whole model for the cascade
 
   // [snippet split-inference-serve]
-  auto [head, tail] = model.split(2);                   // edge: layers 0..1, cloud: 2..L-1
+  const Deployment d("fmnist-mlp", 2);                 // model id, split point (int8 features)
+  auto [head, tail] = d.cut(model);                     // edge: layers 0..1, cloud: 2..L-1
   ServerOptions so;
   so.workers = 2;                                       // threads running tails
   so.max_batch = 32;                                    // dynamic batching
   so.max_queue_delay = std::chrono::microseconds(1000);
   CloudServer server(so);
-  server.register_model({"fmnist-mlp", 1, 0, 2}, tail);  // model id, major, minor, split
+  server.register_model(d, tail);
   TcpListener listener = TcpListener::bind("127.0.0.1", 0);  // port 0: the system picks one
   const std::uint16_t port = listener.port();
   server.listen(std::move(listener));
   // [end]
 
   // [snippet split-inference-client]
-  EdgeOptions eo;
-  eo.model = {"fmnist-mlp", 1, 0, 2};
-  eo.codec.bits = 8;                                    // int8 features; 32 = exact floats
+  EdgeOptions eo(d);                                    // model, split and codec from d
   Fallback local{exit_head, Fallback::Input::features}; // answers when the cloud cannot
   EdgeClient client(head, [port] { return Channel(TcpTransport::connect("127.0.0.1", port)); }, eo, local);
 
@@ -201,13 +198,11 @@ void graphs() {
   g.output(y);
   std::printf("%s", g.describe().c_str());             // nodes, and every candidate cut
 
-  auto [head, tail] = g.split(2);                       // after Conv2D_0 and ReLU_1: {Conv2D_0, ReLU_1}
+  const Deployment d("resnet-toy", 2);                 // int8: each tensor with its own range
+  auto [head, tail] = d.cut(g);                         // after Conv2D_0 and ReLU_1: {Conv2D_0, ReLU_1}
   CloudServer server;
-  server.register_model({"resnet-toy", 1, 0, 2}, tail);
-  EdgeOptions eo;
-  eo.model = {"resnet-toy", 1, 0, 2};
-  eo.codec.bits = 8;                                    // each tensor quantized with its own range
-  EdgeClient client(head, [&server] { return server.connect_in_process(); }, eo);
+  server.register_model(d, tail);
+  EdgeClient client(head, [&server] { return server.connect_in_process(); }, d);
   Tensor<float> images(Shape{4, 1, 28, 28}, 0.5f);
   InferResult r = client.infer(images, deadline_after(std::chrono::milliseconds(2000)));
   // [end]
@@ -338,6 +333,20 @@ void planning() {
               best.latency_s * 1e3, best.bytes);
   // [end]
   check(!plans.empty() && best.latency_s <= plans.back().latency_s, "planning: plans ranked by latency");
+
+  // [snippet planning-deploy]
+  InferResult served;                          // stays empty when the plan is all-edge
+  if (best.codec != "-") {                     // "-": all on the edge, no tail to serve
+    const Deployment d = to_deployment(best, "fmnist-mlp", standard_codecs());
+    auto [head, tail] = d.cut(model);          // layers [0, split) and [split, L)
+    CloudServer server;                        // in-process here; over TCP in split-inference.md
+    server.register_model(d, tail);
+    EdgeClient client(head, [&server] { return server.connect_in_process(); }, d);
+    served = client.infer(data.inputs.batch(0, 4), deadline_after(std::chrono::seconds(2)));
+  }
+  // [end]
+  check(best.codec == "-" || (served.path == AnswerPath::cloud && served.output.shape().batch() == 4),
+        "planning: the planner's choice deployed and answered by the cloud");
 
   // [snippet planning-ground-truth]
   GroundTruthOptions gt;

@@ -8,6 +8,7 @@
 #include "edgesplit/runtime/cascade.hpp"
 #include "edgesplit/runtime/channel.hpp"
 #include "edgesplit/runtime/cloud_server.hpp"
+#include "edgesplit/runtime/deployment.hpp"
 #include "edgesplit/runtime/dynamic_batcher.hpp"
 #include "edgesplit/runtime/edge_client.hpp"
 #include "edgesplit/runtime/edge_metrics.hpp"

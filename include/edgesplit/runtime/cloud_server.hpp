@@ -16,6 +16,7 @@
 #include "edgesplit/core/thread_name.hpp"
 #include "edgesplit/nn/sequential.hpp"
 #include "edgesplit/runtime/channel.hpp"
+#include "edgesplit/runtime/deployment.hpp"
 #include "edgesplit/runtime/dynamic_batcher.hpp"
 #include "edgesplit/runtime/local_connection.hpp"
 #include "edgesplit/runtime/memory_budget.hpp"
@@ -85,6 +86,15 @@ class CloudServer {
   /// Registers a graph's tail (Graph::split(k) or cut()): id.split is the cut's number of head
   /// nodes. A tail of several inputs takes INFER_TENSORS requests naming them.
   void register_model(const wire::ModelIdentity& id, Graph<float> tail) { registry_.add(id, as_sequential(std::move(tail))); }
+  /// Registers `tail`, the cloud's part of `deployment.cut(model)`, under the deployment's model
+  /// id, version and split (its codec is the edge's business: the server reads every encoding).
+  void register_model(const Deployment& deployment, Sequential<float> tail) {
+    register_model(deployment.identity(), std::move(tail));
+  }
+  /// Registers a graph's tail, the cloud's part of `deployment.cut(graph)`.
+  void register_model(const Deployment& deployment, Graph<float> tail) {
+    register_model(deployment.identity(), std::move(tail));
+  }
 
   /// Replaces the weights of a registered tail (names and shapes as Sequential::parameters gives
   /// them) and sets its minor version; refuses the whole update with a typed error naming the
@@ -166,6 +176,19 @@ class CloudServer {
 
   /// Sends WEIGHTS (the edge model's updated parameters) to every edge whose HELLO named
   /// `id.model_id`: the parameter sync of collaborative training. Returns how many it went to.
+  /// Sends `edge_model`'s parameters (the head the edges of `deployment` run, as collaborative
+  /// training updated it: names and shapes as parameters() gives them) to every edge whose HELLO
+  /// named the deployment's model. Returns how many it went to; an edge whose head does not
+  /// match refuses the whole push and keeps its weights (EdgeStats::weights_refused).
+  std::size_t push_weights(const Deployment& deployment, Sequential<float>& edge_model) {
+    std::vector<wire::NamedTensor> tensors;
+    for (const auto& p : edge_model.parameters()) {
+      Tensor<float> value(p.value.shape());
+      copy(TensorView<const float>(p.value), value.view());
+      tensors.push_back({p.name, std::move(value)});
+    }
+    return push_weights(deployment.identity(), tensors);
+  }
   std::size_t push_weights(const wire::ModelIdentity& id, std::span<const wire::NamedTensor> tensors) {
     std::vector<std::byte> frame;
     wire::encode_weights(frame, 0, id, tensors);

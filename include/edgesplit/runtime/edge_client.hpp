@@ -24,6 +24,7 @@
 #include "edgesplit/nn/sequential.hpp"
 #include "edgesplit/plan/link.hpp"
 #include "edgesplit/runtime/channel.hpp"
+#include "edgesplit/runtime/deployment.hpp"
 #include "edgesplit/runtime/model_registry.hpp"
 #include "edgesplit/transport/clock.hpp"
 #include "edgesplit/wire/feature_codec.hpp"
@@ -33,6 +34,14 @@ namespace edgesplit {
 
 /// What the edge asks the cloud for, how it encodes, and how it reconnects.
 struct EdgeOptions {
+  /// Options to fill in field by field (model and codec at least).
+  EdgeOptions() = default;
+  /// The options of `deployment` (model id, version, split point, codec), the rest at their
+  /// defaults: what an EdgeClient given a Deployment uses. errc::invalid_argument for an empty
+  /// model id or a split the protocol cannot carry.
+  EdgeOptions(const Deployment& deployment)  // NOLINT(google-explicit-constructor): a deployment is a complete set of options
+      : model(deployment.identity()), codec(deployment.codec) {}
+
   wire::ModelIdentity model;  ///< what the cloud must serve: model id, version, split point
   CodecConfig codec{};        ///< how features are encoded for the link
   /// Connect + HELLO exchange, on the client's clock. On a virtual clock the wait for HELLO also
