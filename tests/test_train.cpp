@@ -882,12 +882,94 @@ TEST_CASE("Trainer: early stopping restores the best epoch's weights", "[train][
   CHECK(evaluate<float>(obj, val).loss == Approx(best_loss).epsilon(1e-12));
   CHECK(log.str().find("epoch 1/20  loss ") == 0);
   CHECK(log.str().find("samples/s") != std::string::npos);
+  // The run's last report says why it ended and which weights the model keeps; so does the log.
+  REQUIRE(h.best_epoch < h.epochs.size());
+  CHECK(h.epochs.back().stopping_early);
+  CHECK(h.epochs.back().restored_epoch == h.best_epoch);
+  for (std::size_t e = 0; e + 1 < h.epochs.size(); ++e) CHECK_FALSE(h.epochs[e].stopping_early);
+  const std::string said = "early stopping after epoch " + std::to_string(h.epochs.size()) +
+                           ": val_loss did not improve for 2 epochs; the weights of epoch " +
+                           std::to_string(h.best_epoch) + " (the best) are restored\n";
+  CHECK(log.str().size() >= said.size());
+  CHECK(log.str().compare(log.str().size() - said.size(), said.size(), said) == 0);
+  {
+    TrainOptions keep = o;
+    keep.restore_best = false;
+    auto fresh = mlp_f({4, 16, 2}, 8);
+    Classifier<float> fresh_obj(fresh);
+    Adam<float> fresh_adam(1e-2);
+    std::ostringstream log2;
+    const auto h3 = Trainer<float>(keep, print_progress(log2)).fit(fresh_obj, fresh_adam, train, &val);
+    REQUIRE(h3.stopped_early);
+    CHECK(h3.epochs.back().restored_epoch == 0);
+    CHECK(log2.str().find("did not improve for 2 epochs; the model keeps this epoch's weights\n") != std::string::npos);
+  }
 
   // monitoring an accuracy that can only fall behaves the same way
   o.monitor = Monitor::validation_accuracy;
   Trainer<float> by_accuracy(o, {});
   const auto h2 = by_accuracy.fit(obj, adam, train, &val);
   CHECK(h2.stopped_early);
+}
+
+TEST_CASE("Trainer: a report per step for a progress bar, and a stop on request", "[train][trainer]") {
+  const auto train = xor_task(100, 4, 6);  // batches of 32: 4 steps per epoch (32, 32, 32, 4)
+  auto model = mlp_f({4, 8, 2}, 8);
+  Classifier<float> obj(model);
+  SGD<float> sgd(0.1);
+  TrainOptions o;
+  o.epochs = 3;
+  o.batch_size = 32;
+  Trainer<float> trainer(o, {});
+  std::vector<BatchReport> steps;
+  trainer.set_batch_progress([&](const BatchReport& r) { steps.push_back(r); });
+  const auto h = trainer.fit(obj, sgd, train);
+  REQUIRE(steps.size() == 12);
+  CHECK(steps[0].step == 1);
+  CHECK(steps[0].samples == 32);
+  CHECK(steps[3].epoch == 1);
+  CHECK(steps[3].step == 4);
+  CHECK(steps[3].steps == 4);
+  CHECK(steps[3].samples == 100);
+  CHECK(steps[3].eta_seconds == 0);
+  CHECK(steps[4].epoch == 2);
+  CHECK(steps[4].step == 1);
+  for (std::size_t e = 0; e < 3; ++e) {
+    // at an epoch's last step the running loss is the epoch's training loss, the same sum
+    CHECK(steps[4 * e + 3].running_loss == h.epochs[e].train_loss);
+    CHECK(steps[4 * e + 3].epochs == 3);
+  }
+
+  BatchReport br;
+  br.epoch = 2;
+  br.epochs = 10;
+  br.step = 5;
+  br.steps = 10;
+  br.running_loss = 0.41234;
+  br.samples_per_second = 5321;
+  br.eta_seconds = 3.2;
+  CHECK(format_progress_bar(br, 10) == "epoch 2/10 [=====>    ] 5/10  loss 0.4123  5321 samples/s  eta 3 s");
+  br.step = 10;
+  CHECK(format_progress_bar(br, 4).find("[====] 10/10") != std::string::npos);
+  std::ostringstream not_a_terminal;
+  CHECK_FALSE(print_batch_progress(not_a_terminal));  // a log gets the epoch lines only
+
+  // A callback ends the run after the step it asked in; the weights stay as they are.
+  Trainer<float> stopper(o, {});
+  std::size_t calls = 0;
+  stopper.set_batch_progress([&](const BatchReport& r) {
+    ++calls;
+    if (r.epoch == 2 && r.step == 2) stopper.request_stop();
+  });
+  const auto hs = stopper.fit(obj, sgd, train);
+  CHECK(hs.stopped_by_request);
+  CHECK_FALSE(hs.stopped_early);
+  CHECK(hs.epochs.size() == 2);
+  CHECK(calls == 6);
+  stopper.set_batch_progress({});
+  const auto again = stopper.fit(obj, sgd, train);  // a new fit starts afresh
+  CHECK(again.epochs.size() == 3);
+  CHECK_FALSE(again.stopped_by_request);
 }
 
 TEST_CASE("Trainer rejects bad data and options", "[train][trainer]") {

@@ -11,11 +11,16 @@
 #include <functional>
 #include <iostream>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <span>
 #include <string>
 #include <variant>
 #include <vector>
+
+#if __has_include(<unistd.h>)
+#include <unistd.h>  // isatty: the progress bar is drawn on terminals only
+#endif
 
 #include "edgesplit/core/random.hpp"
 #include "edgesplit/nn/dataset.hpp"
@@ -135,14 +140,76 @@ struct EpochReport {
   double samples_per_second = 0;           ///< training samples per second of training time
   double eta_seconds = 0;                  ///< estimate for the remaining planned epochs
   bool improved = false;                   ///< the monitored validation figure improved
+  /// Early stopping ends the run after this epoch: `patience` epochs passed without improvement.
+  bool stopping_early = false;
+  /// With `stopping_early` and TrainOptions::restore_best: the 1-based epoch whose weights the
+  /// model ends with (0: it keeps this last epoch's).
+  std::size_t restored_epoch = 0;
+  std::size_t patience = 0;                ///< TrainOptions::patience, for the stopping message
+  std::string monitored;                   ///< what early stopping watches: "val_loss" or the accuracy's name
 };
 
 /// Receives each epoch's report (print_progress() prints it; an empty one prints nothing).
 using ProgressCallback = std::function<void(const EpochReport&)>;
 
-/// A callback printing one line per epoch to `out` ("epoch 3/15 loss 0.3121 val_loss ...").
+/// The progress inside an epoch, after each training step: what a progress bar shows.
+struct BatchReport {
+  std::size_t epoch = 0, epochs = 0;  ///< 1-based epoch, planned total
+  std::size_t step = 0, steps = 0;    ///< 1-based step within the epoch, steps per epoch
+  std::size_t samples = 0;            ///< training samples seen this epoch
+  double running_loss = 0;            ///< mean training loss over this epoch so far
+  double samples_per_second = 0;      ///< this epoch so far
+  double eta_seconds = 0;             ///< estimate for the rest of this epoch's training steps
+};
+
+/// Receives a report after every training step (print_batch_progress() draws a bar from them).
+using BatchCallback = std::function<void(const BatchReport&)>;
+
+namespace detail {
+// True when `out` is the process's standard output or error and that is a terminal.
+inline bool is_terminal(const std::ostream& out) {
+#if __has_include(<unistd.h>)
+  return (&out == &std::cout && ::isatty(1) == 1) || ((&out == &std::cerr || &out == &std::clog) && ::isatty(2) == 1);
+#else
+  (void)out;
+  return false;
+#endif
+}
+}  // namespace detail
+
+/// One progress-bar line, `width` cells of bar: "epoch 2/10 [=======>      ] 41/94  loss 0.4123
+/// 5321 samples/s  eta 3 s" (no line end: print_batch_progress redraws it in place).
+inline std::string format_progress_bar(const BatchReport& r, std::size_t width = 24) {
+  const std::size_t done = r.steps ? std::min(width, r.step * width / r.steps) : width;
+  std::string bar(width, ' ');
+  for (std::size_t i = 0; i < done; ++i) bar[i] = '=';
+  if (done < width) bar[done] = '>';
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "epoch %zu/%zu [%s] %zu/%zu  loss %.4f  %.0f samples/s  eta %.0f s", r.epoch,
+                r.epochs, bar.c_str(), r.step, r.steps, r.running_loss, r.samples_per_second, r.eta_seconds);
+  return buf;
+}
+
+/// A callback drawing a progress bar on `out`, redrawn in place at most ten times a second, when
+/// `out` is a terminal (std::cout or std::cerr attached to one); elsewhere (a log file, a pipe) it
+/// prints nothing, and print_progress's one line per epoch is the whole record.
+inline BatchCallback print_batch_progress(std::ostream& out = std::cout) {
+  if (!detail::is_terminal(out)) return {};
+  auto last = std::make_shared<std::chrono::steady_clock::time_point>();
+  return [&out, last](const BatchReport& r) {
+    const auto now = std::chrono::steady_clock::now();
+    if (r.step != r.steps && now - *last < std::chrono::milliseconds(100)) return;
+    *last = now;
+    out << "\r\033[K" << format_progress_bar(r) << std::flush;
+  };
+}
+
+/// A callback printing one line per epoch to `out` ("epoch 3/15 loss 0.3121 val_loss ..."), and
+/// a line saying so when early stopping ends the run, with the epoch whose weights were restored.
+/// On a terminal each line replaces print_batch_progress's bar.
 inline ProgressCallback print_progress(std::ostream& out = std::cout) {
-  return [&out](const EpochReport& r) {
+  const bool terminal = detail::is_terminal(out);
+  return [&out, terminal](const EpochReport& r) {
     char buf[160];
     std::snprintf(buf, sizeof buf, "epoch %zu/%zu  loss %.4f", r.epoch, r.epochs, r.train_loss);
     std::string line = buf;
@@ -156,7 +223,17 @@ inline ProgressCallback print_progress(std::ostream& out = std::cout) {
     }
     std::snprintf(buf, sizeof buf, "  lr %.2e  %.0f samples/s  %.1f s  eta %.0f s%s", r.learning_rate,
                   r.samples_per_second, r.seconds, r.eta_seconds, r.improved ? "  *" : "");
+    if (terminal) out << "\r\033[K";
     out << line << buf << std::endl;
+    if (r.stopping_early) {
+      std::snprintf(buf, sizeof buf, "early stopping after epoch %zu: %s did not improve for %zu epochs; ", r.epoch,
+                    r.monitored.c_str(), r.patience);
+      out << buf;
+      if (r.restored_epoch)
+        out << "the weights of epoch " << r.restored_epoch << " (the best) are restored" << std::endl;
+      else
+        out << "the model keeps this epoch's weights" << std::endl;
+    }
   };
 }
 
@@ -186,6 +263,7 @@ struct TrainHistory {
   std::vector<EpochReport> epochs;  ///< one report per epoch run
   std::size_t best_epoch = 0;    ///< 1-based; 0 without validation
   bool stopped_early = false;  ///< true when early stopping ended the run
+  bool stopped_by_request = false;  ///< true when Trainer::request_stop() ended the run
   double samples_per_second = 0; ///< over the whole run's training time
 };
 
@@ -195,10 +273,16 @@ struct TrainHistory {
 template <Real T>
 class Trainer {
  public:
-  /// `options` are validated (errc::invalid_argument for zero epochs or batch sizes); `progress` gets each
-  /// epoch's report.
-  explicit Trainer(TrainOptions options = {}, ProgressCallback progress = print_progress())
-      : options_(options), progress_(std::move(progress)) {
+  /// A trainer that reports as Keras does: a progress bar through each epoch on a terminal
+  /// (print_batch_progress), and one line per epoch on standard output (print_progress).
+  /// `options` are validated (errc::invalid_argument for zero epochs or batch sizes).
+  explicit Trainer(TrainOptions options = {})
+      : Trainer(std::move(options), print_progress()) {
+    batch_progress_ = print_batch_progress();
+  }
+  /// A trainer whose per-epoch reports go to `progress` alone (an empty one: silent), without a
+  /// bar unless set_batch_progress() adds one.
+  Trainer(TrainOptions options, ProgressCallback progress) : options_(options), progress_(std::move(progress)) {
     if (options.epochs == 0 || options.batch_size == 0 || options.eval_batch_size == 0)
       fail(errc::invalid_argument, "Trainer needs epochs, batch_size and eval_batch_size > 0");
     if (!(options.validation_split >= 0 && options.validation_split < 1))
@@ -208,6 +292,12 @@ class Trainer {
   const TrainOptions& options() const noexcept { return options_; }  ///< the options in use
   /// Replaces the per-epoch callback; an empty one silences the trainer.
   void set_progress(ProgressCallback progress) { progress_ = std::move(progress); }
+  /// Replaces the per-step callback (a progress bar); an empty one draws nothing.
+  void set_batch_progress(BatchCallback progress) { batch_progress_ = std::move(progress); }
+  /// Ends the running fit() after the current step, keeping the weights as they are (for a
+  /// callback that decides training is over: a target reached, a time budget spent).
+  /// TrainHistory::stopped_by_request says so. The next fit() starts afresh.
+  void request_stop() noexcept { stop_requested_ = true; }
   /// Changes each training batch in place before its step (data augmentation, e.g. shift_and_flip),
   /// drawing from the Trainer's own random stream, so a seed still gives the same run.
   /// Validation data is never augmented. An empty function turns it off.
@@ -227,6 +317,7 @@ class Trainer {
       return fit(objective, optimizer, rest, &held);
     }
 
+    stop_requested_ = false;
     objective.zero_grad();  // allocates gradients, so the parameter views below are complete
     const std::vector<Parameter<T>> params = objective.parameters();
     const double base_lr = optimizer.learning_rate();
@@ -243,6 +334,7 @@ class Trainer {
     double best_score = std::numeric_limits<double>::infinity();
     std::size_t since_best = 0;
     double train_seconds_total = 0;
+    std::size_t samples_total = 0;
     const auto run_start = clock::now();
 
     for (std::size_t epoch = 0; epoch < options_.epochs; ++epoch) {
@@ -250,6 +342,7 @@ class Trainer {
       if (options_.shuffle) rng.shuffle(std::span<std::size_t>(order));
       objective.set_training(true);
       double loss_sum = 0;
+      std::size_t seen = 0;  // samples trained on this epoch (fewer than n after request_stop)
       for (std::size_t s = 0; s < steps_per_epoch; ++s) {
         const std::size_t b = s * bs, m = std::min(bs, n - b);
         xb.resize(train.inputs.shape().with_batch(m));
@@ -264,16 +357,32 @@ class Trainer {
         const double loss = objective.train_step(xb.cview(), std::span<const std::int32_t>(yb.data(), m));
         optimizer.step(params);
         loss_sum += loss * static_cast<double>(m);
+        seen += m;
+        if (batch_progress_) {
+          const double t = std::max(std::chrono::duration<double>(clock::now() - epoch_start).count(), 1e-9);
+          BatchReport br;
+          br.epoch = epoch + 1;
+          br.epochs = options_.epochs;
+          br.step = s + 1;
+          br.steps = steps_per_epoch;
+          br.samples = b + m;
+          br.running_loss = loss_sum / static_cast<double>(b + m);
+          br.samples_per_second = static_cast<double>(b + m) / t;
+          br.eta_seconds = t / static_cast<double>(b + m) * static_cast<double>(n - b - m);
+          batch_progress_(br);
+        }
+        if (stop_requested_) break;
       }
       const double train_seconds = std::chrono::duration<double>(clock::now() - epoch_start).count();
       train_seconds_total += train_seconds;
+      samples_total += seen;
 
       EpochReport r;
       r.epoch = epoch + 1;
       r.epochs = options_.epochs;
-      r.train_loss = loss_sum / static_cast<double>(n);
+      r.train_loss = loss_sum / static_cast<double>(seen);
       r.learning_rate = optimizer.learning_rate();
-      r.samples_per_second = static_cast<double>(n) / std::max(train_seconds, 1e-9);
+      r.samples_per_second = static_cast<double>(seen) / std::max(train_seconds, 1e-9);
       if (validation) {
         r.validated = true;
         r.validation = evaluate<T>(objective, *validation, options_.eval_batch_size);
@@ -295,10 +404,21 @@ class Trainer {
       r.seconds = std::chrono::duration<double>(clock::now() - epoch_start).count();
       const double elapsed = std::chrono::duration<double>(clock::now() - run_start).count();
       r.eta_seconds = elapsed / static_cast<double>(epoch + 1) * static_cast<double>(options_.epochs - epoch - 1);
+      if (validation && options_.patience > 0 && since_best >= options_.patience) {
+        r.stopping_early = true;
+        r.patience = options_.patience;
+        r.monitored = options_.monitor == Monitor::validation_loss ? "val_loss"
+                                                                   : "the accuracy of " + r.validation.outputs[options_.monitor_output];
+        if (!best.empty() && history.best_epoch != r.epoch) r.restored_epoch = history.best_epoch;
+      }
       history.epochs.push_back(r);
       if (progress_) progress_(r);
-      if (validation && options_.patience > 0 && since_best >= options_.patience) {
+      if (r.stopping_early) {
         history.stopped_early = true;
+        break;
+      }
+      if (stop_requested_) {
+        history.stopped_by_request = true;
         break;
       }
     }
@@ -306,7 +426,7 @@ class Trainer {
       for (std::size_t i = 0; i < params.size(); ++i) copy(best[i].cview(), params[i].value);
     objective.set_training(false);
     history.samples_per_second =
-        static_cast<double>(n) * static_cast<double>(history.epochs.size()) / std::max(train_seconds_total, 1e-9);
+        static_cast<double>(samples_total) / std::max(train_seconds_total, 1e-9);
     return history;
   }
 
@@ -321,6 +441,8 @@ class Trainer {
 
   TrainOptions options_;
   ProgressCallback progress_;
+  BatchCallback batch_progress_;
+  bool stop_requested_ = false;
   std::function<void(TensorView<T>, Rng&)> augment_;
 };
 
