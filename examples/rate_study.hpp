@@ -50,7 +50,7 @@ inline FrameBytes send_frames(std::span<FeatureCodec> plain, std::span<FeatureCo
   std::size_t width = 0;
   for (const auto& p : parts) width += p.shape().features();
   out.resize(Shape{n, width});
-  FeatureCodec decoder(CodecConfig::decoding());
+  wire::FeatureDecoder decoder;
   std::vector<std::byte> frame;
   Tensor<float> back, back_z, scratch;
   std::vector<TensorView<const float>> views(parts.size());

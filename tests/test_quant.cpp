@@ -563,3 +563,68 @@ TEST_CASE("QuantizedDense: limits, inference only, copies, no allocation in stea
   (void)qm.forward(cal.batch(0, 1));
   CHECK(edgesplit_test::allocations() - before == 0);
 }
+
+TEST_CASE("The codec's halves: a decoder made from limits alone reads whatever an encoder writes", "[quant][wire]") {
+  Rng rng(77);
+  Tensor<float> x(Shape{4, 64});
+  for (auto& v : x.span()) v = static_cast<float>(rng.uniform(-3, 5));
+  std::vector<wire::Lossless> stages{wire::Lossless::none};
+  if (wire::has_zstd) stages.push_back(wire::Lossless::zstd);
+  wire::FeatureDecoder decoder;  // one decoder, every encoding: each frame says how it was made
+  std::vector<std::byte> frame, same;
+  Tensor<float> y, z;
+  std::size_t configurations = 0;
+  for (int bits : {32, 8, 4, 2})
+    for (auto stage : stages)
+      for (auto granularity : {Granularity::per_tensor, Granularity::per_channel}) {
+        if (bits == 32 && granularity == Granularity::per_channel) continue;
+        CodecConfig cfg;
+        cfg.bits = bits;
+        cfg.lossless = stage;
+        cfg.granularity = granularity;
+        wire::FeatureEncoder encoder(cfg);
+        encoder.encode(x.cview(), frame, 9);
+        const wire::FrameHeader h = decoder.decode(frame, y);
+        CHECK(h.request_id == 9);
+        REQUIRE(y.shape() == x.shape());
+        // The two-way codec writes the same bytes and reads the same values.
+        FeatureCodec both(cfg);
+        both.encode(x.cview(), same, 9);
+        CHECK(same == frame);
+        both.decode(frame, z);
+        CHECK(std::memcmp(y.data(), z.data(), y.bytes()) == 0);
+        if (bits == 32) {
+          CHECK(std::memcmp(y.data(), x.data(), x.bytes()) == 0);  // raw floats: exact
+        } else {
+          // Within half a step of each value (all values are inside the calibrated range), plus
+          // the float rounding of dequantization (3u of |x| + scale, u = 2^-24).
+          const QuantParams& p = decoder.decode_params();
+          CHECK(p.scale == encoder.encode_params().scale);
+          double worst = 0;
+          for (std::size_t i = 0; i < x.size(); ++i) {
+            const double s = p.scale[p.scale.size() == 1 ? 0 : i % 64];
+            const double bound = s / 2 + 3 * std::ldexp(1.0, -24) * (std::abs(x[i]) + s);
+            worst = std::max(worst, std::abs(double(x[i]) - double(y[i])) / bound);
+          }
+          CHECK(worst <= 1.0);
+        }
+        ++configurations;
+      }
+  CHECK(configurations == stages.size() * 7);
+
+  // A decoder's caps are all it is configured with: a frame over them is refused before decoding.
+  wire::DecodeLimits small;
+  small.max_elements = 100;
+  wire::FeatureDecoder strict(small);
+  CHECK(strict.limits().max_elements == 100);
+  wire::FeatureEncoder(CodecConfig{}).encode(x.cview(), frame);
+  expect_errc(errc::too_large, [&] { strict.decode(frame, y); });
+  // An encoder refuses what it cannot write.
+  CodecConfig bad;
+  bad.bits = 3;
+  expect_errc(errc::invalid_argument, [&] { wire::FeatureEncoder e(bad); });
+  CodecConfig raw;
+  raw.bits = 32;
+  wire::FeatureEncoder raw_encoder(raw);
+  expect_errc(errc::invalid_argument, [&] { raw_encoder.calibrate(x.cview()); });  // nothing to calibrate
+}

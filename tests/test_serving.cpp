@@ -95,7 +95,7 @@ struct CollectingSink final : ReplySink {
     const auto h = wire::peek(frame);
     c.request_id = h.request_id;
     if (h.type == wire::MessageType::response) {
-      FeatureCodec codec(CodecConfig::decoding());
+      wire::FeatureDecoder codec;
       (void)wire::decode_response(frame, codec, c.output);
       c.response = true;
     } else {

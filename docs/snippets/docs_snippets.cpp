@@ -270,12 +270,13 @@ void quantization() {
   q.dequantize(codes.cview(), back.view());                 // |x - back| <= scale / 2 in range
 
   CodecConfig cc;                                           // what EdgeOptions::codec holds
-  cc.bits = 8;
-  FeatureCodec codec(cc);
+  cc.bits = 8;                                              // 32 (exact floats), 8, 4 or 2
+  wire::FeatureEncoder encoder(cc);                         // the sending side
   std::vector<std::byte> frame;
-  codec.encode(x, frame);                                   // calibrate, quantize, pack, frame + CRC
+  encoder.encode(x, frame);                                 // calibrate, quantize, pack, frame + CRC
+  wire::FeatureDecoder decoder;                             // the receiving side: caps only
   Tensor<float> decoded;
-  codec.decode(frame, decoded);                             // validate, unpack, dequantize
+  decoder.decode(frame, decoded);                           // validate, unpack, dequantize
 
   Sequential<float> int8_model = quantize_model(model, data.inputs);  // int8 Dense layers
   // [end]

@@ -56,7 +56,7 @@ struct Server {
   edgesplit::MemoryBudget budget{std::size_t{8} << 20};
   std::unique_ptr<edgesplit::DynamicBatcher> batcher;
   std::unique_ptr<edgesplit::RequestHandler> handler;
-  edgesplit::FeatureCodec codec{edgesplit::CodecConfig::decoding(fuzz_limits())};
+  edgesplit::wire::FeatureDecoder codec{fuzz_limits()};
   Server() {
     using namespace edgesplit;
     Rng rng(1);

@@ -134,11 +134,8 @@ class GroundTruthCloud {
   }
 
   void run() {
-    CodecConfig cfg;
-    cfg.bits = wire::raw_f32_bits;
-    cfg.limits = options_.limits;
     try {
-      FeatureCodec codec(cfg);
+      wire::FeatureDecoder codec(options_.limits);
       Message m;
       while (true) {
         if (!link_.receive(no_deadline, m)) continue;  // moves the clock to the delivery
@@ -229,9 +226,7 @@ inline Measured run_ground_truth(GroundTruthSplit& s, const CodecSpec& spec, Ten
   // few decodes of the same frame. The EdgeClient's receiver decodes each reply once, right after
   // a wait, so its own timing (RequestTimings::decode) carries cache misses and wake-up costs
   // that the slowdown would multiply into the board's compute (x10000: 0.15 us becomes 1.5 ms).
-  CodecConfig raw;
-  raw.bits = wire::raw_f32_bits;
-  FeatureCodec reply_codec(raw);
+  wire::FeatureDecoder reply_codec;
   Tensor<float> reply_out;
   const auto reply_decode_seconds = [&](const std::vector<std::byte>& frame) {
     std::vector<double> t;

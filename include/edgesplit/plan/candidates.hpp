@@ -115,7 +115,7 @@ inline CandidateSet measure_candidates(const Sequential<float>& model, TensorVie
   {
     CodecConfig rc;
     rc.bits = wire::raw_f32_bits;
-    FeatureCodec resp_codec(rc);
+    wire::FeatureEncoder resp_codec(rc);
     std::vector<std::byte> frame;
     wire::encode_response(frame, 1, wire::InferResponse{}, resp_codec, reference.cview().batch(0, 1));
     out.response_bytes = static_cast<double>(frame.size());
@@ -140,7 +140,8 @@ inline CandidateSet measure_candidates(const Sequential<float>& model, TensorVie
     (void)head;
     const Shape row_shape = features.cview().batch(0, 1).shape();
     for (std::size_t ci = 0; ci < specs.size(); ++ci) {
-      FeatureCodec enc(specs[ci].config), dec(specs[ci].config);
+      wire::FeatureEncoder enc(specs[ci].config);
+      wire::FeatureDecoder dec(specs[ci].config.limits);
       const wire::InferRequest req{opt.model_id, static_cast<std::uint16_t>(k), 0};
       Tensor<float> received(features.shape());
       double bytes = 0;

@@ -40,7 +40,7 @@ inline void validate(const QuantConfig& c) {
 }
 
 /// Holds a configuration and the parameters calibrated from data. `calibrate` reuses its working
-/// storage, so calibrating every frame (as FeatureCodec does) allocates nothing in steady state.
+/// storage, so calibrating every frame (as wire::FeatureEncoder does) allocates nothing in steady state.
 class Quantizer {
  public:
   /// errc::invalid_argument for bits other than 8, 4, 2 or an invalid calibration.

@@ -372,7 +372,7 @@ class CloudServer {
   void read_loop(const std::shared_ptr<ChannelConnection>& c) {
     c->dropped = &channels_dropped_;
     try {
-      FeatureCodec codec(CodecConfig::decoding(opt_.limits));
+      wire::FeatureDecoder codec(opt_.limits);
       Message m;
       const auto opened = std::chrono::steady_clock::now();
       std::chrono::steady_clock::time_point stalled_since{};

@@ -318,11 +318,11 @@ class DynamicBatcher {
   // What a worker keeps between batches: its own copy of each tail (one version per batch), the
   // merged input, and the reply encoder.
   struct WorkerState {
-    explicit WorkerState(const ServerOptions& o) : codec(response_codec(o)), decoder(CodecConfig::decoding(o.limits)) {}
+    explicit WorkerState(const ServerOptions& o) : codec(response_codec(o)), decoder(o.limits) {}
     std::map<ModelRegistry::Key, std::pair<std::uint64_t, Sequential<float>>> models;
     Tensor<float> input;
-    FeatureCodec codec;    // encodes replies
-    FeatureCodec decoder;  // decodes features that arrive still in their frame
+    wire::FeatureEncoder codec;    // encodes replies
+    wire::FeatureDecoder decoder;  // decodes features that arrive still in their frame
     Tensor<float> scratch;  // one tensor of a multi-tensor request, before it joins its row
     std::vector<std::byte> out;
   };
@@ -546,7 +546,7 @@ class DynamicBatcher {
           if (j.req.features.capacity() == 0) j.req.features = take_tensor();
         }
         try {
-          if (wire::peek(j.req.frame, w.decoder.config().limits).type == wire::MessageType::infer_tensors) {
+          if (wire::peek(j.req.frame, w.decoder.limits()).type == wire::MessageType::infer_tensors) {
             wire::decode_infer_tensors(j.req.frame, w.decoder, w.scratch, j.req.features);
           } else {
             const wire::InferHeader h = wire::read_infer(j.req.frame, w.decoder);

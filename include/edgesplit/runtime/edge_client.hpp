@@ -179,7 +179,7 @@ class EdgeClient {
           part_codecs_.emplace_back(opt_.codec);
         }
     part_views_.resize(parts_.size());
-    push_decoder_ = FeatureCodec(CodecConfig::decoding(opt_.limits));
+    push_decoder_ = wire::FeatureDecoder(opt_.limits);
     try_connect();
     receiver_ = std::thread([this] {
       name_this_thread("es-edge-recv");
@@ -601,7 +601,7 @@ class EdgeClient {
   }
 
   void receive_loop() {
-    FeatureCodec decoder(CodecConfig::decoding(opt_.limits));
+    wire::FeatureDecoder decoder(opt_.limits);
     Message m;
     while (true) {
       std::optional<Channel> ch;
@@ -725,7 +725,7 @@ class EdgeClient {
     if (!frame.empty()) ch.send(frame, deadline_after(opt_.connect_timeout, clock_));
   }
 
-  void handle(std::span<const std::byte> bytes, FeatureCodec& decoder) {
+  void handle(std::span<const std::byte> bytes, wire::FeatureDecoder& decoder) {
     const auto received = clock_.now();
     const auto h = wire::peek(bytes, opt_.limits);
     switch (h.type) {
@@ -809,14 +809,14 @@ class EdgeClient {
 
   const Clock& clock_;
   std::mutex push_mutex_;         // push_decoder_: one pushed reply at a time
-  FeatureCodec push_decoder_;  // limits set in the constructor
+  wire::FeatureDecoder push_decoder_;  // limits set in the constructor
   std::mutex head_mutex_;  // head_, encoder_: one request's head pass and encoding at a time
   Sequential<float> head_;
   Connector connector_;
   EdgeOptions opt_;
   std::optional<Fallback> fallback_;
   std::mutex fallback_mutex_;
-  FeatureCodec encoder_;
+  wire::FeatureEncoder encoder_;
   // A graph head of several outputs sends each as its own named tensor (INFER_TENSORS).
   struct Part {
     std::string name;
@@ -824,7 +824,7 @@ class EdgeClient {
     Tensor<float> buffer;  // this output's samples, gathered from the packed row
   };
   std::vector<Part> parts_;
-  std::vector<FeatureCodec> part_codecs_;  // one per part: each output is quantized on its own
+  std::vector<wire::FeatureEncoder> part_codecs_;  // one per part: each output is quantized on its own
   std::vector<std::string> part_names_;
   std::vector<TensorView<const float>> part_views_;
 

@@ -41,13 +41,13 @@ class LocalConnection {
   /// Shared between the edge's end and the server (which closes it at shutdown).
   struct State final : ReplySink {
     /// Binds the connection to the server's handler, batcher and options.
-    State(RequestHandler& h, DynamicBatcher& b, const ServerOptions& o) : handler(&h), batcher(&b), opt(o), codec(CodecConfig::decoding(o.limits)) {}
+    State(RequestHandler& h, DynamicBatcher& b, const ServerOptions& o) : handler(&h), batcher(&b), opt(o), codec(o.limits) {}
     RequestHandler* handler;  ///< null once the server is gone
     DynamicBatcher* batcher;  ///< likewise
     const ServerOptions& opt;  ///< the server's options (valid while handler is set)
     std::mutex send_mutex;     ///< one handler call at a time; guards handler, batcher, session, codec
     Session session;           ///< what this connection has said
-    FeatureCodec codec;        ///< decodes its requests
+    wire::FeatureDecoder codec;  ///< decodes its requests
     std::mutex mutex;          ///< guards the reply queue and `closed`
     std::condition_variable ready;  ///< a reply arrived, or the connection closed
     std::deque<std::vector<std::byte>> replies;  ///< replies not yet received

@@ -532,10 +532,10 @@ class OipHttpServer {
     const std::uint32_t request_id = next_id_.fetch_add(1, std::memory_order_relaxed);
     std::vector<std::byte> frame;
     if (e->feature_tensors.empty()) {
-      FeatureCodec codec(raw);
+      wire::FeatureEncoder codec(raw);
       wire::encode_infer(frame, request_id, r, codec, tensors[0].cview());
     } else {
-      std::vector<FeatureCodec> codecs;
+      std::vector<wire::FeatureEncoder> codecs;
       codecs.reserve(tensors.size());
       std::vector<TensorView<const float>> views;
       for (const auto& t : tensors) {
@@ -553,7 +553,7 @@ class OipHttpServer {
     s.model = e->id;
     s.source = server_.batcher().open_source(reply);
     {
-      FeatureCodec decoder(CodecConfig::decoding(limits));
+      wire::FeatureDecoder decoder(limits);
       (void)server_.handler().handle(s, frame, decoder);
     }
     frame = std::vector<std::byte>();
@@ -770,7 +770,7 @@ class OipHttpServer {
       const wire::ErrorMessage m = wire::decode_error(reply.frame, limits);
       return refuse(res, status_of(m.code), std::string(to_string(m.code)) + ": " + m.message);
     }
-    FeatureCodec decoder(CodecConfig::decoding(limits));
+    wire::FeatureDecoder decoder(limits);
     Tensor<float> y;
     (void)wire::decode_response(reply.frame, decoder, y);
     json shape = json::array();

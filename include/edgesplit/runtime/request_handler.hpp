@@ -76,7 +76,7 @@ class RequestHandler {
 
   /// Handles `message`, decoding with `codec` (the calling thread's; its limits should be the
   /// server's). Never throws: every failure is answered to the peer or ends the connection.
-  Verdict handle(Session& s, std::span<const std::byte> message, FeatureCodec& codec) noexcept {
+  Verdict handle(Session& s, std::span<const std::byte> message, wire::FeatureDecoder& codec) noexcept {
     wire::FrameHeader h;
     bool have_header = false;
     try {
@@ -181,7 +181,7 @@ class RequestHandler {
     return Verdict::keep;
   }
 
-  Verdict infer(Session& s, std::span<const std::byte> message, FeatureCodec& codec) {
+  Verdict infer(Session& s, std::span<const std::byte> message, wire::FeatureDecoder& codec) {
     const wire::InferHeader h = wire::read_infer(message, codec);
     const auto e = registry_.find({h.request.model_id, h.request.split});
     if (e && !e->feature_tensors.empty()) {
@@ -197,7 +197,7 @@ class RequestHandler {
 
   // A request of several named tensors: each must be the tail's input of that name and
   // per-sample shape, in the tail's order; the request runs on them side by side in one row.
-  Verdict infer_tensors(Session& s, std::span<const std::byte> message, FeatureCodec& codec) {
+  Verdict infer_tensors(Session& s, std::span<const std::byte> message, wire::FeatureDecoder& codec) {
     const wire::InferTensorsHeader h =
         wire::read_infer_tensors(message, codec, [](std::size_t, std::string_view, const wire::TensorHeader&) {});
     const auto e = registry_.find({h.request.model_id, h.request.split});

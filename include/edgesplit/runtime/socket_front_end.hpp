@@ -81,7 +81,7 @@ class SocketFrontEnd {
  public:
   /// Hands messages to `handler`, opens sources on `batcher`, reserves under `budget`.
   SocketFrontEnd(RequestHandler& handler, DynamicBatcher& batcher, MemoryBudget& budget, const ServerOptions& options)
-      : handler_(handler), batcher_(batcher), budget_(budget), opt_(options), codec_(CodecConfig::decoding(options.limits)) {
+      : handler_(handler), batcher_(batcher), budget_(budget), opt_(options), codec_(options.limits) {
     spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     thread_ = std::thread([this] {
       name_this_thread("es-net");
@@ -947,7 +947,7 @@ class SocketFrontEnd {
   MemoryBudget& budget_;
   const ServerOptions& opt_;
   Poller poller_;
-  FeatureCodec codec_;  // loop thread: decodes every connection's requests
+  wire::FeatureDecoder codec_;  // loop thread: decodes every connection's requests
   std::vector<std::byte> scratch_;  // loop thread: one read's bytes
   std::vector<std::byte> plain_;    // loop thread: what a TLS connection's read decrypted to
   int spare_fd_ = -1;   // given up to accept (and close) a connection when out of descriptors

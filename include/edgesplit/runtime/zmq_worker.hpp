@@ -73,7 +73,7 @@ class ZmqWorker {
     if (opt_.capacity == 0 || opt_.capacity > wire::cluster::max_capacity || opt_.liveness < 1)
       fail(errc::invalid_argument, "ZmqWorker needs capacity 1..65536 and liveness >= 1");
     ctx_ = opt_.context ? opt_.context : std::make_shared<zmq::context_t>(1);
-    codec_ = FeatureCodec(CodecConfig::decoding(opt_.server.limits));
+    codec_ = wire::FeatureDecoder(opt_.server.limits);
   }
   ZmqWorker(const ZmqWorker&) = delete;
   ZmqWorker& operator=(const ZmqWorker&) = delete;
@@ -314,7 +314,7 @@ class ZmqWorker {
   WorkerOptions opt_;
   std::shared_ptr<zmq::context_t> ctx_;
   CloudServer server_;
-  FeatureCodec codec_;  // loop thread: decodes requests
+  wire::FeatureDecoder codec_;  // loop thread: decodes requests
   std::map<std::string, Session> sessions_;  // loop thread: one per broker client
   detail::zmq::WakePipe wake_;
   std::atomic<bool> stop_{false}, graceful_{true}, frozen_{false};

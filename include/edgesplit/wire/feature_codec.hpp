@@ -32,37 +32,63 @@ struct CodecConfig {
   int zstd_level = 3;  ///< zstd's compression level, within zstd's own range
   wire::DecodeLimits limits{};  ///< caps applied when decoding (and when encoding, as a courtesy)
 
-  /// A configuration for a codec that only decodes: it reads whatever encoding each frame
-  /// declares, so only the caps on what it accepts matter.
-  static CodecConfig decoding(const wire::DecodeLimits& limits = {}) {
-    CodecConfig cfg;
-    cfg.bits = wire::raw_f32_bits;
-    cfg.limits = limits;
-    return cfg;
-  }
-
   /// The quantizer settings this codec implies (8 bits stands in for raw fp32, which is not quantized).
   QuantConfig quant_config() const {
     return {bits == wire::raw_f32_bits ? 8 : bits, granularity, axis, symmetric, calibration};
   }
 };
 
-/// Encodes float tensors into TENSOR frames and decodes them back.
-///
-/// encode: calibrate (per frame, or once with `calibrate`), quantize, pack, optional zstd, frame
-/// with CRC-32C. decode: parse and check the frame (docs/wire-format.md lists every check, all
-/// done before any buffer is sized), decompress, unpack, dequantize. Both write into buffers the
-/// caller keeps across calls, and the codec keeps its own working buffers, so a steady stream of
-/// frames no larger than earlier ones allocates nothing. Not thread-safe: one codec per thread.
-class FeatureCodec {
+namespace wire {
+
+namespace detail {
+// NaN and infinities among `n` little-endian binary32 values (all exponent bits set). A count
+// rather than an early exit, so that the loop vectorizes.
+inline std::size_t count_nonfinite_le(const std::byte* p, std::size_t n) noexcept {
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t v;
+    if constexpr (std::endian::native == std::endian::little)
+      std::memcpy(&v, p + 4 * i, 4);
+    else
+      v = load_le32(p + 4 * i);
+    bad += (v & 0x7F800000u) == 0x7F800000u;
+  }
+  return bad;
+}
+
+// Floats as little-endian binary32; true when all were finite.
+inline bool store_finite_le(const float* x, std::size_t n, std::byte* dst) noexcept {
+  if constexpr (std::endian::native == std::endian::little) {
+    if (n) std::memcpy(dst, x, n * 4);
+  } else {
+    for (std::size_t i = 0; i < n; ++i) store_le32(dst + 4 * i, std::bit_cast<std::uint32_t>(x[i]));
+  }
+  return count_nonfinite_le(dst, n) == 0;
+}
+
+inline void load_le(const std::byte* src, std::size_t n, float* x) noexcept {
+  if constexpr (std::endian::native == std::endian::little) {
+    if (n) std::memcpy(x, src, n * 4);
+  } else {
+    for (std::size_t i = 0; i < n; ++i) x[i] = std::bit_cast<float>(load_le32(src + 4 * i));
+  }
+}
+}  // namespace detail
+
+/// The sending half of the feature codec: encodes float tensors into TENSOR payloads and frames
+/// as its CodecConfig says (calibrate per frame, or once with `calibrate`; quantize; pack;
+/// optional zstd; frame with CRC-32C). It writes into a buffer the caller keeps across calls and
+/// keeps its own working buffers, so a steady stream of frames no larger than earlier ones
+/// allocates nothing. Not thread-safe: one encoder per thread.
+class FeatureEncoder {
  public:
   /// errc::invalid_argument for bits other than 32, 8, 4, 2 or a bad lossless stage or level.
-  explicit FeatureCodec(CodecConfig config = {}) : config_(config), quantizer_(config.quant_config()) {
-    if (config_.bits != wire::raw_f32_bits && !valid_quant_bits(config_.bits))
+  explicit FeatureEncoder(CodecConfig config = {}) : config_(config), quantizer_(config.quant_config()) {
+    if (config_.bits != raw_f32_bits && !valid_quant_bits(config_.bits))
       fail(errc::invalid_argument, "codec bits must be 32, 8, 4 or 2, got " + std::to_string(config_.bits));
-    if (config_.lossless == wire::Lossless::zstd)
-      wire::ZstdStage::check_level(config_.zstd_level);
-    else if (config_.lossless != wire::Lossless::none)
+    if (config_.lossless == Lossless::zstd)
+      ZstdStage::check_level(config_.zstd_level);
+    else if (config_.lossless != Lossless::none)
       fail(errc::invalid_argument, "unknown lossless stage");
   }
 
@@ -90,23 +116,9 @@ class FeatureCodec {
   /// values, errc::too_large for one over the configured element cap.
   std::span<const std::byte> encode(TensorView<const float> x, std::vector<std::byte>& out,
                                     std::uint32_t request_id = 0) {
-    wire::begin_frame(out, wire::MessageType::tensor, request_id);
+    begin_frame(out, MessageType::tensor, request_id);
     append_tensor(x, out);
-    return wire::finish_frame(out);
-  }
-
-  /// Decodes one TENSOR frame into `out` (resized; its capacity is reused) and returns the
-  /// frame's header. Every malformed frame throws a typed edgesplit::error; `out` is only
-  /// written once the frame has passed every check that does not need decompression.
-  wire::FrameHeader decode(std::span<const std::byte> frame, Tensor<float>& out) {
-    const wire::Frame f = wire::parse_frame(frame, config_.limits);
-    if (f.header.type != wire::MessageType::tensor)
-      fail(errc::unsupported, "FeatureCodec decodes tensor frames, got a " + std::string(wire::to_string(f.header.type)) +
-                                  " frame");
-    wire::ByteReader r(f.payload);
-    read_tensor(r, out);
-    r.expect_end("tensor frame payload");
-    return f.header;
+    return finish_frame(out);
   }
 
   /// Appends a tensor payload to `out` (for messages that embed a tensor among other fields).
@@ -117,15 +129,15 @@ class FeatureCodec {
       fail(errc::too_large, "tensor of " + std::to_string(s.count()) + " elements over the cap of " +
                                 std::to_string(config_.limits.max_elements));
     const int bits = config_.bits;
-    const bool raw = bits == wire::raw_f32_bits;
-    const bool zstd = config_.lossless == wire::Lossless::zstd;
+    const bool raw = bits == raw_f32_bits;
+    const bool zstd = config_.lossless == Lossless::zstd;
     const QuantParams* params = raw ? nullptr : &(frozen_ ? quantizer_.params() : quantizer_.calibrate(x));
 
-    wire::ByteWriter w(out);
-    wire::write_tensor_header(w, s, bits, config_.lossless, params);
+    ByteWriter w(out);
+    write_tensor_header(w, s, bits, config_.lossless, params);
     const std::size_t length_at = out.size();
     w.u32(0);  // data length, patched below
-    const std::size_t data_bytes = wire::tensor_data_bytes(s.count(), bits);
+    const std::size_t data_bytes = tensor_data_bytes(s.count(), bits);
 
     // Raw floats or packed codes go straight into the frame, or into `packed_` when zstd
     // follows (8-bit codes are their own packing: zstd reads them from `codes_`).
@@ -138,7 +150,7 @@ class FeatureCodec {
     }
     std::span<const std::byte> src = dst;  // the zstd input
     if (raw) {
-      if (!store_finite_le(x.data(), s.count(), dst.data()))
+      if (!detail::store_finite_le(x.data(), s.count(), dst.data()))
         fail(errc::invalid_argument, "cannot encode NaN or infinite values");
     } else if (bits == 8 && !zstd) {
       quantize(x, *params, TensorView<std::int8_t>(reinterpret_cast<std::int8_t*>(dst.data()), s));
@@ -152,40 +164,82 @@ class FeatureCodec {
     }
     if (zstd) {
       const std::size_t at = out.size();
-      out.resize(at + wire::ZstdStage::bound(src.size()));
+      out.resize(at + ZstdStage::bound(src.size()));
       const std::size_t n = zstd_.compress(src, std::span(out.data() + at, out.size() - at), config_.zstd_level);
       out.resize(at + n);
     }
     const std::size_t stored = out.size() - length_at - 4;
-    if (!wire::fits_u32(stored)) fail(errc::too_large, "tensor data of " + std::to_string(stored) + " bytes");
-    wire::store_le32(out.data() + length_at, static_cast<std::uint32_t>(stored));
+    if (!fits_u32(stored)) fail(errc::too_large, "tensor data of " + std::to_string(stored) + " bytes");
+    store_le32(out.data() + length_at, static_cast<std::uint32_t>(stored));
+  }
+
+  /// Parameters of the latest encoded frame (per-frame or frozen); errc::invalid_argument before
+  /// the first, or for a raw codec.
+  const QuantParams& encode_params() const { return quantizer_.params(); }
+
+ private:
+  void require_quantized() const {
+    if (config_.bits == raw_f32_bits) fail(errc::invalid_argument, "a raw fp32 codec has no quantization parameters");
+  }
+
+  CodecConfig config_;
+  Quantizer quantizer_;
+  bool frozen_ = false;
+  Tensor<std::int8_t> codes_;
+  std::vector<std::byte> packed_;
+  ZstdStage zstd_;
+};
+
+/// The receiving half of the feature codec: decodes TENSOR payloads and frames of any encoding
+/// (raw fp32, 8/4/2-bit codes, with or without zstd: each frame says which), so all it needs are
+/// the caps on what it accepts. Every malformed frame throws a typed edgesplit::error; the checks
+/// (docs/wire-format.md lists them) all come before any buffer is sized. Writes into tensors the
+/// caller keeps and keeps its own working buffers, so steady decoding allocates nothing. Not
+/// thread-safe: one decoder per thread.
+class FeatureDecoder {
+ public:
+  /// A decoder refusing what exceeds `limits`.
+  explicit FeatureDecoder(const DecodeLimits& limits = {}) : limits_(limits) {}
+
+  const DecodeLimits& limits() const noexcept { return limits_; }  ///< the caps applied
+
+  /// Decodes one TENSOR frame into `out` (resized; its capacity is reused) and returns the
+  /// frame's header. `out` is only written once the frame has passed every check that does not
+  /// need decompression.
+  FrameHeader decode(std::span<const std::byte> frame, Tensor<float>& out) {
+    const Frame f = parse_frame(frame, limits_);
+    if (f.header.type != MessageType::tensor)
+      fail(errc::unsupported, "the feature decoder decodes tensor frames, got a " + std::string(to_string(f.header.type)) +
+                                  " frame");
+    ByteReader r(f.payload);
+    read_tensor(r, out);
+    r.expect_end("tensor frame payload");
+    return f.header;
   }
 
   /// Reads one tensor payload from `r` into `out` (the decode path without the frame).
-  void read_tensor(wire::ByteReader& r, Tensor<float>& out) { decode_tensor_data(read_tensor_header(r), out); }
+  void read_tensor(ByteReader& r, Tensor<float>& out) { decode_tensor_data(read_tensor_header(r), out); }
 
   /// The first half of read_tensor: validates a tensor header (see wire::read_tensor_header) and
   /// takes its data bytes from `r`, keeping the quantization parameters for decode_tensor_data.
   /// Nothing is allocated for the tensor yet: a receiver can check that it has room first.
-  wire::TensorHeader read_tensor_header(wire::ByteReader& r) {
-    return wire::read_tensor_header(r, config_.limits, decoded_params_);
-  }
+  TensorHeader read_tensor_header(ByteReader& r) { return wire::read_tensor_header(r, limits_, decoded_params_); }
   /// The second half: decompresses, unpacks and dequantizes the data of the header the latest
   /// read_tensor_header call returned into `out`.
-  void decode_tensor_data(const wire::TensorHeader& h, Tensor<float>& out) {
+  void decode_tensor_data(const TensorHeader& h, Tensor<float>& out) {
     std::span<const std::byte> data = h.data;
-    if (h.lossless == wire::Lossless::zstd) {
-      wire::ZstdStage::check_frame(data, h.decoded_bytes, config_.limits.max_decompressed_bytes);
+    if (h.lossless == Lossless::zstd) {
+      ZstdStage::check_frame(data, h.decoded_bytes, limits_.max_decompressed_bytes);
       decompressed_.resize(h.decoded_bytes);
-      zstd_.decompress_exact(data, decompressed_, config_.limits.max_decompressed_bytes);
+      zstd_.decompress_exact(data, decompressed_, limits_.max_decompressed_bytes);
       data = decompressed_;
     }
     const std::size_t n = h.shape.count();
-    if (h.encoding == wire::TensorEncoding::raw) {
-      if (const std::size_t bad = count_nonfinite_le(data.data(), n))
+    if (h.encoding == TensorEncoding::raw) {
+      if (const std::size_t bad = detail::count_nonfinite_le(data.data(), n))
         fail(errc::corrupt_frame, "raw tensor holds " + std::to_string(bad) + " NaN or infinite values");
       out.resize(h.shape);
-      load_le(data.data(), n, out.data());
+      detail::load_le(data.data(), n, out.data());
       return;
     }
     if (!packing_padding_is_zero(data, n, h.bits))
@@ -202,55 +256,26 @@ class FeatureCodec {
     dequantize(codes, decoded_params_, out.view());
   }
 
-  /// Parameters of the latest encoded frame (per-frame or frozen); errc::invalid_argument before
-  /// the first, or for a raw codec.
-  const QuantParams& encode_params() const { return quantizer_.params(); }
   /// Parameters of the latest decoded quantized frame.
   const QuantParams& decode_params() const noexcept { return decoded_params_; }
 
  private:
-  void require_quantized() const {
-    if (config_.bits == wire::raw_f32_bits) fail(errc::invalid_argument, "a raw fp32 codec has no quantization parameters");
-  }
-  // NaN and infinities among `n` little-endian binary32 values (all exponent bits set). A count
-  // rather than an early exit, so that the loop vectorizes.
-  static std::size_t count_nonfinite_le(const std::byte* p, std::size_t n) noexcept {
-    std::size_t bad = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      std::uint32_t v;
-      if constexpr (std::endian::native == std::endian::little)
-        std::memcpy(&v, p + 4 * i, 4);
-      else
-        v = wire::load_le32(p + 4 * i);
-      bad += (v & 0x7F800000u) == 0x7F800000u;
-    }
-    return bad;
-  }
-
-  // Floats as little-endian binary32; true when all were finite.
-  static bool store_finite_le(const float* x, std::size_t n, std::byte* dst) noexcept {
-    if constexpr (std::endian::native == std::endian::little) {
-      if (n) std::memcpy(dst, x, n * 4);
-    } else {
-      for (std::size_t i = 0; i < n; ++i) wire::store_le32(dst + 4 * i, std::bit_cast<std::uint32_t>(x[i]));
-    }
-    return count_nonfinite_le(dst, n) == 0;
-  }
-  static void load_le(const std::byte* src, std::size_t n, float* x) noexcept {
-    if constexpr (std::endian::native == std::endian::little) {
-      if (n) std::memcpy(x, src, n * 4);
-    } else {
-      for (std::size_t i = 0; i < n; ++i) x[i] = std::bit_cast<float>(wire::load_le32(src + 4 * i));
-    }
-  }
-
-  CodecConfig config_;
-  Quantizer quantizer_;
-  bool frozen_ = false;
+  DecodeLimits limits_;
   QuantParams decoded_params_;
   Tensor<std::int8_t> codes_;
-  std::vector<std::byte> packed_, decompressed_;
-  wire::ZstdStage zstd_;
+  std::vector<std::byte> decompressed_;
+  ZstdStage zstd_;
+};
+
+}  // namespace wire
+
+/// Both halves in one object, encoding with `config` and decoding with `config.limits`: for code
+/// that does both, such as a test's round trip. A side that only sends needs a
+/// wire::FeatureEncoder, one that only receives a wire::FeatureDecoder (no codec settings).
+class FeatureCodec : public wire::FeatureEncoder, public wire::FeatureDecoder {
+ public:
+  /// errc::invalid_argument for bits other than 32, 8, 4, 2 or a bad lossless stage or level.
+  explicit FeatureCodec(CodecConfig config = {}) : wire::FeatureEncoder(config), wire::FeatureDecoder(config.limits) {}
 };
 
 }  // namespace edgesplit

@@ -50,7 +50,7 @@ enum class MessageType : std::uint8_t {
   weights = 5,   ///< updated model parameters pushed to a peer
   ping = 6,      ///< liveness / round-trip probe
   pong = 7,      ///< reply to ping (same request id)
-  tensor = 8,    ///< a bare tensor payload (FeatureCodec's frame)
+  tensor = 8,    ///< a bare tensor payload (the feature codec's frame)
   infer_tensors = 9,  ///< edge -> cloud: run the tail on several named feature tensors (1.1)
 };
 

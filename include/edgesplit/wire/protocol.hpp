@@ -13,7 +13,7 @@
 //   PING/PONG u32 timestamp_lo, u32 timestamp_hi (sender's clock, echoed by PONG)
 //
 //   string = u16 length, then that many bytes (capped per field, below)
-//   tensor = a tensor payload as FeatureCodec::append_tensor writes it
+//   tensor = a tensor payload as FeatureEncoder::append_tensor writes it
 //
 // Decoders validate every field and refuse trailing bytes; a peer never names memory, code or
 // anything the receiver did not register itself: the cloud runs only the tails registered under
@@ -21,8 +21,10 @@
 #pragma once
 
 #include <algorithm>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <ranges>
 #include <span>
 #include <string>
 #include <string_view>
@@ -211,7 +213,7 @@ inline ModelIdentity decode_hello(std::span<const std::byte> bytes, const Decode
 /// Encodes an INFER frame: the request fields, then `x` through `codec` (quantized, packed,
 /// compressed as the codec is configured).
 inline std::span<const std::byte> encode_infer(std::vector<std::byte>& out, std::uint32_t request_id,
-                                               const InferRequest& req, FeatureCodec& codec, TensorView<const float> x) {
+                                               const InferRequest& req, FeatureEncoder& codec, TensorView<const float> x) {
   begin_frame(out, MessageType::infer, request_id);
   ByteWriter w(out);
   detail::write_request(w, req);
@@ -230,8 +232,8 @@ struct InferHeader {
 /// Validates an INFER frame (frame, CRC, fields, the tensor header against the codec's limits,
 /// no trailing bytes) without decoding the tensor data; `codec` keeps the quantization parameters
 /// for decode_infer_features. The result views `bytes`, which must outlive it.
-inline InferHeader read_infer(std::span<const std::byte> bytes, FeatureCodec& codec) {
-  const Frame f = detail::expect(bytes, MessageType::infer, codec.config().limits);
+inline InferHeader read_infer(std::span<const std::byte> bytes, FeatureDecoder& codec) {
+  const Frame f = detail::expect(bytes, MessageType::infer, codec.limits());
   ByteReader r(f.payload);
   InferHeader h;
   h.request_id = f.header.request_id;
@@ -243,12 +245,12 @@ inline InferHeader read_infer(std::span<const std::byte> bytes, FeatureCodec& co
 
 /// Decodes the features of an INFER frame read by read_infer with the same codec (nothing may be
 /// read with it in between) into `features` (its capacity is reused).
-inline void decode_infer_features(const InferHeader& h, FeatureCodec& codec, Tensor<float>& features) {
+inline void decode_infer_features(const InferHeader& h, FeatureDecoder& codec, Tensor<float>& features) {
   codec.decode_tensor_data(h.tensor, features);
 }
 
 /// Decodes an INFER frame; the features go into `features` (its capacity is reused).
-inline InferRequest decode_infer(std::span<const std::byte> bytes, FeatureCodec& codec, Tensor<float>& features,
+inline InferRequest decode_infer(std::span<const std::byte> bytes, FeatureDecoder& codec, Tensor<float>& features,
                                  std::uint32_t* request_id = nullptr) {
   InferHeader h = read_infer(bytes, codec);
   decode_infer_features(h, codec, features);
@@ -267,14 +269,17 @@ inline constexpr std::size_t max_feature_name_bytes = 255;
 /// codec (`codecs[k]` encodes `tensors[k]`: each tensor is quantized with its own range). The
 /// tensors must share their batch. errc::invalid_argument for no tensors or more than
 /// max_feature_tensors, unequal counts of names, tensors and codecs, an empty or over-long name,
-/// or tensors whose batches differ.
-inline std::span<const std::byte> encode_infer_tensors(std::vector<std::byte>& out, std::uint32_t request_id,
-                                                       const InferRequest& req, std::span<FeatureCodec> codecs,
-                                                       std::span<const std::string> names,
-                                                       std::span<const TensorView<const float>> tensors) {
+/// or tensors whose batches differ. `codecs` is a random-access range of FeatureEncoder (or of
+/// FeatureCodec), such as a std::vector of them.
+template <std::ranges::random_access_range Encoders>
+  requires std::derived_from<std::ranges::range_value_t<Encoders>, FeatureEncoder>
+std::span<const std::byte> encode_infer_tensors(std::vector<std::byte>& out, std::uint32_t request_id,
+                                                const InferRequest& req, Encoders&& codecs,
+                                                std::span<const std::string> names,
+                                                std::span<const TensorView<const float>> tensors) {
   if (tensors.empty() || tensors.size() > max_feature_tensors)
     fail(errc::invalid_argument, "an INFER_TENSORS frame carries 1 to " + std::to_string(max_feature_tensors) + " tensors");
-  if (names.size() != tensors.size() || codecs.size() < tensors.size())
+  if (names.size() != tensors.size() || std::ranges::size(codecs) < tensors.size())
     fail(errc::invalid_argument, "encode_infer_tensors needs one name and one codec per tensor");
   for (std::size_t k = 0; k < tensors.size(); ++k) {
     if (names[k].empty()) fail(errc::invalid_argument, "a feature tensor needs a name");
@@ -287,7 +292,7 @@ inline std::span<const std::byte> encode_infer_tensors(std::vector<std::byte>& o
   w.u8(static_cast<std::uint8_t>(tensors.size()));
   for (std::size_t k = 0; k < tensors.size(); ++k) {
     detail::write_string(w, names[k], max_feature_name_bytes, "feature tensor name");
-    codecs[k].append_tensor(tensors[k], out);
+    std::ranges::begin(codecs)[static_cast<std::ptrdiff_t>(k)].append_tensor(tensors[k], out);
   }
   return finish_frame(out);
 }
@@ -307,8 +312,8 @@ struct InferTensorsHeader {
 /// max_feature_tensors, an empty or over-long name, or tensors whose batches differ;
 /// errc::too_large when all tensors together exceed the codec's max_elements.
 template <class Visit>
-InferTensorsHeader read_infer_tensors(std::span<const std::byte> bytes, FeatureCodec& codec, Visit&& visit) {
-  const Frame f = detail::expect(bytes, MessageType::infer_tensors, codec.config().limits);
+InferTensorsHeader read_infer_tensors(std::span<const std::byte> bytes, FeatureDecoder& codec, Visit&& visit) {
+  const Frame f = detail::expect(bytes, MessageType::infer_tensors, codec.limits());
   ByteReader r(f.payload);
   InferTensorsHeader h;
   h.request_id = f.header.request_id;
@@ -330,8 +335,8 @@ InferTensorsHeader read_infer_tensors(std::span<const std::byte> bytes, FeatureC
     if (t.shape.batch() != h.batch)
       fail(errc::corrupt_frame, "feature tensors differ in batch: " + std::to_string(h.batch) + " and " +
                                     std::to_string(t.shape.batch()));
-    if (t.shape.count() > codec.config().limits.max_elements - total)
-      fail(errc::too_large, "INFER_TENSORS tensors hold more than " + std::to_string(codec.config().limits.max_elements) +
+    if (t.shape.count() > codec.limits().max_elements - total)
+      fail(errc::too_large, "INFER_TENSORS tensors hold more than " + std::to_string(codec.limits().max_elements) +
                                 " elements together");
     total += t.shape.count();
     h.width += t.shape.count() / h.batch;
@@ -344,11 +349,11 @@ InferTensorsHeader read_infer_tensors(std::span<const std::byte> bytes, FeatureC
 /// Decodes the tensors of an INFER_TENSORS frame side by side into `packed`, {batch, width}: row
 /// i holds sample i of each tensor in turn, row-major within its part (the layout GraphLayer
 /// reads). `scratch` holds one tensor at a time; the capacities of both are reused.
-inline InferTensorsHeader decode_infer_tensors(std::span<const std::byte> bytes, FeatureCodec& codec,
+inline InferTensorsHeader decode_infer_tensors(std::span<const std::byte> bytes, FeatureDecoder& codec,
                                                Tensor<float>& scratch, Tensor<float>& packed) {
   const InferTensorsHeader h = read_infer_tensors(bytes, codec, [](std::size_t, std::string_view, const TensorHeader&) {});
   packed.resize(Shape{h.batch, h.width});
-  const Frame f = parse_frame(bytes, codec.config().limits);
+  const Frame f = parse_frame(bytes, codec.limits());
   ByteReader r(f.payload);
   (void)r.bytes(r.u16("model id"), "model id");  // every field was validated above
   (void)r.u16("split point");
@@ -370,7 +375,7 @@ inline InferTensorsHeader decode_infer_tensors(std::span<const std::byte> bytes,
 
 /// A RESPONSE frame: the status and timing fields, then the output tensor encoded by `codec`.
 inline std::span<const std::byte> encode_response(std::vector<std::byte>& out, std::uint32_t request_id,
-                                                  const InferResponse& resp, FeatureCodec& codec,
+                                                  const InferResponse& resp, FeatureEncoder& codec,
                                                   TensorView<const float> y) {
   begin_frame(out, MessageType::response, request_id);
   ByteWriter w(out);
@@ -382,9 +387,9 @@ inline std::span<const std::byte> encode_response(std::vector<std::byte>& out, s
 }
 
 /// Validates a RESPONSE frame and decodes its tensor into `y`; typed errors for every malformed field.
-inline InferResponse decode_response(std::span<const std::byte> bytes, FeatureCodec& codec, Tensor<float>& y,
+inline InferResponse decode_response(std::span<const std::byte> bytes, FeatureDecoder& codec, Tensor<float>& y,
                                      std::uint32_t* request_id = nullptr) {
-  const Frame f = detail::expect(bytes, MessageType::response, codec.config().limits);
+  const Frame f = detail::expect(bytes, MessageType::response, codec.limits());
   ByteReader r(f.payload);
   InferResponse resp;
   resp.status = r.u8("status");
@@ -437,7 +442,7 @@ inline std::span<const std::byte> encode_weights(std::vector<std::byte>& out, st
   if (tensors.size() > max_weight_tensors) fail(errc::too_large, "too many tensors in one weights message");
   CodecConfig cfg;
   cfg.bits = raw_f32_bits;
-  FeatureCodec raw(cfg);
+  FeatureEncoder raw(cfg);
   begin_frame(out, MessageType::weights, request_id);
   ByteWriter w(out);
   detail::write_identity(w, id);
@@ -458,7 +463,7 @@ inline ModelIdentity decode_weights(std::span<const std::byte> bytes, std::vecto
   ModelIdentity id = detail::read_identity(r);
   const std::uint32_t count = r.u32("tensor count");
   if (count > max_weight_tensors) fail(errc::too_large, "weights message with " + std::to_string(count) + " tensors");
-  FeatureCodec raw(CodecConfig::decoding(limits));  // decodes whatever encoding each tensor declares
+  FeatureDecoder raw(limits);  // decodes whatever encoding each tensor declares
   tensors.clear();
   for (std::uint32_t i = 0; i < count; ++i) {
     NamedTensor t;
