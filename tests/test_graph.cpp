@@ -378,7 +378,7 @@ TEST_CASE("Graph: rebuilt from its safetensors file alone, and a file that disag
   // the same tensors under an edited architecture
   const std::string arch = architecture_json(g);
   auto with = [&](std::string a, std::vector<Parameter<float>> state) {
-    return SafetensorsFile::parse(detail::safetensors_bytes(state, "edgesplit.graph", a, {}));
+    return SafetensorsFile::parse(detail::safetensors_bytes(read_only(state), "edgesplit.graph", a, {}));
   };
   auto edited = [&](const std::string& from, const std::string& to) {
     std::string a = arch;

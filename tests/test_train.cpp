@@ -20,6 +20,9 @@
 
 #include "alloc_counter.hpp"
 #include "edgesplit/edgesplit.hpp"
+#if EDGESPLIT_TEST_JSON
+#include "edgesplit/io/safetensors.hpp"
+#endif
 #include "edgesplit/nn/testing.hpp"
 #include "test_util.hpp"
 
@@ -1236,4 +1239,72 @@ TEST_CASE("Every layer rebuilds from its spec", "[train][factory]") {
     (void)make_layer<float>({"Dense", {{"in", std::uint64_t{1} << 40}, {"out", std::uint64_t{1} << 40}}, {}});
   });
   expect_errc(errc::invalid_argument, [] { (void)make_layer<float>({"LeakyReLU", {}, {{"alpha", 2.0}}}); });
+}
+
+TEST_CASE("A const model's weights: read, copied and saved without a mutable model, packs kept", "[train][sync]") {
+  Sequential<float> model = mlp_f({6, 5, 3}, 4);
+  const Sequential<float> reference = model;  // unpacked, same weights
+  model.pack_weights();                       // as a server's tail is
+  const Sequential<float>& served = model;
+  const auto packed = [&] {
+    return static_cast<const Dense<float>&>(served[0]).weights_packed() &&
+           static_cast<const Dense<float>&>(served[2]).weights_packed();
+  };
+  REQUIRE(packed());
+
+  const std::vector<ConstParameter<float>> ro = served.parameters();
+  Sequential<float> mutable_copy = reference;
+  const std::vector<Parameter<float>> rw = mutable_copy.parameters();
+  REQUIRE(ro.size() == 4);
+  REQUIRE(rw.size() == 4);
+  for (std::size_t i = 0; i < ro.size(); ++i) {
+    CHECK(ro[i].name == rw[i].name);
+    REQUIRE(ro[i].value.shape() == rw[i].value.shape());
+    CHECK(std::memcmp(ro[i].value.data(), rw[i].value.data(), ro[i].value.bytes()) == 0);
+  }
+  CHECK(served.buffers().empty());
+  CHECK(packed());
+
+  const Weights<float> w(served);
+  CHECK(w.size() == 4);
+  Sequential<float> target = mlp_f({6, 5, 3}, 99);
+  copy_weights(served, target);
+  const Tensor<float> x = [] {
+    Tensor<float> t(Shape{3, 6});
+    Rng rng(5);
+    for (auto& v : t.span()) v = static_cast<float>(rng.uniform(-1, 1));
+    return t;
+  }();
+  Sequential<float> ref = reference;
+  const Tensor<float> want = ref.predict(x.cview());
+  const Tensor<float> got = target.predict(x.cview());
+  CHECK(std::memcmp(want.data(), got.data(), want.bytes()) == 0);
+  CHECK(packed());
+#if EDGESPLIT_TEST_JSON
+  CHECK(to_safetensors(served) == to_safetensors(reference));
+  CHECK(packed());
+#endif
+
+  // A graph inside a Sequential (GraphLayer) reads its nodes' tensors through const access too.
+  Graph<float> g;
+  Rng rng(8);
+  std::string y = g.input("x", Shape{6});
+  y = g.add<Dense<float>>(y, 6, 4, rng);
+  y = g.add<ReLU<float>>(y);
+  g.output(g.add<Dense<float>>(y, 4, 3, rng));
+  const Graph<float>& cg = g;
+  const auto graph_state = cg.state();
+  REQUIRE(graph_state.size() == 4);
+  CHECK(graph_state[0].name == g.state()[0].name);
+  Sequential<float> wrapped = as_sequential(g);
+  wrapped.pack_weights();
+  const Sequential<float>& cw = wrapped;
+  const auto wrapped_params = cw.parameters();
+  REQUIRE(wrapped_params.size() == 4);
+  CHECK(wrapped_params[0].name.find(graph_state[0].name) != std::string::npos);
+  CHECK(std::memcmp(wrapped_params[3].value.data(), graph_state[3].value.data(), graph_state[3].value.bytes()) == 0);
+
+  // The mutable overload is for writing: it drops the pack, so that a write is seen.
+  (void)model.parameters();
+  CHECK_FALSE(packed());
 }

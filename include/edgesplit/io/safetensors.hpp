@@ -313,7 +313,7 @@ namespace detail {
 // The bytes of a file holding `state` in order, under edgesplit's metadata (`format`, the format
 // version and `architecture`) and the caller's `extra` strings, which may not replace them.
 template <Real T>
-std::vector<std::byte> safetensors_bytes(const std::vector<Parameter<T>>& state, const char* format,
+std::vector<std::byte> safetensors_bytes(const std::vector<ConstParameter<T>>& state, const char* format,
                                          const std::string& architecture,
                                          const std::map<std::string, std::string>& extra) {
   nlohmann::json header = nlohmann::json::object();
@@ -401,14 +401,14 @@ inline void count_storage(std::size_t held, const LayerSpec& spec, std::size_t& 
 /// The model as safetensors bytes. `extra` metadata is stored beside edgesplit's own keys
 /// ("format", "format_version", "architecture"), which it may not replace.
 template <Real T>
-std::vector<std::byte> to_safetensors(Sequential<T>& model, const std::map<std::string, std::string>& extra = {}) {
+std::vector<std::byte> to_safetensors(const Sequential<T>& model, const std::map<std::string, std::string>& extra = {}) {
   return detail::safetensors_bytes(model_state(model), "edgesplit.sequential", architecture_json(model), extra);
 }
 
 /// Writes the model to `path` (through a temporary file renamed into place, so a reader never
 /// sees half a file). errc::io_error when the file cannot be written.
 template <Real T>
-void save_safetensors(const std::filesystem::path& path, Sequential<T>& model,
+void save_safetensors(const std::filesystem::path& path, const Sequential<T>& model,
                       const std::map<std::string, std::string>& extra = {}) {
   detail::write_file_atomically(path, to_safetensors(model, extra));
 }
@@ -496,13 +496,13 @@ std::string architecture_json(const Graph<T>& g) {
 /// The graph as safetensors bytes: tensors named "<node output>.<parameter>", metadata format
 /// "edgesplit.graph". `extra` metadata as for a Sequential.
 template <Real T>
-std::vector<std::byte> to_safetensors(Graph<T>& model, const std::map<std::string, std::string>& extra = {}) {
+std::vector<std::byte> to_safetensors(const Graph<T>& model, const std::map<std::string, std::string>& extra = {}) {
   return detail::safetensors_bytes(model.state(), "edgesplit.graph", architecture_json(model), extra);
 }
 
 /// Writes the graph to `path` (through a temporary file renamed into place).
 template <Real T>
-void save_safetensors(const std::filesystem::path& path, Graph<T>& model,
+void save_safetensors(const std::filesystem::path& path, const Graph<T>& model,
                       const std::map<std::string, std::string>& extra = {}) {
   detail::write_file_atomically(path, to_safetensors(model, extra));
 }

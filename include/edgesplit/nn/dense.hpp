@@ -113,8 +113,8 @@ class Dense final : public Layer<T> {
     }
   }
 
+  void weights_may_change() override { gemm_.drop_pack(); }  // the views may be written through
   std::vector<Parameter<T>> parameters_impl() override {
-    gemm_.drop_pack();  // the views may be written through
     return {{"weight", weight_.view(), weight_grad_.view()}, {"bias", bias_.view(), bias_grad_.view()}};
   }
 

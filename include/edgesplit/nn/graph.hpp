@@ -322,8 +322,12 @@ class Graph {
 
   /// Every trainable tensor, named "<node output>.<name>" ("conv1.weight").
   std::vector<Parameter<T>> parameters() { return named(&Layer<T>::parameters); }
+  /// Every trainable tensor, read-only (packed weights stay packed).
+  std::vector<ConstParameter<T>> parameters() const { return named(&Layer<T>::parameters); }
   /// Every saved-but-not-trained tensor (`Layer::buffers`), named like parameters.
   std::vector<Parameter<T>> buffers() { return named(&Layer<T>::buffers); }
+  /// Every saved-but-not-trained tensor, read-only.
+  std::vector<ConstParameter<T>> buffers() const { return named(&Layer<T>::buffers); }
   /// Every tensor saved with the model, node by node, each node's parameters then its buffers.
   std::vector<Parameter<T>> state() {
     std::vector<Parameter<T>> all;
@@ -331,6 +335,17 @@ class Graph {
       if (!n.layer) continue;
       for (auto& p : n.layer->parameters()) all.push_back({tensors_[n.out].name + "." + p.name, p.value, p.grad});
       for (auto& b : n.layer->buffers()) all.push_back({tensors_[n.out].name + "." + b.name, b.value, b.grad});
+    }
+    return all;
+  }
+  /// Every tensor saved with the model, read-only: what a weights file of a const graph holds.
+  std::vector<ConstParameter<T>> state() const {
+    std::vector<ConstParameter<T>> all;
+    for (const Node& n : nodes_) {
+      if (!n.layer) continue;
+      const Layer<T>& layer = *n.layer;
+      for (auto& p : layer.parameters()) all.push_back({tensors_[n.out].name + "." + p.name, p.value});
+      for (auto& b : layer.buffers()) all.push_back({tensors_[n.out].name + "." + b.name, b.value});
     }
     return all;
   }
@@ -762,6 +777,16 @@ class Graph {
         }
     return all;
   }
+  std::vector<ConstParameter<T>> named(std::vector<ConstParameter<T>> (Layer<T>::*which)() const) const {
+    std::vector<ConstParameter<T>> all;
+    for (const Node& n : nodes_)
+      if (n.layer)
+        for (auto& p : (std::as_const(*n.layer).*which)()) {
+          p.name = tensors_[n.out].name + "." + p.name;
+          all.push_back(std::move(p));
+        }
+    return all;
+  }
 
   std::vector<TensorInfo> tensors_;
   std::vector<Node> nodes_;
@@ -888,6 +913,8 @@ class GraphLayer final : public Layer<T> {
   }
   std::vector<Parameter<T>> parameters_impl() override { return graph_.parameters(); }
   std::vector<Parameter<T>> buffers_impl() override { return graph_.buffers(); }
+  std::vector<ConstParameter<T>> const_parameters_impl() const override { return graph_.parameters(); }
+  std::vector<ConstParameter<T>> const_buffers_impl() const override { return graph_.buffers(); }
 
  private:
   struct Part {

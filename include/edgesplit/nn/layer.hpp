@@ -24,6 +24,23 @@ struct Parameter {
   TensorView<T> grad;  ///< the gradient, same shape; empty until zero_grad() or a backward pass
 };
 
+/// A named tensor of a layer, read-only: what saving or copying a model needs, from a model that
+/// may be const (a served model, whose packed weights reading leaves in place).
+template <Real T>
+struct ConstParameter {
+  std::string name;  ///< "weight" or "bias" (the model prefixes the layer index: "0.weight")
+  TensorView<const T> value;  ///< the values, a view into the layer's own storage
+};
+
+/// The same named tensors, read-only.
+template <Real T>
+std::vector<ConstParameter<T>> read_only(const std::vector<Parameter<T>>& ps) {
+  std::vector<ConstParameter<T>> out;
+  out.reserve(ps.size());
+  for (const auto& p : ps) out.push_back({p.name, p.value});
+  return out;
+}
+
 /// A layer's kind and configuration as plain values: what a weights file stores so a model can be
 /// rebuilt from the file alone (see `make_layer` in nn/layer_factory.hpp). `type` is `name()`.
 struct LayerSpec {
@@ -120,11 +137,20 @@ class Layer {
   /// Kind and configuration, enough for `make_layer` to build an equal layer (weights aside).
   virtual LayerSpec spec() const { return {std::string(name()), {}, {}}; }
 
-  /// The trainable tensors, named as in file formats ("weight", "bias").
-  std::vector<Parameter<T>> parameters() { return parameters_impl(); }
+  /// The trainable tensors, named as in file formats ("weight", "bias"), for writing (training,
+  /// loading): drops packed weights (pack_weights()), since the views may be written through.
+  std::vector<Parameter<T>> parameters() {
+    weights_may_change();
+    return parameters_impl();
+  }
+  /// The trainable tensors, read-only: for saving or copying weights without a mutable model;
+  /// packed weights stay packed.
+  std::vector<ConstParameter<T>> parameters() const { return const_parameters_impl(); }
   /// State that is saved with the model but not trained (a Standardizer's mean and std), named
   /// like parameters; `grad` is always empty.
   std::vector<Parameter<T>> buffers() { return buffers_impl(); }
+  /// The saved-but-not-trained state, read-only.
+  std::vector<ConstParameter<T>> buffers() const { return const_buffers_impl(); }
   /// Number of trainable scalars.
   virtual std::size_t parameter_count() const { return 0; }
   /// Sets every parameter gradient to zero, allocating gradient storage the first time.
@@ -164,10 +190,24 @@ class Layer {
                              TensorView<const T> grad_out, TensorView<T> grad_in) = 0;
   /// The FLOPs of a forward pass on an input that passed check_input().
   virtual std::uint64_t flops_impl(const Shape& in) const = 0;
-  /// The trainable tensors; none by default.
+  /// The trainable tensors; none by default. Views only, with no other effect: the const
+  /// overloads of parameters() call it too (anything to undo before the weights change, such as a
+  /// pack, belongs in weights_may_change()).
   virtual std::vector<Parameter<T>> parameters_impl() { return {}; }
-  /// Saved, non-trained state; none by default.
+  /// Saved, non-trained state; none by default. Views only, as parameters_impl().
   virtual std::vector<Parameter<T>> buffers_impl() { return {}; }
+  /// Called before the mutable parameters() hands out views that may be written through.
+  virtual void weights_may_change() {}
+  /// Read-only parameters: by default parameters_impl()'s views, made const (a layer whose
+  /// parameters_impl has effects, such as a GraphLayer reaching into its nodes, overrides it).
+  virtual std::vector<ConstParameter<T>> const_parameters_impl() const {
+    return read_only(const_cast<Layer*>(this)->parameters_impl());  // views only: nothing is written
+  }
+  /// Read-only buffers, as const_parameters_impl().
+  virtual std::vector<ConstParameter<T>> const_buffers_impl() const {
+    return read_only(const_cast<Layer*>(this)->buffers_impl());
+  }
+
 
  private:
   void check_output(const Shape& got, const Shape& want, const char* what) const {

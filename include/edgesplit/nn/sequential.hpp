@@ -252,8 +252,13 @@ class Sequential {
 
   /// Every trainable tensor, named "<layer index>.<name>" (as PyTorch names nn.Sequential's).
   std::vector<Parameter<T>> parameters() { return named(&Layer<T>::parameters); }
+  /// Every trainable tensor, read-only: for saving or copying the weights of a model that is not
+  /// to change (packed weights stay packed).
+  std::vector<ConstParameter<T>> parameters() const { return named(&Layer<T>::parameters); }
   /// Every saved-but-not-trained tensor (`Layer::buffers`), named like parameters.
   std::vector<Parameter<T>> buffers() { return named(&Layer<T>::buffers); }
+  /// Every saved-but-not-trained tensor, read-only.
+  std::vector<ConstParameter<T>> buffers() const { return named(&Layer<T>::buffers); }
   /// Zeroes every layer's gradients (allocating them the first time).
   void zero_grad() {
     for (auto& l : layers_) l->zero_grad();
@@ -313,6 +318,15 @@ class Sequential {
     std::vector<Parameter<T>> all;
     for (std::size_t i = 0; i < layers_.size(); ++i)
       for (auto& p : ((*layers_[i]).*which)()) {
+        p.name = std::to_string(i) + "." + p.name;
+        all.push_back(std::move(p));
+      }
+    return all;
+  }
+  std::vector<ConstParameter<T>> named(std::vector<ConstParameter<T>> (Layer<T>::*which)() const) const {
+    std::vector<ConstParameter<T>> all;
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+      for (auto& p : (std::as_const(*layers_[i]).*which)()) {
         p.name = std::to_string(i) + "." + p.name;
         all.push_back(std::move(p));
       }

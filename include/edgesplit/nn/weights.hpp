@@ -36,6 +36,24 @@ std::vector<Parameter<T>> model_state(Graph<T>& model) {
   return model.state();
 }
 
+/// model_state of a model that is not to change, read-only (packed weights stay packed).
+template <Real T>
+std::vector<ConstParameter<T>> model_state(const Sequential<T>& model) {
+  std::vector<ConstParameter<T>> all;
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    const Layer<T>& layer = model[i];
+    for (auto& p : layer.parameters()) all.push_back({std::to_string(i) + "." + p.name, p.value});
+    for (auto& b : layer.buffers()) all.push_back({std::to_string(i) + "." + b.name, b.value});
+  }
+  return all;
+}
+
+/// model_state of a graph that is not to change, read-only.
+template <Real T>
+std::vector<ConstParameter<T>> model_state(const Graph<T>& model) {
+  return model.state();
+}
+
 /// An owning copy of a model's named tensors: what the cloud pushes to the edges in collaborative
 /// training, what a weights file holds. Independent of the model it came from.
 template <Real T>
@@ -48,10 +66,11 @@ class Weights {
   };
 
   Weights() = default;
-  /// A copy of `model`'s state (see `model_state`): a Sequential<T> or a Graph<T>.
+  /// A copy of `model`'s state (see `model_state`): a Sequential<T> or a Graph<T>, read through
+  /// const access (a served model's packed weights stay packed).
   template <class Model>
-    requires requires(Model& m) { { model_state(m) } -> std::same_as<std::vector<Parameter<T>>>; }
-  explicit Weights(Model& model) {
+    requires requires(const Model& m) { { model_state(m) } -> std::same_as<std::vector<ConstParameter<T>>>; }
+  explicit Weights(const Model& model) {
     for (const auto& p : model_state(model)) {
       Tensor<T> t(p.value.shape());
       copy(TensorView<const T>(p.value), t.view());
@@ -108,7 +127,7 @@ class Weights {
 /// Copies every tensor of `from` into `to`; the two must have the same names and shapes
 /// (errc::shape_mismatch, `to` unchanged).
 template <Real T>
-void copy_weights(Sequential<T>& from, Sequential<T>& to) {
+void copy_weights(const Sequential<T>& from, Sequential<T>& to) {
   Weights<T>(from).apply_to(to);
 }
 

@@ -180,7 +180,7 @@ class CloudServer {
   /// training updated it: names and shapes as parameters() gives them) to every edge whose HELLO
   /// named the deployment's model. Returns how many it went to; an edge whose head does not
   /// match refuses the whole push and keeps its weights (EdgeStats::weights_refused).
-  std::size_t push_weights(const Deployment& deployment, Sequential<float>& edge_model) {
+  std::size_t push_weights(const Deployment& deployment, const Sequential<float>& edge_model) {
     std::vector<wire::NamedTensor> tensors;
     for (const auto& p : edge_model.parameters()) {
       Tensor<float> value(p.value.shape());
