@@ -154,8 +154,10 @@ using ProgressCallback = std::function<void(const EpochReport&)>;
 
 /// The progress inside an epoch, after each training step: what a progress bar shows.
 struct BatchReport {
-  std::size_t epoch = 0, epochs = 0;  ///< 1-based epoch, planned total
-  std::size_t step = 0, steps = 0;    ///< 1-based step within the epoch, steps per epoch
+  std::size_t epoch = 0;              ///< 1-based epoch
+  std::size_t epochs = 0;             ///< planned total of epochs
+  std::size_t step = 0;               ///< 1-based step within the epoch
+  std::size_t steps = 0;              ///< steps per epoch
   std::size_t samples = 0;            ///< training samples seen this epoch
   double running_loss = 0;            ///< mean training loss over this epoch so far
   double samples_per_second = 0;      ///< this epoch so far

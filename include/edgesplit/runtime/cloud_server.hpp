@@ -174,8 +174,6 @@ class CloudServer {
   }
 #endif
 
-  /// Sends WEIGHTS (the edge model's updated parameters) to every edge whose HELLO named
-  /// `id.model_id`: the parameter sync of collaborative training. Returns how many it went to.
   /// Sends `edge_model`'s parameters (the head the edges of `deployment` run, as collaborative
   /// training updated it: names and shapes as parameters() gives them) to every edge whose HELLO
   /// named the deployment's model. Returns how many it went to; an edge whose head does not
@@ -189,6 +187,8 @@ class CloudServer {
     }
     return push_weights(deployment.identity(), tensors);
   }
+  /// Sends WEIGHTS (the edge model's updated parameters) to every edge whose HELLO named
+  /// `id.model_id`: the parameter sync of collaborative training. Returns how many it went to.
   std::size_t push_weights(const wire::ModelIdentity& id, std::span<const wire::NamedTensor> tensors) {
     std::vector<std::byte> frame;
     wire::encode_weights(frame, 0, id, tensors);
