@@ -593,6 +593,40 @@ TEST_CASE("Conv2D: shapes, FLOPs, parameters, same padding and its spec", "[nn][
 }
 
 namespace {
+int g_registry_kind_made = 0;  // how often the test kind's factory ran (the registry outlives the test)
+}  // namespace
+
+TEST_CASE("register_layer: a layer kind of one's own for the loaders, refused when it clashes", "[nn][factory]") {
+  const LayerKind<double> kind{[](const LayerSpec& s) -> std::size_t {
+                                 if (s.integers.count("huge")) fail(errc::too_large, "more than a file holds");
+                                 return 7;
+                               },
+                               [](const LayerSpec&) -> std::unique_ptr<Layer<double>> {
+                                 ++g_registry_kind_made;
+                                 return std::make_unique<Identity<double>>();
+                               }};
+  const LayerSpec spec{"RegistryTestKind", {}, {}};
+  expect_errc(errc::unsupported, [&] { (void)layer_storage(spec); });  // unknown until registered
+  expect_errc(errc::unsupported, [&] { (void)make_layer<double>(spec); });
+  register_layer<double>("RegistryTestKind", kind);
+  CHECK(layer_storage(spec) == 7);
+  CHECK(make_layer<double>(spec)->name() == "Identity");
+  CHECK(g_registry_kind_made == 1);
+  LayerSpec huge = spec;
+  huge.integers["huge"] = 1;
+  expect_errc(errc::too_large, [&] { (void)make_layer<double>(huge); });
+  CHECK(g_registry_kind_made == 1);  // the storage check refused it before the factory ran
+  expect_errc(errc::unsupported, [&] { (void)make_layer<float>(spec); });  // registered for double only
+  expect_errc(errc::invalid_argument, [&] { register_layer<double>("RegistryTestKind", kind); });
+  expect_errc(errc::invalid_argument, [&] { register_layer<double>("Dense", kind); });
+  expect_errc(errc::invalid_argument, [&] { register_layer<double>("", kind); });
+  expect_errc(errc::invalid_argument, [&] { register_layer<double>("NoFactory", LayerKind<double>{kind.storage, {}}); });
+  // The built-in kinds are still there, each storage beside its factory.
+  CHECK(layer_storage(Dense<float>(3, 2).spec()) == 8);
+  CHECK(make_layer<float>(ReLU<float>().spec())->name() == "ReLU");
+}
+
+namespace {
 
 /// Central-difference check of every gradient of a Conv2D<double> (edgesplit/nn/testing.hpp): the
 /// loss sum(out * R) is bilinear in input and weights, so the differences are exact but for

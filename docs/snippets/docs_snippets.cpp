@@ -29,12 +29,61 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 using namespace edgesplit;
 using namespace std::chrono_literals;
+
+// docs/training.md: a layer of your own that weights files can hold.
+// [snippet training-custom-layer]
+/// y = x * w: one learnt scale per feature.
+class Scale : public edgesplit::Layer<float> {
+ public:
+  explicit Scale(std::size_t features) : w_(edgesplit::Shape{features}, 1.0f) {}
+  std::string_view name() const noexcept override { return "Scale"; }
+  std::unique_ptr<Layer<float>> clone() const override { return std::make_unique<Scale>(*this); }
+  edgesplit::LayerSpec spec() const override { return {"Scale", {{"features", w_.size()}}, {}}; }
+  std::size_t parameter_count() const override { return w_.size(); }
+  void zero_grad() override { g_ = edgesplit::Tensor<float>(w_.shape(), 0.0f); }
+
+  // What register_layer needs: the storage a spec implies (checked against a file before
+  // anything is built, so it validates with typed errors and allocates nothing) and the layer.
+  static std::size_t storage(const edgesplit::LayerSpec& s) {
+    const auto it = s.integers.find("features");
+    if (it == s.integers.end() || it->second == 0 || it->second > (std::uint64_t{1} << 24))
+      edgesplit::fail(edgesplit::errc::invalid_argument, "Scale needs 1 to 2^24 'features'");
+    return static_cast<std::size_t>(it->second);
+  }
+  static std::unique_ptr<Scale> from_spec(const edgesplit::LayerSpec& s) { return std::make_unique<Scale>(storage(s)); }
+
+ protected:
+  void check_input(const edgesplit::Shape& in) const override {
+    Layer::check_input(in);
+    if (in.features() != w_.size()) edgesplit::fail(edgesplit::errc::shape_mismatch, "Scale: wrong input width");
+  }
+  edgesplit::Shape output_shape_impl(const edgesplit::Shape& in) const override { return in; }
+  void forward_impl(edgesplit::TensorView<const float> in, edgesplit::TensorView<float> out) override {
+    for (std::size_t i = 0; i < in.size(); ++i) out[i] = in[i] * w_[i % w_.size()];
+  }
+  void backward_impl(edgesplit::TensorView<const float> in, edgesplit::TensorView<const float>,
+                     edgesplit::TensorView<const float> grad_out, edgesplit::TensorView<float> grad_in) override {
+    if (g_.size() != w_.size()) zero_grad();
+    for (std::size_t i = 0; i < in.size(); ++i) {
+      g_[i % w_.size()] += grad_out[i] * in[i];
+      if (grad_in.data() != nullptr) grad_in[i] = grad_out[i] * w_[i % w_.size()];
+    }
+  }
+  std::uint64_t flops_impl(const edgesplit::Shape& in) const override { return in.count(); }
+  std::vector<edgesplit::Parameter<float>> parameters_impl() override { return {{"weight", w_.view(), g_.view()}}; }
+
+ private:
+  edgesplit::Tensor<float> w_, g_;
+};
+// [end]
 
 namespace docs {
 
@@ -368,6 +417,36 @@ void boards() {
 }
 
 #if EDGESPLIT_DOCS_FASHION_MNIST
+// docs/training.md: a model holding a layer of your own, saved and loaded.
+void custom_layers() {
+  // [snippet training-register-layer]
+  register_layer<Scale>("Scale");            // once, before a file holding one is loaded
+  Rng rng(3);
+  Sequential<float> model(Shape{4});
+  model.add<Dense<float>>(3, rng);
+  model.add<Scale>(3);
+  const std::vector<std::byte> bytes = to_safetensors(model);  // or save_safetensors(path, model)
+  Sequential<float> again = model_from_safetensors<float>(SafetensorsFile::parse(bytes));
+  // [end]
+  check(again.size() == 2 && again[1].name() == "Scale", "custom layers: the file rebuilds the Scale layer");
+  // Scales other than their initial 1, so that the loaded values are seen.
+  std::vector<Parameter<float>> scales = model[1].parameters();
+  scales[0].value[0] = 0.5f;
+  scales[0].value[1] = -2.0f;
+  Sequential<float> loaded = model_from_safetensors<float>(SafetensorsFile::parse(to_safetensors(model)));
+  Tensor<float> x(Shape{2, 4});
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = 0.25f * static_cast<float>(i) - 1.0f;
+  const Tensor<float> want = model.predict(x.cview()), got = loaded.predict(x.cview());
+  check(std::memcmp(want.data(), got.data(), want.bytes()) == 0, "custom layers: the loaded model answers as the saved one");
+  bool refused = false;
+  try {
+    register_layer<Scale>("Scale");
+  } catch (const error& e) {
+    refused = e.code() == errc::invalid_argument;
+  }
+  check(refused, "custom layers: a kind is registered once");
+}
+
 // docs/training.md: the cloud model of the Fashion-MNIST study. Compiled, not run (it trains for
 // minutes); examples/train_fashion_mnist.cpp runs the same recipe.
 void training_fashion_mnist() {
@@ -404,7 +483,11 @@ int main(int argc, char** argv) {
       {"getting_started", docs::getting_started}, {"split_inference", docs::split_inference},
       {"graphs", docs::graphs},
       {"collaborative_training", docs::collaborative_training}, {"quantization", docs::quantization},
-      {"transports", docs::transports}, {"planning", docs::planning}, {"boards", docs::boards}};
+      {"transports", docs::transports}, {"planning", docs::planning}, {"boards", docs::boards},
+#if EDGESPLIT_DOCS_FASHION_MNIST
+      {"custom_layers", docs::custom_layers},
+#endif
+  };
   const bool list = argc > 1 && std::strcmp(argv[1], "--list") == 0;
   try {
     for (const auto& [name, run] : snippets) {

@@ -2,11 +2,18 @@
 #pragma once
 
 #include <array>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
 #include <string>
+#include <type_traits>
 
 #include "edgesplit/core/shape.hpp"
 #include "edgesplit/nn/activations.hpp"
@@ -91,89 +98,187 @@ inline Pool2DSpec pool2d_spec(const LayerSpec& s) {
 }
 }  // namespace detail
 
+/// How to rebuild one kind of layer from its LayerSpec: what a weights file needs to load a model
+/// that holds it.
+template <Real T>
+struct LayerKind {
+  /// Elements of storage (weights and saved state) a layer built from the spec allocates. It
+  /// validates the spec and allocates nothing: a loader checks it against what a file holds
+  /// before building anything (errc::invalid_argument for a bad setting, errc::too_large on
+  /// overflow).
+  std::function<std::size_t(const LayerSpec&)> storage;
+  /// A new layer configured by the spec, trainable weights zero, saved state at its defaults.
+  std::function<std::unique_ptr<Layer<T>>(const LayerSpec&)> make;
+};
+
+namespace detail {
+
+// The layer kinds edgesplit itself saves and loads: one entry per kind, its storage and its
+// factory side by side.
+template <Real T>
+const std::map<std::string, LayerKind<T>>& builtin_layers() {
+  using Made = std::unique_ptr<Layer<T>>;
+  const auto none = [](const LayerSpec&) -> std::size_t { return 0; };
+  // A layer of no settings and no storage.
+  const auto plain = [none]<class L>(std::type_identity<L>) {
+    return LayerKind<T>{none, [](const LayerSpec&) -> Made { return std::make_unique<L>(); }};
+  };
+  static const std::map<std::string, LayerKind<T>> kinds = {
+      {"Dense",
+       {[](const LayerSpec& s) {
+          const std::size_t in = spec_size(s, "in"), out = spec_size(s, "out");
+          return Shape::checked_count(std::array<std::size_t, 2>{in + 1, out});
+        },
+        [](const LayerSpec& s) -> Made { return std::make_unique<Dense<T>>(spec_size(s, "in"), spec_size(s, "out")); }}},
+      {"Conv2D",
+       {[](const LayerSpec& s) {
+          const Conv2DSpec c = conv2d_spec(s);
+          const std::size_t weights =
+              Shape::checked_count(std::array<std::size_t, 4>{c.out, c.in / c.options.groups, c.kh, c.kw});
+          if (c.options.bias && weights > std::numeric_limits<std::size_t>::max() - c.out)
+            fail(errc::too_large, "Conv2D spec: storage overflows");
+          return weights + (c.options.bias ? c.out : 0);
+        },
+        [](const LayerSpec& s) -> Made {
+          const Conv2DSpec c = conv2d_spec(s);
+          return std::make_unique<Conv2D<T>>(c.in, c.out, c.kh, c.kw, c.options);
+        }}},
+      // No storage, but a spec from outside is checked by storage() too.
+      {"MaxPool2D",
+       {[](const LayerSpec& s) -> std::size_t { return (void)pool2d_spec(s), 0; },
+        [](const LayerSpec& s) -> Made {
+          const Pool2DSpec p = pool2d_spec(s);
+          return std::make_unique<MaxPool2D<T>>(p.kh, p.kw, p.options);
+        }}},
+      {"AvgPool2D",
+       {[](const LayerSpec& s) -> std::size_t { return (void)pool2d_spec(s), 0; },
+        [](const LayerSpec& s) -> Made {
+          const Pool2DSpec p = pool2d_spec(s);
+          return std::make_unique<AvgPool2D<T>>(p.kh, p.kw, p.options);
+        }}},
+      {"GlobalAvgPool", plain(std::type_identity<GlobalAvgPool<T>>{})},
+      {"GlobalMaxPool", plain(std::type_identity<GlobalMaxPool<T>>{})},
+      {"Flatten", plain(std::type_identity<Flatten<T>>{})},
+      {"Dropout",
+       {none, [](const LayerSpec& s) -> Made {
+          return std::make_unique<Dropout<T>>(spec_real(s, "p"), spec_integer(s, "seed"));
+        }}},
+      {"Standardizer",
+       {[](const LayerSpec& s) {
+          return spec_integer(s, "global") ? std::size_t{2} : Shape::checked_bytes(spec_size(s, "features"), 2);
+        },
+        [](const LayerSpec& s) -> Made {
+          const std::uint64_t global = spec_integer(s, "global");
+          if (global > 1) fail(errc::invalid_argument, "Standardizer 'global' must be 0 or 1");
+          return std::make_unique<Standardizer<T>>(spec_size(s, "features"),
+                                                   global ? Standardize::global : Standardize::per_feature,
+                                                   spec_real(s, "epsilon"));
+        }}},
+      // gamma, beta, running mean, running variance
+      {"BatchNorm2D",
+       {[](const LayerSpec& s) { return Shape::checked_bytes(spec_size(s, "channels"), 4); },
+        [](const LayerSpec& s) -> Made {
+          return std::make_unique<BatchNorm2D<T>>(spec_size(s, "channels"), spec_real(s, "epsilon"),
+                                                  spec_real(s, "momentum"));
+        }}},
+      {"Identity", plain(std::type_identity<Identity<T>>{})},
+      {"ReLU", plain(std::type_identity<ReLU<T>>{})},
+      {"LeakyReLU",
+       {none, [](const LayerSpec& s) -> Made { return std::make_unique<LeakyReLU<T>>(spec_real(s, "alpha")); }}},
+      {"Sigmoid", plain(std::type_identity<Sigmoid<T>>{})},
+      {"Tanh", plain(std::type_identity<Tanh<T>>{})},
+      {"GELU", plain(std::type_identity<GELU<T>>{})},
+      {"GELUTanh", plain(std::type_identity<GELUTanh<T>>{})},
+      {"Erf", plain(std::type_identity<Erf<T>>{})},
+      {"Softmax", plain(std::type_identity<Softmax<T>>{})},
+      {"ReLU6", plain(std::type_identity<ReLU6<T>>{})},
+      {"Clip",
+       {none, [](const LayerSpec& s) -> Made {
+          return std::make_unique<Clip<T>>(spec_real(s, "min"), spec_real(s, "max"));
+        }}},
+      {"HardSigmoid",
+       {none, [](const LayerSpec& s) -> Made {
+          return std::make_unique<HardSigmoid<T>>(spec_real(s, "alpha"), spec_real(s, "beta"));
+        }}},
+      {"HardSwish", plain(std::type_identity<HardSwish<T>>{})},
+      {"SiLU", plain(std::type_identity<SiLU<T>>{})},
+  };
+  return kinds;
+}
+
+// The kinds users registered (register_layer), one table per element type.
+template <Real T>
+struct RegisteredLayers {
+  std::shared_mutex mutex;
+  std::map<std::string, LayerKind<T>> kinds;
+  static RegisteredLayers& instance() {
+    static RegisteredLayers r;
+    return r;
+  }
+};
+
+// The kind named `type` for element type T, built in or registered; nullptr when none.
+template <Real T>
+std::optional<LayerKind<T>> find_layer_kind(const std::string& type) {
+  const auto& builtin = builtin_layers<T>();
+  if (const auto it = builtin.find(type); it != builtin.end()) return it->second;
+  auto& reg = RegisteredLayers<T>::instance();
+  std::shared_lock lock(reg.mutex);
+  if (const auto it = reg.kinds.find(type); it != reg.kinds.end()) return it->second;
+  return std::nullopt;
+}
+
+}  // namespace detail
+
+/// Teaches the loaders (load_safetensors, model_from_safetensors, graph_from_safetensors) a layer
+/// kind of your own, so that models holding it are saved and loaded like built-in ones: a file
+/// whose architecture names `type` rebuilds the layer with `kind.make`, after `kind.storage` has
+/// told how many elements the layer will allocate (checked against what the file holds: a file
+/// from outside cannot make the loader allocate more than its size justifies). `type` must be
+/// what the layer's name() and spec().type return. errc::invalid_argument for an empty type, a
+/// built-in one, one already registered for T, or a kind without both functions.
+template <Real T>
+void register_layer(const std::string& type, LayerKind<T> kind) {
+  if (type.empty()) fail(errc::invalid_argument, "register_layer: empty layer type");
+  if (!kind.storage || !kind.make) fail(errc::invalid_argument, "register_layer: '" + type + "' needs storage and make");
+  if (detail::builtin_layers<T>().count(type)) fail(errc::invalid_argument, "register_layer: '" + type + "' is built in");
+  auto& reg = detail::RegisteredLayers<T>::instance();
+  std::unique_lock lock(reg.mutex);
+  if (!reg.kinds.emplace(type, std::move(kind)).second)
+    fail(errc::invalid_argument, "register_layer: '" + type + "' is already registered");
+}
+
+/// register_layer for a layer class `L` (derived from Layer<T>) that provides
+/// `static std::unique_ptr<L> from_spec(const LayerSpec&)` and
+/// `static std::size_t storage(const LayerSpec&)`: `register_layer<MyLayer>("MyLayer")`.
+template <class L>
+  requires std::derived_from<L, Layer<float>> || std::derived_from<L, Layer<double>>
+void register_layer(const std::string& type) {
+  using T = std::conditional_t<std::derived_from<L, Layer<float>>, float, double>;
+  register_layer<T>(type, LayerKind<T>{[](const LayerSpec& s) -> std::size_t { return L::storage(s); },
+                                       [](const LayerSpec& s) -> std::unique_ptr<Layer<T>> { return L::from_spec(s); }});
+}
+
 /// Elements of storage (weights and saved state) a layer built from `spec` allocates. A loader
 /// checks this against what a file can hold before building anything, so an architecture read
 /// from outside cannot make edgesplit allocate more than the file's size justifies.
-/// errc::too_large on overflow; errc::unsupported for an unknown type.
+/// errc::too_large on overflow; errc::unsupported for a type neither built in nor registered
+/// (for T = float or double).
 inline std::size_t layer_storage(const LayerSpec& spec) {
-  if (spec.type == "Dense") {
-    const std::size_t in = detail::spec_size(spec, "in"), out = detail::spec_size(spec, "out");
-    return Shape::checked_count(std::array<std::size_t, 2>{in + 1, out});
-  }
-  if (spec.type == "Conv2D") {
-    const detail::Conv2DSpec c = detail::conv2d_spec(spec);
-    const std::size_t weights =
-        Shape::checked_count(std::array<std::size_t, 4>{c.out, c.in / c.options.groups, c.kh, c.kw});
-    if (c.options.bias && weights > std::numeric_limits<std::size_t>::max() - c.out)
-      fail(errc::too_large, "Conv2D spec: storage overflows");
-    return weights + (c.options.bias ? c.out : 0);
-  }
-  if (spec.type == "MaxPool2D" || spec.type == "AvgPool2D") {
-    (void)detail::pool2d_spec(spec);  // no storage, but a spec from outside is checked here too
-    return 0;
-  }
-  if (spec.type == "GlobalAvgPool" || spec.type == "GlobalMaxPool" || spec.type == "Flatten") return 0;
-  if (spec.type == "Standardizer")
-    return detail::spec_integer(spec, "global") ? 2 : Shape::checked_bytes(detail::spec_size(spec, "features"), 2);
-  // gamma, beta, running mean, running variance
-  if (spec.type == "BatchNorm2D") return Shape::checked_bytes(detail::spec_size(spec, "channels"), 4);
-  if (spec.type == "ReLU6" || spec.type == "Clip" || spec.type == "HardSigmoid" || spec.type == "HardSwish" ||
-      spec.type == "SiLU")
-    return 0;
-  if (spec.type == "Dropout" || spec.type == "Identity" || spec.type == "ReLU" || spec.type == "LeakyReLU" ||
-      spec.type == "Sigmoid" || spec.type == "Tanh" || spec.type == "GELU" || spec.type == "GELUTanh" ||
-      spec.type == "Erf" || spec.type == "Softmax")
-    return 0;
-  fail(errc::unsupported, "unknown layer type '" + spec.type + "'");
+  if (auto k = detail::find_layer_kind<float>(spec.type)) return k->storage(spec);
+  if (auto k = detail::find_layer_kind<double>(spec.type)) return k->storage(spec);
+  fail(errc::unsupported, "unknown layer type '" + spec.type + "' (a layer of your own needs register_layer)");
 }
 
 /// A new layer of `spec.type` configured by `spec`; trainable weights are zero, saved state at its
-/// defaults (load them afterwards). errc::unsupported for an unknown type, errc::invalid_argument
-/// for a missing or out-of-range setting.
+/// defaults (load them afterwards). errc::unsupported for a type neither built in nor registered,
+/// errc::invalid_argument for a missing or out-of-range setting.
 template <Real T>
 std::unique_ptr<Layer<T>> make_layer(const LayerSpec& spec) {
-  (void)layer_storage(spec);  // validates the sizes before anything is allocated
-  const std::string& t = spec.type;
-  if (t == "Dense") return std::make_unique<Dense<T>>(detail::spec_size(spec, "in"), detail::spec_size(spec, "out"));
-  if (t == "Conv2D") {
-    const detail::Conv2DSpec c = detail::conv2d_spec(spec);
-    return std::make_unique<Conv2D<T>>(c.in, c.out, c.kh, c.kw, c.options);
-  }
-  if (t == "MaxPool2D" || t == "AvgPool2D") {
-    const detail::Pool2DSpec p = detail::pool2d_spec(spec);
-    if (t == "MaxPool2D") return std::make_unique<MaxPool2D<T>>(p.kh, p.kw, p.options);
-    return std::make_unique<AvgPool2D<T>>(p.kh, p.kw, p.options);
-  }
-  if (t == "GlobalAvgPool") return std::make_unique<GlobalAvgPool<T>>();
-  if (t == "GlobalMaxPool") return std::make_unique<GlobalMaxPool<T>>();
-  if (t == "Flatten") return std::make_unique<Flatten<T>>();
-  if (t == "Dropout")
-    return std::make_unique<Dropout<T>>(detail::spec_real(spec, "p"), detail::spec_integer(spec, "seed"));
-  if (t == "Standardizer") {
-    const std::uint64_t global = detail::spec_integer(spec, "global");
-    if (global > 1) fail(errc::invalid_argument, "Standardizer 'global' must be 0 or 1");
-    return std::make_unique<Standardizer<T>>(detail::spec_size(spec, "features"),
-                                             global ? Standardize::global : Standardize::per_feature,
-                                             detail::spec_real(spec, "epsilon"));
-  }
-  if (t == "Identity") return std::make_unique<Identity<T>>();
-  if (t == "ReLU") return std::make_unique<ReLU<T>>();
-  if (t == "LeakyReLU") return std::make_unique<LeakyReLU<T>>(detail::spec_real(spec, "alpha"));
-  if (t == "Sigmoid") return std::make_unique<Sigmoid<T>>();
-  if (t == "Tanh") return std::make_unique<Tanh<T>>();
-  if (t == "GELU") return std::make_unique<GELU<T>>();
-  if (t == "GELUTanh") return std::make_unique<GELUTanh<T>>();
-  if (t == "Erf") return std::make_unique<Erf<T>>();
-  if (t == "BatchNorm2D")
-    return std::make_unique<BatchNorm2D<T>>(detail::spec_size(spec, "channels"), detail::spec_real(spec, "epsilon"),
-                                            detail::spec_real(spec, "momentum"));
-  if (t == "ReLU6") return std::make_unique<ReLU6<T>>();
-  if (t == "Clip") return std::make_unique<Clip<T>>(detail::spec_real(spec, "min"), detail::spec_real(spec, "max"));
-  if (t == "HardSigmoid")
-    return std::make_unique<HardSigmoid<T>>(detail::spec_real(spec, "alpha"), detail::spec_real(spec, "beta"));
-  if (t == "HardSwish") return std::make_unique<HardSwish<T>>();
-  if (t == "SiLU") return std::make_unique<SiLU<T>>();
-  return std::make_unique<Softmax<T>>();  // the last type layer_storage accepts
+  const auto kind = detail::find_layer_kind<T>(spec.type);
+  if (!kind) fail(errc::unsupported, "unknown layer type '" + spec.type + "' (a layer of your own needs register_layer)");
+  (void)kind->storage(spec);  // validates the sizes before anything is allocated
+  return kind->make(spec);
 }
 
 }  // namespace edgesplit
