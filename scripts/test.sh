@@ -17,8 +17,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/deps.sh"
 # Beyond the build's packages, the tests load the HTTP status page in headless Chromium and check
-# the Open Inference Protocol's gRPC codec against real protobuf (python3-grpc-tools).
-edgesplit_install_deps chromium fonts-dejavu-core python3-grpc-tools
+# the Open Inference Protocol's gRPC codec against real protobuf (python3-grpc-tools), and run
+# exported ONNX models through onnx.checker (python3-onnx).
+edgesplit_install_deps chromium fonts-dejavu-core python3-grpc-tools python3-onnx
 
 jobs="$(nproc)"
 out="$root/build"

@@ -313,7 +313,9 @@ OnnxBuilder imported_model() {
 std::string python_with_onnx() {
   for (const char* py : {"python3", "/usr/bin/python3"}) {
     std::string cmd = py;
-    cmd += " -c 'import onnx' >/dev/null 2>&1";
+    // onnx.checker, not just onnx: Debian's libonnx-testdata installs a bare onnx/backend data
+    // directory that Python imports as an empty namespace package.
+    cmd += " -c 'import onnx.checker' >/dev/null 2>&1";
     const int rc = std::system(cmd.c_str());
     if (rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0) return py;
   }
