@@ -607,14 +607,23 @@ inline void encode(const ModelMetadataResponse& m, std::vector<std::byte>& out) 
     }
 }
 
+namespace detail {
+// The fields ModelInfer's request and response share, model_name (1), model_version (2), id (3)
+// and parameters (4): the writing twin of read_infer_common.
+template <class Message>
+void put_infer_common(pb::Writer& w, const Message& m) {
+  put_string(w, 1, m.model_name, "model_name");
+  put_string(w, 2, m.model_version, "model_version");
+  put_string(w, 3, m.id, "id");
+  put_parameters(w, 4, m.parameters);
+}
+}  // namespace detail
+
 /// Encodes a ModelInfer request: what an edge client sends. Shapes must not be negative.
 inline void encode(const ModelInferRequest& m, std::vector<std::byte>& out) {
   out.clear();
   pb::Writer w(out);
-  detail::put_string(w, 1, m.model_name, "model_name");
-  detail::put_string(w, 2, m.model_version, "model_version");
-  detail::put_string(w, 3, m.id, "id");
-  detail::put_parameters(w, 4, m.parameters);
+  detail::put_infer_common(w, m);
   for (const InferTensor& t : m.inputs) detail::put_tensor(w, 5, t);
   for (const RequestedOutput& o : m.outputs) {
     const std::size_t mark = w.begin_message(6);
@@ -629,10 +638,7 @@ inline void encode(const ModelInferRequest& m, std::vector<std::byte>& out) {
 inline void encode(const ModelInferResponse& m, std::vector<std::byte>& out) {
   out.clear();
   pb::Writer w(out);
-  detail::put_string(w, 1, m.model_name, "model_name");
-  detail::put_string(w, 2, m.model_version, "model_version");
-  detail::put_string(w, 3, m.id, "id");
-  detail::put_parameters(w, 4, m.parameters);
+  detail::put_infer_common(w, m);
   for (const InferTensor& t : m.outputs) detail::put_tensor(w, 5, t);
   for (const auto& raw : m.raw_output_contents) w.bytes_field(6, raw);
 }
