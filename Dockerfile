@@ -23,13 +23,13 @@ ARG JOBS=
 
 # The compiler and CMake, and the -dev packages of what cloud_node, edge_node and edgesplit link:
 # Eigen and xsimd (required), nlohmann-json (model files, HTTP), zlib, zstd (feature codec),
-# OpenSSL (TLS), cpp-httplib (Open Inference Protocol; found through pkg-config), ONNX and protobuf
-# (the edgesplit tool). ZeroMQ is left out: none of these three programs uses it.
+# OpenSSL (TLS), cpp-httplib (Open Inference Protocol over HTTP; found through pkg-config), gRPC
+# (the protocol over gRPC), ONNX and protobuf (the edgesplit tool). ZeroMQ is left out: none of these three programs uses it.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       cmake make g++ pkg-config \
       libeigen3-dev libxsimd-dev \
-      nlohmann-json3-dev zlib1g-dev libzstd-dev libssl-dev libcpp-httplib-dev \
+      nlohmann-json3-dev zlib1g-dev libzstd-dev libssl-dev libcpp-httplib-dev libgrpc++-dev \
       libonnx-dev libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 
@@ -40,7 +40,7 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release \
       -DEDGESPLIT_BUILD_TESTS=OFF -DEDGESPLIT_BUILD_BENCH=OFF -DEDGESPLIT_BUILD_STUDIES=OFF \
       -DEDGESPLIT_BUILD_EXAMPLES=ON -DEDGESPLIT_INSTALL=OFF -DEDGESPLIT_WITH_ZMQ=OFF \
       -DEDGESPLIT_WITH_JSON=ON -DEDGESPLIT_WITH_ZLIB=ON -DEDGESPLIT_WITH_ZSTD=ON \
-      -DEDGESPLIT_WITH_TLS=ON -DEDGESPLIT_WITH_HTTP=ON -DEDGESPLIT_WITH_ONNX=ON \
+      -DEDGESPLIT_WITH_TLS=ON -DEDGESPLIT_WITH_HTTP=ON -DEDGESPLIT_WITH_GRPC=ON -DEDGESPLIT_WITH_ONNX=ON \
       ${EDGESPLIT_ISA:+-DEDGESPLIT_ISA=${EDGESPLIT_ISA}} \
  && cmake --build /build --parallel "${JOBS:-$(nproc)}" --target cloud_node edge_node edgesplit_cli \
  && mkdir -p /out/bin \
@@ -53,7 +53,7 @@ FROM ${RUNTIME_IMAGE} AS runtime
 # Eigen, xsimd and nlohmann-json are header-only).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libcpp-httplib0.11 libonnx1 libprotobuf32 libssl3 libzstd1 zlib1g \
+      libcpp-httplib0.11 libgrpc++1.51 libonnx1 libprotobuf32 libssl3 libzstd1 zlib1g \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
@@ -71,14 +71,15 @@ USER 10001:10001
 WORKDIR /tmp
 
 # 7000: the native protocol (TCP, or TLS with --tls-cert/--tls-key). 8000: HTTP, the Open Inference
-# Protocol, /v2/health/live, /v2/health/ready and /metrics. Both are cloud_node's --port and
-# --http-port below; keep 8000 on the cluster network (plain HTTP, no authentication).
-EXPOSE 7000 8000
+# Protocol, /v2/health/live, /v2/health/ready and /metrics. 8001: the Open Inference Protocol over
+# gRPC. They are cloud_node's --port, --http-port and --grpc-port below; keep 8000 and 8001 on the
+# cluster network (no TLS, no authentication).
+EXPOSE 7000 8000 8001
 
 # The model is mounted at /models/model.safetensors; override the command for another file, split
 # or model id, for TLS, or to run edge_node or edgesplit instead.
 CMD ["cloud_node", "--model", "/models/model.safetensors", "--split", "2", "--model-id", "fmnist-mlp", \
-     "--host", "0.0.0.0", "--port", "7000", "--http-port", "8000"]
+     "--host", "0.0.0.0", "--port", "7000", "--http-port", "8000", "--grpc-port", "8001"]
 
 # Readiness without curl: bash's /dev/tcp, HTTP/1.0, the status line of /v2/health/ready. Docker
 # uses it; podman keeps it only with --format docker. Assumes the default command's --http-port.

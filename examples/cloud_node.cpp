@@ -7,7 +7,7 @@
 //              [--max-batch 32] [--port-file FILE] [--memory-budget-mib 256]
 //              [--max-connections 16384] [--idle-timeout-s 300]
 //              [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
-//              [--http-port 0] [--http-host HOST]
+//              [--http-port 0] [--http-host HOST] [--grpc-port 0] [--grpc-host HOST]
 //
 // --port 0 picks a free port; --port-file writes the port chosen (for scripts and tests).
 // With --tls-cert and --tls-key it speaks TLS 1.3; with --tls-client-ca as well, only clients
@@ -18,6 +18,9 @@
 // With --http-port P (not 0; needs a build with EDGESPLIT_WITH_HTTP) it also serves the Open
 // Inference Protocol over HTTP/REST, the health routes and Prometheus /metrics on that port
 // (on --http-host, by default the same host as --host); model name = --model-id, version = --split.
+// With --grpc-port P (not 0; needs a build with EDGESPLIT_WITH_GRPC) it serves the Open Inference
+// Protocol over gRPC on that port (on --grpc-host, by default --host); /metrics then shows the
+// gRPC front end's counters too.
 #include <sys/resource.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -34,6 +37,9 @@
 #endif
 
 #include "node_common.hpp"
+#if EDGESPLIT_HAS_GRPC
+#include <edgesplit/runtime/oip_grpc_server.hpp>
+#endif
 #if EDGESPLIT_HAS_HTTP
 #include <edgesplit/runtime/oip_http.hpp>  // last: after every header that includes Eigen (see the header)
 #endif
@@ -48,9 +54,13 @@ int main(int argc, char** argv) {
                              {"workers", "1"}, {"max-batch", "32"}, {"port-file", ""}, {"model-id", "fmnist-mlp"},
                              {"memory-budget-mib", "256"}, {"max-connections", "16384"}, {"idle-timeout-s", "300"},
                              {"tls-cert", ""}, {"tls-key", ""}, {"tls-client-ca", ""}, {"http-port", "0"},
-                             {"http-host", ""}});
+                             {"http-host", ""}, {"grpc-port", "0"}, {"grpc-host", ""}});
     (void)cli::number<std::size_t>(o["port"], "--port", 0, 65535);
     (void)cli::number<std::size_t>(o["http-port"], "--http-port", 0, 65535);
+    (void)cli::number<std::size_t>(o["grpc-port"], "--grpc-port", 0, 65535);
+#if !EDGESPLIT_HAS_GRPC
+    if (o["grpc-port"] != "0") fail(errc::unsupported, "this build has no gRPC front end (EDGESPLIT_WITH_GRPC)");
+#endif
 #if !EDGESPLIT_HAS_HTTP
     if (o["http-port"] != "0") fail(errc::unsupported, "this build has no HTTP front end (EDGESPLIT_WITH_HTTP)");
 #endif
@@ -114,11 +124,25 @@ int main(int argc, char** argv) {
 #else
     server.listen(std::move(listener));
 #endif
+#if EDGESPLIT_HAS_GRPC
+    std::unique_ptr<OipGrpcServer> grpc_front;
+    if (const auto grpc_port = cli::number<std::size_t>(o["grpc-port"], "--grpc-port", 0, 65535); grpc_port != 0) {
+      const std::string grpc_host = o["grpc-host"].empty() ? o["host"] : o["grpc-host"];
+      grpc_front = std::make_unique<OipGrpcServer>(server, grpc_host, static_cast<std::uint16_t>(grpc_port));
+      std::printf("cloud_node: Open Inference Protocol over gRPC on %s port %u (model '%s', version %zu; no TLS, "
+                  "for trusted networks only)\n",
+                  grpc_host.c_str(), static_cast<unsigned>(grpc_front->port()), o["model-id"].c_str(), split);
+    }
+#endif
 #if EDGESPLIT_HAS_HTTP
     std::unique_ptr<OipHttpServer> http;
     if (const auto http_port = cli::number<std::size_t>(o["http-port"], "--http-port", 0, 65535); http_port != 0) {
       const std::string http_host = o["http-host"].empty() ? o["host"] : o["http-host"];
-      http = std::make_unique<OipHttpServer>(server, http_host, static_cast<std::uint16_t>(http_port));
+      HttpOptions ho;
+#if EDGESPLIT_HAS_GRPC
+      if (grpc_front) ho.extra_metrics = [&grpc_front](MetricsWriter& w) { grpc_front->write_metrics(w); };
+#endif
+      http = std::make_unique<OipHttpServer>(server, http_host, static_cast<std::uint16_t>(http_port), ho);
       std::printf("cloud_node: Open Inference Protocol, health and /metrics over HTTP on %s port %u "
                   "(model '%s', version %zu; plain HTTP, for trusted networks only)\n",
                   http_host.c_str(), static_cast<unsigned>(http->port()), o["model-id"].c_str(), split);
@@ -133,6 +157,9 @@ int main(int argc, char** argv) {
     sigwait(&signals, &sig);
 #if EDGESPLIT_HAS_HTTP
     if (http) http->stop();  // finishes the HTTP requests in flight while the server still answers them
+#endif
+#if EDGESPLIT_HAS_GRPC
+    if (grpc_front) grpc_front->stop();  // the same for gRPC calls
 #endif
     server.shutdown(std::chrono::seconds(5));
     const auto st = server.stats();

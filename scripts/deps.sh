@@ -10,6 +10,7 @@ EDGESPLIT_PACKAGES=(
   libzstd-dev nlohmann-json3-dev zlib1g-dev libzmq3-dev cppzmq-dev
   libssl-dev openssl
   libcpp-httplib-dev curl python3
+  libgrpc++-dev
   libonnx-dev libprotobuf-dev libonnx-testdata
   dataset-fashion-mnist
   g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user

@@ -1,12 +1,16 @@
 // Small models and inputs shared by the runtime and cluster tests.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <string_view>
 #include <thread>
 
@@ -25,6 +29,20 @@ inline edgesplit::Sequential<float> mlp(std::initializer_list<std::size_t> width
     m.add<Dense<float>>(prev, *it, rng);
   }
   return m;
+}
+
+/// x [4] -> a = Dense(4,3), b = Dense(4,3) -> a + b -> y = Dense(3,2); split 2 crosses {a, b}.
+inline edgesplit::Graph<float> two_branch_graph(std::uint64_t seed) {
+  using namespace edgesplit;
+  Rng rng(seed);
+  Graph<float> g;
+  const std::string x = g.input("x", Shape{4});
+  g.add(std::string("a"), {x}, std::make_unique<Dense<float>>(4, 3, rng));
+  g.add(std::string("b"), {x}, std::make_unique<Dense<float>>(4, 3, rng));
+  const std::string sum = g.add<Add<float>>({"a", "b"});
+  g.add(std::string("y"), {sum}, std::make_unique<Dense<float>>(3, 2, rng));
+  g.output("y");
+  return g;
 }
 
 /// A batch x width input, uniform in [-1, 1) from `seed`.
@@ -65,6 +83,41 @@ class Hook : public edgesplit::Layer<float> {
 class Sleep final : public Hook {
  public:
   explicit Sleep(std::chrono::milliseconds d) : Hook([d](auto) { std::this_thread::sleep_for(d); }, "Sleep") {}
+};
+
+/// A tail behind a gate: the first layer of gated(tail) holds every batch until open() (or 20 s),
+/// so a test can fill the server's queues; entered() counts the batches that reached it.
+class Gate {
+ public:
+  edgesplit::Sequential<float> gated(const edgesplit::Sequential<float>& tail) {
+    edgesplit::Sequential<float> g;
+    g.add<Hook>([this](edgesplit::TensorView<const float>) {
+      entered_.fetch_add(1);
+      std::unique_lock lock(m_);
+      cv_.wait_for(lock, std::chrono::seconds(20), [this] { return open_; });
+    });
+    for (std::size_t i = 0; i < tail.size(); ++i) g.add(tail[i].clone());
+    return g;
+  }
+  /// Waits (at most 10 s, polling) until `n` batches have reached the gate; true if they did.
+  bool wait_entered(int n = 1) const {
+    for (int i = 0; i < 2000 && entered_.load() < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return entered_.load() >= n;
+  }
+  int entered() const { return entered_.load(); }
+  void open() {
+    {
+      std::lock_guard lock(m_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool open_ = false;
+  std::atomic<int> entered_{0};
 };
 
 }  // namespace edgesplit_test

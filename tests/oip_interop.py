@@ -98,6 +98,17 @@ def close(a, b, what):
         raise AssertionError(f"{what}: {len(a)} values, expected {len(b)}")
 
 
+def stop(proc):
+    """SIGTERM to a child still running; killed if it has not exited 20 s later."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
 def check(cond, what):
     if not cond:
         raise AssertionError(what)
@@ -229,12 +240,7 @@ def main():
               "edgesplit_inferences_total counts the rows")
         return 0
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 

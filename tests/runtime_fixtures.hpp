@@ -5,10 +5,12 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
 #include <utility>
 
 #include "edgesplit/edgesplit.hpp"
 #include "edgesplit/runtime/edge_client.hpp"
+#include "edgesplit/runtime/server_options.hpp"
 #include "edgesplit/wire/protocol.hpp"
 #include "model_fixtures.hpp"
 
@@ -39,6 +41,19 @@ inline edgesplit::EdgeOptions edge_options(int bits = edgesplit::wire::raw_f32_b
   o.connect_timeout = 2000ms;
   o.backoff_initial = 10ms;
   o.backoff_max = 100ms;
+  return o;
+}
+
+/// A server with small caps, so that limits are reached cheaply: one worker, 1 MiB frames,
+/// 256 Ki elements, a 2 MiB memory budget, no log.
+inline edgesplit::ServerOptions small_server_options() {
+  edgesplit::ServerOptions o;
+  o.workers = 1;
+  o.limits.max_payload_bytes = std::size_t{1} << 20;
+  o.limits.max_elements = std::size_t{1} << 18;
+  o.limits.max_decompressed_bytes = std::size_t{1} << 20;
+  o.memory_budget = std::size_t{2} << 20;
+  o.log = [](std::string_view) {};
   return o;
 }
 

@@ -38,18 +38,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// A server with small caps (so that limits are reached cheaply) serving the toy tail.
-ServerOptions small_options() {
-  ServerOptions o;
-  o.workers = 1;
-  o.limits.max_payload_bytes = std::size_t{1} << 20;
-  o.limits.max_elements = std::size_t{1} << 18;
-  o.limits.max_decompressed_bytes = std::size_t{1} << 20;
-  o.memory_budget = std::size_t{2} << 20;
-  o.log = [](std::string_view) {};
-  return o;
-}
-
 httplib::Client client(std::uint16_t port) {
   httplib::Client c("127.0.0.1", port);
   c.set_connection_timeout(5, 0);
@@ -227,19 +215,6 @@ double metric(const std::map<std::string, double>& m, const std::string& key) {
   return it == m.end() ? 0.0 : it->second;
 }
 
-// x [4] -> a = Dense(4,3), b = Dense(4,3) -> a + b -> y = Dense(3,2); split 2 crosses {a, b}.
-Graph<float> two_branch_graph(std::uint64_t seed) {
-  Rng rng(seed);
-  Graph<float> g;
-  const std::string x = g.input("x", Shape{4});
-  g.add(std::string("a"), {x}, std::make_unique<Dense<float>>(4, 3, rng));
-  g.add(std::string("b"), {x}, std::make_unique<Dense<float>>(4, 3, rng));
-  const std::string sum = g.add<Add<float>>({"a", "b"});
-  g.add(std::string("y"), {sum}, std::make_unique<Dense<float>>(3, 2, rng));
-  g.output("y");
-  return g;
-}
-
 }  // namespace
 
 TEST_CASE("Metrics writer: escaped labels, histograms, and a checker that reads them back", "[http][metrics]") {
@@ -265,7 +240,7 @@ TEST_CASE("Metrics writer: escaped labels, histograms, and a checker that reads 
 }
 
 TEST_CASE("OIP routes: health, server and model metadata, readiness", "[http]") {
-  CloudServer server(small_options());
+  CloudServer server(small_server_options());
   OipHttpServer http(server, "127.0.0.1", 0);
   auto c = client(http.port());
 
@@ -326,7 +301,7 @@ TEST_CASE("OIP routes: health, server and model metadata, readiness", "[http]") 
 }
 
 TEST_CASE("OIP inference: JSON and binary answers equal the tail run locally, bit for bit", "[http]") {
-  CloudServer server(small_options());
+  CloudServer server(small_server_options());
   Split s = make_split();
   server.register_model(kModel, s.tail);
   OipHttpServer http(server, "127.0.0.1", 0);
@@ -422,7 +397,7 @@ TEST_CASE("OIP inference on a graph tail of two inputs: one OIP input per tensor
   const wire::ModelIdentity id{"branches", 1, 0, 2};
   auto [head, tail] = whole.split(id.split);
   REQUIRE(tail.input_names() == std::vector<std::string>{"a", "b"});
-  CloudServer server(small_options());
+  CloudServer server(small_server_options());
   server.register_model(id, tail);
   OipHttpServer http(server, "127.0.0.1", 0);
   auto c = client(http.port());
@@ -479,7 +454,7 @@ TEST_CASE("OIP inference on a graph tail of two inputs: one OIP input per tensor
 }
 
 TEST_CASE("Bad OIP requests: the error object with 400 or 404, and the server keeps serving", "[http]") {
-  CloudServer server(small_options());
+  CloudServer server(small_server_options());
   Split s = make_split();
   server.register_model(kModel, s.tail);
   OipHttpServer http(server, "127.0.0.1", 0);
@@ -560,7 +535,7 @@ TEST_CASE("Bad OIP requests: the error object with 400 or 404, and the server ke
 }
 
 TEST_CASE("OIP requests declaring huge sizes hold nothing beyond the memory budget", "[http]") {
-  ServerOptions o = small_options();  // 2 MiB budget, 1 MiB frames
+  ServerOptions o = small_server_options();  // 2 MiB budget, 1 MiB frames
   CloudServer server(o);
   Split s = make_split();
   server.register_model(kModel, s.tail);
@@ -591,24 +566,12 @@ TEST_CASE("OIP requests declaring huge sizes hold nothing beyond the memory budg
 }
 
 TEST_CASE("OIP requests share the batcher's limits with native ones: a full queue answers 503", "[http]") {
-  ServerOptions o = small_options();
+  ServerOptions o = small_server_options();
   o.queue_capacity = 2;
   o.max_batch = 1;
   CloudServer server(o);
-  // A tail whose first request holds the worker until released.
-  std::mutex m;
-  std::condition_variable cv;
-  bool release = false;
-  std::atomic<int> entered{0};
-  Sequential<float> tail = make_split().tail;
-  Sequential<float> gated;
-  gated.add<Hook>([&](TensorView<const float>) {
-    entered.fetch_add(1);
-    std::unique_lock lock(m);
-    cv.wait_for(lock, 20s, [&] { return release; });
-  });
-  for (std::size_t i = 0; i < tail.size(); ++i) gated.add(tail[i].clone());
-  server.register_model(kModel, std::move(gated));
+  Gate gate;  // the first request holds the worker until the gate opens
+  server.register_model(kModel, gate.gated(make_split().tail));
   OipHttpServer http(server, "127.0.0.1", 0);
   const std::string req = json{{"inputs", json::array({tensor_json("features", random_input(1, kHidden, 9))})}}.dump();
   std::vector<int> status(3, 0);
@@ -619,8 +582,7 @@ TEST_CASE("OIP requests share the batcher's limits with native ones: a full queu
     status[i] = r ? r->status : -1;
   };
   senders.emplace_back(send, 0);
-  for (int i = 0; i < 2000 && entered.load() == 0; ++i) std::this_thread::sleep_for(5ms);  // bounded wait, no timing asserted
-  REQUIRE(entered.load() == 1);  // the worker holds the first
+  REQUIRE(gate.wait_entered());  // the worker holds the first (a bounded wait, no timing asserted)
   senders.emplace_back(send, 1);
   senders.emplace_back(send, 2);
   for (int i = 0; i < 2000 && server.stats().queue_depth < 2; ++i) std::this_thread::sleep_for(5ms);
@@ -628,18 +590,14 @@ TEST_CASE("OIP requests share the batcher's limits with native ones: a full queu
   auto c = client(http.port());
   auto refused = c.Post("/v2/models/toy/infer", req, "application/json");
   CHECK(is_error(refused, 503));
-  {
-    std::lock_guard lock(m);
-    release = true;
-  }
-  cv.notify_all();
+  gate.open();
   for (auto& t : senders) t.join();
   CHECK(status == std::vector<int>{200, 200, 200});
   CHECK(server.stats().memory_in_use == 0);
 }
 
 TEST_CASE("/metrics parses as Prometheus text and its counters move as requests are served", "[http][metrics]") {
-  CloudServer server(small_options());
+  CloudServer server(small_server_options());
   Split s = make_split();
   server.register_model(kModel, s.tail);
   OipHttpServer http(server, "127.0.0.1", 0);
@@ -654,7 +612,7 @@ TEST_CASE("/metrics parses as Prometheus text and its counters move as requests 
   const auto before = scrape();
   const std::string model = "model=toy,version=2";
   CHECK(metric(before, "edgesplit_requests_total{" + model + ",code=ok}") == 0);
-  CHECK(metric(before, "edgesplit_memory_budget_bytes{}") == static_cast<double>(small_options().memory_budget));
+  CHECK(metric(before, "edgesplit_memory_budget_bytes{}") == static_cast<double>(small_server_options().memory_budget));
   CHECK(before.count("edgesplit_request_duration_microseconds_count{" + model + "}") == 1);
   CHECK(before.count("edgesplit_connections_open{}") == 1);
 
@@ -695,7 +653,7 @@ TEST_CASE("/metrics parses as Prometheus text and its counters move as requests 
 
 TEST_CASE("Edge metrics: answers by path, the link estimate and the connection, as Prometheus text", "[http][metrics]") {
   Split s = make_split();
-  CloudServer server(small_options());
+  CloudServer server(small_server_options());
   server.register_model(kModel, s.tail);
   EdgeClient edge(s.head, [&] { return server.connect_in_process(); }, edge_options(), Fallback{s.tail, Fallback::Input::features});
   for (std::uint64_t i = 0; i < 3; ++i)
@@ -747,11 +705,11 @@ TEST_CASE("Duration histogram quantiles interpolate inside their bucket as Prome
   sum += later;
   CHECK(sum.count() == 200);
   CHECK(sum.quantile(0.75) == Approx(two.quantile(0.75)));
-  CHECK_THROWS_AS(StatusHistory(CloudServer(small_options()), 0ms), error);
+  CHECK_THROWS_AS(StatusHistory(CloudServer(small_server_options()), 0ms), error);
 }
 
 TEST_CASE("Status report: the last minute per model and summed, and a self-contained page", "[http][status]") {
-  CloudServer server(small_options());
+  CloudServer server(small_server_options());
   Split s = make_split();
   server.register_model(kModel, s.tail);
   HttpOptions ho;
@@ -769,7 +727,7 @@ TEST_CASE("Status report: the last minute per model and summed, and a self-conta
   CHECK(before["server"]["name"] == "edgesplit");
   CHECK(before["server"]["ready"] == true);
   CHECK(before["now"]["requests_total"] == 0);
-  CHECK(before["now"]["memory_budget"] == small_options().memory_budget);
+  CHECK(before["now"]["memory_budget"] == small_server_options().memory_budget);
   REQUIRE(before["models"].size() == 1);
   CHECK(before["models"][0]["name"] == "toy");
   CHECK(before["models"][0]["version"] == "2");
@@ -854,7 +812,7 @@ TEST_CASE("Status page in a real browser: headless Chromium shows the figures an
     WARN("chromium is not installed (Debian package chromium): the status page was not loaded in a browser");
     return;
   }
-  CloudServer server(small_options());
+  CloudServer server(small_server_options());
   Split s = make_split();
   server.register_model(kModel, s.tail);
   HttpOptions ho;

@@ -1076,6 +1076,28 @@ TEST_CASE("OIP gRPC decoding enforces its limits with too_large", "[wire][oip][e
   expect_oip_refused<oip::ModelInferResponse>(errc::too_large, packed, l);
   l.max_elements = 5;
   CHECK(oip_decode<oip::ModelInferResponse>(packed, l).outputs.at(0).contents.int64_contents.size() == 5);
+
+  // Decoded memory, charged before it is allocated: a packed run exactly (5 int64 = 40 bytes),
+  // an unpacked element twice its size (the vector's growth), a string element two std::strings
+  // and its bytes, raw contents their bytes.
+  l = {};
+  l.max_decoded_bytes = 39;
+  expect_oip_refused<oip::ModelInferResponse>(errc::too_large, packed, l);
+  l.max_decoded_bytes = 40;
+  CHECK(oip_decode<oip::ModelInferResponse>(packed, l).outputs.at(0).contents.int64_contents.size() == 5);
+  const Bytes unpacked = len_field(5, len_field(5, bytes_of({0x18, 1, 0x18, 2})));  // int64_contents 1, 2
+  l.max_decoded_bytes = 2 * 16 - 1;
+  expect_oip_refused<oip::ModelInferResponse>(errc::too_large, unpacked, l);
+  l.max_decoded_bytes = 2 * 16;
+  CHECK(oip_decode<oip::ModelInferResponse>(unpacked, l).outputs.at(0).contents.int64_contents == std::vector<std::int64_t>{1, 2});
+  l.max_decoded_bytes = 5 * (2 * sizeof(std::string) + 1) - 1;
+  expect_oip_refused<oip::ModelInferResponse>(errc::too_large, oip::encode(strings), l);
+  l.max_decoded_bytes = 5 * (2 * sizeof(std::string) + 1);
+  CHECK(oip_decode<oip::ModelInferResponse>(oip::encode(strings), l) == strings);
+  l.max_decoded_bytes = 1;
+  expect_oip_refused<oip::ModelInferResponse>(errc::too_large, oip::encode(two_raw), l);
+  l.max_decoded_bytes = 2;
+  CHECK(oip_decode<oip::ModelInferResponse>(oip::encode(two_raw), l) == two_raw);
 }
 
 TEST_CASE("The OIP gRPC fuzz corpus replays through the fuzzer's entry point", "[wire][oip][fuzz]") {

@@ -28,9 +28,10 @@ class EdgesplitConan(ConanFile):
     settings = "os", "arch", "compiler", "build_type"
     # Each optional dependency is used by its own headers only (see the top CMakeLists.txt).
     options = {"with_json": [True, False], "with_zlib": [True, False], "with_zstd": [True, False],
-               "with_zmq": [True, False], "with_tls": [True, False], "with_onnx": [True, False]}
+               "with_zmq": [True, False], "with_tls": [True, False], "with_onnx": [True, False],
+               "with_grpc": [True, False]}
     default_options = {"with_json": True, "with_zlib": True, "with_zstd": True, "with_zmq": False,
-                       "with_tls": False, "with_onnx": False}
+                       "with_tls": False, "with_onnx": False, "with_grpc": False}
     no_copy_source = True
 
     def export_sources(self):
@@ -58,6 +59,8 @@ class EdgesplitConan(ConanFile):
             self.requires("openssl/[>=1.1.1 <4]")
         if self.options.with_onnx:
             self.requires("onnx/[>=1.12 <2]")
+        if self.options.with_grpc:
+            self.requires("grpc/[>=1.50 <2]")
 
     def package_id(self):
         # Nothing is compiled: the package is the same for every compiler, OS and build type.
@@ -80,6 +83,10 @@ class EdgesplitConan(ConanFile):
         tc.cache_variables["EDGESPLIT_WITH_ZMQ"] = bool(self.options.with_zmq)
         tc.cache_variables["EDGESPLIT_WITH_TLS"] = bool(self.options.with_tls)
         tc.cache_variables["EDGESPLIT_WITH_ONNX"] = bool(self.options.with_onnx)
+        tc.cache_variables["EDGESPLIT_WITH_GRPC"] = bool(self.options.with_grpc)
+        # The HTTP front end needs cpp-httplib built as a library with its pkg-config file (as
+        # Debian ships it); Conan Center's is header-only, so the recipe leaves it out.
+        tc.cache_variables["EDGESPLIT_WITH_HTTP"] = False
         tc.generate()
         CMakeDeps(self).generate()
 
@@ -112,9 +119,12 @@ class EdgesplitConan(ConanFile):
             self.cpp_info.requires.append("cppzmq::cppzmq")
         if self.options.with_tls:
             self.cpp_info.requires.extend(["openssl::ssl", "openssl::crypto"])
+            self.cpp_info.defines.append("EDGESPLIT_HAS_TLS=1")
         if self.options.with_onnx:
             self.cpp_info.requires.append("onnx::onnx")  # brings onnx_proto and protobuf
             self.cpp_info.defines.append("EDGESPLIT_HAS_ONNX=1")
-            self.cpp_info.defines.append("EDGESPLIT_HAS_TLS=1")
+        if self.options.with_grpc:
+            self.cpp_info.requires.append("grpc::grpc++")
+            self.cpp_info.defines.append("EDGESPLIT_HAS_GRPC=1")
         if self.settings.os in ("Linux", "FreeBSD"):
             self.cpp_info.system_libs = ["pthread"]

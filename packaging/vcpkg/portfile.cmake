@@ -19,6 +19,7 @@ vcpkg_check_features(OUT_FEATURE_OPTIONS FEATURE_OPTIONS
     zmq EDGESPLIT_WITH_ZMQ
     tls EDGESPLIT_WITH_TLS
     onnx EDGESPLIT_WITH_ONNX
+    grpc EDGESPLIT_WITH_GRPC
 )
 
 vcpkg_cmake_configure(
@@ -28,6 +29,9 @@ vcpkg_cmake_configure(
     -DEDGESPLIT_BUILD_EXAMPLES=OFF
     -DEDGESPLIT_BUILD_BENCH=OFF
     -DEDGESPLIT_INSTALL=ON
+    # The HTTP front end needs cpp-httplib built as a library with its pkg-config file (as Debian
+    # ships it); vcpkg's port is header-only, so the port leaves it out.
+    -DEDGESPLIT_WITH_HTTP=OFF
     ${FEATURE_OPTIONS}
 )
 vcpkg_cmake_install()

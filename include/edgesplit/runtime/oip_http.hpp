@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -33,6 +34,7 @@
 #include "edgesplit/core/thread_name.hpp"
 #include "edgesplit/runtime/cloud_server.hpp"
 #include "edgesplit/runtime/metrics.hpp"
+#include "edgesplit/runtime/oip_core.hpp"
 #include "edgesplit/runtime/server_metrics.hpp"
 #include "edgesplit/runtime/status_page.hpp"
 #include "edgesplit/wire/feature_codec.hpp"
@@ -70,6 +72,9 @@ struct HttpOptions {
   /// every `status_interval` by a thread of their own.
   std::chrono::milliseconds status_interval{1000};
   std::chrono::milliseconds status_window{60000};  ///< see status_interval
+  /// Writes more metrics into GET /metrics after the server's and this front end's: those of
+  /// another front end of the same server (OipGrpcServer::write_metrics), or the program's own.
+  std::function<void(MetricsWriter&)> extra_metrics;
 };
 
 /// Counters of the HTTP front end (bodies only: HTTP headers are not counted).
@@ -79,9 +84,6 @@ struct HttpStats {
   std::size_t bytes_received = 0;  ///< request body bytes read
   std::size_t bytes_sent = 0;      ///< response body bytes written
 };
-
-/// The library version this front end reports as the server's version (GET /v2).
-inline constexpr std::string_view oip_server_version = "0.1.0";
 
 /// Serves a CloudServer's tails over the Open Inference Protocol (KServe v2 REST, the protocol of
 /// Triton, KServe and Seldon), with health routes for Kubernetes probes and `/metrics` for
@@ -186,36 +188,19 @@ class OipHttpServer {
     w.sample("edgesplit_http_received_bytes_total", {}, std::uint64_t{s.bytes_received});
     w.family("edgesplit_http_sent_bytes_total", "counter", "Response body bytes written by the HTTP front end");
     w.sample("edgesplit_http_sent_bytes_total", {}, std::uint64_t{s.bytes_sent});
+    if (opt_.extra_metrics) opt_.extra_metrics(w);
     return w.text();
   }
 
  private:
   using json = nlohmann::json;
   using Entry = ModelRegistry::Entry;
+  using Core = detail::OipCore;
 
   // A failure to answer with the protocol's error object.
   struct Refusal {
     int status;
     std::string message;
-  };
-
-  // One HTTP request's reply: the worker's RESPONSE or ERROR frame, and the budget it holds
-  // until the HTTP thread has turned it into an answer.
-  struct Reply final : ReplySink {
-    std::mutex mutex;
-    std::condition_variable cv;
-    std::vector<std::byte> frame;
-    MemoryBudget::Reservation held;
-    bool done = false;
-    void deliver(std::span<const std::byte> f, MemoryBudget::Reservation h) override {
-      std::lock_guard lock(mutex);
-      if (done) return;
-      frame.assign(f.begin(), f.end());
-      h.shrink_to(frame.size());
-      held = std::move(h);
-      done = true;
-      cv.notify_all();
-    }
   };
 
   // One input tensor of a request, once checked.
@@ -254,55 +239,6 @@ class OipHttpServer {
     answer(res, status, json{{"error", message}});
   }
 
-  // The tail `name` at `version` (a decimal split), or its lowest split without one; null if none.
-  std::shared_ptr<const Entry> find(const std::string& name, const std::string& version) const {
-    if (!version.empty()) {
-      if (version.size() > 5 || !std::all_of(version.begin(), version.end(), [](char c) { return c >= '0' && c <= '9'; }))
-        return nullptr;
-      const unsigned long v = std::stoul(version);
-      if (v > std::numeric_limits<std::uint16_t>::max()) return nullptr;
-      return server_.models().find({name, static_cast<std::uint16_t>(v)});
-    }
-    for (const auto& e : server_.models().entries())
-      if (e->id.model_id == name) return e;  // entries are ordered by (id, split): the lowest split
-    return nullptr;
-  }
-  static std::string no_model(const std::string& name, const std::string& version) {
-    return "no model '" + name + "'" + (version.empty() ? std::string() : " at version " + version);
-  }
-
-  // The tail's inputs as OIP tensors: names and per-sample shapes (empty shape: undeclared).
-  static std::vector<std::pair<std::string, std::optional<Shape>>> inputs_of(const Entry& e) {
-    std::vector<std::pair<std::string, std::optional<Shape>>> in;
-    if (!e.feature_tensors.empty()) {
-      for (const auto& [name, shape] : e.feature_tensors) in.emplace_back(name, shape);
-      return in;
-    }
-    std::string name = "features";
-    if (!e.model.empty())
-      if (const auto* g = dynamic_cast<const GraphLayer<float>*>(&e.model[0]); g && g->graph().input_names().size() == 1)
-        name = g->graph().input_names()[0];
-    in.emplace_back(name, e.signature);
-    return in;
-  }
-  // The tail's output: its name and per-sample shape, when the input shape is known.
-  static std::pair<std::string, std::optional<Shape>> output_of(const Entry& e) {
-    std::string name = "output";
-    if (!e.model.empty())
-      if (const auto* g = dynamic_cast<const GraphLayer<float>*>(&e.model[0]); g && g->graph().output_names().size() == 1)
-        name = g->graph().output_names()[0];
-    try {
-      std::size_t width = 0;
-      if (!e.feature_tensors.empty()) {
-        for (const auto& t : e.feature_tensors) width += t.second.count();
-        const Shape out = e.model.output_shape(Shape{1, width});
-        return {name, Shape(out.dims().subspan(1))};
-      }
-      if (e.signature) return {name, output_signature(e.model, *e.signature)};
-    } catch (const error&) {
-    }
-    return {name, std::nullopt};
-  }
   static json shape_json(const std::optional<Shape>& s) {
     json a = json::array({-1});
     if (s)
@@ -343,8 +279,8 @@ class OipHttpServer {
     http_.Get(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?/ready)", [this](const httplib::Request& req, httplib::Response& res) {
       served(res, [&] {
         const std::string name = req.matches[1], version = req.matches[2];
-        const auto e = find(name, version);
-        if (!e) return refuse(res, 404, no_model(name, version));
+        const auto e = core_.find(name, version);
+        if (!e) return refuse(res, 404, Core::no_model(name, version));
         const bool ready = server_.ready();
         answer(res, ready ? 200 : 503, json{{"name", name}, {"version", std::to_string(e->id.split)}, {"ready", ready}});
       });
@@ -352,18 +288,15 @@ class OipHttpServer {
     http_.Get(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)", [this](const httplib::Request& req, httplib::Response& res) {
       served(res, [&] {
         const std::string name = req.matches[1], version = req.matches[2];
-        const auto e = find(name, version);
-        if (!e) return refuse(res, 404, no_model(name, version));
-        json versions = json::array();
-        for (const auto& other : server_.models().entries())
-          if (other->id.model_id == name) versions.push_back(std::to_string(other->id.split));
+        const auto e = core_.find(name, version);
+        if (!e) return refuse(res, 404, Core::no_model(name, version));
         json inputs = json::array();
-        for (const auto& [in_name, shape] : inputs_of(*e))
+        for (const auto& [in_name, shape] : Core::inputs_of(*e))
           inputs.push_back(json{{"name", in_name}, {"datatype", "FP32"}, {"shape", shape_json(shape)}});
-        const auto [out_name, out_shape] = output_of(*e);
+        const auto [out_name, out_shape] = Core::output_of(*e);
         answer(res, 200,
                json{{"name", name},
-                    {"versions", versions},
+                    {"versions", core_.versions(name)},
                     {"platform", "edgesplit"},
                     {"inputs", inputs},
                     {"outputs", json::array({json{{"name", out_name}, {"datatype", "FP32"}, {"shape", shape_json(out_shape)}}})}});
@@ -450,8 +383,8 @@ class OipHttpServer {
     if (refusal) return refuse(res, refusal->status, refusal->message);
 
     const std::string name = req.matches[1], version = req.matches[2];
-    const auto e = find(name, version);
-    if (!e) return refuse(res, 404, no_model(name, version));
+    const auto e = core_.find(name, version);
+    if (!e) return refuse(res, 404, Core::no_model(name, version));
 
     // The JSON header: the whole body, or its first Inference-Header-Content-Length bytes.
     std::size_t header_len = body.size();
@@ -485,98 +418,40 @@ class OipHttpServer {
     std::vector<Input> inputs;
     if (auto r = parse_inputs(doc, *e, binary, inputs)) return refuse(res, r->status, r->message);
     bool binary_output = false;
-    std::string out_name = output_of(*e).first;
+    std::string out_name = Core::output_of(*e).name;
     if (auto r = parse_outputs(doc, out_name, binary_output)) return refuse(res, r->status, r->message);
 
     // The tensors, in the order the tail takes them, reserved before they are allocated.
-    const auto want = inputs_of(*e);
+    const auto want = Core::inputs_of(*e);
     std::size_t total = 0;
     for (const auto& in : inputs) total += in.count;
-    const std::size_t frame_bytes = Shape::checked_bytes(total, 2 * sizeof(float)) + 4096;  // tensors + frame
     const wire::DecodeLimits& limits = server_.options().limits;
     if (total * sizeof(float) + 4096 > limits.max_payload_bytes)
       return refuse(res, 400, "the request's tensors take " + std::to_string(total * sizeof(float)) +
                                   " bytes, over the server's cap of " + std::to_string(limits.max_payload_bytes));
-    MemoryBudget::Reservation tensors_held = budget.reserve(frame_bytes, ok);
+    MemoryBudget::Reservation tensors_held = budget.reserve(Core::tensor_bytes(total), ok);
     if (!ok) return refuse(res, 503, "server memory budget full");
     std::vector<Tensor<float>> tensors;
-    std::vector<std::string> names;
     tensors.reserve(inputs.size());
     for (const auto& w : want) {
-      const std::string& want_name = w.first;
-      const auto in = std::find_if(inputs.begin(), inputs.end(), [&](const Input& i) { return i.name == want_name; });
+      const auto in = std::find_if(inputs.begin(), inputs.end(), [&](const Input& i) { return i.name == w.name; });
       Tensor<float> t(Shape(std::span<const std::size_t>(in->dims)));
       if (in->binary_offset) {
-        read_le_floats(binary.subspan(*in->binary_offset, in->count * sizeof(float)), t.data());
+        Core::read_le_floats(binary.subspan(*in->binary_offset, in->count * sizeof(float)), t.data());
       } else if (auto r = read_json_floats(*in->data, t.data(), in->count)) {
         return refuse(res, r->status, "input '" + in->name + "': " + r->message);
       }
       tensors.push_back(std::move(t));
-      names.push_back(want_name);
     }
     inputs.clear();
     doc = json();
     doc_held.release();
     body = std::string();
     body_held.release();
-
-    // One native frame, handed to the server's own handler as from a greeted connection.
-    CodecConfig raw;
-    raw.bits = wire::raw_f32_bits;
-    raw.limits = limits;
-    wire::InferRequest r;
-    r.model_id = e->id.model_id;
-    r.split = e->id.split;
-    r.deadline_us = static_cast<std::uint32_t>(std::clamp<long long>(
-        std::chrono::duration_cast<std::chrono::microseconds>(opt_.request_timeout).count(), 1, UINT32_MAX));
-    const std::uint32_t request_id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    std::vector<std::byte> frame;
-    if (e->feature_tensors.empty()) {
-      wire::FeatureEncoder codec(raw);
-      wire::encode_infer(frame, request_id, r, codec, tensors[0].cview());
-    } else {
-      std::vector<wire::FeatureEncoder> codecs;
-      codecs.reserve(tensors.size());
-      std::vector<TensorView<const float>> views;
-      for (const auto& t : tensors) {
-        codecs.emplace_back(raw);
-        views.push_back(t.cview());
-      }
-      wire::encode_infer_tensors(frame, request_id, r, codecs, names, views);
-    }
-    tensors.clear();
-
-    auto reply = std::make_shared<Reply>();
-    Session s;
-    s.peer = "http " + req.remote_addr;
-    s.greeted = true;  // OIP has no HELLO: the model was resolved above
-    s.model = e->id;
-    s.source = server_.batcher().open_source(reply);
-    {
-      wire::FeatureDecoder decoder(limits);
-      (void)server_.handler().handle(s, frame, decoder);
-    }
-    frame = std::vector<std::byte>();
-    tensors_held.release();
-    bool answered = false;
-    {
-      std::unique_lock lock(reply->mutex);
-      answered = reply->cv.wait_for(lock, opt_.request_timeout + std::chrono::seconds(10), [&] { return reply->done; });
-    }
-    server_.batcher().close_source(s.source);
-    s.source.reset();
-    if (!answered) return refuse(res, 504, "no answer within the request timeout");
-    // The reply object may outlive this request inside the batcher's bookkeeping for a moment:
-    // what it holds under the budget goes back once the answer is made, whatever happens.
-    struct Release {
-      Reply& r;
-      ~Release() {
-        std::lock_guard lock(r.mutex);
-        r.held.release();
-        r.frame = std::vector<std::byte>();
-      }
-    } release{*reply};
-    respond(res, *reply, *e, id, out_name, binary_output);
+    const auto outcome = core_.infer(*e, std::move(tensors), std::move(tensors_held),
+                                     std::chrono::duration_cast<std::chrono::microseconds>(opt_.request_timeout),
+                                     "http " + req.remote_addr);
+    respond(res, outcome, *e, id, out_name, binary_output);
   }
 
   // Checks every input of `doc` against the tail `e` and the binary part; fills `inputs` in the
@@ -585,11 +460,10 @@ class OipHttpServer {
                                       std::vector<Input>& inputs) const {
     const auto it = doc.find("inputs");
     if (it == doc.end() || !it->is_array() || it->empty()) return Refusal{400, "'inputs' must be a non-empty array"};
-    const auto want = inputs_of(e);
+    const auto want = Core::inputs_of(e);
     if (it->size() != want.size())
       return Refusal{400, "model '" + e.id.model_id + "' takes " + std::to_string(want.size()) + " input(s), got " +
                               std::to_string(it->size())};
-    const std::size_t max_elements = server_.options().limits.max_elements;
     std::size_t binary_at = 0;
     std::optional<std::size_t> batch;
     for (const json& in : *it) {
@@ -598,12 +472,8 @@ class OipHttpServer {
       const auto n = in.find("name");
       if (n == in.end() || !n->is_string()) return Refusal{400, "every input needs a string 'name'"};
       x.name = n->get<std::string>();
-      const auto w = std::find_if(want.begin(), want.end(), [&](const auto& p) { return p.first == x.name; });
-      if (w == want.end()) {
-        std::string names;
-        for (const auto& p : want) names += (names.empty() ? "'" : ", '") + p.first + "'";
-        return Refusal{400, "model '" + e.id.model_id + "' has no input '" + x.name + "' (its inputs: " + names + ")"};
-      }
+      const auto w = std::find_if(want.begin(), want.end(), [&](const auto& p) { return p.name == x.name; });
+      if (w == want.end()) return Refusal{400, Core::no_input(e, want, x.name)};
       if (std::any_of(inputs.begin(), inputs.end(), [&](const Input& i) { return i.name == x.name; }))
         return Refusal{400, "input '" + x.name + "' given twice"};
       const auto dt = in.find("datatype");
@@ -619,22 +489,7 @@ class OipHttpServer {
           return Refusal{400, "input '" + x.name + "' has shape " + dump(*sh) + ": dimensions must be integers 1 to 2^32-1"};
         x.dims.push_back(static_cast<std::size_t>(d.get<std::uint64_t>()));
       }
-      try {
-        x.count = Shape(std::span<const std::size_t>(x.dims)).count();
-      } catch (const error&) {
-        return Refusal{400, "input '" + x.name + "' has shape " + dump(*sh) + ", whose element count overflows"};
-      }
-      if (x.count > max_elements)
-        return Refusal{400, "input '" + x.name + "' has " + std::to_string(x.count) + " elements, over the server's cap of " +
-                                std::to_string(max_elements)};
-      if (w->second) {
-        const Shape sample(std::span<const std::size_t>(x.dims).subspan(1));
-        if (!(sample == *w->second))
-          return Refusal{400, "input '" + x.name + "' has shape " + dump(*sh) + "; the model takes " + batch_shape(*w->second)};
-      }
-      if (batch && *batch != x.dims[0])
-        return Refusal{400, "inputs differ in batch: " + std::to_string(*batch) + " and " + std::to_string(x.dims[0])};
-      batch = x.dims[0];
+      if (auto r = core_.check_shape(x.name, x.dims, *w, batch, x.count)) return Refusal{400, *r};
       const std::size_t bytes = x.count * sizeof(float);  // count <= max_elements: no overflow
       std::optional<std::uint64_t> binary_size;
       if (const auto p = in.find("parameters"); p != in.end()) {
@@ -669,17 +524,6 @@ class OipHttpServer {
     if (binary_at != binary.size())
       return Refusal{400, std::to_string(binary.size() - binary_at) + " bytes of binary data belong to no input"};
     return std::nullopt;
-  }
-
-  // "[-1,16]": a per-sample shape with the batch in front, as the metadata writes it.
-  static std::string batch_shape(const Shape& sample) {
-    std::string t = "[-1";
-    for (std::size_t d : sample.dims()) {
-      t += ',';
-      t.append(std::to_string(d));  // append, not operator+: GCC 12 warns falsely (-Wrestrict) on the latter
-    }
-    t += ']';
-    return t;
   }
 
   // The numbers of `data` (a flat array, or arrays nested at most `depth` deep), counted without
@@ -721,18 +565,6 @@ class OipHttpServer {
     walk(data, walk);
     return bad;
   }
-  static void read_le_floats(std::span<const std::byte> bytes, float* out) {
-    if constexpr (std::endian::native == std::endian::little) {
-      std::memcpy(out, bytes.data(), bytes.size());
-    } else {
-      for (std::size_t i = 0; i < bytes.size() / 4; ++i) {
-        std::uint32_t u = 0;
-        for (int b = 3; b >= 0; --b) u = (u << 8) | std::to_integer<std::uint32_t>(bytes[4 * i + static_cast<std::size_t>(b)]);
-        out[i] = std::bit_cast<float>(u);
-      }
-    }
-  }
-
   // The requested outputs: none (all, as JSON), or the tail's one output by name, with
   // binary_data; a request-wide "binary_data_output" asks for binary too.
   static std::optional<Refusal> parse_outputs(const json& doc, const std::string& out_name, bool& binary) {
@@ -762,17 +594,10 @@ class OipHttpServer {
   }
 
   // Turns the native reply into the OIP answer.
-  void respond(httplib::Response& res, const Reply& reply, const Entry& e, const std::string& id, const std::string& out_name,
+  void respond(httplib::Response& res, const Core::Outcome& outcome, const Entry& e, const std::string& id, const std::string& out_name,
                bool binary) {
-    const wire::DecodeLimits& limits = server_.options().limits;
-    const wire::FrameHeader h = wire::peek(reply.frame, limits);
-    if (h.type == wire::MessageType::error) {
-      const wire::ErrorMessage m = wire::decode_error(reply.frame, limits);
-      return refuse(res, status_of(m.code), std::string(to_string(m.code)) + ": " + m.message);
-    }
-    wire::FeatureDecoder decoder(limits);
-    Tensor<float> y;
-    (void)wire::decode_response(reply.frame, decoder, y);
+    if (outcome.failure) return refuse(res, status_of(*outcome.failure), outcome.message);
+    const Tensor<float>& y = outcome.output;
     json shape = json::array();
     for (std::size_t d : y.shape().dims()) shape.push_back(d);
     json out{{"name", out_name}, {"datatype", "FP32"}, {"shape", shape}};
@@ -792,14 +617,7 @@ class OipHttpServer {
     std::string text = dump(answer_doc);
     const std::size_t header_len = text.size();
     text.resize(header_len + bytes);
-    if constexpr (std::endian::native == std::endian::little) {
-      std::memcpy(text.data() + header_len, y.data(), bytes);
-    } else {
-      for (std::size_t i = 0; i < y.size(); ++i) {
-        const auto u = std::bit_cast<std::uint32_t>(y.data()[i]);
-        for (std::size_t b = 0; b < 4; ++b) text[header_len + 4 * i + b] = static_cast<char>((u >> (8 * b)) & 0xff);
-      }
-    }
+    Core::write_le_floats(std::span<const float>(y.data(), y.size()), text.data() + header_len);
     res.status = 200;
     res.set_header("Inference-Header-Content-Length", std::to_string(header_len));
     res.body = std::move(text);
@@ -807,6 +625,7 @@ class OipHttpServer {
   }
 
   CloudServer& server_;
+  Core core_{server_};
   HttpOptions opt_;
   httplib::Server http_;
   std::thread thread_;
@@ -818,7 +637,6 @@ class OipHttpServer {
   bool sampler_stop_ = false;
   std::uint16_t port_ = 0;
   std::atomic<bool> listen_done_{false};
-  std::atomic<std::uint32_t> next_id_{1};
   std::atomic<std::size_t> requests_{0}, in_flight_{0}, bytes_received_{0}, bytes_sent_{0};
   std::array<std::atomic<std::uint64_t>, 500> by_status_{};
 };

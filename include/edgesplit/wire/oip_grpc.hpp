@@ -59,6 +59,11 @@ struct DecodeLimits {
   /// Most tensor elements (typed `contents`, bytes_contents included) in one message, all
   /// tensors together: caps the memory a message of packed one-byte varints expands to.
   std::size_t max_elements = std::size_t{16} << 20;
+  /// Most bytes the tensor data of one message may take once decoded (typed contents, raw
+  /// contents), charged before it is allocated: with it, a receiver that reserves this much
+  /// bounds what a message of one-byte elements (each a std::string or an int64 in memory) can
+  /// cost. Packed FP32 or raw data take at most the bytes they came in.
+  std::size_t max_decoded_bytes = std::size_t{256} << 20;
 };
 
 /// An inference parameter's value (message InferParameter, a oneof): none, bool (field 1),
@@ -285,6 +290,14 @@ inline void put_tensor(Writer& w, std::uint32_t field, const InferTensor& t) {
 struct Budget {
   const DecodeLimits& limits;
   std::size_t elements;
+  std::size_t bytes;  // of decoded tensor data
+  explicit Budget(const DecodeLimits& l) noexcept : limits(l), elements(l.max_elements), bytes(l.max_decoded_bytes) {}
+  void spend_bytes(std::size_t n, const char* field) {
+    if (n > bytes)
+      fail(errc::too_large, std::string("OIP: ") + field + " would take more memory than the limit of " +
+                                std::to_string(limits.max_decoded_bytes) + " bytes allows");
+    bytes -= n;
+  }
 };
 
 inline void read_string(Reader& r, Tag t, std::string& out, const Budget& b, const char* field) {
@@ -388,38 +401,39 @@ inline void read_contents(std::span<const std::byte> bytes, InferTensorContents&
     switch (t.field) {
       case 1:
         pb::read_repeated(r, t, WireType::varint, c.bool_contents, b.elements, "bool_contents",
-                          [](Reader& in) { return in.varint("bool_contents") != 0; });
+                          [](Reader& in) { return in.varint("bool_contents") != 0; }, &b.bytes);
         break;
       case 2:
         pb::read_repeated(r, t, WireType::varint, c.int_contents, b.elements, "int_contents", [](Reader& in) {
           return static_cast<std::int32_t>(static_cast<std::uint32_t>(in.varint("int_contents")));
-        });
+        }, &b.bytes);
         break;
       case 3:
         pb::read_repeated(r, t, WireType::varint, c.int64_contents, b.elements, "int64_contents",
-                          [](Reader& in) { return static_cast<std::int64_t>(in.varint("int64_contents")); });
+                          [](Reader& in) { return static_cast<std::int64_t>(in.varint("int64_contents")); }, &b.bytes);
         break;
       case 4:
         pb::read_repeated(r, t, WireType::varint, c.uint_contents, b.elements, "uint_contents",
-                          [](Reader& in) { return static_cast<std::uint32_t>(in.varint("uint_contents")); });
+                          [](Reader& in) { return static_cast<std::uint32_t>(in.varint("uint_contents")); }, &b.bytes);
         break;
       case 5:
         pb::read_repeated(r, t, WireType::varint, c.uint64_contents, b.elements, "uint64_contents",
-                          [](Reader& in) { return in.varint("uint64_contents"); });
+                          [](Reader& in) { return in.varint("uint64_contents"); }, &b.bytes);
         break;
       case 6:
         pb::read_repeated(r, t, WireType::fixed32, c.fp32_contents, b.elements, "fp32_contents",
-                          [](Reader& in) { return std::bit_cast<float>(in.fixed32("fp32_contents")); });
+                          [](Reader& in) { return std::bit_cast<float>(in.fixed32("fp32_contents")); }, &b.bytes);
         break;
       case 7:
         pb::read_repeated(r, t, WireType::fixed64, c.fp64_contents, b.elements, "fp64_contents",
-                          [](Reader& in) { return std::bit_cast<double>(in.fixed64("fp64_contents")); });
+                          [](Reader& in) { return std::bit_cast<double>(in.fixed64("fp64_contents")); }, &b.bytes);
         break;
       case 8: {
         Reader::expect(t, WireType::len, "bytes_contents");
         const auto s = r.bytes("bytes_contents");
         if (b.elements == 0) fail(errc::too_large, "OIP: bytes_contents has more elements than the limit allows");
         --b.elements;
+        b.spend_bytes(2 * sizeof(std::string) + s.size(), "bytes_contents");
         c.bytes_contents.emplace_back(reinterpret_cast<const char*>(s.data()), s.size());
         break;
       }
@@ -446,10 +460,11 @@ inline void read_tensor(std::span<const std::byte> bytes, InferTensor& x, Budget
   }
 }
 
-inline void read_raw(Reader& r, Tag t, std::vector<std::vector<std::byte>>& out, const Budget& b, const char* field) {
+inline void read_raw(Reader& r, Tag t, std::vector<std::vector<std::byte>>& out, Budget& b, const char* field) {
   Reader::expect(t, WireType::len, field);
   count_entry(out, b, field);
   const auto s = r.bytes(field);
+  b.spend_bytes(s.size(), field);
   out.emplace_back(s.begin(), s.end());
 }
 
@@ -485,7 +500,7 @@ inline bool read_bool_message(std::span<const std::byte> bytes, const DecodeLimi
 inline void read_name_version(std::span<const std::byte> bytes, std::string& name, std::string& version,
                               const DecodeLimits& limits, const char* what) {
   check_size(bytes, limits, what);
-  Budget b{limits, limits.max_elements};
+  Budget b(limits);
   name.clear();
   version.clear();
   Reader r(bytes);
@@ -690,7 +705,7 @@ inline void decode(std::span<const std::byte> bytes, ModelMetadataRequest& out, 
 inline void decode(std::span<const std::byte> bytes, ServerMetadataResponse& out, const DecodeLimits& limits = {}) {
   detail::check_size(bytes, limits, "ServerMetadataResponse");
   out = {};
-  const detail::Budget b{limits, limits.max_elements};
+  const detail::Budget b(limits);
   pb::Reader r(bytes);
   while (!r.at_end()) {
     const pb::Tag t = r.tag();
@@ -707,7 +722,7 @@ inline void decode(std::span<const std::byte> bytes, ServerMetadataResponse& out
 inline void decode(std::span<const std::byte> bytes, ModelMetadataResponse& out, const DecodeLimits& limits = {}) {
   detail::check_size(bytes, limits, "ModelMetadataResponse");
   out = {};
-  const detail::Budget b{limits, limits.max_elements};
+  const detail::Budget b(limits);
   pb::Reader r(bytes);
   while (!r.at_end()) {
     const pb::Tag t = r.tag();
@@ -733,7 +748,7 @@ inline void decode(std::span<const std::byte> bytes, ModelMetadataResponse& out,
 inline void decode(std::span<const std::byte> bytes, ModelInferRequest& out, const DecodeLimits& limits = {}) {
   detail::check_size(bytes, limits, "ModelInferRequest");
   out = {};
-  detail::Budget b{limits, limits.max_elements};
+  detail::Budget b(limits);
   pb::Reader r(bytes);
   while (!r.at_end()) {
     const pb::Tag t = r.tag();
@@ -770,7 +785,7 @@ inline void decode(std::span<const std::byte> bytes, ModelInferRequest& out, con
 inline void decode(std::span<const std::byte> bytes, ModelInferResponse& out, const DecodeLimits& limits = {}) {
   detail::check_size(bytes, limits, "ModelInferResponse");
   out = {};
-  detail::Budget b{limits, limits.max_elements};
+  detail::Budget b(limits);
   pb::Reader r(bytes);
   while (!r.at_end()) {
     const pb::Tag t = r.tag();

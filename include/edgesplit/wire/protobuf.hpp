@@ -16,6 +16,7 @@
 // errc::corrupt_frame naming the field and the offset. Nothing is asserted.
 #pragma once
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -214,6 +215,7 @@ class Reader {
   bool at_end() const noexcept { return at_ == in_.size(); }  ///< true once every byte is read
   std::size_t offset() const noexcept { return at_; }  ///< bytes read so far
   std::size_t remaining() const noexcept { return in_.size() - at_; }  ///< bytes left
+  std::span<const std::byte> peek_rest() const noexcept { return in_.subspan(at_); }  ///< the bytes left, not consumed
 
   /// A varint: errc::corrupt_frame when truncated, longer than 10 bytes, or over 64 bits.
   std::uint64_t varint(const char* what) {
@@ -306,35 +308,44 @@ class Reader {
 /// (one LEN field holding the elements back to back) or not (one element with the element's own
 /// wire type); protobuf parsers must accept both. `read_one` reads one element from a Reader.
 /// Each element takes one unit of `budget` (errc::too_large when it runs out, before anything
-/// is appended); another wire type is errc::corrupt_frame.
+/// is appended); another wire type is errc::corrupt_frame. With `memory`, the bytes `out` may
+/// grow by are charged to it too, before they are allocated: a packed run is reserved exactly,
+/// one unpacked element is charged twice its size (the vector's growth).
 template <class T, class ReadOne>
 void read_repeated(Reader& r, Tag t, WireType element, std::vector<T>& out, std::size_t& budget, const char* field,
-                   ReadOne read_one) {
-  auto spend = [&](std::size_t n) {
+                   ReadOne read_one, std::size_t* memory = nullptr) {
+  auto spend = [&](std::size_t n, std::size_t bytes_each) {
     if (n > budget)
       fail(errc::too_large, std::string("protobuf: field ") + field + " has more elements than the limit allows");
+    if (memory && n > *memory / bytes_each)
+      fail(errc::too_large, std::string("protobuf: field ") + field + " would take more memory than the limit allows");
     budget -= n;
+    if (memory) *memory -= n * bytes_each;
   };
   if (t.type == WireType::len && element != WireType::len) {
     Reader sub(r.bytes(field));
+    std::size_t n = 0;
     if (element == WireType::fixed32 || element == WireType::fixed64) {
       const std::size_t width = element == WireType::fixed32 ? 4 : 8;
       if (sub.remaining() % width != 0)
         fail(errc::corrupt_frame, std::string("protobuf: packed field ") + field + " of " + std::to_string(sub.remaining()) +
                                       " bytes is not a whole number of " + std::to_string(width) + "-byte elements");
-      spend(sub.remaining() / width);
-      out.reserve(out.size() + sub.remaining() / width);  // the bytes are there: no allocation on trust
-      while (!sub.at_end()) out.push_back(read_one(sub));
+      n = sub.remaining() / width;
     } else {
-      while (!sub.at_end()) {
-        spend(1);
-        out.push_back(read_one(sub));
-      }
+      // Varints: one ends at each byte without its high bit (a truncated last one is refused below).
+      const auto rest = sub.peek_rest();
+      n = static_cast<std::size_t>(std::count_if(rest.begin(), rest.end(), [](std::byte b) { return (b & std::byte{0x80}) == std::byte{0}; }));
+    }
+    spend(n, sizeof(T));
+    out.reserve(out.size() + n);  // the bytes are there: no allocation on trust
+    while (!sub.at_end()) {
+      if (out.size() == out.capacity()) spend(1, 2 * sizeof(T));  // a truncated varint's extra: refused when read
+      out.push_back(read_one(sub));
     }
     return;
   }
   Reader::expect(t, element, field);
-  spend(1);
+  spend(1, 2 * sizeof(T));
   out.push_back(read_one(r));
 }
 
