@@ -7,12 +7,17 @@
 //   edge_node [--model FILE] [--split K] [--host 127.0.0.1] [--port 7000] [--bits 8]
 //             [--limit 1000] [--timeout-ms 500] [--data DIR]
 //             [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--metrics-file FILE]
+//             [--oip-grpc HOST:PORT [--oip-model NAME] [--oip-version V]]
 //
 // With --tls-ca it speaks TLS 1.3 and accepts only a server certificate of that CA for --host;
 // --tls-cert and --tls-key present a client certificate (for a cloud node that asks for one).
 // --metrics-file writes the edge client's metrics (answers by path, reconnections, the link
 // estimate) in the Prometheus text format when the run ends, replacing FILE at once: the form
 // node_exporter's textfile collector reads for a batch job.
+// With --oip-grpc (needs a build with EDGESPLIT_WITH_GRPC) the features go to any Open Inference
+// Protocol gRPC server at HOST:PORT (Triton, KServe, or cloud_node --grpc-port) as ModelInfer
+// calls instead of edgesplit's protocol: model --oip-model (default --model-id), version
+// --oip-version (default the split; "any" for the server's choice).
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -27,6 +32,10 @@
 #include <edgesplit/transport/tls.hpp>
 #endif
 
+#if EDGESPLIT_HAS_GRPC
+#include <edgesplit/runtime/oip_grpc_transport.hpp>
+#endif
+
 #include "node_common.hpp"
 
 using namespace edgesplit;
@@ -38,13 +47,20 @@ int main(int argc, char** argv) {
                             {{"model", node::default_model}, {"split", "2"}, {"host", "127.0.0.1"}, {"port", "7000"},
                              {"bits", "8"}, {"limit", "1000"}, {"timeout-ms", "500"}, {"data", fashion_mnist_dir.string()},
                              {"model-id", "fmnist-mlp"}, {"tls-ca", ""}, {"tls-cert", ""}, {"tls-key", ""},
-                             {"metrics-file", ""}});
+                             {"metrics-file", ""}, {"oip-grpc", ""}, {"oip-model", ""}, {"oip-version", ""}});
     if (o["tls-cert"].empty() != o["tls-key"].empty())
       fail(errc::invalid_argument, "--tls-cert and --tls-key go together");
     if (!o["tls-cert"].empty() && o["tls-ca"].empty()) fail(errc::invalid_argument, "--tls-cert needs --tls-ca");
 #if !EDGESPLIT_HAS_TLS
     if (!o["tls-ca"].empty()) fail(errc::unsupported, "this build has no TLS (EDGESPLIT_WITH_TLS)");
 #endif
+#if !EDGESPLIT_HAS_GRPC
+    if (!o["oip-grpc"].empty()) fail(errc::unsupported, "this build has no gRPC (EDGESPLIT_WITH_GRPC)");
+#endif
+    if (!o["oip-grpc"].empty() && !o["tls-ca"].empty())
+      fail(errc::invalid_argument, "--oip-grpc speaks plain gRPC; --tls-ca is for the native protocol");
+    if (o["oip-grpc"].empty() && !(o["oip-model"].empty() && o["oip-version"].empty()))
+      fail(errc::invalid_argument, "--oip-model and --oip-version go with --oip-grpc");
     const std::size_t bits = cli::number<std::size_t>(o["bits"], "--bits", 2, 32);
     if (bits != 2 && bits != 4 && bits != 8 && bits != 32) fail(errc::invalid_argument, "--bits must be 32, 8, 4 or 2");
   } catch (const error& e) {
@@ -78,6 +94,20 @@ int main(int argc, char** argv) {
       connector = [host, port, ctx = TlsContext::client(tls)] {
         return Channel(TlsTransport::connect(host, port, ctx, deadline_after(std::chrono::seconds(2))));
       };
+    }
+#endif
+#if EDGESPLIT_HAS_GRPC
+    if (!o["oip-grpc"].empty()) {
+      GrpcClientOptions go;
+      go.timeout = timeout;
+      auto oip = std::make_shared<OipGrpcClient>(o["oip-grpc"], go);
+      OipTransportOptions to;
+      to.model_name = o["oip-model"];
+      if (o["oip-version"] == "any")
+        to.model_version = std::string();
+      else if (!o["oip-version"].empty())
+        to.model_version = o["oip-version"];
+      connector = [oip, to] { return Channel(OipGrpcTransport(oip, to)); };
     }
 #endif
     EdgeClient client(head, connector, eo, Fallback{model, Fallback::Input::input});

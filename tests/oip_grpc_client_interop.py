@@ -38,31 +38,6 @@ TIMEOUT = 20  # seconds, for every RPC
 SERVICE = "/inference.GRPCInferenceService/"
 
 
-def generate(gen):
-    """grpc_service_pb2 and grpc_service_pb2_grpc, generated into gen and imported."""
-    from grpc_tools import protoc
-    proto_dir = os.path.abspath(oip_grpc_interop.PROTO_DIR)
-    rc = protoc.main(["grpc_tools.protoc", f"-I{proto_dir}", f"--python_out={gen}", f"--grpc_python_out={gen}",
-                      os.path.join(proto_dir, "grpc_service.proto")])
-    if rc != 0:
-        raise RuntimeError(f"grpc_tools.protoc failed ({rc}) on proto/grpc_service.proto")
-    sys.path.insert(0, gen)
-    import grpc_service_pb2
-    import grpc_service_pb2_grpc
-    return grpc_service_pb2, grpc_service_pb2_grpc
-
-
-def expect_code(grpc, call, code, what):
-    """call() must fail with the status code code."""
-    try:
-        call()
-    except grpc.RpcError as e:
-        check(e.code() == code, f"{what}: {code.name}" + ("" if e.code() == code else
-                                                           f" (got {e.code().name}: {e.details()!r})"))
-        return
-    raise AssertionError(f"{what}: the RPC succeeded, expected {code.name}")
-
-
 def run(grpc, pb, stub, channel, layers):
     # 1. health
     check(stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT).live is True, "ServerLive: live")
@@ -77,7 +52,7 @@ def run(grpc, pb, stub, channel, layers):
     check(stub.ModelReady(pb.ModelReadyRequest(name=MODEL), timeout=TIMEOUT).ready is True, "ModelReady(name): ready")
     check(stub.ModelReady(pb.ModelReadyRequest(name=MODEL, version=version), timeout=TIMEOUT).ready is True,
           f"ModelReady(name, version {version}): ready")
-    expect_code(grpc, lambda: stub.ModelReady(pb.ModelReadyRequest(name="nothing"), timeout=TIMEOUT),
+    oip_grpc_interop.expect_code(grpc, lambda: stub.ModelReady(pb.ModelReadyRequest(name="nothing"), timeout=TIMEOUT),
                 grpc.StatusCode.NOT_FOUND, "ModelReady of an unknown model")
 
     # 4. model metadata
@@ -90,7 +65,7 @@ def run(grpc, pb, stub, channel, layers):
           f"ModelMetadata: input FP32 [-1,{width}]")
     check(len(meta.outputs) == 1 and meta.outputs[0].datatype == "FP32"
           and list(meta.outputs[0].shape) == [-1, n_out], f"ModelMetadata: output FP32 [-1,{n_out}]")
-    expect_code(grpc, lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="nothing"), timeout=TIMEOUT),
+    oip_grpc_interop.expect_code(grpc, lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="nothing"), timeout=TIMEOUT),
                 grpc.StatusCode.NOT_FOUND, "ModelMetadata of an unknown model")
     in_name, out_name = meta.inputs[0].name, meta.outputs[0].name
 
@@ -141,17 +116,17 @@ def run(grpc, pb, stub, channel, layers):
 
     # 7. errors
     INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
-    expect_code(grpc, lambda: stub.ModelInfer(typed_request(shape=(1, width + 1), values=[0.0] * (width + 1)),
+    oip_grpc_interop.expect_code(grpc, lambda: stub.ModelInfer(typed_request(shape=(1, width + 1), values=[0.0] * (width + 1)),
                                               timeout=TIMEOUT), INVALID, f"ModelInfer, shape [1,{width + 1}]")
-    expect_code(grpc, lambda: stub.ModelInfer(typed_request(datatype="INT64"), timeout=TIMEOUT), INVALID,
+    oip_grpc_interop.expect_code(grpc, lambda: stub.ModelInfer(typed_request(datatype="INT64"), timeout=TIMEOUT), INVALID,
                 "ModelInfer, datatype INT64")
-    expect_code(grpc, lambda: stub.ModelInfer(raw_request(data=raw_x[:-8]), timeout=TIMEOUT), INVALID,
+    oip_grpc_interop.expect_code(grpc, lambda: stub.ModelInfer(raw_request(data=raw_x[:-8]), timeout=TIMEOUT), INVALID,
                 "ModelInfer, raw contents 8 bytes short")
-    expect_code(grpc, lambda: stub.ModelInfer(typed_request(model="nothing"), timeout=TIMEOUT), NOT_FOUND,
+    oip_grpc_interop.expect_code(grpc, lambda: stub.ModelInfer(typed_request(model="nothing"), timeout=TIMEOUT), NOT_FOUND,
                 "ModelInfer of an unknown model")
     both = typed_request()
     both.raw_input_contents.append(raw_x)
-    expect_code(grpc, lambda: stub.ModelInfer(both, timeout=TIMEOUT), INVALID,
+    oip_grpc_interop.expect_code(grpc, lambda: stub.ModelInfer(both, timeout=TIMEOUT), INVALID,
                 "ModelInfer, typed and raw contents for one input")
     again = stub.ModelInfer(typed_request(rid="py-grpc-3"), timeout=TIMEOUT)
     check(again.id == "py-grpc-3" and len(again.raw_output_contents) == 1 and again.raw_output_contents[0] == typed,
@@ -159,7 +134,7 @@ def run(grpc, pb, stub, channel, layers):
 
     # 8. bytes that are not protobuf (a length-delimited model_name 2^32-1 bytes long), through a generic call
     generic = channel.unary_unary(SERVICE + "ModelInfer", request_serializer=None, response_deserializer=None)
-    expect_code(grpc, lambda: generic(b"\x0a\xff\xff\xff\xff\x0f", timeout=TIMEOUT), INVALID,
+    oip_grpc_interop.expect_code(grpc, lambda: generic(b"\x0a\xff\xff\xff\xff\x0f", timeout=TIMEOUT), INVALID,
                 "ModelInfer of bytes that are not protobuf")
     check(stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT).live is True, "ServerLive after the bad bytes")
     again = stub.ModelInfer(raw_request(rid="py-grpc-4"), timeout=TIMEOUT)
@@ -172,12 +147,7 @@ def main():
         print(__doc__)
         return 2
     cloud_node = sys.argv[1]
-    oip_grpc_interop.find_grpc_tools()  # exits 77, or re-runs this script under /usr/bin/python3
-    try:
-        import grpc
-    except ImportError:
-        print("skipped: no grpcio (Debian package python3-grpcio)")
-        return 77
+    grpc = oip_grpc_interop.import_grpc()  # exits 77, or re-runs this script under /usr/bin/python3
 
     work = tempfile.mkdtemp(prefix="edgesplit-oip-grpc-client-")
     proc = channel = log = None
@@ -195,7 +165,7 @@ def main():
     try:
         gen = os.path.join(work, "gen")
         os.mkdir(gen)
-        pb, pb_grpc = generate(gen)
+        pb, pb_grpc = oip_grpc_interop.generate(gen)
 
         model = os.path.join(work, "model.safetensors")
         layers = make_model(model)

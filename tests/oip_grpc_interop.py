@@ -51,6 +51,45 @@ def find_grpc_tools():
     sys.exit(77)
 
 
+def import_grpc():
+    """grpc (python3-grpcio), after find_grpc_tools(); exits 77 when it is missing."""
+    find_grpc_tools()
+    try:
+        import grpc
+    except ImportError:
+        print("skipped: no grpcio (Debian package python3-grpcio)")
+        sys.exit(77)
+    return grpc
+
+
+def generate(gen):
+    """grpc_service_pb2 and grpc_service_pb2_grpc (messages and service stubs), generated from
+    proto/grpc_service.proto into the directory gen and imported. For the scripts that talk gRPC
+    to or as edgesplit (oip_grpc_client_interop.py, oip_grpc_edge_interop.py)."""
+    from grpc_tools import protoc
+    proto_dir = os.path.abspath(PROTO_DIR)
+    rc = protoc.main(["grpc_tools.protoc", f"-I{proto_dir}", f"--python_out={gen}", f"--grpc_python_out={gen}",
+                      os.path.join(proto_dir, "grpc_service.proto")])
+    if rc != 0:
+        raise RuntimeError(f"grpc_tools.protoc failed ({rc}) on proto/grpc_service.proto")
+    sys.path.insert(0, gen)
+    import grpc_service_pb2
+    import grpc_service_pb2_grpc
+    return grpc_service_pb2, grpc_service_pb2_grpc
+
+
+def expect_code(grpc, call, code, what):
+    """call() must fail with the gRPC status code code; prints "ok: what: CODE"."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        if e.code() != code:
+            raise AssertionError(f"{what}: expected {code.name}, got {e.code().name}: {e.details()!r}")
+        print(f"ok: {what}: {code.name} ({e.details()!r})")
+        return
+    raise AssertionError(f"{what}: the RPC succeeded, expected {code.name}")
+
+
 # ---- the dump: the same text oip_grpc_codec_tool prints (see the top of that file) ----
 
 def hexs(s):

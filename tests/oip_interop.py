@@ -33,15 +33,17 @@ def f32(x):
     return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
-def make_model(path):
+def make_model(path, widths=None):
+    """Writes the MLP of widths (default WIDTHS) to path; returns its layers. Fixed seed."""
+    widths = WIDTHS if widths is None else widths
     rng = random.Random(1234)
     layers, tensors = [], []
     index = 0
-    for i in range(len(WIDTHS) - 1):
+    for i in range(len(widths) - 1):
         if i:
             layers.append({"type": "ReLU"})
             index += 1
-        n_in, n_out = WIDTHS[i], WIDTHS[i + 1]
+        n_in, n_out = widths[i], widths[i + 1]
         w = [[f32(rng.uniform(-0.5, 0.5)) for _ in range(n_in)] for _ in range(n_out)]
         b = [f32(rng.uniform(-0.1, 0.1)) for _ in range(n_out)]
         layers.append({"type": "Dense", "in": n_in, "out": n_out, "w": w, "b": b})
@@ -63,9 +65,9 @@ def make_model(path):
     return layers
 
 
-def tail_forward(layers, x):
-    """The cloud's part (layers from SPLIT on) in double precision."""
-    for layer in layers[SPLIT:]:
+def tail_forward(layers, x, split=None):
+    """The cloud's part (layers from split, default SPLIT, on) in double precision."""
+    for layer in layers[SPLIT if split is None else split:]:
         if layer["type"] == "ReLU":
             x = [max(0.0, v) for v in x]
         else:

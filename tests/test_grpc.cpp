@@ -1,8 +1,9 @@
 // The Open Inference Protocol over gRPC (runtime/oip_grpc_server.hpp, runtime/oip_grpc_client.hpp):
 // every RPC, typed and raw inference against the tail run locally, a graph tail of two inputs,
 // every bad request with its status code, bytes that are not protobuf, the memory budget, the
-// batcher's and the front end's own queue limits, and the front end's metrics. Loopback only,
-// ephemeral ports.
+// batcher's and the front end's own queue limits, and the front end's metrics; and an EdgeClient
+// over the OIP transport (runtime/oip_grpc_transport.hpp): exact answers, refusals, a dead server
+// and a missed deadline. Loopback only, ephemeral ports.
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -18,6 +19,7 @@
 #include "edgesplit/runtime/cloud_server.hpp"
 #include "edgesplit/runtime/oip_grpc_client.hpp"
 #include "edgesplit/runtime/oip_grpc_server.hpp"
+#include "edgesplit/runtime/oip_grpc_transport.hpp"
 #include "model_fixtures.hpp"
 #include "runtime_fixtures.hpp"
 
@@ -389,4 +391,117 @@ TEST_CASE("OIP gRPC front end: a full queue of its own refuses calls at once, UN
   gate.open();
   for (auto& t : senders) t.join();
   CHECK(codes == std::vector<Code>{Code::OK, Code::OK});
+}
+
+TEST_CASE("An EdgeClient over the OIP gRPC transport: answers equal the whole model, fp32 and quantized", "[grpc][runtime]") {
+  CloudServer server(small_server_options());
+  Split s = make_split();
+  server.register_model(kModel, s.tail);
+  OipGrpcServer g(server, "127.0.0.1", 0);
+  auto oip = std::make_shared<OipGrpcClient>(target(g), client_options());
+  const EdgeClient::Connector connect = [oip] { return Channel(OipGrpcTransport(oip)); };
+
+  {
+    EdgeClient edge(s.head, connect, edge_options());
+    for (std::uint64_t i = 0; i < 4; ++i) {
+      const Tensor<float> x = random_input(1 + i % 3, kIn, 60 + i);
+      const InferResult r = edge.infer(x.cview(), deadline_after(20s));
+      REQUIRE(r.path == AnswerPath::cloud);
+      const Tensor<float> want = s.whole.predict(x.cview());
+      REQUIRE(r.output.shape() == want.shape());
+      for (std::size_t j = 0; j < want.size(); ++j) CHECK(r.output[j] == want[j]);  // fp32 end to end: exact
+    }
+    CHECK(edge.stats().cloud_answers == 4);
+    CHECK(edge.connected());
+  }
+  {
+    // 8-bit features travel as their dequantized values: the answer is the tail of exactly
+    // what the codec decodes, as over the native protocol.
+    EdgeClient edge(s.head, connect, edge_options(8));
+    const Tensor<float> x = random_input(3, kIn, 70);
+    const InferResult r = edge.infer(x.cview(), deadline_after(20s));
+    REQUIRE(r.path == AnswerPath::cloud);
+    CodecConfig cfg;
+    cfg.bits = 8;
+    FeatureCodec codec(cfg);
+    std::vector<std::byte> frame;
+    Tensor<float> decoded;
+    codec.decode(codec.encode(s.head.predict(x.cview()).cview(), frame), decoded);
+    const Tensor<float> want = s.tail.predict(decoded.cview());
+    for (std::size_t j = 0; j < want.size(); ++j) CHECK(r.output[j] == want[j]);
+  }
+  CHECK(server.stats().requests == 5);
+  CHECK(server.stats().memory_in_use == 0);
+}
+
+TEST_CASE("OIP gRPC transport: refusals, a dead server and a missed deadline end in the fallback", "[grpc][runtime]") {
+  Split s = make_split();
+  const Fallback local{s.whole, Fallback::Input::input};
+  const Tensor<float> x = random_input(2, kIn, 80);
+  const Tensor<float> whole = s.whole.predict(x.cview());
+  const auto is_whole = [&](const InferResult& r) {
+    REQUIRE(r.output.shape() == whole.shape());
+    for (std::size_t j = 0; j < whole.size(); ++j) CHECK(r.output[j] == whole[j]);
+  };
+
+  SECTION("an unknown model: the HELLO is refused with the server's reason") {
+    CloudServer server(small_server_options());
+    server.register_model(kModel, s.tail);
+    OipGrpcServer g(server, "127.0.0.1", 0);
+    auto oip = std::make_shared<OipGrpcClient>(target(g), client_options());
+    OipTransportOptions to;
+    to.model_name = "elsewhere";
+    EdgeClient edge(s.head, [oip, to] { return Channel(OipGrpcTransport(oip, to)); }, edge_options(), local);
+    const InferResult r = edge.infer(x.cview(), deadline_after(20s));
+    CHECK(r.path == AnswerPath::fallback);
+    is_whole(r);
+    CHECK_FALSE(edge.connected());
+    CHECK(edge.last_error().find("no model 'elsewhere' at version 2") != std::string::npos);
+  }
+  SECTION("a head of another width: refused by the shape check, as a native HELLO") {
+    CloudServer server(small_server_options());
+    server.register_model(kModel, s.tail);  // takes 16 features per sample
+    Sequential<float> wide = mlp({kIn, kHidden + 1, 12, kOut}, 3);
+    auto [wide_head, wide_tail] = wide.split(kModel.split);  // sends 17
+    OipGrpcServer g(server, "127.0.0.1", 0);
+    auto oip = std::make_shared<OipGrpcClient>(target(g), client_options());
+    EdgeClient edge(wide_head, [oip] { return Channel(OipGrpcTransport(oip)); }, edge_options(),
+                    Fallback{wide, Fallback::Input::input});
+    const InferResult r = edge.infer(x.cview(), deadline_after(20s));
+    CHECK(r.path == AnswerPath::fallback);
+    INFO(edge.last_error());
+    CHECK(edge.last_error().find("takes features of shape [16] per sample, the head produces [17]") != std::string::npos);
+    CHECK(server.stats().requests == 0);
+  }
+  SECTION("no server: the connection fails, the fallback answers") {
+    std::uint16_t port = 0;
+    {
+      CloudServer server(small_server_options());
+      OipGrpcServer g(server, "127.0.0.1", 0);
+      port = g.port();
+    }  // gone: nothing listens there now
+    GrpcClientOptions co = client_options();
+    co.timeout = 2s;
+    auto oip = std::make_shared<OipGrpcClient>("127.0.0.1:" + std::to_string(port), co);
+    EdgeClient edge(s.head, [oip] { return Channel(OipGrpcTransport(oip)); }, edge_options(), local);
+    const InferResult r = edge.infer(x.cview(), deadline_after(5s));
+    CHECK(r.path == AnswerPath::fallback);
+    CHECK(r.fallback_reason == errc::unreachable);
+    is_whole(r);
+    CHECK(edge.stats().connect_failures >= 1);
+  }
+  SECTION("a tail held past the request's deadline: the fallback answers, the late reply is dropped") {
+    CloudServer server(small_server_options());
+    Gate gate;
+    server.register_model(kModel, gate.gated(s.tail));
+    OipGrpcServer g(server, "127.0.0.1", 0);
+    auto oip = std::make_shared<OipGrpcClient>(target(g), client_options());
+    EdgeClient edge(s.head, [oip] { return Channel(OipGrpcTransport(oip)); }, edge_options(), local);
+    const InferResult r = edge.infer(x.cview(), deadline_after(300ms));
+    CHECK(r.path == AnswerPath::fallback);
+    CHECK(r.fallback_reason == errc::timeout);
+    is_whole(r);
+    gate.open();
+    edge.close();
+  }
 }

@@ -7,12 +7,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -170,31 +168,6 @@ class OipCore {
     if (batch && *batch != dims[0]) return "inputs differ in batch: " + std::to_string(*batch) + " and " + std::to_string(dims[0]);
     batch = dims[0];
     return std::nullopt;
-  }
-
-  /// Reads little-endian FP32 values (the protocols' binary and raw tensor data) into `out`.
-  static void read_le_floats(std::span<const std::byte> bytes, float* out) {
-    if constexpr (std::endian::native == std::endian::little) {
-      std::memcpy(out, bytes.data(), bytes.size());
-    } else {
-      for (std::size_t i = 0; i < bytes.size() / 4; ++i) {
-        std::uint32_t u = 0;
-        for (int b = 3; b >= 0; --b) u = (u << 8) | std::to_integer<std::uint32_t>(bytes[4 * i + static_cast<std::size_t>(b)]);
-        out[i] = std::bit_cast<float>(u);
-      }
-    }
-  }
-  /// Writes `values` as little-endian FP32 to `out` (4 bytes each).
-  static void write_le_floats(std::span<const float> values, void* out) {
-    auto* to = static_cast<unsigned char*>(out);
-    if constexpr (std::endian::native == std::endian::little) {
-      std::memcpy(to, values.data(), values.size() * sizeof(float));
-    } else {
-      for (std::size_t i = 0; i < values.size(); ++i) {
-        const auto u = std::bit_cast<std::uint32_t>(values[i]);
-        for (std::size_t b = 0; b < 4; ++b) to[4 * i + b] = static_cast<unsigned char>((u >> (8 * b)) & 0xff);
-      }
-    }
   }
 
   /// Bytes to reserve under the memory budget before allocating input tensors of `elements`

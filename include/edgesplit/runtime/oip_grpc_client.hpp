@@ -9,9 +9,11 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -35,6 +37,22 @@ struct GrpcClientOptions {
   /// Caps of the answers' decoder (max_message_bytes is taken from above).
   wire::oip::DecodeLimits limits;
 };
+
+namespace detail {
+/// The bytes of a gRPC message into `out`; RESOURCE_EXHAUSTED past `cap`, nothing read.
+inline grpc::Status read_byte_buffer(const grpc::ByteBuffer& buffer, std::size_t cap, std::vector<std::byte>& out) {
+  if (buffer.Length() > cap) return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "message over the cap of " + std::to_string(cap) + " bytes");
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "cannot read the message");
+  out.resize(buffer.Length());
+  std::size_t at = 0;
+  for (const auto& s : slices) {
+    std::memcpy(out.data() + at, s.begin(), s.size());
+    at += s.size();
+  }
+  return grpc::Status::OK;
+}
+}  // namespace detail
 
 /// The errc a gRPC status code stands for in edgesplit's errors: NOT_FOUND and UNIMPLEMENTED are
 /// `unsupported` (no such model or method), RESOURCE_EXHAUSTED `overloaded`, UNAVAILABLE
@@ -98,44 +116,65 @@ class OipGrpcClient {
     return call<wire::oip::ModelInferResponse>(wire::oip::method::model_infer, request);
   }
 
+  /// What an asynchronous call ends with: gRPC's status, and the answer's bytes when it is OK.
+  using Done = std::function<void(const grpc::Status&, std::vector<std::byte>&&)>;
+
+  /// A call in progress (call_async); cancel() ends it early (its Done then sees CANCELLED).
+  class Call {
+   public:
+    void cancel() { ctx_.TryCancel(); }  ///< idempotent; the call may already be over
+
+   private:
+    friend class OipGrpcClient;
+    grpc::ClientContext ctx_;
+    grpc::ByteBuffer in_, out_;
+  };
+
+  /// Starts one call of `method` with the message `request` (already encoded), ending by
+  /// `deadline` at the latest; `done` runs once, on a gRPC thread, when it ends (it must not
+  /// block for long). The answer is read under the client's message cap.
+  std::shared_ptr<Call> call_async(std::string_view method, std::span<const std::byte> request,
+                                   std::chrono::system_clock::time_point deadline, Done done) {
+    auto call = std::make_shared<Call>();
+    grpc::Slice slice(request.data(), request.size());
+    call->in_ = grpc::ByteBuffer(&slice, 1);
+    call->ctx_.set_deadline(deadline);
+    stub_->UnaryCall(&call->ctx_, std::string(method), grpc::StubOptions(), &call->in_, &call->out_,
+                     [call, done = std::move(done), cap = opt_.max_message_bytes](grpc::Status s) {
+                       std::vector<std::byte> answer;
+                       if (s.ok()) s = detail::read_byte_buffer(call->out_, cap, answer);
+                       done(s, std::move(answer));
+                     });
+    return call;
+  }
+
   /// One call of `method` with the message `request` (already encoded); the answer's bytes into
   /// `response`. Returns gRPC's status instead of throwing: for callers that act on the code, and
-  /// for tests that send what no encoder would.
-  grpc::Status call_raw(std::string_view method, std::span<const std::byte> request, std::vector<std::byte>& response) {
-    grpc::Slice slice(request.data(), request.size());
-    const grpc::ByteBuffer in(&slice, 1);
-    grpc::ByteBuffer out;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + opt_.timeout);
+  /// for tests that send what no encoder would. Ends by `deadline` (default: options().timeout
+  /// from now); `started` is given the call once it runs, for a caller that may cancel it.
+  grpc::Status call_raw(std::string_view method, std::span<const std::byte> request, std::vector<std::byte>& response,
+                        std::optional<std::chrono::system_clock::time_point> deadline = std::nullopt,
+                        const std::function<void(std::shared_ptr<Call>)>& started = {}) {
     std::mutex m;
     std::condition_variable cv;
     bool done = false;
     grpc::Status status;
-    stub_->UnaryCall(&ctx, std::string(method), grpc::StubOptions(), &in, &out, [&](grpc::Status s) {
-      std::lock_guard lock(m);
-      status = std::move(s);
-      done = true;
-      cv.notify_all();
-    });
-    {
-      std::unique_lock lock(m);
-      cv.wait(lock, [&] { return done; });  // gRPC always completes the call: by its deadline at the latest
-    }
-    response.clear();
-    if (status.ok()) {
-      if (out.Length() > opt_.max_message_bytes)
-        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "answer over the client's message cap");
-      std::vector<grpc::Slice> slices;
-      if (!out.Dump(&slices).ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "cannot read the answer");
-      response.resize(out.Length());
-      std::size_t at = 0;
-      for (const auto& s : slices) {
-        std::memcpy(response.data() + at, s.begin(), s.size());
-        at += s.size();
-      }
-    }
+    auto call = call_async(method, request, deadline ? *deadline : std::chrono::system_clock::now() + opt_.timeout,
+                           [&](const grpc::Status& s, std::vector<std::byte>&& answer) {
+                             std::lock_guard lock(m);
+                             status = s;
+                             response = std::move(answer);
+                             done = true;
+                             cv.notify_all();
+                           });
+    if (started) started(std::move(call));
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return done; });  // gRPC always completes the call: by its deadline at the latest
     return status;
   }
+
+  /// The options it was made with.
+  const GrpcClientOptions& options() const noexcept { return opt_; }
 
  private:
   template <class Response, class Request>

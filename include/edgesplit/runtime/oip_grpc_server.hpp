@@ -36,6 +36,7 @@
 #include "edgesplit/runtime/cloud_server.hpp"
 #include "edgesplit/runtime/metrics.hpp"
 #include "edgesplit/runtime/oip_core.hpp"
+#include "edgesplit/runtime/oip_grpc_client.hpp"
 #include "edgesplit/wire/oip_grpc.hpp"
 
 namespace edgesplit {
@@ -309,16 +310,8 @@ class OipGrpcServer {
       bool ok = false;
       MemoryBudget::Reservation held = core_.server().budget().reserve(n + limits.max_decoded_bytes, ok);
       if (!ok) return refuse(Code::UNAVAILABLE, "server memory budget full");
-      std::vector<std::byte> bytes(n);
-      {
-        std::vector<grpc::Slice> slices;
-        if (!message.Dump(&slices).ok()) return refuse(Code::INTERNAL, "cannot read the request message");
-        std::size_t at = 0;
-        for (const auto& s : slices) {
-          std::memcpy(bytes.data() + at, s.begin(), s.size());
-          at += s.size();
-        }
-      }
+      std::vector<std::byte> bytes;
+      if (const Status read = detail::read_byte_buffer(message, opt_.max_message_bytes, bytes); !read.ok()) return read;
       CloudServer& server = core_.server();
       if (method == oip::method::model_infer) return infer(bytes, limits, std::move(held), out, deadline, peer);
       if (method == oip::method::server_live) {
@@ -446,7 +439,7 @@ class OipGrpcServer {
       std::vector<std::size_t> dims(in.shape.begin(), in.shape.end());
       Tensor<float> t{Shape(std::span<const std::size_t>(dims))};
       if (raw)
-        Core::read_le_floats(q.raw_input_contents[i], t.data());
+        wire::oip::read_fp32(q.raw_input_contents[i], t.data());
       else
         std::copy(in.contents.fp32_contents.begin(), in.contents.fp32_contents.end(), t.data());
       tensors.push_back(std::move(t));
@@ -473,7 +466,7 @@ class OipGrpcServer {
     o.datatype = "FP32";
     for (std::size_t d : y.shape().dims()) o.shape.push_back(static_cast<std::int64_t>(d));
     auto& raw_out = r.raw_output_contents.emplace_back(y.size() * sizeof(float));
-    Core::write_le_floats(std::span<const float>(y.data(), y.size()), raw_out.data());
+    wire::oip::write_fp32(std::span<const float>(y.data(), y.size()), raw_out.data());
     oip::encode(r, out);
     return Status::OK;
   }

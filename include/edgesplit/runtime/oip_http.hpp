@@ -38,6 +38,7 @@
 #include "edgesplit/runtime/server_metrics.hpp"
 #include "edgesplit/runtime/status_page.hpp"
 #include "edgesplit/wire/feature_codec.hpp"
+#include "edgesplit/wire/oip_grpc.hpp"
 #include "edgesplit/wire/protocol.hpp"
 
 // After Eigen (through the headers above): httplib.h includes <resolv.h>, whose `_res` macro
@@ -437,7 +438,7 @@ class OipHttpServer {
       const auto in = std::find_if(inputs.begin(), inputs.end(), [&](const Input& i) { return i.name == w.name; });
       Tensor<float> t(Shape(std::span<const std::size_t>(in->dims)));
       if (in->binary_offset) {
-        Core::read_le_floats(binary.subspan(*in->binary_offset, in->count * sizeof(float)), t.data());
+        wire::oip::read_fp32(binary.subspan(*in->binary_offset, in->count * sizeof(float)), t.data());
       } else if (auto r = read_json_floats(*in->data, t.data(), in->count)) {
         return refuse(res, r->status, "input '" + in->name + "': " + r->message);
       }
@@ -617,7 +618,7 @@ class OipHttpServer {
     std::string text = dump(answer_doc);
     const std::size_t header_len = text.size();
     text.resize(header_len + bytes);
-    Core::write_le_floats(std::span<const float>(y.data(), y.size()), text.data() + header_len);
+    wire::oip::write_fp32(std::span<const float>(y.data(), y.size()), text.data() + header_len);
     res.status = 200;
     res.set_header("Inference-Header-Content-Length", std::to_string(header_len));
     res.body = std::move(text);

@@ -25,6 +25,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <span>
 #include <string>
@@ -109,6 +110,32 @@ struct RequestedOutput {
   Parameters parameters;  ///< optional parameters, e.g. "binary_data" (field 2)
   bool operator==(const RequestedOutput&) const = default;  ///< field by field
 };
+
+/// Reads little-endian FP32 values (raw tensor contents; also the HTTP binary data extension's
+/// form) into `out`, `bytes.size() / 4` of them.
+inline void read_fp32(std::span<const std::byte> bytes, float* out) noexcept {
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(out, bytes.data(), bytes.size() / 4 * 4);
+  } else {
+    for (std::size_t i = 0; i < bytes.size() / 4; ++i) {
+      std::uint32_t u = 0;
+      for (int b = 3; b >= 0; --b) u = (u << 8) | std::to_integer<std::uint32_t>(bytes[4 * i + static_cast<std::size_t>(b)]);
+      out[i] = std::bit_cast<float>(u);
+    }
+  }
+}
+/// Writes `values` as little-endian FP32 to `out` (4 bytes each).
+inline void write_fp32(std::span<const float> values, void* out) noexcept {
+  auto* to = static_cast<unsigned char*>(out);
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(to, values.data(), values.size() * sizeof(float));
+  } else {
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      const auto u = std::bit_cast<std::uint32_t>(values[i]);
+      for (std::size_t b = 0; b < 4; ++b) to[4 * i + b] = static_cast<unsigned char>((u >> (8 * b)) & 0xff);
+    }
+  }
+}
 
 /// rpc ModelInfer's request.
 struct ModelInferRequest {
