@@ -7,7 +7,8 @@
 // workers) under a light load generator that sends pre-encoded frames and reads replies on the
 // client thread itself, so less of the 2 cores goes to the clients. BM_TailForward: the tail
 // alone on one core at batch 1..64, the ceiling of what batching can gain. BM_Protocol (with
-// EDGESPLIT_WITH_HTTP): the native TCP protocol beside the Open Inference Protocol over HTTP.
+// EDGESPLIT_WITH_HTTP): the native TCP protocol beside the Open Inference Protocol over HTTP, and
+// over gRPC (with EDGESPLIT_WITH_GRPC too).
 // Counters: samples/s (items_per_second); p50 and p99 request latency in microseconds;
 // mean_batch; cpu_us, the CPU time of the whole process (clients included) per request.
 // batching: 0 = off (max_batch = 1); 1 = max_batch 64, max_queue_delay 500 us (a worker waits
@@ -36,6 +37,10 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#if EDGESPLIT_HAS_GRPC
+#include <edgesplit/runtime/oip_grpc_client.hpp>
+#include <edgesplit/runtime/oip_grpc_server.hpp>
+#endif
 // Last: httplib.h must come after Eigen (see the header).
 #include <edgesplit/runtime/oip_http.hpp>
 #endif
@@ -268,19 +273,23 @@ void BM_TailForward(benchmark::State& state) {
 // BM_Protocol: the cost of the standard protocols. One CloudServer, the tail after split 2 and the
 // same features (one sample of 512 fp32 in, 10 scores out), answered over the native TCP protocol
 // and over the Open Inference Protocol (KServe v2 REST) with JSON tensors and with the binary data
-// extension, by 1 and 64 closed-loop clients. Every client is a light generator: its request is
-// encoded once (a native INFER frame, a JSON body, a binary body) and it reads each answer on its
-// own thread, so the figures are the protocols' and the server's, not a client library's. One
-// server worker, batching up to 64 with no waiting; the HTTP front end has a thread per client
-// (HttpOptions::threads = 64: a kept-alive connection holds its thread).
+// extension, and over OIP gRPC with raw tensor contents, by 1 and 64 closed-loop clients. Every
+// client is a light generator: its request is encoded once (a native INFER frame, a JSON body, a
+// binary body, a ModelInferRequest) and it reads each answer on its own thread, so the figures are
+// the protocols' and the server's, not a client library's. One server worker, batching up to 64
+// with no waiting; the HTTP and gRPC front ends have a thread per client (HttpOptions::threads =
+// 64: a kept-alive connection holds its thread; GrpcOptions::threads = 64: a request holds its
+// thread until answered). Each gRPC client has its own channel (HTTP/2 connection).
 constexpr std::size_t kSplit = 2;
 const wire::ModelIdentity kId = model_id(kSplit);
 
 // One client's connection and its pre-encoded request, for one protocol:
-// 0 = native TCP (INFER frame, raw fp32 features), 1 = OIP JSON, 2 = OIP binary data extension.
+// 0 = native TCP (INFER frame, raw fp32 features), 1 = OIP JSON, 2 = OIP binary data extension,
+// 3 = OIP gRPC (raw_input_contents).
 class Client {
  public:
-  Client(int protocol, std::uint16_t native_port, std::uint16_t http_port, const Tensor<float>& features)
+  Client(int protocol, std::uint16_t native_port, std::uint16_t http_port, std::uint16_t grpc_port,
+         const Tensor<float>& features)
       : protocol_(protocol) {
     if (protocol == 0) {
       tcp_ = std::make_unique<TcpTransport>(TcpTransport::connect("127.0.0.1", native_port));
@@ -295,6 +304,23 @@ class Client {
       wire::encode_infer(frame_, 1, {kId.model_id, kId.split, 0}, codec, features.cview());
       return;
     }
+#if EDGESPLIT_HAS_GRPC
+    if (protocol == 3) {
+      grpc_ = std::make_unique<OipGrpcClient>("127.0.0.1:" + std::to_string(grpc_port));
+      wire::oip::ModelInferRequest q;
+      q.model_name = kId.model_id;
+      q.model_version = std::to_string(kId.split);
+      auto& in = q.inputs.emplace_back();
+      in.name = "features";
+      in.datatype = "FP32";
+      in.shape = {1, static_cast<std::int64_t>(features.size())};
+      wire::oip::write_fp32(features.span(), q.raw_input_contents.emplace_back(features.size() * sizeof(float)).data());
+      wire::oip::encode(q, frame_);
+      return;
+    }
+#else
+    (void)grpc_port;
+#endif
     http_ = std::make_unique<httplib::Client>("127.0.0.1", http_port);
     http_->set_keep_alive(true);
     http_->set_tcp_nodelay(true);  // else each body waits for the server's delayed ACK: ~40 ms a request
@@ -327,6 +353,16 @@ class Client {
       if (!tcp_->receive(no_deadline, reply_) || wire::peek(reply_.view()).type != wire::MessageType::response) std::abort();
       return;
     }
+#if EDGESPLIT_HAS_GRPC
+    if (protocol_ == 3) {
+      const grpc::Status st = grpc_->call_raw(wire::oip::method::model_infer, frame_, reply_.bytes);
+      if (!st.ok()) {
+        std::fprintf(stderr, "BM_Protocol: gRPC %d %s\n", static_cast<int>(st.error_code()), st.error_message().c_str());
+        std::abort();
+      }
+      return;
+    }
+#endif
     httplib::Headers headers;
     if (protocol_ == 2) headers.emplace("Inference-Header-Content-Length", header_length_);
     auto r = http_->Post("/v2/models/fmnist-mlp/versions/2/infer", headers, body_, type_.c_str());
@@ -344,6 +380,9 @@ class Client {
   Message reply_;
   std::unique_ptr<httplib::Client> http_;
   std::string body_, type_, header_length_;
+#if EDGESPLIT_HAS_GRPC
+  std::unique_ptr<OipGrpcClient> grpc_;
+#endif
 };
 
 // state.range(0): protocol (above); range(1): clients.
@@ -365,11 +404,18 @@ void BM_Protocol(benchmark::State& state) {
   HttpOptions ho;
   ho.threads = 64;
   OipHttpServer http(server, "127.0.0.1", 0, ho);
+  std::uint16_t grpc_port = 0;
+#if EDGESPLIT_HAS_GRPC
+  GrpcOptions go;
+  go.threads = 64;
+  OipGrpcServer grpc_front(server, "127.0.0.1", 0, go);
+  grpc_port = grpc_front.port();
+#endif
 
   const Tensor<float> features = head.predict(Tensor<float>(Shape{1, 784}, 0.5f).cview());
   std::vector<std::unique_ptr<Client>> ends;
   for (std::size_t c = 0; c < clients; ++c)
-    ends.push_back(std::make_unique<Client>(protocol, native_port, http.port(), features));
+    ends.push_back(std::make_unique<Client>(protocol, native_port, http.port(), grpc_port, features));
   for (auto& e : ends) e->round_trip();  // connected and warm
 
   const auto batches0 = server.stats().batches;
@@ -405,7 +451,11 @@ BENCHMARK(BM_Server)
 #if EDGESPLIT_HAS_HTTP
 BENCHMARK(BM_Protocol)
     ->ArgNames({"protocol", "clients"})
+#if EDGESPLIT_HAS_GRPC
+    ->ArgsProduct({{0, 1, 2, 3}, {1, 64}})
+#else
     ->ArgsProduct({{0, 1, 2}, {1, 64}})
+#endif
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 #endif

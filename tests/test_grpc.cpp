@@ -270,6 +270,28 @@ TEST_CASE("Bad OIP gRPC requests: each its status code and message, and the serv
     bad.raw_input_contents = {raw(x), raw(x)};
     refused(bad, Code::INVALID_ARGUMENT, "raw_input_contents has 2 entries for 1 inputs");
   }
+  {
+    // INT8 codes: raw, with a valid scale and zero point, of one byte per element.
+    auto bad = q;
+    bad.inputs[0].datatype = "INT8";
+    refused(bad, Code::INVALID_ARGUMENT, "INT8 codes go in raw_input_contents");
+    bad.inputs[0].contents = {};
+    bad.raw_input_contents.push_back(std::vector<std::byte>(x.size()));
+    refused(bad, Code::INVALID_ARGUMENT, "INT8 codes need the parameters scale");
+    bad.inputs[0].parameters["scale"] = 0.5;
+    bad.inputs[0].parameters["zero_point"] = std::int64_t{200};
+    refused(bad, Code::INVALID_ARGUMENT, "INT8 codes need the parameters scale");
+    bad.inputs[0].parameters["zero_point"] = std::int64_t{-3};
+    bad.inputs[0].parameters["scale"] = 0.1;  // not exactly a float
+    refused(bad, Code::INVALID_ARGUMENT, "INT8 codes need the parameters scale");
+    bad.inputs[0].parameters["scale"] = 0.5;
+    bad.raw_input_contents[0].pop_back();
+    refused(bad, Code::INVALID_ARGUMENT, "has 31 bytes of raw contents; shape [2,16] of INT8 takes 32");
+    bad.raw_input_contents[0].push_back(std::byte{0});
+    // well formed: codes 0 dequantize to 0.5 * (0 - (-3)) = 1.5
+    const oip::ModelInferResponse r = c.model_infer(bad);
+    check_answer(r, "output", s.tail.predict(Tensor<float>(Shape{2, kHidden}, 1.5f).cview()));
+  }
   // Bytes that are not protobuf: a length past the end, and a varint of 11 bytes.
   std::vector<std::byte> answer;
   for (const std::vector<std::byte>& junk :
@@ -430,7 +452,29 @@ TEST_CASE("An EdgeClient over the OIP gRPC transport: answers equal the whole mo
     const Tensor<float> want = s.tail.predict(decoded.cview());
     for (std::size_t j = 0; j < want.size(); ++j) CHECK(r.output[j] == want[j]);
   }
-  CHECK(server.stats().requests == 5);
+  {
+    // With int8_features the same 8-bit features travel as INT8 codes with their scale and zero
+    // point: the same answer, bit for bit, from about a quarter of the bytes.
+    OipTransportOptions to;
+    to.int8_features = true;
+    EdgeClient fp32(s.head, connect, edge_options(8));
+    EdgeClient int8(s.head, [oip, to] { return Channel(OipGrpcTransport(oip, to)); }, edge_options(8));
+    const Tensor<float> x = random_input(32, kIn, 71);
+    std::size_t before = g.stats().bytes_received;
+    const InferResult a = fp32.infer(x.cview(), deadline_after(20s));
+    const std::size_t fp32_bytes = g.stats().bytes_received - before;
+    before = g.stats().bytes_received;
+    const InferResult b = int8.infer(x.cview(), deadline_after(20s));
+    const std::size_t int8_bytes = g.stats().bytes_received - before;
+    REQUIRE(a.path == AnswerPath::cloud);
+    REQUIRE(b.path == AnswerPath::cloud);
+    REQUIRE(a.output.shape() == b.output.shape());
+    for (std::size_t j = 0; j < a.output.size(); ++j) CHECK(a.output[j] == b.output[j]);
+    INFO("ModelInfer bytes: fp32 " << fp32_bytes << ", int8 " << int8_bytes);
+    CHECK(fp32_bytes > 32 * kHidden * 4);
+    CHECK(int8_bytes * 3 < fp32_bytes);  // 512 codes and two parameters against 2048 bytes of floats
+  }
+  CHECK(server.stats().requests == 7);
   CHECK(server.stats().memory_in_use == 0);
 }
 

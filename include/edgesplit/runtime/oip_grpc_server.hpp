@@ -11,6 +11,7 @@
 #include <atomic>
 #include <bit>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -24,6 +25,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <grpcpp/generic/async_generic_service.h>
@@ -37,6 +39,7 @@
 #include "edgesplit/runtime/metrics.hpp"
 #include "edgesplit/runtime/oip_core.hpp"
 #include "edgesplit/runtime/oip_grpc_client.hpp"
+#include "edgesplit/quant/quantize.hpp"
 #include "edgesplit/wire/oip_grpc.hpp"
 
 namespace edgesplit {
@@ -79,7 +82,10 @@ struct GrpcStats {
 /// - Models and versions are those of the HTTP front end (runtime/oip_http.hpp): a model is a
 ///   registered model id, its version the decimal split; no version: the lowest split.
 /// - ModelInfer takes FP32 inputs as typed `fp32_contents` or as `raw_input_contents`
-///   (little-endian), and answers in `raw_output_contents`, as Triton does. It becomes a native
+///   (little-endian), or 8-bit features as INT8 codes in `raw_input_contents` with the input
+///   parameters `scale` (double) and `zero_point` (int64), dequantized as the native codec does
+///   (what OipGrpcTransport sends with OipTransportOptions::int8_features); it answers in
+///   `raw_output_contents`, as Triton does. It becomes a native
 ///   frame handed to the server's RequestHandler, sharing the batcher, limits, memory budget,
 ///   deadlines and per-model metrics with every other front end.
 /// - A request message is held under the server's memory budget from the moment it is read, for
@@ -364,6 +370,20 @@ class OipGrpcServer {
     return d;
   }
 
+  // An INT8 input's per-tensor quantization: parameters "scale" (double; a positive normal float)
+  // and "zero_point" (int64, a valid 8-bit code); none when either is missing or out of range.
+  static std::optional<QuantParams> int8_params(const wire::oip::InferTensor& in) {
+    const auto s = in.parameters.find("scale");
+    const auto z = in.parameters.find("zero_point");
+    if (s == in.parameters.end() || z == in.parameters.end()) return std::nullopt;
+    const double* scale = std::get_if<double>(&s->second);
+    const std::int64_t* zero = std::get_if<std::int64_t>(&z->second);
+    if (!scale || !zero || *zero < code_min(8) || *zero > code_max(8)) return std::nullopt;
+    const auto f = static_cast<float>(*scale);
+    if (!std::isnormal(f) || f <= 0 || static_cast<double>(f) != *scale) return std::nullopt;  // exactly a float
+    return QuantParams::tensor(f, static_cast<std::int32_t>(*zero), 8);
+  }
+
   // ModelInfer: checked inputs, one native inference, the answer in raw_output_contents.
   Status infer(std::vector<std::byte>& bytes, const wire::oip::DecodeLimits& limits, MemoryBudget::Reservation held,
                std::vector<std::byte>& out, std::chrono::system_clock::time_point deadline, const std::string& peer) {
@@ -382,6 +402,7 @@ class OipGrpcServer {
       return refuse(Code::INVALID_ARGUMENT, "raw_input_contents has " + std::to_string(q.raw_input_contents.size()) +
                                                 " entries for " + std::to_string(q.inputs.size()) + " inputs");
     std::vector<std::size_t> source(want.size(), q.inputs.size());  // which request input feeds each of `want`
+    std::vector<std::optional<QuantParams>> int8_inputs(q.inputs.size());  // the parameters of INT8 ones
     std::optional<std::size_t> batch;
     std::size_t total = 0;
     for (std::size_t i = 0; i < q.inputs.size(); ++i) {
@@ -391,8 +412,10 @@ class OipGrpcServer {
       std::size_t& from = source[static_cast<std::size_t>(w - want.begin())];
       if (from != q.inputs.size()) return refuse(Code::INVALID_ARGUMENT, "input '" + in.name + "' given twice");
       from = i;
-      if (in.datatype != "FP32")
-        return refuse(Code::INVALID_ARGUMENT, "input '" + in.name + "' has datatype '" + in.datatype + "'; the model takes FP32");
+      const bool int8 = in.datatype == "INT8";
+      if (in.datatype != "FP32" && !int8)
+        return refuse(Code::INVALID_ARGUMENT, "input '" + in.name + "' has datatype '" + in.datatype +
+                                                  "'; the model takes FP32 (or INT8 codes with scale and zero_point)");
       std::vector<std::size_t> dims;
       for (const std::int64_t d : in.shape) {
         if (d <= 0 || d > std::int64_t{UINT32_MAX})
@@ -401,13 +424,21 @@ class OipGrpcServer {
       }
       std::size_t count = 0;
       if (auto r = core_.check_shape(in.name, dims, *w, batch, count)) return refuse(Code::INVALID_ARGUMENT, *r);
+      if (int8) {
+        if (!raw) return refuse(Code::INVALID_ARGUMENT, "input '" + in.name + "': INT8 codes go in raw_input_contents");
+        const auto params = int8_params(in);
+        if (!params) return refuse(Code::INVALID_ARGUMENT, "input '" + in.name + "': INT8 codes need the parameters scale "
+                                                                              "(a positive double) and zero_point (an int64 of -128 to 127)");
+        int8_inputs[i] = *params;
+      }
+      const std::size_t element_bytes = int8 ? 1 : sizeof(float);
       if (raw) {
         if (!in.contents.empty())
           return refuse(Code::INVALID_ARGUMENT, "input '" + in.name + "' has both contents and raw_input_contents");
-        if (q.raw_input_contents[i].size() != count * sizeof(float))
+        if (q.raw_input_contents[i].size() != count * element_bytes)
           return refuse(Code::INVALID_ARGUMENT, "input '" + in.name + "' has " + std::to_string(q.raw_input_contents[i].size()) +
-                                                    " bytes of raw contents; shape " + Core::shape_text(dims) +
-                                                    " of FP32 takes " + std::to_string(count * sizeof(float)));
+                                                    " bytes of raw contents; shape " + Core::shape_text(dims) + " of " +
+                                                    in.datatype + " takes " + std::to_string(count * element_bytes));
       } else {
         oip::InferTensorContents others = in.contents;
         others.fp32_contents.clear();
@@ -438,7 +469,10 @@ class OipGrpcServer {
       const oip::InferTensor& in = q.inputs[i];
       std::vector<std::size_t> dims(in.shape.begin(), in.shape.end());
       Tensor<float> t{Shape(std::span<const std::size_t>(dims))};
-      if (raw)
+      if (int8_inputs[i]) {
+        const TensorView<const std::int8_t> codes(reinterpret_cast<const std::int8_t*>(q.raw_input_contents[i].data()), t.shape());
+        dequantize(codes, *int8_inputs[i], t.view());  // as the native codec decodes 8-bit features: bit for bit
+      } else if (raw)
         wire::oip::read_fp32(q.raw_input_contents[i], t.data());
       else
         std::copy(in.contents.fp32_contents.begin(), in.contents.fp32_contents.end(), t.data());

@@ -19,6 +19,7 @@
 
 #include "edgesplit/core/error.hpp"
 #include "edgesplit/core/tensor.hpp"
+#include "edgesplit/quant/quant_params.hpp"
 #include "edgesplit/runtime/oip_grpc_client.hpp"
 #include "edgesplit/transport/transport.hpp"
 #include "edgesplit/wire/feature_codec.hpp"
@@ -34,6 +35,11 @@ struct OipTransportOptions {
   /// The OIP model version; none: the edge's split in decimal (an edgesplit server's version of
   /// a tail); an empty string: whichever version the server chooses (Triton's default policy).
   std::optional<std::string> model_version;
+  /// Send 8-bit features (per-tensor, without a lossless stage) as their INT8 codes, 1 byte
+  /// each, with the input parameters `scale` (double) and `zero_point` (int64), instead of as
+  /// dequantized FP32: a quarter of the bytes. edgesplit's OipGrpcServer takes them; a stock
+  /// server serving an FP32 model does not, so it is off by default.
+  bool int8_features = false;
   /// Caps of the frames the edge hands over and of the answers' decoding.
   wire::DecodeLimits limits;
 };
@@ -51,7 +57,9 @@ struct OipTransportOptions {
 /// - INFER becomes ModelInfer, sent asynchronously with the request's deadline: the features
 ///   are decoded from the codec's frame and sent as one FP32 tensor in raw_input_contents
 ///   (little-endian), which every OIP server takes; quantized features are therefore sent as
-///   their dequantized values (what the tail would see natively), 4 bytes each. The answer's first
+///   their dequantized values (what the tail would see natively), 4 bytes each, unless
+///   OipTransportOptions::int8_features sends 8-bit ones as INT8 codes with their scale and zero
+///   point (for edgesplit's OipGrpcServer). The answer's first
 ///   FP32 output (raw_output_contents or fp32_contents) becomes the RESPONSE; a failed call an
 ///   ERROR with the status's meaning (errc_of) and the server's message, which the EdgeClient
 ///   answers by fallback.
@@ -218,9 +226,9 @@ class OipGrpcTransport {
     const auto sent = SteadyClock::instance().now();
     State& s = *st_;
     wire::FeatureDecoder decoder(s.opt.limits);
-    Tensor<float> x;
-    std::uint32_t id = 0;
-    const wire::InferRequest r = wire::decode_infer(bytes, decoder, x, &id);
+    const wire::InferHeader h = wire::read_infer(bytes, decoder);
+    const std::uint32_t id = h.request_id;
+    const wire::InferRequest& r = h.request;
     wire::oip::ModelInferRequest q;
     {
       std::lock_guard lock(s.mutex);
@@ -230,10 +238,22 @@ class OipGrpcTransport {
       q.inputs.emplace_back().name = s.input;
     }
     q.id = std::to_string(id);
-    q.inputs[0].datatype = "FP32";
-    for (std::size_t d : x.shape().dims()) q.inputs[0].shape.push_back(static_cast<std::int64_t>(d));
-    wire::oip::write_fp32(std::span<const float>(x.data(), x.size()),
-                          q.raw_input_contents.emplace_back(x.size() * sizeof(float)).data());
+    wire::oip::InferTensor& in = q.inputs[0];
+    for (std::size_t d : h.tensor.shape.dims()) in.shape.push_back(static_cast<std::int64_t>(d));
+    const QuantParams& p = decoder.decode_params();
+    if (s.opt.int8_features && h.tensor.bits == 8 && h.tensor.lossless == wire::Lossless::none && !p.per_channel() &&
+        h.tensor.data.size() == h.tensor.shape.count()) {
+      in.datatype = "INT8";  // the codes as they are, 1 byte each
+      in.parameters["scale"] = static_cast<double>(p.scale[0]);
+      in.parameters["zero_point"] = static_cast<std::int64_t>(p.zero_point[0]);
+      q.raw_input_contents.emplace_back(h.tensor.data.begin(), h.tensor.data.end());
+    } else {
+      Tensor<float> x;
+      wire::decode_infer_features(h, decoder, x);
+      in.datatype = "FP32";
+      wire::oip::write_fp32(std::span<const float>(x.data(), x.size()),
+                            q.raw_input_contents.emplace_back(x.size() * sizeof(float)).data());
+    }
     std::vector<std::byte> message;
     wire::oip::encode(q, message);
     const Deadline deadline = r.deadline_us == 0 ? no_deadline : sent + std::chrono::microseconds(r.deadline_us);
