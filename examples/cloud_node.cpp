@@ -37,33 +37,22 @@
 #endif
 
 #include "node_common.hpp"
-#if EDGESPLIT_HAS_GRPC
-#include <edgesplit/runtime/oip_grpc_server.hpp>
-#endif
-#if EDGESPLIT_HAS_HTTP
-#include <edgesplit/runtime/oip_http.hpp>  // last: after every header that includes Eigen (see the header)
-#endif
+#include "oip_front_ends.hpp"  // last: after every header that includes Eigen (see runtime/oip_http.hpp)
 
 using namespace edgesplit;
 
 int main(int argc, char** argv) {
   std::map<std::string, std::string> o;
   try {
-    o = node::parse_options(argc, argv,
-                            {{"model", node::default_model}, {"split", "2"}, {"host", "127.0.0.1"}, {"port", "7000"},
-                             {"workers", "1"}, {"max-batch", "32"}, {"port-file", ""}, {"model-id", "fmnist-mlp"},
-                             {"memory-budget-mib", "256"}, {"max-connections", "16384"}, {"idle-timeout-s", "300"},
-                             {"tls-cert", ""}, {"tls-key", ""}, {"tls-client-ca", ""}, {"http-port", "0"},
-                             {"http-host", ""}, {"grpc-port", "0"}, {"grpc-host", ""}});
+    std::map<std::string, std::string> defaults{
+        {"model", node::default_model}, {"split", "2"}, {"host", "127.0.0.1"}, {"port", "7000"},
+        {"workers", "1"}, {"max-batch", "32"}, {"port-file", ""}, {"model-id", "fmnist-mlp"},
+        {"memory-budget-mib", "256"}, {"max-connections", "16384"}, {"idle-timeout-s", "300"},
+        {"tls-cert", ""}, {"tls-key", ""}, {"tls-client-ca", ""}};
+    defaults.insert(node::oip_options.begin(), node::oip_options.end());
+    o = node::parse_options(argc, argv, defaults);
     (void)cli::number<std::size_t>(o["port"], "--port", 0, 65535);
-    (void)cli::number<std::size_t>(o["http-port"], "--http-port", 0, 65535);
-    (void)cli::number<std::size_t>(o["grpc-port"], "--grpc-port", 0, 65535);
-#if !EDGESPLIT_HAS_GRPC
-    if (o["grpc-port"] != "0") fail(errc::unsupported, "this build has no gRPC front end (EDGESPLIT_WITH_GRPC)");
-#endif
-#if !EDGESPLIT_HAS_HTTP
-    if (o["http-port"] != "0") fail(errc::unsupported, "this build has no HTTP front end (EDGESPLIT_WITH_HTTP)");
-#endif
+    node::check_oip_options(o);
     if (o["tls-cert"].empty() != o["tls-key"].empty())
       fail(errc::invalid_argument, "--tls-cert and --tls-key go together");
     if (!o["tls-client-ca"].empty() && o["tls-cert"].empty())
@@ -124,30 +113,7 @@ int main(int argc, char** argv) {
 #else
     server.listen(std::move(listener));
 #endif
-#if EDGESPLIT_HAS_GRPC
-    std::unique_ptr<OipGrpcServer> grpc_front;
-    if (const auto grpc_port = cli::number<std::size_t>(o["grpc-port"], "--grpc-port", 0, 65535); grpc_port != 0) {
-      const std::string grpc_host = o["grpc-host"].empty() ? o["host"] : o["grpc-host"];
-      grpc_front = std::make_unique<OipGrpcServer>(server, grpc_host, static_cast<std::uint16_t>(grpc_port));
-      std::printf("cloud_node: Open Inference Protocol over gRPC on %s port %u (model '%s', version %zu; no TLS, "
-                  "for trusted networks only)\n",
-                  grpc_host.c_str(), static_cast<unsigned>(grpc_front->port()), o["model-id"].c_str(), split);
-    }
-#endif
-#if EDGESPLIT_HAS_HTTP
-    std::unique_ptr<OipHttpServer> http;
-    if (const auto http_port = cli::number<std::size_t>(o["http-port"], "--http-port", 0, 65535); http_port != 0) {
-      const std::string http_host = o["http-host"].empty() ? o["host"] : o["http-host"];
-      HttpOptions ho;
-#if EDGESPLIT_HAS_GRPC
-      if (grpc_front) ho.extra_metrics = [&grpc_front](MetricsWriter& w) { grpc_front->write_metrics(w); };
-#endif
-      http = std::make_unique<OipHttpServer>(server, http_host, static_cast<std::uint16_t>(http_port), ho);
-      std::printf("cloud_node: Open Inference Protocol, health and /metrics over HTTP on %s port %u "
-                  "(model '%s', version %zu; plain HTTP, for trusted networks only)\n",
-                  http_host.c_str(), static_cast<unsigned>(http->port()), o["model-id"].c_str(), split);
-    }
-#endif
+    node::OipFrontEnds front_ends(server, o, o["host"], "cloud_node", o["model-id"], split);
     if (!o["port-file"].empty()) std::ofstream(o["port-file"]) << port << '\n';
     std::printf("cloud_node: serving '%s' layers %zu..%zu on %s port %u (%s)\n", o["model-id"].c_str(), split,
                 model.size(), o["host"].c_str(), static_cast<unsigned>(port), security);
@@ -155,12 +121,7 @@ int main(int argc, char** argv) {
 
     int sig = 0;
     sigwait(&signals, &sig);
-#if EDGESPLIT_HAS_HTTP
-    if (http) http->stop();  // finishes the HTTP requests in flight while the server still answers them
-#endif
-#if EDGESPLIT_HAS_GRPC
-    if (grpc_front) grpc_front->stop();  // the same for gRPC calls
-#endif
+    front_ends.stop();  // finishes the HTTP and gRPC requests in flight while the server still answers them
     server.shutdown(std::chrono::seconds(5));
     const auto st = server.stats();
     std::printf("cloud_node: stopped; %zu requests, %zu batches, %zu expired, %zu rejected, %zu connections "
