@@ -20,7 +20,8 @@ source "$root/scripts/deps.sh"
 # the Open Inference Protocol over gRPC against real protobuf and a Python gRPC client
 # (python3-grpc-tools, python3-grpcio), and run exported ONNX models through onnx.checker
 # (python3-onnx).
-edgesplit_install_deps chromium fonts-dejavu-core python3-grpc-tools python3-grpcio python3-onnx
+edgesplit_install_deps chromium fonts-dejavu-core python3-grpc-tools python3-grpcio python3-onnx \
+  python3-prometheus-client
 
 jobs="$(nproc)"
 out="$root/build"

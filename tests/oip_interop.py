@@ -100,6 +100,33 @@ def close(a, b, what):
         raise AssertionError(f"{what}: {len(a)} values, expected {len(b)}")
 
 
+PROMETHEUS_PARSE = """
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families, values = {}, {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    families[f.name] = f.type
+    for s in f.samples:
+        labels = ",".join('%s="%s"' % (k, v) for k, v in s.labels.items())
+        values[s.name + ("{" + labels + "}" if labels else "")] = s.value
+print(json.dumps([families, values]))
+"""
+
+
+def prometheus_parse(text):
+    """The exposition text read by prometheus_client's parser: ({family: type}, {sample: value}),
+    or None without python3-prometheus-client (tried in this python3, then Debian's)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        if not os.path.exists(python):
+            continue
+        r = subprocess.run([python, "-c", PROMETHEUS_PARSE], input=text, capture_output=True, text=True, timeout=60)
+        if r.returncode == 0:
+            return tuple(json.loads(r.stdout))
+        if "No module named" not in r.stderr:
+            raise AssertionError("Prometheus' parser refused the /metrics text: " + r.stderr)
+    return None
+
+
 def stop(proc):
     """SIGTERM to a child still running; killed if it has not exited 20 s later."""
     if proc is not None and proc.poll() is None:
@@ -240,6 +267,22 @@ def main():
         check(samples.get(ok_key) == want_ok, f"{ok_key} == {want_ok}")
         check(samples.get('edgesplit_inferences_total{model="%s",version="%d"}' % (MODEL, SPLIT)) == 3 * want_ok,
               "edgesplit_inferences_total counts the rows")
+
+        # The same text through Prometheus' own parser (Debian's python3-prometheus-client), and
+        # its counter moved by one more request.
+        parsed = prometheus_parse(text)
+        if parsed is None:
+            print("python3-prometheus-client not installed: the check with Prometheus' parser skipped")
+            return 0
+        families, values = parsed
+        check({"counter", "gauge", "histogram"} <= set(families.values()),
+              f"Prometheus' parser reads {len(families)} families: counters, gauges, histograms")
+        check(families.get("edgesplit_request_duration_microseconds") == "histogram"
+              and families.get("edgesplit_requests") == "counter", "the request counter and duration histogram")
+        check(values.get(ok_key) == want_ok, f"Prometheus' parser: {ok_key} == {want_ok}")
+        status, _, _ = request(http_port, "POST", infer, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+        _, after = prometheus_parse(request(http_port, "GET", "/metrics")[2].decode())
+        check(status == 200 and after.get(ok_key) == want_ok + 1, f"after one more request: {ok_key} == {want_ok + 1}")
         return 0
     finally:
         stop(proc)
