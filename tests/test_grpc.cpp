@@ -435,6 +435,11 @@ TEST_CASE("An EdgeClient over the OIP gRPC transport: answers equal the whole mo
     }
     CHECK(edge.stats().cloud_answers == 4);
     CHECK(edge.connected());
+    // A PING is a ServerLive; its PONG feeds the link estimate (from its initial 20 ms).
+    const double rtt0 = edge.link_estimate().rtt_s;
+    edge.ping();
+    for (int i = 0; i < 2000 && edge.link_estimate().rtt_s == rtt0; ++i) std::this_thread::sleep_for(5ms);
+    CHECK(edge.link_estimate().rtt_s != rtt0);
   }
   {
     // 8-bit features travel as their dequantized values: the answer is the tail of exactly
@@ -533,6 +538,24 @@ TEST_CASE("OIP gRPC transport: refusals, a dead server and a missed deadline end
     CHECK(r.fallback_reason == errc::unreachable);
     is_whole(r);
     CHECK(edge.stats().connect_failures >= 1);
+  }
+  SECTION("a server that stops answering PINGs ends the connection") {
+    CloudServer server(small_server_options());
+    server.register_model(kModel, s.tail);
+    auto g = std::make_unique<OipGrpcServer>(server, "127.0.0.1", 0);
+    GrpcClientOptions co = client_options();
+    co.timeout = 2s;
+    auto oip = std::make_shared<OipGrpcClient>(target(*g), co);
+    EdgeClient edge(s.head, [oip] { return Channel(OipGrpcTransport(oip)); }, edge_options(), local);
+    REQUIRE(edge.infer(x.cview(), deadline_after(20s)).path == AnswerPath::cloud);
+    REQUIRE(edge.connected());
+    g.reset();  // the server goes away
+    edge.ping();
+    for (int i = 0; i < 2000 && edge.connected(); ++i) std::this_thread::sleep_for(5ms);
+    CHECK_FALSE(edge.connected());
+    const InferResult r = edge.infer(x.cview(), deadline_after(5s));
+    CHECK(r.path == AnswerPath::fallback);
+    is_whole(r);
   }
   SECTION("a tail held past the request's deadline: the fallback answers, the late reply is dropped") {
     CloudServer server(small_server_options());
