@@ -100,6 +100,7 @@ class OipGrpcServer {
   /// cannot listen there, errc::invalid_argument for options out of their domain.
   OipGrpcServer(CloudServer& server, const std::string& host, std::uint16_t port, GrpcOptions opt = {})
       : core_(server), opt_(std::move(opt)), service_(*this) {
+    detail::hold_grpc_callback_queue();
     if (opt_.threads == 0) fail(errc::invalid_argument, "GrpcOptions::threads must be at least 1");
     if (opt_.max_message_bytes == 0) opt_.max_message_bytes = server.options().limits.max_payload_bytes;
     if (opt_.max_message_bytes > static_cast<std::size_t>(std::numeric_limits<int>::max()))
