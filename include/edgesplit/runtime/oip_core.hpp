@@ -170,9 +170,47 @@ class OipCore {
     return std::nullopt;
   }
 
-  /// Bytes to reserve under the memory budget before allocating input tensors of `elements`
-  /// floats in all: the tensors and their native frame.
-  static std::size_t tensor_bytes(std::size_t elements) { return Shape::checked_bytes(elements, 2 * sizeof(float)) + 4096; }
+  /// A request refused: the code a front end answers with its own status (see fault_of), and why.
+  struct Refusal {
+    errc code;
+    std::string message;
+  };
+
+  /// What a failure is, whatever the protocol: the request's fault, no such model, the server
+  /// full, past the deadline, or the server's own failure. Each front end has one status for each.
+  enum class Fault { request, no_model, busy, late, server };
+  static Fault fault_of(errc c) noexcept {
+    switch (c) {
+      case errc::unsupported: return Fault::no_model;
+      case errc::overloaded: return Fault::busy;
+      case errc::timeout: return Fault::late;
+      case errc::internal:
+      case errc::io_error:
+      case errc::unreachable:
+      case errc::quarantined: return Fault::server;
+      default: return Fault::request;
+    }
+  }
+
+  /// The refusal of a request with `given` inputs for the tail `e`, which takes `want`.
+  static std::optional<std::string> check_input_count(const Entry& e, const std::vector<TensorInfo>& want, std::size_t given) {
+    if (given == want.size()) return std::nullopt;
+    return "model '" + e.id.model_id + "' takes " + std::to_string(want.size()) + " input(s), got " + std::to_string(given);
+  }
+
+  /// Before input tensors of `elements` floats in all are allocated: checks that they fit one
+  /// native frame (`too_large` otherwise) and reserves them and their frame under the memory
+  /// budget into `held` (`overloaded` when it is full).
+  std::optional<Refusal> reserve_tensors(std::size_t elements, MemoryBudget::Reservation& held) const {
+    const std::size_t cap = server_.options().limits.max_payload_bytes;
+    if (elements * sizeof(float) + 4096 > cap)  // elements <= max_elements (check_shape): no overflow
+      return Refusal{errc::too_large, "the request's tensors take " + std::to_string(elements * sizeof(float)) +
+                                          " bytes, over the server's cap of " + std::to_string(cap)};
+    bool ok = false;
+    held = server_.budget().reserve(Shape::checked_bytes(elements, 2 * sizeof(float)) + 4096, ok);
+    if (!ok) return Refusal{errc::overloaded, "server memory budget full"};
+    return std::nullopt;
+  }
 
   /// Runs the tail `e` on `tensors` (one per input of inputs_of(e), in that order, already
   /// checked): one native INFER (or INFER_TENSORS) frame handed to the server's RequestHandler as

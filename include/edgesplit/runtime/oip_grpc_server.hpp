@@ -282,16 +282,14 @@ class OipGrpcServer {
     return i < names.size() ? std::string(names[i]) : std::to_string(i);
   }
   static Code code_of(errc c) noexcept {
-    switch (c) {
-      case errc::unsupported: return Code::NOT_FOUND;
-      case errc::overloaded: return Code::UNAVAILABLE;
-      case errc::timeout: return Code::DEADLINE_EXCEEDED;
-      case errc::internal:
-      case errc::io_error:
-      case errc::unreachable:
-      case errc::quarantined: return Code::INTERNAL;
-      default: return Code::INVALID_ARGUMENT;
+    switch (Core::fault_of(c)) {
+      case Core::Fault::no_model: return Code::NOT_FOUND;
+      case Core::Fault::busy: return Code::UNAVAILABLE;
+      case Core::Fault::late: return Code::DEADLINE_EXCEEDED;
+      case Core::Fault::server: return Code::INTERNAL;
+      case Core::Fault::request: break;
     }
+    return Code::INVALID_ARGUMENT;
   }
   static Status refuse(Code c, const std::string& message) { return Status(c, message); }
 
@@ -395,9 +393,7 @@ class OipGrpcServer {
     const auto e = core_.find(q.model_name, q.model_version);
     if (!e) return refuse(Code::NOT_FOUND, Core::no_model(q.model_name, q.model_version));
     const auto want = Core::inputs_of(*e);
-    if (q.inputs.size() != want.size())
-      return refuse(Code::INVALID_ARGUMENT, "model '" + e->id.model_id + "' takes " + std::to_string(want.size()) +
-                                                " input(s), got " + std::to_string(q.inputs.size()));
+    if (auto r = Core::check_input_count(*e, want, q.inputs.size())) return refuse(Code::INVALID_ARGUMENT, *r);
     const bool raw = !q.raw_input_contents.empty();
     if (raw && q.raw_input_contents.size() != q.inputs.size())
       return refuse(Code::INVALID_ARGUMENT, "raw_input_contents has " + std::to_string(q.raw_input_contents.size()) +
@@ -457,13 +453,8 @@ class OipGrpcServer {
         return refuse(Code::INVALID_ARGUMENT, "the model has no output '" + o.name + "' (its output: '" + output.name + "')");
 
     // The tensors, in the order the tail takes them, reserved before they are allocated.
-    const wire::DecodeLimits& frame_limits = core_.server().options().limits;
-    if (total * sizeof(float) + 4096 > frame_limits.max_payload_bytes)
-      return refuse(Code::INVALID_ARGUMENT, "the request's tensors take " + std::to_string(total * sizeof(float)) +
-                                                " bytes, over the server's cap of " + std::to_string(frame_limits.max_payload_bytes));
-    bool ok = false;
-    MemoryBudget::Reservation tensors_held = core_.server().budget().reserve(Core::tensor_bytes(total), ok);
-    if (!ok) return refuse(Code::UNAVAILABLE, "server memory budget full");
+    MemoryBudget::Reservation tensors_held;
+    if (auto r = core_.reserve_tensors(total, tensors_held)) return refuse(code_of(r->code), r->message);
     std::vector<Tensor<float>> tensors;
     tensors.reserve(want.size());
     for (const std::size_t i : source) {

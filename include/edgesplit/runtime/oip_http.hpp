@@ -220,16 +220,14 @@ class OipHttpServer {
   static std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
   static int status_of(errc c) noexcept {
-    switch (c) {
-      case errc::unsupported: return 404;
-      case errc::overloaded: return 503;
-      case errc::timeout: return 504;
-      case errc::internal:
-      case errc::io_error:
-      case errc::unreachable:
-      case errc::quarantined: return 500;
-      default: return 400;
+    switch (Core::fault_of(c)) {
+      case Core::Fault::no_model: return 404;
+      case Core::Fault::busy: return 503;
+      case Core::Fault::late: return 504;
+      case Core::Fault::server: return 500;
+      case Core::Fault::request: break;
     }
+    return 400;
   }
 
   void answer(httplib::Response& res, int status, const json& body) {
@@ -426,12 +424,8 @@ class OipHttpServer {
     const auto want = Core::inputs_of(*e);
     std::size_t total = 0;
     for (const auto& in : inputs) total += in.count;
-    const wire::DecodeLimits& limits = server_.options().limits;
-    if (total * sizeof(float) + 4096 > limits.max_payload_bytes)
-      return refuse(res, 400, "the request's tensors take " + std::to_string(total * sizeof(float)) +
-                                  " bytes, over the server's cap of " + std::to_string(limits.max_payload_bytes));
-    MemoryBudget::Reservation tensors_held = budget.reserve(Core::tensor_bytes(total), ok);
-    if (!ok) return refuse(res, 503, "server memory budget full");
+    MemoryBudget::Reservation tensors_held;
+    if (auto r = core_.reserve_tensors(total, tensors_held)) return refuse(res, status_of(r->code), r->message);
     std::vector<Tensor<float>> tensors;
     tensors.reserve(inputs.size());
     for (const auto& w : want) {
@@ -462,9 +456,7 @@ class OipHttpServer {
     const auto it = doc.find("inputs");
     if (it == doc.end() || !it->is_array() || it->empty()) return Refusal{400, "'inputs' must be a non-empty array"};
     const auto want = Core::inputs_of(e);
-    if (it->size() != want.size())
-      return Refusal{400, "model '" + e.id.model_id + "' takes " + std::to_string(want.size()) + " input(s), got " +
-                              std::to_string(it->size())};
+    if (auto r = Core::check_input_count(e, want, it->size())) return Refusal{400, *r};
     std::size_t binary_at = 0;
     std::optional<std::size_t> batch;
     for (const json& in : *it) {
