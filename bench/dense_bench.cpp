@@ -1,10 +1,13 @@
 // bench/dense_bench.cpp - Dense and a small MLP through edgesplit, beside raw Eigen doing the same
 // products on the same shapes in the same process.
 //
-// Four variants of every case:
-//   edgesplit     Dense<float>::forward / Sequential<float>::forward, the public API
-//   es_packed     the same after pack_weights() (weights packed once, as a CloudServer worker's
-//                 copy of a tail is; batch 1 is the same GEMV)
+// Five variants of every case:
+//   edgesplit     Dense<float>::forward / Sequential<float>::forward, the public API as it comes
+//                 (WeightPacking::automatic: packed on the first batched call, then a checksum
+//                 of the weights checked on every call)
+//   es_packed     the same after pack_weights() (WeightPacking::fixed: packed once, unchecked,
+//                 as a CloudServer worker's copy of a tail is; batch 1 is the same GEMV)
+//   es_unpacked   the same with WeightPacking::off (Eigen packs the weights on every call)
 //   eigen_rowmaj  raw Eigen the way edgesplit does it: row-major {out, in} weights, batch-major X,
 //                 Y = X W^T then Y.rowwise() += b; batch 1 as a row-major GEMV y = W x + b.
 //                 It maps edgesplit's own weight and input buffers (same data, same alignment).
@@ -17,11 +20,12 @@
 //       one variant each; counters items_per_second (= samples/s) and FLOP/s (the FLOP count of
 //       Layer::flops / Sequential::flops, 2 in out + out per sample and Dense layer, for all variants)
 //   Dense/paired/...  and  MLP/paired/...
-//       the four variants in alternating blocks of calls (each block ~2 ms and at least 3 calls,
+//       the five variants in alternating blocks of calls (each block ~2 ms and at least 3 calls,
 //       its first call dropped as a warm-up; the variant that starts rotates), every call timed on
 //       its own with a wall clock; counters are the median per-call times (us_*) and the ratios
 //       edgesplit / raw Eigen of the medians (es_over_rowmaj, es_over_colmaj, and packed_over_rowmaj,
-//       packed_over_colmaj for es_packed). These ratios are
+//       packed_over_colmaj for es_packed; es_over_unpacked and packed_over_unpacked, the price or
+//       gain of packing against es_unpacked). These ratios are
 //       the figures to quote on a shared, noisy machine: slow phases hit all variants alike, and
 //       the median drops preempted calls (while fewer than half of them are; on a busy machine,
 //       calls of several ms mostly are, and their absolute times mean little).
@@ -106,9 +110,10 @@ class RawDense {
 // The cases. Each holds its inputs, an edgesplit model, and the raw-Eigen equivalents; run(v)
 // computes one forward pass with variant v.
 
-enum Variant : int { edgesplit_v = 0, rowmaj_v = 1, colmaj_v = 2, packed_v = 3 };
-constexpr int variants = 4;
-constexpr std::array<const char*, variants> variant_names = {"edgesplit", "eigen_rowmaj", "eigen_colmaj", "es_packed"};
+enum Variant : int { edgesplit_v = 0, rowmaj_v = 1, colmaj_v = 2, packed_v = 3, unpacked_v = 4 };
+constexpr int variants = 5;
+constexpr std::array<const char*, variants> variant_names = {"edgesplit", "eigen_rowmaj", "eigen_colmaj", "es_packed",
+                                                             "es_unpacked"};
 
 class DenseCase {
  public:
@@ -120,6 +125,8 @@ class DenseCase {
     fill_uniform(x_.span(), rng_);
     packed_ = std::make_unique<Dense<float>>(layer_);
     packed_->pack_weights();
+    unpacked_ = std::make_unique<Dense<float>>(layer_);
+    unpacked_->set_weight_packing(edgesplit::WeightPacking::off);
   }
   std::size_t batch() const { return batch_; }
   std::uint64_t flops() const { return layer_.flops(x_.shape()); }
@@ -127,6 +134,7 @@ class DenseCase {
     switch (v) {
       case edgesplit_v: layer_.forward(x_.cview(), y_.view()); break;
       case packed_v: packed_->forward(x_.cview(), y_.view()); break;
+      case unpacked_v: unpacked_->forward(x_.cview(), y_.view()); break;
       case rowmaj_v: raw_.rowmajor(x_.data(), y_.data(), batch_); break;
       default: raw_.colmajor(x_.data(), y_.data(), batch_); break;
     }
@@ -139,6 +147,7 @@ class DenseCase {
   std::size_t batch_;
   Dense<float> layer_;
   std::unique_ptr<Dense<float>> packed_;  // a copy of layer_ with packed weights
+  std::unique_ptr<Dense<float>> unpacked_;  // a copy of layer_ that never packs
   Tensor<float> x_, y_;
   RawDense raw_;
 };
@@ -162,6 +171,8 @@ class MlpCase {
     fill_uniform(x_.span(), rng);
     packed_ = model_;
     packed_.pack_weights();
+    unpacked_ = model_;
+    unpacked_.set_weight_packing(edgesplit::WeightPacking::off);
   }
   std::size_t batch() const { return batch_; }
   std::uint64_t flops() const { return model_.flops(x_.shape()); }
@@ -171,6 +182,8 @@ class MlpCase {
       out = model_.forward(x_.cview()).data();
     } else if (v == packed_v) {
       out = packed_.forward(x_.cview()).data();
+    } else if (v == unpacked_v) {
+      out = unpacked_.forward(x_.cview()).data();
     } else {
       const float* in = x_.data();
       for (std::size_t i = 0; i < raw_.size(); ++i) {
@@ -195,6 +208,7 @@ class MlpCase {
   std::size_t batch_;
   Sequential<float> model_;
   Sequential<float> packed_;  // a copy of model_ with packed weights
+  Sequential<float> unpacked_;  // a copy of model_ that never packs
   std::vector<RawDense> raw_;   // over the weights of model_'s Dense layers
   std::vector<Tensor<float>> acts_;
   Tensor<float> x_;
@@ -258,6 +272,8 @@ void run_paired(benchmark::State& state, Case& c) {
   state.counters["es_over_colmaj"] = med[0] / med[2];
   state.counters["packed_over_rowmaj"] = med[3] / med[1];
   state.counters["packed_over_colmaj"] = med[3] / med[2];
+  state.counters["es_over_unpacked"] = med[0] / med[4];
+  state.counters["packed_over_unpacked"] = med[3] / med[4];
   state.counters["calls"] = static_cast<double>(t[0].size());
 }
 

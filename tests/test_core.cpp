@@ -197,6 +197,49 @@ TEMPLATE_TEST_CASE("SIMD reductions and softmax equal their scalar references", 
   }
 }
 
+TEST_CASE("word_checksum: SIMD equals the scalar reference, and any changed or swapped word changes it", "[core][simd]") {
+  Rng rng(11);
+  std::vector<std::uint32_t> words(1000);
+  for (auto& w : words) w = static_cast<std::uint32_t>(rng.next());
+  for (std::size_t n : {0, 1, 3, 15, 16, 17, 31, 32, 33, 100, 255, 1000}) {
+    INFO("words " << n);
+    CHECK(kernels::word_checksum(words.data(), n) == kernels::word_checksum_scalar(words.data(), n));
+  }
+  CHECK(kernels::word_checksum(words.data(), 0) != kernels::word_checksum(words.data(), 1));  // the count is folded in
+  // From an unaligned start (floats of a tensor view may start anywhere).
+  CHECK(kernels::word_checksum(words.data() + 1, 999) == kernels::word_checksum_scalar(words.data() + 1, 999));
+  const std::uint64_t base = kernels::word_checksum(words.data(), words.size());
+  std::size_t unchanged = 0;
+  for (std::size_t i = 0; i < words.size(); ++i)
+    for (std::uint32_t delta : {1u, 0x80000000u, 0x00800000u}) {  // lowest bit, sign, an exponent bit
+      words[i] ^= delta;
+      unchanged += kernels::word_checksum(words.data(), words.size()) == base;
+      words[i] ^= delta;
+    }
+  CHECK(unchanged == 0);
+  // Sign bits flipped in pairs (negated weights): a linear sum would miss every one of these.
+  for (std::size_t i : {0, 1, 16, 500})
+    for (std::size_t j : {std::size_t{2}, std::size_t{16}, std::size_t{32}, std::size_t{499}}) {
+      words[i] ^= 0x80000000u;
+      words[i + j] ^= 0x80000000u;
+      CHECK(kernels::word_checksum(words.data(), words.size()) != base);
+      words[i] ^= 0x80000000u;
+      words[i + j] ^= 0x80000000u;
+    }
+  for (auto& w : words) w ^= 0x80000000u;  // every sign
+  CHECK(kernels::word_checksum(words.data(), words.size()) != base);
+  for (auto& w : words) w ^= 0x80000000u;
+  REQUIRE(kernels::word_checksum(words.data(), words.size()) == base);
+  // Words that trade places within a lane (16 apart) keep the first sum; the second sees them.
+  for (std::size_t i : {0, 17, 500, 983}) {
+    if (words[i] == words[i + 16]) continue;
+    std::swap(words[i], words[i + 16]);
+    CHECK(kernels::word_checksum(words.data(), words.size()) != base);
+    CHECK(kernels::word_checksum(words.data(), words.size()) == kernels::word_checksum_scalar(words.data(), words.size()));
+    std::swap(words[i], words[i + 16]);
+  }
+}
+
 #if defined(__linux__)
 TEST_CASE("name_this_thread keeps the first 15 characters of a long name", "[core]") {
   std::string seen;

@@ -322,15 +322,17 @@ TEST_CASE("Steady-state forward allocates nothing", "[nn][alloc]") {
   }
 }
 
-TEST_CASE("Dense: packed weights give the same outputs bit for bit and are dropped when weights may change",
+TEST_CASE("Dense: weights packed on first batched inference give the same bits and follow every write",
           "[nn][dense]") {
   // 784 inputs span two of the kernel's depth blocks; batch 1000 spans several column blocks.
   const auto model = mlp({784, 512, 256, 10}, 21);
-  Sequential<float> packed = model;
-  packed.pack_weights();
   auto dense = [](Sequential<float>& m, std::size_t i) -> Dense<float>& { return static_cast<Dense<float>&>(m[i]); };
-  for (std::size_t i : {0, 2, 4}) CHECK(dense(packed, i).weights_packed());
+  Sequential<float> packed = model;  // automatic, the default
   Sequential<float> plain = model;
+  plain.set_weight_packing(WeightPacking::off);
+  for (std::size_t i : {0, 2, 4}) CHECK(dense(packed, i).weight_packing() == WeightPacking::automatic);
+  (void)packed.predict(random_tensor(Shape{1, 784}, 1).cview());
+  CHECK_FALSE(dense(packed, 0).weights_packed());  // batch 1 is a matrix-vector product: no pack
   for (std::size_t batch : {1, 2, 3, 7, 45, 64, 1000}) {
     const auto x = random_tensor(Shape{batch, 784}, 100 + batch);
     const Tensor<float> want = plain.predict(x.cview());
@@ -340,6 +342,77 @@ TEST_CASE("Dense: packed weights give the same outputs bit for bit and are dropp
     INFO("batch " << batch);
     CHECK(differ == 0);  // the same kernel on the same blocks in the same order
   }
+  for (std::size_t i : {0, 2, 4}) {
+    CHECK(dense(packed, i).weights_packed());
+    CHECK_FALSE(dense(plain, i).weights_packed());
+  }
+
+  // Writes through views taken before the pack was made are seen: the checksum changes and the
+  // layer packs again, in place (no allocation).
+  auto params = packed.parameters();
+  auto plain_params = plain.parameters();
+  const auto x = random_tensor(Shape{16, 784}, 3);
+  Tensor<float> got(Shape{16, 10}), want(Shape{16, 10});
+  packed.forward(x.cview(), got.view());
+  for (std::size_t k : {std::size_t{0}, std::size_t{5}, std::size_t{784 * 512 - 1}}) {
+    params[0].value[k] += 0.25f;  // "0.weight": first, one inside, last element
+    plain_params[0].value[k] += 0.25f;
+    params[3].value[255] -= 0.5f;  // "2.bias" is not packed; "2.weight" below is
+    plain_params[3].value[255] -= 0.5f;
+    params[2].value[k % (256 * 512)] = -params[2].value[k % (256 * 512)];
+    plain_params[2].value[k % (256 * 512)] = -plain_params[2].value[k % (256 * 512)];
+    const long long before = edgesplit_test::allocations();
+    packed.forward(x.cview(), got.view());
+    const long long made = edgesplit_test::allocations() - before;
+    plain.forward(x.cview(), want.view());
+    INFO("element " << k);
+    CHECK(std::memcmp(got.data(), want.data(), got.bytes()) == 0);
+    if (before >= 0) CHECK(made == 0);
+  }
+  // Two weights trading places (the same sum) are seen too.
+  std::swap(params[0].value[3], params[0].value[3 + 16]);
+  std::swap(plain_params[0].value[3], plain_params[0].value[3 + 16]);
+  packed.forward(x.cview(), got.view());
+  plain.forward(x.cview(), want.view());
+  CHECK(std::memcmp(got.data(), want.data(), got.bytes()) == 0);
+
+  // A training-mode pass after such a write does not use the pack either (training would change
+  // the weights under it).
+  CHECK(dense(packed, 0).weights_packed());
+  params[0].value[7] += 1.0f;
+  plain_params[0].value[7] += 1.0f;
+  packed.set_training(true);
+  plain.set_training(true);
+  packed.forward(x.cview(), got.view());
+  plain.forward(x.cview(), want.view());
+  CHECK(std::memcmp(got.data(), want.data(), got.bytes()) == 0);
+
+  // Training-mode passes do not pack: the weights change every step.
+  Sequential<float> training = model;
+  training.set_training(true);
+  (void)training.forward(x.cview());
+  CHECK_FALSE(dense(training, 0).weights_packed());
+
+  // off frees the pack; copies start automatic and unpacked.
+  dense(packed, 4).set_weight_packing(WeightPacking::off);
+  CHECK_FALSE(dense(packed, 4).weights_packed());
+  Sequential<float> copy = packed;
+  CHECK_FALSE(dense(copy, 0).weights_packed());
+  CHECK(dense(copy, 4).weight_packing() == WeightPacking::automatic);
+}
+
+TEST_CASE("Dense: pack_weights packs now, and handing the weights out for writing returns to automatic",
+          "[nn][dense]") {
+  const auto model = mlp({784, 512, 256, 10}, 21);
+  auto dense = [](Sequential<float>& m, std::size_t i) -> Dense<float>& { return static_cast<Dense<float>&>(m[i]); };
+  Sequential<float> packed = model;
+  Sequential<float> plain = model;
+  plain.set_weight_packing(WeightPacking::off);
+  packed.pack_weights();
+  for (std::size_t i : {0, 2, 4}) {
+    CHECK(dense(packed, i).weights_packed());
+    CHECK(dense(packed, i).weight_packing() == WeightPacking::fixed);
+  }
   if (edgesplit_test::allocations() >= 0) {  // packed forward passes allocate nothing either
     const auto x = random_tensor(Shape{64, 784}, 7);
     (void)packed.forward(x.cview());
@@ -347,16 +420,20 @@ TEST_CASE("Dense: packed weights give the same outputs bit for bit and are dropp
     for (int i = 0; i < 3; ++i) (void)packed.forward(x.cview());
     CHECK(edgesplit_test::allocations() - before == 0);
   }
-  // Copies start unpacked; assigning weights drops the pack of the layer assigned to.
+  // Copies start unpacked and automatic; assigning weights drops the pack of the layer assigned to.
   Sequential<float> copy = packed;
   CHECK_FALSE(dense(copy, 0).weights_packed());
+  CHECK(dense(copy, 0).weight_packing() == WeightPacking::automatic);
   Dense<float> d0 = dense(packed, 0);
   d0.pack_weights();
   d0 = dense(plain, 0);
   CHECK_FALSE(d0.weights_packed());
-  // Anything that hands out the weights for writing drops the pack, so the write is seen.
+  // Anything that hands out the weights for writing ends `fixed`, so the write is seen.
   auto params = packed.parameters();
-  for (std::size_t i : {0, 2, 4}) CHECK_FALSE(dense(packed, i).weights_packed());
+  for (std::size_t i : {0, 2, 4}) {
+    CHECK_FALSE(dense(packed, i).weights_packed());
+    CHECK(dense(packed, i).weight_packing() == WeightPacking::automatic);
+  }
   packed.pack_weights();
   params = packed.parameters();
   params[0].value[5] += 0.25f;  // "0.weight"
@@ -365,15 +442,17 @@ TEST_CASE("Dense: packed weights give the same outputs bit for bit and are dropp
   const auto x = random_tensor(Shape{16, 784}, 3);
   const Tensor<float> want = plain.predict(x.cview());
   const Tensor<float> got = packed.predict(x.cview());
-  for (std::size_t j = 0; j < want.size(); ++j) CHECK(got[j] == want[j]);
+  CHECK(std::memcmp(got.data(), want.data(), got.bytes()) == 0);
   packed.pack_weights();
   dense(packed, 2).weight()[0] += 1.0f;
   CHECK_FALSE(dense(packed, 2).weights_packed());
   CHECK(dense(packed, 0).weights_packed());
   packed.zero_grad();
+  packed.set_training(true);
   (void)packed.forward(x.cview());
   packed.backward(x.cview(), Tensor<float>(Shape{16, 10}, 1.0f).cview());
   CHECK_FALSE(dense(packed, 0).weights_packed());
+  CHECK(dense(packed, 0).weight_packing() == WeightPacking::automatic);
 }
 
 // ---------------------------------------------------------------------------------------------

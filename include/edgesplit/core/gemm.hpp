@@ -52,7 +52,8 @@ class GemmWorkspace {
   GemmWorkspace& operator=(GemmWorkspace&&) noexcept = default;
 
   /// Y {rows, cols} += X {rows, depth} W^T, W row-major {cols, depth}: a Dense forward (batch 1 as a GEMV).
-  void xwt_accumulate(const T* x, const T* w, T* y, Index rows, Index cols, Index depth) {
+  /// A pack of this W (pack()) is used unless `use_pack` is false.
+  void xwt_accumulate(const T* x, const T* w, T* y, Index rows, Index cols, Index depth, bool use_pack = true) {
     if (rows == 1) {
       Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> W(w, cols, depth);
       Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>> xv(x, depth);
@@ -61,7 +62,7 @@ class GemmWorkspace {
       return;
     }
     Level3& b = blocking(rows, cols, depth);
-    if (pack_ && pack_->w == w && pack_->cols == cols && pack_->depth == depth && pack_->kc == b.kc() &&
+    if (use_pack && pack_ && pack_->w == w && pack_->cols == cols && pack_->depth == depth && pack_->kc == b.kc() &&
         pack_->mc == std::min(cols, b.mc())) {
       xwt_packed(x, y, rows, b);
       return;
@@ -79,17 +80,23 @@ class GemmWorkspace {
   void pack(const T* w, Index cols, Index depth) {
     // kc and mc depend on the weights' shape only (Eigen sizes nc alone by the batch); any batch
     // size gives the blocking the unpacked product would use.
+    // A pack of the same shape is overwritten in place: re-packing changed weights allocates
+    // nothing.
     Blocking probe;
     probe.configure(64, cols, depth);
-    auto p = std::make_unique<Pack>();
+    const Index kc = probe.kc(), mc = std::min(cols, probe.mc());
+    const bool reuse = pack_ && pack_->cols == cols && pack_->depth == depth && pack_->kc == kc && pack_->mc == mc;
+    auto p = reuse ? std::move(pack_) : std::make_unique<Pack>();
     p->w = w;
-    p->cols = cols;
-    p->depth = depth;
-    p->kc = probe.kc();
-    p->mc = std::min(cols, probe.mc());
-    Index total = 0;
-    p->for_each_block([&](Index, Index, Index, Index, Index end) { total = end; });
-    p->data.reset(static_cast<T*>(Eigen::internal::aligned_malloc(static_cast<std::size_t>(total) * sizeof(T))));
+    if (!reuse) {
+      p->cols = cols;
+      p->depth = depth;
+      p->kc = kc;
+      p->mc = mc;
+      Index total = 0;
+      p->for_each_block([&](Index, Index, Index, Index, Index end) { total = end; });
+      p->data.reset(static_cast<T*>(Eigen::internal::aligned_malloc(static_cast<std::size_t>(total) * sizeof(T))));
+    }
     PackLhs pack_lhs;
     const LhsMapper lhs(w, depth);
     p->for_each_block([&](Index i2, Index k2, Index mc, Index kc, Index end) {

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -213,6 +215,82 @@ inline void softmax_rows_backward(const T* y, const T* g, T* dx, std::size_t row
     for (std::size_t c = 0; c < cols; ++c) dot += yr[c] * gr[c];
     T* dr = dx + r * cols;
     map3(yr, gr, gr, dr, cols, [dot](auto yv, auto gv, auto) { return yv * (gv - decltype(yv)(dot)); });
+  }
+}
+
+/// Lanes of `word_checksum`: fixed, so every instruction set gives the same value.
+inline constexpr std::size_t checksum_lanes = 16;
+
+/// Folds the per-lane sums of `word_checksum` and the word count into 64 bits. Each step
+/// (xor, then multiply by an odd constant) is invertible, so a change in any one input always
+/// changes the result.
+inline std::uint64_t fold_checksum_lanes(const std::uint32_t* a, const std::uint32_t* b, std::size_t words) {
+  std::uint64_t h = 0xcbf29ce484222325ull ^ static_cast<std::uint64_t>(words);
+  for (std::size_t j = 0; j < checksum_lanes; ++j) {
+    h = (h ^ a[j]) * 0x100000001b3ull;
+    h = (h ^ b[j]) * 0x100000001b3ull;
+  }
+  return h;
+}
+
+/// The per-word mix of `word_checksum`: a bijection on 32 bits (xor-shift, multiply by an odd
+/// constant, xor-shift), lane-wise for batches. Without it the sums would be linear, and changes
+/// that cancel in them (the sign bits of an even number of weights flipped, as negating a layer
+/// does) would go unseen; after it, two changes cancel only by coincidence.
+template <class V>
+inline V checksum_mix(V x) {
+  x = x ^ (x >> 16);
+  x = x * V(std::uint32_t{0x7feb352du});
+  return x ^ (x >> 15);
+}
+
+/// Scalar reference for `word_checksum`.
+inline std::uint64_t word_checksum_scalar(const void* data, std::size_t words) {
+  std::uint32_t a[checksum_lanes] = {}, b[checksum_lanes] = {};
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < words; ++i) {
+    std::uint32_t w;
+    std::memcpy(&w, p + 4 * i, 4);
+    a[i % checksum_lanes] += checksum_mix(w);
+    b[i % checksum_lanes] += a[i % checksum_lanes];
+  }
+  return fold_checksum_lanes(a, b, words);
+}
+
+/// A 64-bit checksum of `words` 32-bit words (any bytes: a float tensor's bit patterns), for
+/// telling whether memory changed since it was last read, at the cost of one pass over it.
+/// Word i, mixed (checksum_mix), goes to lane i mod 16, which keeps Fletcher's two running sums
+/// modulo 2^32: the first changes with any one changed word, the second with words that trade
+/// places. Not a hash against adversaries: a cache check on the process's own memory (Dense's
+/// packed weights).
+inline std::uint64_t word_checksum(const void* data, std::size_t words) {
+  using U = std::uint32_t;
+  if constexpr (!has_simd<U> || checksum_lanes % batch<U>::size != 0) {
+    return word_checksum_scalar(data, words);
+  } else {
+    constexpr std::size_t W = batch<U>::size, R = checksum_lanes / W;
+    const auto* p = static_cast<const unsigned char*>(data);
+    batch<U> a[R], b[R];
+    for (std::size_t r = 0; r < R; ++r) a[r] = b[r] = batch<U>(U(0));
+    std::size_t i = 0;
+    for (; i + checksum_lanes <= words; i += checksum_lanes)
+      for (std::size_t r = 0; r < R; ++r) {
+        // Unaligned vector loads of the bytes (the intrinsics may alias any type).
+        a[r] += checksum_mix(batch<U>::load_unaligned(reinterpret_cast<const U*>(p + 4 * (i + r * W))));
+        b[r] += a[r];
+      }
+    alignas(64) U al[checksum_lanes], bl[checksum_lanes];
+    for (std::size_t r = 0; r < R; ++r) {
+      a[r].store_aligned(al + r * W);
+      b[r].store_aligned(bl + r * W);
+    }
+    for (std::size_t j = 0; i < words; ++i, ++j) {  // the tail: fewer than 16 words, lanes 0..
+      U w;
+      std::memcpy(&w, p + 4 * i, 4);
+      al[j] += checksum_mix(w);
+      bl[j] += al[j];
+    }
+    return fold_checksum_lanes(al, bl, words);
   }
 }
 

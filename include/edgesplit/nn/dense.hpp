@@ -11,6 +11,7 @@
 #include <Eigen/Core>
 
 #include "edgesplit/core/gemm.hpp"
+#include "edgesplit/core/kernels.hpp"
 #include "edgesplit/core/random.hpp"
 #include "edgesplit/nn/layer.hpp"
 
@@ -53,9 +54,9 @@ class Dense final : public Layer<T> {
   std::size_t in_features() const noexcept { return in_; }  ///< input width
   std::size_t out_features() const noexcept { return out_; }  ///< output width
   /// Weights, row-major {out, in} like torch.nn.Linear, so batch 1 streams each row once.
-  /// Mutable access drops packed weights (pack_weights()).
+  /// Mutable access ends WeightPacking::fixed (the next batched forward checks them again).
   Tensor<T>& weight() noexcept {
-    gemm_.drop_pack();
+    weights_may_change();
     return weight_;
   }
   /// Weights, row-major {out, in}.
@@ -63,10 +64,14 @@ class Dense final : public Layer<T> {
   Tensor<T>& bias() noexcept { return bias_; }  ///< bias, {out}
   const Tensor<T>& bias() const noexcept { return bias_; }  ///< bias, {out}
   std::size_t parameter_count() const override { return weight_.size() + bias_.size(); }
-  /// Packs W once for batched forward passes (GemmWorkspace::pack); see Layer::pack_weights().
-  void pack_weights() override {
-    gemm_.pack(weight_.data(), static_cast<Eigen::Index>(out_), static_cast<Eigen::Index>(in_));
+  /// How W is kept in the GEMM kernel's layout (WeightPacking; automatic by default). `fixed`
+  /// packs now; `off` frees the pack.
+  void set_weight_packing(WeightPacking mode) override {
+    packing_.mode = mode;
+    if (mode == WeightPacking::fixed) pack();
+    if (mode == WeightPacking::off) gemm_.drop_pack();
   }
+  WeightPacking weight_packing() const noexcept { return packing_.mode; }  ///< the current mode
   bool weights_packed() const noexcept { return gemm_.packed(); }  ///< true while a pack is held
 
   void zero_grad() override {
@@ -90,14 +95,18 @@ class Dense final : public Layer<T> {
 
   void forward_impl(TensorView<const T> in, TensorView<T> out) override {
     const std::size_t batch = in.shape().batch();
+    // Training steps change the weights between passes: an automatic pack is neither made nor
+    // used then (it stays allocated for the next inference pass to re-pack in place).
+    const bool use_pack = !this->training() || packing_.mode == WeightPacking::fixed;
+    if (batch >= 2 && !this->training()) refresh_pack();
     for (std::size_t r = 0; r < batch; ++r) std::copy_n(bias_.data(), out_, out.data() + r * out_);
     gemm_.xwt_accumulate(in.data(), weight_.data(), out.data(), static_cast<Eigen::Index>(batch),
-                         static_cast<Eigen::Index>(out_), static_cast<Eigen::Index>(in_));
+                         static_cast<Eigen::Index>(out_), static_cast<Eigen::Index>(in_), use_pack);
   }
 
   void backward_impl(TensorView<const T> in, TensorView<const T>, TensorView<const T> grad_out,
                      TensorView<T> grad_in) override {
-    gemm_.drop_pack();  // training steps are about to change the weights
+    weights_may_change();  // training steps are about to change the weights
     if (weight_grad_.shape() != weight_.shape()) zero_grad();
     using Index = Eigen::Index;
     const auto batch = static_cast<Index>(in.shape().batch()), out = static_cast<Index>(out_),
@@ -113,7 +122,13 @@ class Dense final : public Layer<T> {
     }
   }
 
-  void weights_may_change() override { gemm_.drop_pack(); }  // the views may be written through
+  // The views may be written through: a fixed pack can no longer be trusted unchecked. An
+  // automatic one is kept (re-packed in place when its checksum shows a change).
+  void weights_may_change() override {
+    if (packing_.mode != WeightPacking::fixed) return;
+    gemm_.drop_pack();
+    packing_.mode = WeightPacking::automatic;
+  }
   std::vector<Parameter<T>> parameters_impl() override {
     return {{"weight", weight_.view(), weight_grad_.view()}, {"bias", bias_.view(), bias_grad_.view()}};
   }
@@ -125,6 +140,23 @@ class Dense final : public Layer<T> {
     weight_.resize(Shape{out, in});
     bias_.resize(Shape{out});
   }
+  void pack() {
+    gemm_.pack(weight_.data(), static_cast<Eigen::Index>(out_), static_cast<Eigen::Index>(in_));
+    packing_.sum = checksum();
+  }
+  std::uint64_t checksum() const { return kernels::word_checksum(weight_.data(), weight_.size() * sizeof(T) / 4); }
+  // Before a batched inference pass: pack W, or check that the pack still matches it.
+  void refresh_pack() {
+    switch (packing_.mode) {
+      case WeightPacking::off: return;
+      case WeightPacking::fixed:
+        if (!gemm_.packed()) pack();
+        return;
+      case WeightPacking::automatic:
+        if (!gemm_.packed() || checksum() != packing_.sum) pack();
+        return;
+    }
+  }
   void init(Rng& rng) {
     const double limit = std::sqrt(6.0 / static_cast<double>(in_));
     for (T& w : weight_.span()) w = static_cast<T>(rng.uniform(-limit, limit));
@@ -134,6 +166,18 @@ class Dense final : public Layer<T> {
   Tensor<T> weight_, bias_;
   Tensor<T> weight_grad_, bias_grad_;
   GemmWorkspace<T> gemm_, gemm_dw_, gemm_dx_;  // forward, weight gradient, input gradient
+  // The packing mode and the checksum of the weights the pack was made from. A copy starts
+  // automatic: a promise that weights stay fixed is made for one layer, not for its copies.
+  struct Packing {
+    WeightPacking mode = WeightPacking::automatic;
+    std::uint64_t sum = 0;
+    Packing() = default;
+    Packing(const Packing&) noexcept {}
+    Packing& operator=(const Packing&) noexcept {
+      mode = WeightPacking::automatic;
+      return *this;
+    }
+  } packing_;
 };
 
 }  // namespace edgesplit

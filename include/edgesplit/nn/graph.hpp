@@ -355,9 +355,11 @@ class Graph {
       if (n.layer) n.layer->zero_grad();
   }
   /// Layer::pack_weights() on every layer: for a model whose weights stay fixed while it serves.
-  void pack_weights() {
+  void pack_weights() { set_weight_packing(WeightPacking::fixed); }
+  /// Layer::set_weight_packing on every layer (automatic by default; off saves the packs' memory).
+  void set_weight_packing(WeightPacking mode) {
     for (Node& n : nodes_)
-      if (n.layer) n.layer->pack_weights();
+      if (n.layer) n.layer->set_weight_packing(mode);
   }
   /// Training mode: layers such as Dropout and BatchNorm2D train, and forward keeps every tensor
   /// for backward(). Inference mode (the default) reuses buffers by liveness.
@@ -851,7 +853,7 @@ class GraphLayer final : public Layer<T> {
   std::size_t input_width() const noexcept { return in_width_; }
   std::size_t parameter_count() const override { return graph_.parameter_count(); }
   void zero_grad() override { graph_.zero_grad(); }
-  void pack_weights() override { graph_.pack_weights(); }
+  void set_weight_packing(WeightPacking mode) override { graph_.set_weight_packing(mode); }
 
  protected:
   void check_input(const Shape& in) const override {

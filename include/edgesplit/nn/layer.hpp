@@ -82,6 +82,23 @@ struct Fnv1a {
   std::uint64_t result() const noexcept { return value == 0 ? 1 : value; }
 };
 
+/// How a Dense keeps its weights in the layout its GEMM kernel reads. Eigen's product copies the
+/// whole weight matrix into that layout on every batched call; a kept pack skips the copy (a
+/// batched forward 1.15-1.4x faster at batch 16-64, twice at batch 8) and gives the same result,
+/// bit for bit. Batch 1 (a matrix-vector product) never packs.
+enum class WeightPacking {
+  /// The default: the first inference-mode forward at batch >= 2 packs; each later one checks a
+  /// checksum of the weights (one pass over them, kernels::word_checksum) and packs again in
+  /// place when they changed, however they were written. Costs memory equal to the weights.
+  automatic,
+  /// pack_weights(): packed now and used without checking, for weights that stay fixed (a
+  /// served tail). Handing the weights out for writing (parameters(), Dense::weight(), backward)
+  /// returns to automatic; writes through views taken before the call are not seen.
+  fixed,
+  /// Never pack: saves the pack's memory (equal to the weights) on memory-tight edges.
+  off,
+};
+
 /// One stage of a model.
 ///
 /// Contract (checked once, in the public non-virtual functions, so implementations can trust
@@ -156,12 +173,12 @@ class Layer {
   /// Sets every parameter gradient to zero, allocating gradient storage the first time.
   virtual void zero_grad() {}
 
-  /// Prepares the weights for serving: a Dense packs them once into its GEMM kernel's layout,
-  /// so batched forward passes stop re-packing them. For weights that stay fixed, as a server's
-  /// copy of a tail does: the pack is dropped by anything that hands out the weights for writing
-  /// (parameters(), Dense::weight(), backward), but not by writes through views taken earlier.
-  /// The default does nothing.
-  virtual void pack_weights() {}
+  /// How a layer keeps its weights in its GEMM kernel's layout (a Dense: see WeightPacking). The
+  /// default does nothing (layers without such weights).
+  virtual void set_weight_packing(WeightPacking) {}
+  /// Packs now for weights that stay fixed, as a server's copy of a tail's do:
+  /// set_weight_packing(WeightPacking::fixed).
+  void pack_weights() { set_weight_packing(WeightPacking::fixed); }
 
   /// Training mode changes what some layers do (Dropout); inference is the default.
   void set_training(bool on) noexcept { training_ = on; }

@@ -264,8 +264,10 @@ class Sequential {
     for (auto& l : layers_) l->zero_grad();
   }
   /// Layer::pack_weights() on every layer: for a model whose weights stay fixed while it serves.
-  void pack_weights() {
-    for (auto& l : layers_) l->pack_weights();
+  void pack_weights() { set_weight_packing(WeightPacking::fixed); }
+  /// Layer::set_weight_packing on every layer (automatic by default; off saves the packs' memory).
+  void set_weight_packing(WeightPacking mode) {
+    for (auto& l : layers_) l->set_weight_packing(mode);
   }
   /// Training or inference mode for every layer (Dropout cares).
   void set_training(bool on) noexcept {

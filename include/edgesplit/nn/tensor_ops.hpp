@@ -554,7 +554,7 @@ class MatMulConst final : public Layer<T> {
   LayerSpec spec() const override {
     return {"MatMulConst", {{"in", dense_.in_features()}, {"out", dense_.out_features()}}, {}};
   }
-  void pack_weights() override { dense_.pack_weights(); }
+  void set_weight_packing(WeightPacking mode) override { dense_.set_weight_packing(mode); }
   /// The product's weights as a Dense's {P, K} (B transposed).
   const Dense<T>& dense() const noexcept { return dense_; }
 
