@@ -43,4 +43,15 @@ std::vector<T> numbers(std::string_view s, std::string_view what, T lo, T hi) {
   }
 }
 
+/// Calls `f(option, value)` for each `--option value` pair of argv[1..argc), in order;
+/// errc::invalid_argument naming the option when the last one has no value.
+template <class F>
+void options(int argc, char** argv, F&& f) {
+  for (int i = 1; i < argc; i += 2) {
+    const std::string_view option = argv[i];
+    if (i + 1 >= argc) edgesplit::fail(edgesplit::errc::invalid_argument, "option " + std::string(option) + " needs a value");
+    f(option, std::string_view(argv[i + 1]));
+  }
+}
+
 }  // namespace cli

@@ -55,10 +55,7 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view k = argv[i];
-    if (i + 1 >= argc) fail(errc::invalid_argument, "option " + std::string(k) + " needs a value");
-    const std::string_view v = argv[++i];
+  cli::options(argc, argv, [&](std::string_view k, std::string_view v) {
     if (k == "--model") {
       if (v != "mlp" && v != "cnn") fail(errc::invalid_argument, "--model must be mlp or cnn");
       a.cnn = v == "cnn";
@@ -73,7 +70,7 @@ Args parse(int argc, char** argv) {
     } else if (k == "--cache") a.cache = std::string(v);
     else if (k == "--data") a.data = std::string(v);
     else fail(errc::invalid_argument, "unknown option " + std::string(k));
-  }
+  });
   if (a.split == Args::unset) a.split = a.cnn ? 13 : 2;
   if (a.epochs == 0) a.epochs = a.cnn ? 15 : 4;
   if (a.cache.empty())
