@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -936,6 +937,62 @@ TEST_CASE("A Deployment states model, cut and codec once, for the cloud and the 
   plan.codec = "-";  // all on the edge: no tail to serve
   plan.split = model.size();
   expect_errc(errc::invalid_argument, [&] { (void)to_deployment(plan, "toy", standard_codecs(false)); });
+}
+
+TEST_CASE("A weights push carries the fallback model's weights too, and one an edge cannot take is refused whole",
+          "[runtime]") {
+  Sequential<float> model = mlp({kIn, kHidden, 12, kOut}, 47);
+  CodecConfig fp32;
+  fp32.bits = wire::raw_f32_bits;
+  const Deployment d("toy", 2, fp32);
+  auto [head, tail] = d.cut(model);
+  const Sequential<float> exit = mlp({kHidden, kOut}, 48);  // an exit head on the features
+  CloudServer server;
+  server.register_model(d, tail);
+  EdgeClient client(head, inproc_connector(server), d, Fallback{exit, Fallback::Input::features});
+  EdgeClient bare(head, inproc_connector(server), d);  // no fallback model
+  const auto x = random_input(3, kIn, 7);
+  REQUIRE(client.infer(x.cview(), deadline_after(5s)).path == AnswerPath::cloud);
+  REQUIRE(bare.infer(x.cview(), deadline_after(5s)).path == AnswerPath::cloud);
+  auto wait_for = [](const EdgeClient& c, std::size_t EdgeStats::*counter, std::size_t n) {
+    for (int i = 0; i < 2000 && c.stats().*counter < n; ++i) std::this_thread::sleep_for(1ms);
+    return c.stats().*counter;
+  };
+
+  // A fallback of another shape: both edges refuse, and keep their weights.
+  CHECK(server.push_weights(d, head, mlp({kHidden, kOut + 1}, 49)) == 2);
+  CHECK(wait_for(client, &EdgeStats::weights_refused, 1) == 1);
+  CHECK(wait_for(bare, &EdgeStats::weights_refused, 1) == 1);
+  CHECK(client.last_error().find("parameter 'fallback/0.weight' is [5, 16], the push has [6, 16]") != std::string::npos);
+  CHECK(bare.last_error().find("the edge has no fallback model for 'fallback/0.weight'") != std::string::npos);
+
+  Sequential<float> new_head = head, new_exit = exit;
+  for (auto* m : {&new_head, &new_exit})
+    for (auto& p : m->parameters())
+      for (float& v : p.value.span()) v = -0.5f * v;
+  CHECK(server.push_weights(d, new_head, new_exit) == 2);
+  CHECK(wait_for(client, &EdgeStats::weight_updates, 1) == 1);
+  CHECK(wait_for(bare, &EdgeStats::weights_refused, 2) == 2);
+  CHECK(bare.stats().weight_updates == 0);
+  // The next request applies the push: the cloud answers from the new head's features ...
+  const Tensor<float> features = new_head.predict(x.cview());
+  const Tensor<float> cloud_want = tail.predict(features.cview());
+  auto r = client.infer(x.cview(), deadline_after(5s));
+  REQUIRE(r.path == AnswerPath::cloud);
+  REQUIRE(r.output.shape() == cloud_want.shape());
+  CHECK(std::memcmp(r.output.data(), cloud_want.data(), cloud_want.bytes()) == 0);
+  // ... the edge without a fallback still runs the old head ...
+  const Tensor<float> old_want = tail.predict(head.predict(x.cview()).cview());
+  r = bare.infer(x.cview(), deadline_after(5s));
+  REQUIRE(r.path == AnswerPath::cloud);
+  CHECK(std::memcmp(r.output.data(), old_want.data(), old_want.bytes()) == 0);
+  // ... and with the cloud gone, the fallback answers from the new exit.
+  server.shutdown(1s);
+  const Tensor<float> exit_want = new_exit.predict(features.cview());
+  r = client.infer(x.cview(), deadline_after(5s));
+  REQUIRE(r.path == AnswerPath::fallback);
+  REQUIRE(r.output.shape() == exit_want.shape());
+  CHECK(std::memcmp(r.output.data(), exit_want.data(), exit_want.bytes()) == 0);
 }
 
 TEST_CASE("Cascade: the edge answers when confident, the cloud otherwise", "[runtime]") {

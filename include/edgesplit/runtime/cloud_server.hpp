@@ -104,6 +104,15 @@ class CloudServer {
     registry_.update_weights(model_id, split, minor, tensors);
   }
 
+  /// Replaces the weights of `deployment`'s tail with `tail`'s (the cloud's part of a model that
+  /// collaborative training updated) and sets its minor version to `deployment.minor`.
+  void update_weights(const Deployment& deployment, const Sequential<float>& tail) {
+    std::vector<wire::NamedTensor> tensors;
+    append_parameters(tensors, tail, "");
+    const wire::ModelIdentity id = deployment.identity();
+    update_weights(id.model_id, id.split, id.minor, tensors);
+  }
+
   /// Serves one connection over any transport, on a reader thread of its own, until it closes.
   /// For in-process and simulated links; network connections belong to listen().
   void serve(Channel channel) {
@@ -180,11 +189,18 @@ class CloudServer {
   /// match refuses the whole push and keeps its weights (EdgeStats::weights_refused).
   std::size_t push_weights(const Deployment& deployment, const Sequential<float>& edge_model) {
     std::vector<wire::NamedTensor> tensors;
-    for (const auto& p : edge_model.parameters()) {
-      Tensor<float> value(p.value.shape());
-      copy(TensorView<const float>(p.value), value.view());
-      tensors.push_back({p.name, std::move(value)});
-    }
+    append_parameters(tensors, edge_model, "");
+    return push_weights(deployment.identity(), tensors);
+  }
+  /// Sends the head's parameters and those of the edges' Fallback model (an exit head trained
+  /// with MultiExit, or a whole edge model trained with Collaborative) in one push: the fallback's
+  /// go as `fallback/<name>`. An edge without a fallback, or whose fallback does not match,
+  /// refuses the whole push.
+  std::size_t push_weights(const Deployment& deployment, const Sequential<float>& head,
+                           const Sequential<float>& fallback) {
+    std::vector<wire::NamedTensor> tensors;
+    append_parameters(tensors, head, "");
+    append_parameters(tensors, fallback, fallback_weights_prefix);
     return push_weights(deployment.identity(), tensors);
   }
   /// Sends WEIGHTS (the edge model's updated parameters) to every edge whose HELLO named
@@ -320,6 +336,15 @@ class CloudServer {
   }
 
  private:
+  static void append_parameters(std::vector<wire::NamedTensor>& tensors, const Sequential<float>& model,
+                                std::string_view prefix) {
+    for (const auto& p : model.parameters()) {
+      Tensor<float> value(p.value.shape());
+      copy(TensorView<const float>(p.value), value.view());
+      tensors.push_back({std::string(prefix) + p.name, std::move(value)});
+    }
+  }
+
   // A connection served through serve(Channel): its reader thread, and the sink its replies go to.
   struct ChannelConnection final : ReplySink {
     Channel channel;

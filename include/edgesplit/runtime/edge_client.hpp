@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -100,6 +101,9 @@ struct InferResult {
   std::uint32_t request_id = 0;  ///< the frame's request id
 };
 
+/// Names of pushed weights meant for the edge's Fallback model: `fallback/<parameter name>`.
+inline constexpr std::string_view fallback_weights_prefix = "fallback/";
+
 /// A local model that answers when the cloud cannot: run on the head's output (an exit head at
 /// the split point, BranchyNet style) or on the original input (a whole edge model).
 struct Fallback {
@@ -130,7 +134,8 @@ struct EdgeStats {
 /// result says which path answered. Every request is answered exactly once: a reply that arrives
 /// after its fallback is counted and dropped. Lost connections are re-established in the
 /// background with exponential backoff. WEIGHTS pushed by the cloud replace the head's
-/// parameters between two requests, never during one.
+/// parameters between two requests, never during one; tensors named `fallback/<name>`
+/// (CloudServer::push_weights with a fallback model) replace the fallback's.
 ///
 /// Time (deadlines, round trips, the link estimate, reconnection backoff, keepalive) is read on
 /// the Clock given to the constructor, the steady clock by default. A VirtualClock never moves by
@@ -405,20 +410,37 @@ class EdgeClient {
       staged.swap(staged_weights_);
     }
     if (staged.empty()) return;
+    // Names and shapes were checked on receipt.
     auto params = head_.parameters();
     for (const auto& t : staged)
       for (auto& p : params)
-        if (p.name == t.name) copy(t.value.cview(), p.value);  // names and shapes checked on receipt
+        if (p.name == t.name) copy(t.value.cview(), p.value);
+    if (!fallback_) return;
+    std::lock_guard lock(fallback_mutex_);
+    auto fallback_params = fallback_->model.parameters();
+    for (const auto& t : staged)
+      if (t.name.starts_with(fallback_weights_prefix))
+        for (auto& p : fallback_params)
+          if (p.name == t.name.substr(fallback_weights_prefix.size())) copy(t.value.cview(), p.value);
   }
 
-  // Why a weights push does not fit the head ("" when it does): every tensor must name a
-  // parameter of the head and have its shape.
+  // Why a weights push does not fit ("" when it does): every tensor must name a parameter of
+  // the head, or as fallback/<name> one of the fallback, and have its shape.
   std::string weights_mismatch(const std::vector<wire::NamedTensor>& tensors) {
     std::lock_guard lock(head_mutex_);
-    auto params = head_.parameters();
+    const auto params = std::as_const(head_).parameters();
+    std::vector<ConstParameter<float>> fallback_params;
+    if (fallback_) {
+      std::lock_guard fallback_lock(fallback_mutex_);
+      fallback_params = std::as_const(fallback_->model).parameters();
+    }
     for (const auto& t : tensors) {
-      auto it = std::find_if(params.begin(), params.end(), [&](const auto& p) { return p.name == t.name; });
-      if (it == params.end()) return "the head has no parameter '" + t.name + "'";
+      const bool to_fallback = t.name.starts_with(fallback_weights_prefix);
+      if (to_fallback && !fallback_) return "the edge has no fallback model for '" + t.name + "'";
+      const auto& in = to_fallback ? fallback_params : params;
+      const std::string name = to_fallback ? t.name.substr(fallback_weights_prefix.size()) : t.name;
+      auto it = std::find_if(in.begin(), in.end(), [&](const auto& p) { return p.name == name; });
+      if (it == in.end()) return std::string(to_fallback ? "the fallback" : "the head") + " has no parameter '" + name + "'";
       if (!(it->value.shape() == t.value.shape()))
         return "parameter '" + t.name + "' is " + it->value.shape().str() + ", the push has " + t.value.shape().str();
     }
