@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -200,7 +201,7 @@ class CloudServer {
                            const Sequential<float>& fallback) {
     std::vector<wire::NamedTensor> tensors;
     append_parameters(tensors, head, "");
-    append_parameters(tensors, fallback, fallback_weights_prefix);
+    append_parameters(tensors, fallback, wire::fallback_weights_prefix);
     return push_weights(deployment.identity(), tensors);
   }
   /// Sends WEIGHTS (the edge model's updated parameters) to every edge whose HELLO named

@@ -101,9 +101,6 @@ struct InferResult {
   std::uint32_t request_id = 0;  ///< the frame's request id
 };
 
-/// Names of pushed weights meant for the edge's Fallback model: `fallback/<parameter name>`.
-inline constexpr std::string_view fallback_weights_prefix = "fallback/";
-
 /// A local model that answers when the cloud cannot: run on the head's output (an exit head at
 /// the split point, BranchyNet style) or on the original input (a whole edge model).
 struct Fallback {
@@ -419,9 +416,9 @@ class EdgeClient {
     std::lock_guard lock(fallback_mutex_);
     auto fallback_params = fallback_->model.parameters();
     for (const auto& t : staged)
-      if (t.name.starts_with(fallback_weights_prefix))
+      if (t.name.starts_with(wire::fallback_weights_prefix))
         for (auto& p : fallback_params)
-          if (p.name == t.name.substr(fallback_weights_prefix.size())) copy(t.value.cview(), p.value);
+          if (p.name == t.name.substr(wire::fallback_weights_prefix.size())) copy(t.value.cview(), p.value);
   }
 
   // Why a weights push does not fit ("" when it does): every tensor must name a parameter of
@@ -435,10 +432,10 @@ class EdgeClient {
       fallback_params = std::as_const(fallback_->model).parameters();
     }
     for (const auto& t : tensors) {
-      const bool to_fallback = t.name.starts_with(fallback_weights_prefix);
+      const bool to_fallback = t.name.starts_with(wire::fallback_weights_prefix);
       if (to_fallback && !fallback_) return "the edge has no fallback model for '" + t.name + "'";
       const auto& in = to_fallback ? fallback_params : params;
-      const std::string name = to_fallback ? t.name.substr(fallback_weights_prefix.size()) : t.name;
+      const std::string name = to_fallback ? t.name.substr(wire::fallback_weights_prefix.size()) : t.name;
       auto it = std::find_if(in.begin(), in.end(), [&](const auto& p) { return p.name == name; });
       if (it == in.end()) return std::string(to_fallback ? "the fallback" : "the head") + " has no parameter '" + name + "'";
       if (!(it->value.shape() == t.value.shape()))

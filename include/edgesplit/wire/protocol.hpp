@@ -430,6 +430,10 @@ inline ErrorMessage decode_error(std::span<const std::byte> bytes, const DecodeL
 
 // --- WEIGHTS ---------------------------------------------------------------------------------
 
+/// The name prefix of WEIGHTS tensors meant for the edge's Fallback model rather than its head:
+/// `fallback/<parameter name>` (CloudServer::push_weights with a fallback model).
+inline constexpr std::string_view fallback_weights_prefix = "fallback/";
+
 /// One named tensor of a WEIGHTS message.
 struct NamedTensor {
   std::string name;  ///< parameter name, e.g. "0.weight"
