@@ -68,7 +68,7 @@ class Dense final : public Layer<T> {
   /// packs now; `off` frees the pack.
   void set_weight_packing(WeightPacking mode) override {
     packing_.mode = mode;
-    if (mode == WeightPacking::fixed) pack();
+    if (mode == WeightPacking::fixed) pack(0);  // never checked while fixed
     if (mode == WeightPacking::off) gemm_.drop_pack();
   }
   WeightPacking weight_packing() const noexcept { return packing_.mode; }  ///< the current mode
@@ -140,9 +140,10 @@ class Dense final : public Layer<T> {
     weight_.resize(Shape{out, in});
     bias_.resize(Shape{out});
   }
-  void pack() {
+  // Packs W, remembering `sum`, the checksum of the weights packed (read once by the caller).
+  void pack(std::uint64_t sum) {
     gemm_.pack(weight_.data(), static_cast<Eigen::Index>(out_), static_cast<Eigen::Index>(in_));
-    packing_.sum = checksum();
+    packing_.sum = sum;
   }
   std::uint64_t checksum() const { return kernels::word_checksum(weight_.data(), weight_.size() * sizeof(T) / 4); }
   // Before a batched inference pass: pack W, or check that the pack still matches it.
@@ -150,11 +151,13 @@ class Dense final : public Layer<T> {
     switch (packing_.mode) {
       case WeightPacking::off: return;
       case WeightPacking::fixed:
-        if (!gemm_.packed()) pack();
+        if (!gemm_.packed()) pack(0);
         return;
-      case WeightPacking::automatic:
-        if (!gemm_.packed() || checksum() != packing_.sum) pack();
+      case WeightPacking::automatic: {
+        const std::uint64_t sum = checksum();  // one read of the weights per pass, not two on a change
+        if (!gemm_.packed() || sum != packing_.sum) pack(sum);
         return;
+      }
     }
   }
   void init(Rng& rng) {
